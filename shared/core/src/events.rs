@@ -1,0 +1,350 @@
+//! Job events: CloudEvents 1.0 documents (structured mode) on the subjects
+//! `heimdex.jobs.<org_id>.<job_id>.<event>`. The stream of these events is the source of truth;
+//! job status and vectors are derived from it.
+//!
+//! Event types carry a version (`heimdex.job.requested.v1`). Readers accept every version that
+//! was ever written: when a `v2` appears, its decoder goes next to the `v1` one in
+//! [`JobEvent::decode`] and older payloads are upcast there.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::jobs::{JobError, JobResult, JobSpec};
+
+/// The root of every job subject.
+pub const SUBJECT_ROOT: &str = "heimdex.jobs";
+/// CloudEvents `source` of events written by Heimdex.
+pub const EVENT_SOURCE: &str = "heimdex";
+/// CloudEvents `specversion` this code writes.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// What happened to a job. The variant decides the subject's last token and the event `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Requested,
+    Started,
+    Succeeded,
+    Failed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 4] = [
+        EventKind::Requested,
+        EventKind::Started,
+        EventKind::Succeeded,
+        EventKind::Failed,
+    ];
+
+    /// The subject token, e.g. `requested`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Requested => "requested",
+            EventKind::Started => "started",
+            EventKind::Succeeded => "succeeded",
+            EventKind::Failed => "failed",
+        }
+    }
+
+    /// The CloudEvents `type` this code writes, e.g. `heimdex.job.requested.v1`.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            EventKind::Requested => "heimdex.job.requested.v1",
+            EventKind::Started => "heimdex.job.started.v1",
+            EventKind::Succeeded => "heimdex.job.succeeded.v1",
+            EventKind::Failed => "heimdex.job.failed.v1",
+        }
+    }
+
+    pub fn parse(token: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == token)
+    }
+}
+
+/// `heimdex.jobs.<org_id>.<job_id>.<event>`
+pub fn subject(org_id: Uuid, job_id: Uuid, kind: EventKind) -> String {
+    format!("{SUBJECT_ROOT}.{org_id}.{job_id}.{}", kind.as_str())
+}
+
+/// All subjects of one job: `heimdex.jobs.<org_id>.<job_id>.*`
+pub fn job_subjects(org_id: Uuid, job_id: Uuid) -> String {
+    format!("{SUBJECT_ROOT}.{org_id}.{job_id}.*")
+}
+
+/// The parts of a job subject. Unknown event tokens are kept as `None` so a reader written
+/// before an event type existed can still skip it gracefully.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SubjectParts {
+    pub org_id: Uuid,
+    pub job_id: Uuid,
+    pub kind: Option<EventKind>,
+}
+
+pub fn parse_subject(subject: &str) -> Option<SubjectParts> {
+    let rest = subject.strip_prefix(SUBJECT_ROOT)?.strip_prefix('.')?;
+    let mut tokens = rest.split('.');
+    let org_id = Uuid::parse_str(tokens.next()?).ok()?;
+    let job_id = Uuid::parse_str(tokens.next()?).ok()?;
+    let kind = EventKind::parse(tokens.next()?);
+    if tokens.next().is_some() {
+        return None;
+    }
+    Some(SubjectParts { org_id, job_id, kind })
+}
+
+/// The CloudEvents 1.0 structured-mode envelope.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CloudEvent<T> {
+    pub specversion: String,
+    /// Equal to the event's `Nats-Msg-Id`.
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The job id.
+    pub subject: String,
+    pub time: DateTime<Utc>,
+    pub datacontenttype: String,
+    /// Extension attribute: the tenant.
+    pub orgid: Uuid,
+    pub data: T,
+}
+
+/// `requested`: a client asked for a job. Stored exactly once per job (expected subject
+/// sequence 0), so it is the job's birth certificate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Requested {
+    pub job_id: Uuid,
+    pub job_key: String,
+    pub user_id: String,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+}
+
+/// `started`: a worker began attempt `attempt` (1-based: the JetStream delivery count).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub attempt: u32,
+}
+
+/// `succeeded`: terminal; the job's output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Succeeded {
+    pub attempt: u32,
+    pub result: JobResult,
+}
+
+/// `failed`: terminal; the job will not be tried again without an explicit retry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Failed {
+    pub attempt: u32,
+    pub error: JobError,
+}
+
+/// A decoded event of any kind, with its envelope attributes that readers need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobEvent {
+    pub id: String,
+    pub org_id: Uuid,
+    pub job_id: Uuid,
+    pub time: DateTime<Utc>,
+    pub data: EventData,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventData {
+    Requested(Requested),
+    Started(Started),
+    Succeeded(Succeeded),
+    Failed(Failed),
+}
+
+impl EventData {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventData::Requested(_) => EventKind::Requested,
+            EventData::Started(_) => EventKind::Started,
+            EventData::Succeeded(_) => EventKind::Succeeded,
+            EventData::Failed(_) => EventKind::Failed,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unsupported CloudEvents specversion {0:?}")]
+    SpecVersion(String),
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("event subject {0:?} is not a job id")]
+    BadSubject(String),
+}
+
+impl JobEvent {
+    pub fn new(org_id: Uuid, job_id: Uuid, data: EventData) -> Self {
+        let id = match &data {
+            EventData::Requested(requested) => requested.job_key.clone(),
+            EventData::Started(Started { attempt })
+            | EventData::Succeeded(Succeeded { attempt, .. })
+            | EventData::Failed(Failed { attempt, .. }) => {
+                later_event_msg_id(job_id, data.kind(), *attempt)
+            }
+        };
+        Self {
+            id,
+            org_id,
+            job_id,
+            time: Utc::now(),
+            data,
+        }
+    }
+
+    pub fn kind(&self) -> EventKind {
+        self.data.kind()
+    }
+
+    pub fn subject(&self) -> String {
+        subject(self.org_id, self.job_id, self.kind())
+    }
+
+    /// The JSON document published to NATS.
+    pub fn encode(&self) -> Vec<u8> {
+        fn envelope<T: Serialize>(event: &JobEvent, data: &T) -> Vec<u8> {
+            serde_json::to_vec(&CloudEvent {
+                specversion: SPEC_VERSION.to_owned(),
+                id: event.id.clone(),
+                source: EVENT_SOURCE.to_owned(),
+                event_type: event.kind().event_type().to_owned(),
+                subject: event.job_id.to_string(),
+                time: event.time,
+                datacontenttype: "application/json".to_owned(),
+                orgid: event.org_id,
+                data,
+            })
+            .expect("events serialize to JSON")
+        }
+        match &self.data {
+            EventData::Requested(data) => envelope(self, data),
+            EventData::Started(data) => envelope(self, data),
+            EventData::Succeeded(data) => envelope(self, data),
+            EventData::Failed(data) => envelope(self, data),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let envelope: CloudEvent<serde_json::Value> = serde_json::from_slice(bytes)?;
+        if envelope.specversion != SPEC_VERSION {
+            return Err(DecodeError::SpecVersion(envelope.specversion));
+        }
+        let job_id = Uuid::parse_str(&envelope.subject)
+            .map_err(|_| DecodeError::BadSubject(envelope.subject.clone()))?;
+        let data = match envelope.event_type.as_str() {
+            "heimdex.job.requested.v1" => EventData::Requested(serde_json::from_value(envelope.data)?),
+            "heimdex.job.started.v1" => EventData::Started(serde_json::from_value(envelope.data)?),
+            "heimdex.job.succeeded.v1" => EventData::Succeeded(serde_json::from_value(envelope.data)?),
+            "heimdex.job.failed.v1" => EventData::Failed(serde_json::from_value(envelope.data)?),
+            _ => return Err(DecodeError::UnknownType(envelope.event_type)),
+        };
+        Ok(Self {
+            id: envelope.id,
+            org_id: envelope.orgid,
+            job_id,
+            time: envelope.time,
+            data,
+        })
+    }
+}
+
+/// `Nats-Msg-Id` of every event after `requested`: `<job_id>:<event>:<attempt>`. A worker that
+/// publishes the same event twice for one attempt (say, after a reconnect) is de-duplicated.
+pub fn later_event_msg_id(job_id: Uuid, kind: EventKind, attempt: u32) -> String {
+    format!("{job_id}:{}:{attempt}", kind.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobErrorCode, MockParams};
+
+    fn org() -> Uuid {
+        Uuid::parse_str("550e8400-e29b-41d4-a716-446655440000").unwrap()
+    }
+
+    #[test]
+    fn subject_round_trip() {
+        let job = Uuid::from_u128(7);
+        let s = subject(org(), job, EventKind::Succeeded);
+        assert_eq!(
+            s,
+            format!("heimdex.jobs.{}.{}.succeeded", org(), job)
+        );
+        let parts = parse_subject(&s).unwrap();
+        assert_eq!(parts.org_id, org());
+        assert_eq!(parts.job_id, job);
+        assert_eq!(parts.kind, Some(EventKind::Succeeded));
+        assert_eq!(parse_subject("heimdex.jobs.x.y.requested"), None);
+        assert_eq!(parse_subject(&format!("{s}.extra")), None);
+        let future = parse_subject(&format!("heimdex.jobs.{}.{}.archived", org(), job)).unwrap();
+        assert_eq!(future.kind, None);
+    }
+
+    #[test]
+    fn requested_event_is_a_cloudevent_and_round_trips() {
+        let spec = JobSpec::MockEmbedding(MockParams::new("doc-123", "chunk-0"));
+        let key = crate::ids::job_key(org(), spec.job_type(), &spec.params());
+        let job_id = crate::ids::job_id(&key);
+        let event = JobEvent::new(
+            org(),
+            job_id,
+            EventData::Requested(Requested {
+                job_id,
+                job_key: key.clone(),
+                user_id: "user-1".into(),
+                spec,
+            }),
+        );
+        assert_eq!(event.id, key);
+        let bytes = event.encode();
+        let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(json["specversion"], "1.0");
+        assert_eq!(json["type"], "heimdex.job.requested.v1");
+        assert_eq!(json["subject"], job_id.to_string());
+        assert_eq!(json["orgid"], org().to_string());
+        assert_eq!(json["datacontenttype"], "application/json");
+        assert_eq!(json["data"]["job_type"], "mock_embedding");
+        assert_eq!(json["data"]["params"]["asset_id"], "doc-123");
+        assert_eq!(JobEvent::decode(&bytes).unwrap(), event);
+    }
+
+    #[test]
+    fn later_events_use_attempt_scoped_ids() {
+        let job = Uuid::from_u128(9);
+        let failed = JobEvent::new(
+            org(),
+            job,
+            EventData::Failed(Failed {
+                attempt: 4,
+                error: JobError::new(JobErrorCode::VectorStore, "down"),
+            }),
+        );
+        assert_eq!(failed.id, format!("{job}:failed:4"));
+        assert_eq!(JobEvent::decode(&failed.encode()).unwrap(), failed);
+    }
+
+    #[test]
+    fn unknown_types_and_versions_are_rejected_with_a_reason() {
+        let job = Uuid::from_u128(9);
+        let started = JobEvent::new(org(), job, EventData::Started(Started { attempt: 1 }));
+        let mut json: serde_json::Value = serde_json::from_slice(&started.encode()).unwrap();
+        json["type"] = "heimdex.job.started.v99".into();
+        let err = JobEvent::decode(json.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownType(t) if t.ends_with("v99")));
+        json["specversion"] = "0.3".into();
+        assert!(matches!(
+            JobEvent::decode(json.to_string().as_bytes()),
+            Err(DecodeError::SpecVersion(_))
+        ));
+    }
+}

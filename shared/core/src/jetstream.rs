@@ -1,0 +1,242 @@
+//! JetStream bootstrap: the stream, the status bucket and the durable consumers are defined once,
+//! as JSON in `nats/` (the `nats` CLI's format), embedded here at build time. At start-up a
+//! service creates what is missing, reads the settings back and refuses to run against an
+//! object that conflicts — a silently different duplicate window or `max_deliver` would void the
+//! guarantees the rest of the code relies on.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+
+use crate::settings::NatsSettings;
+
+pub const JOBS_STREAM: &str = "HEIMDEX_JOBS";
+pub const STATUS_BUCKET: &str = "HEIMDEX_JOB_STATUS";
+pub const WORKER_CONSUMER: &str = "worker";
+pub const PROJECTOR_CONSUMER: &str = "projector";
+
+const STREAM_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOBS.json");
+const STATUS_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_JOB_STATUS.json");
+const WORKER_JSON: &str = include_str!("../../../nats/consumer.worker.json");
+const PROJECTOR_JSON: &str = include_str!("../../../nats/consumer.projector.json");
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("cannot connect to NATS at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("JetStream request failed for {object}: {reason}")]
+    Request { object: String, reason: String },
+    #[error(
+        "{object} already exists with settings that conflict with nats/: {diffs}. \
+         Fix or remove the existing object (e.g. `nats stream edit`/`nats consumer rm`), or align \
+         the definition files"
+    )]
+    Conflict { object: String, diffs: String },
+    #[error("definition file for {0} is invalid: {1}")]
+    Definition(&'static str, String),
+}
+
+/// The parsed definition files, with the deployment's overrides applied.
+#[derive(Clone, Debug)]
+pub struct Definitions {
+    pub stream: stream::Config,
+    pub status: stream::Config,
+    pub worker: consumer::pull::Config,
+    pub projector: consumer::pull::Config,
+}
+
+impl Definitions {
+    pub fn load(nats: &NatsSettings) -> Result<Self, BootstrapError> {
+        let mut stream: stream::Config = parse("stream.HEIMDEX_JOBS.json", STREAM_JSON)?;
+        let mut status: stream::Config = parse("kv.HEIMDEX_JOB_STATUS.json", STATUS_JSON)?;
+        stream.duplicate_window = nats.duplicate_window;
+        stream.num_replicas = nats.replicas;
+        status.num_replicas = nats.replicas;
+        Ok(Self {
+            stream,
+            status,
+            worker: parse("consumer.worker.json", WORKER_JSON)?,
+            projector: parse("consumer.projector.json", PROJECTOR_JSON)?,
+        })
+    }
+
+    /// How many times the worker consumer delivers a message before giving up.
+    pub fn worker_max_deliver(&self) -> u32 {
+        u32::try_from(self.worker.max_deliver).unwrap_or(u32::MAX)
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(file: &'static str, json: &str) -> Result<T, BootstrapError> {
+    serde_json::from_str(json).map_err(|err| BootstrapError::Definition(file, err.to_string()))
+}
+
+/// Connects with reconnects forever: a service outlives NATS restarts and resumes by itself.
+pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, BootstrapError> {
+    async_nats::ConnectOptions::new()
+        .name(client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((100 * attempts as u64).min(2_000))
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|err| BootstrapError::Connect {
+            url: url.to_owned(),
+            reason: err.to_string(),
+        })
+}
+
+/// A JetStream context whose requests and publish acks give up after `timeout`, so a caller
+/// facing a dead server answers quickly instead of hanging.
+pub fn context(client: async_nats::Client, timeout: Duration) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(timeout)
+        .ack_timeout(timeout)
+        .max_ack_inflight(50_000)
+        .build(client)
+}
+
+/// Creates (or finds) the job stream and checks its settings.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    defs: &Definitions,
+) -> Result<stream::Stream, BootstrapError> {
+    ensure_stream_config(js, &defs.stream).await
+}
+
+/// Creates (or finds) the status bucket's stream, checks it and opens it as a KV store.
+pub async fn ensure_status_bucket(
+    js: &jetstream::Context,
+    defs: &Definitions,
+) -> Result<kv::Store, BootstrapError> {
+    ensure_stream_config(js, &defs.status).await?;
+    js.get_key_value(STATUS_BUCKET)
+        .await
+        .map_err(|err| request_error(STATUS_BUCKET, err))
+}
+
+/// Creates (or finds) a durable pull consumer and checks its settings.
+pub async fn ensure_consumer(
+    stream: &stream::Stream,
+    config: &consumer::pull::Config,
+) -> Result<consumer::PullConsumer, BootstrapError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let object = format!("consumer {JOBS_STREAM}/{name}");
+    let mut consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(&name, config.clone())
+        .await
+        .map_err(|err| request_error(&object, err))?;
+    let info = consumer.info().await.map_err(|err| request_error(&object, err))?;
+    let have = &info.config;
+    let mut diffs = Vec::new();
+    diff(&mut diffs, "filter_subject", &have.filter_subject, &config.filter_subject);
+    diff(&mut diffs, "ack_policy", &have.ack_policy, &config.ack_policy);
+    diff(&mut diffs, "ack_wait", &have.ack_wait, &config.ack_wait);
+    diff(&mut diffs, "max_deliver", &have.max_deliver, &config.max_deliver);
+    diff(&mut diffs, "deliver_policy", &have.deliver_policy, &config.deliver_policy);
+    conflict(object, diffs)?;
+    Ok(consumer)
+}
+
+async fn ensure_stream_config(
+    js: &jetstream::Context,
+    want: &stream::Config,
+) -> Result<stream::Stream, BootstrapError> {
+    let object = format!("stream {}", want.name);
+    let mut stream = js
+        .get_or_create_stream(want.clone())
+        .await
+        .map_err(|err| request_error(&object, err))?;
+    let info = stream.info().await.map_err(|err| request_error(&object, err))?;
+    let have = &info.config;
+    let mut diffs = Vec::new();
+    diff(&mut diffs, "subjects", &have.subjects, &want.subjects);
+    diff(&mut diffs, "retention", &have.retention, &want.retention);
+    diff(&mut diffs, "storage", &have.storage, &want.storage);
+    diff(&mut diffs, "discard", &have.discard, &want.discard);
+    diff(&mut diffs, "num_replicas", &have.num_replicas.max(1), &want.num_replicas.max(1));
+    diff(&mut diffs, "duplicate_window", &have.duplicate_window, &want.duplicate_window);
+    diff(&mut diffs, "max_msgs_per_subject", &have.max_messages_per_subject, &want.max_messages_per_subject);
+    diff(&mut diffs, "allow_direct", &have.allow_direct, &want.allow_direct);
+    diff(&mut diffs, "allow_rollup_hdrs", &have.allow_rollup, &want.allow_rollup);
+    conflict(object, diffs)?;
+    Ok(stream)
+}
+
+fn diff<T: PartialEq + std::fmt::Debug>(diffs: &mut Vec<String>, field: &str, have: &T, want: &T) {
+    if have != want {
+        diffs.push(format!("{field} is {have:?}, want {want:?}"));
+    }
+}
+
+fn conflict(object: String, diffs: Vec<String>) -> Result<(), BootstrapError> {
+    if diffs.is_empty() {
+        Ok(())
+    } else {
+        Err(BootstrapError::Conflict {
+            object,
+            diffs: diffs.join("; "),
+        })
+    }
+}
+
+fn request_error(object: &str, err: impl std::fmt::Display) -> BootstrapError {
+    BootstrapError::Request {
+        object: object.to_owned(),
+        reason: err.to_string(),
+    }
+}
+
+/// KV key of a job's status: `<org_id>.<job_id>`.
+pub fn status_key(org_id: uuid::Uuid, job_id: uuid::Uuid) -> String {
+    format!("{org_id}.{job_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nats_settings() -> NatsSettings {
+        crate::settings::Settings::from_vars(&Default::default())
+            .unwrap()
+            .nats
+    }
+
+    #[test]
+    fn definition_files_parse_with_the_designed_settings() {
+        let defs = Definitions::load(&nats_settings()).unwrap();
+        assert_eq!(defs.stream.name, JOBS_STREAM);
+        assert_eq!(defs.stream.subjects, vec!["heimdex.jobs.>".to_owned()]);
+        assert_eq!(defs.stream.storage, stream::StorageType::File);
+        assert_eq!(defs.stream.retention, stream::RetentionPolicy::Limits);
+        assert_eq!(defs.stream.duplicate_window, Duration::from_secs(120));
+        assert!(defs.stream.allow_direct);
+        assert_eq!(defs.status.name, format!("KV_{STATUS_BUCKET}"));
+        assert_eq!(defs.worker.durable_name.as_deref(), Some(WORKER_CONSUMER));
+        assert_eq!(defs.worker.max_deliver, 4);
+        assert_eq!(defs.worker.ack_wait, Duration::from_secs(30));
+        assert_eq!(defs.worker.filter_subject, "heimdex.jobs.*.*.requested");
+        assert_eq!(defs.projector.durable_name.as_deref(), Some(PROJECTOR_CONSUMER));
+        assert_eq!(defs.projector.filter_subject, "heimdex.jobs.>");
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let mut nats = nats_settings();
+        nats.replicas = 3;
+        nats.duplicate_window = Duration::from_secs(600);
+        let defs = Definitions::load(&nats).unwrap();
+        assert_eq!(defs.stream.num_replicas, 3);
+        assert_eq!(defs.status.num_replicas, 3);
+        assert_eq!(defs.stream.duplicate_window, Duration::from_secs(600));
+    }
+}
