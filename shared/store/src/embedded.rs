@@ -1,0 +1,522 @@
+//! In-process adapter on Qdrant Edge (`qdrant-edge` 0.7).
+//!
+//! `EdgeShard` is synchronous, so every call runs on tokio's blocking pool with the shard held
+//! in an `Arc`. Writes are serialised by `write_lock` and end with `EdgeShard::flush`:
+//! `EdgeShard::load` does not replay the WAL, so data not flushed to the segments would be lost
+//! on a crash. The lock is also required for soundness of `flush` itself, which `try_lock`s the
+//! WAL and panics if another update holds it.
+//!
+//! Known limitation of qdrant-edge 0.7: the WAL is written but never truncated (nothing acks
+//! it), so `<dir>/wal` grows with the total volume of writes. It must not be deleted by hand:
+//! point versions come from WAL sequence numbers, and a reset WAL would make later updates of
+//! existing points look stale.
+//!
+//! The shard directory is `flock`ed while open: a second `open` of the same directory (in this
+//! or another process) waits up to 5 s, then fails with `StoreError::Unavailable`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use qdrant_edge::{
+    Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
+    EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter, JsonPath,
+    KeywordIndexParams, Match, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams,
+    PointId, PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum, QueryRequest,
+    ScoringQuery, ScrollRequest, UpdateOperation, VectorInternal, VectorStructInternal,
+    VectorStructPersisted, WithPayloadInterface, WithVector,
+};
+use uuid::Uuid;
+
+use crate::{
+    ASSET_ID_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY, ScoredPoint, SearchRequest,
+    StoreError, StoreKind, StoredPoint, VectorStore, check_collection_name, check_vector,
+    payload_from_json, prepare_points,
+};
+
+/// File Qdrant Edge writes when a shard is created; its presence means "load, don't create".
+const EDGE_CONFIG_FILE: &str = "edge_config.json";
+/// Page size for `scroll_ids`.
+const SCROLL_PAGE: usize = 1024;
+/// How long `open` waits for the WAL directory lock: `LOCK_RETRIES * LOCK_RETRY_DELAY`.
+const LOCK_RETRIES: u32 = 50;
+const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Qdrant Edge shard in `<path>/<collection>/`. Built by [`crate::open`].
+pub struct EmbeddedStore {
+    shard: Arc<EdgeShard>,
+    write_lock: Arc<Mutex<()>>,
+    dir: PathBuf,
+    vector_size: usize,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("dir", &self.dir)
+            .field("vector_size", &self.vector_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Open `<root>/<collection>`, creating directory and shard if needed.
+    pub async fn open(
+        root: PathBuf,
+        collection: String,
+        vector_size: usize,
+    ) -> Result<Self, StoreError> {
+        check_collection_name(&collection)?;
+        let dir = root.join(&collection);
+        let dir2 = dir.clone();
+        let shard = blocking(move || open_shard(&dir2, vector_size)).await?;
+        Ok(Self {
+            shard: Arc::new(shard),
+            write_lock: Arc::new(Mutex::new(())),
+            dir,
+            vector_size,
+        })
+    }
+
+    /// Directory holding the shard.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Run `f` on the blocking pool with the shard.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&EdgeShard) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shard = Arc::clone(&self.shard);
+        blocking(move || f(&shard)).await
+    }
+
+    /// Run `f` on the blocking pool under the write lock, then flush if `f` says it wrote.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&EdgeShard) -> Result<(T, bool), StoreError> + Send + 'static,
+    {
+        let shard = Arc::clone(&self.shard);
+        let lock = Arc::clone(&self.write_lock);
+        blocking(move || {
+            // A poisoned lock only means an earlier write panicked (e.g. flush on a full disk);
+            // the shard itself stays usable, so carry on.
+            let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let (out, wrote) = f(&shard)?;
+            if wrote {
+                // Durability point: without this the write is lost on kill -9.
+                shard.flush();
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        StoreError::Internal(format!("cannot create store dir {}: {e}", dir.display()))
+    })?;
+    let config = EdgeConfig::builder()
+        .vector(
+            DEFAULT_VECTOR_NAME,
+            EdgeVectorParamsBuilder::new(vector_size, Distance::Cosine).build(),
+        )
+        .build();
+    let try_open = || {
+        if dir.join(EDGE_CONFIG_FILE).exists() {
+            EdgeShard::load(dir, None)
+        } else {
+            match EdgeShard::new(dir, config.clone()) {
+                Ok(shard) => Ok(shard),
+                // Segments without a config file (config lost): load them, checked against ours.
+                Err(_) => EdgeShard::load(dir, Some(config.clone())),
+            }
+        }
+    };
+    // The WAL directory is `flock`ed while a shard is open. A handle that is still closing (or
+    // a just-forked child that has not exec'd yet) holds it briefly, so retry for a while.
+    let mut attempt = 0;
+    let shard = loop {
+        match try_open() {
+            Ok(shard) => break shard,
+            Err(e) if is_lock_conflict(&e) && attempt < LOCK_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(LOCK_RETRY_DELAY);
+            }
+            Err(e) if is_lock_conflict(&e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "edge shard {} is locked by another open store: {e}",
+                    dir.display()
+                )));
+            }
+            Err(e) => {
+                return Err(StoreError::Internal(format!(
+                    "cannot open edge shard {}: {e}",
+                    dir.display()
+                )));
+            }
+        }
+    };
+
+    // An existing shard must match the configured vector space.
+    {
+        let cfg = shard.config();
+        match cfg.vectors.get(DEFAULT_VECTOR_NAME) {
+            Some(params) if params.size == vector_size && params.distance == Distance::Cosine => {}
+            Some(params) => {
+                return Err(StoreError::InvalidInput(format!(
+                    "edge shard {} has vectors of size {} / {:?}, configured {vector_size} / Cosine",
+                    dir.display(),
+                    params.size,
+                    params.distance
+                )));
+            }
+            None => {
+                return Err(StoreError::InvalidInput(format!(
+                    "edge shard {} has no default dense vector",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    Ok(shard)
+}
+
+/// The WAL's `flock(LOCK_NB)` failed: another `EdgeShard` (here or in another process) has the
+/// directory open.
+fn is_lock_conflict(e: &OperationError) -> bool {
+    let msg = e.to_string();
+    msg.contains("WAL") && msg.contains("WouldBlock")
+}
+
+#[async_trait::async_trait]
+impl VectorStore for EmbeddedStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Embedded
+    }
+
+    fn vector_size(&self) -> usize {
+        self.vector_size
+    }
+
+    async fn ensure_collection(&self) -> Result<(), StoreError> {
+        // The shard itself exists since `open`; make sure the payload indexes do.
+        self.write(|shard| {
+            let existing = shard.info().payload_schema;
+            let mut wrote = false;
+            for (key, is_tenant) in [(ORG_ID_KEY, true), (ASSET_ID_KEY, false)] {
+                let path = json_path(key)?;
+                if existing.contains_key(&path) {
+                    continue;
+                }
+                let params = KeywordIndexParams {
+                    is_tenant: is_tenant.then_some(true),
+                    ..KeywordIndexParams::default()
+                };
+                shard
+                    .update(UpdateOperation::FieldIndexOperation(
+                        FieldIndexOperations::CreateIndex(CreateIndex {
+                            field_name: path,
+                            field_schema: Some(PayloadFieldSchema::FieldParams(
+                                PayloadSchemaParams::Keyword(params),
+                            )),
+                        }),
+                    ))
+                    .map_err(map_err)?;
+                wrote = true;
+            }
+            Ok(((), wrote))
+        })
+        .await
+    }
+
+    async fn upsert(&self, points: Vec<NewPoint>) -> Result<(), StoreError> {
+        let payloads = prepare_points(&points, self.vector_size)?;
+        if points.is_empty() {
+            return Ok(());
+        }
+        let points: Vec<PointStructPersisted> = points
+            .into_iter()
+            .zip(payloads)
+            .map(|(p, payload)| PointStructPersisted {
+                id: PointId::Uuid(p.id),
+                vector: VectorStructPersisted::Single(p.vector),
+                payload: Some(qdrant_edge::Payload(payload)),
+            })
+            .collect();
+        self.write(move |shard| {
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
+                ))
+                .map_err(map_err)?;
+            Ok(((), true))
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        org_id: Uuid,
+        id: Uuid,
+        with_vector: bool,
+    ) -> Result<Option<StoredPoint>, StoreError> {
+        let filter = build_filter(org_id, &PointFilter::default(), Some(&[id]))?;
+        self.read(move |shard| {
+            let (records, _) = shard
+                .scroll(ScrollRequest {
+                    offset: None,
+                    limit: Some(1),
+                    filter: Some(filter),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(with_vector),
+                    order_by: None,
+                })
+                .map_err(map_err)?;
+            let Some(record) = records.into_iter().next() else {
+                return Ok(None);
+            };
+            let id = uuid_of(record.id)?;
+            Ok(Some(StoredPoint {
+                id,
+                payload: payload_from_json(id, record.payload.unwrap_or_default().0)?,
+                vector: record.vector.map(dense_of).transpose()?,
+            }))
+        })
+        .await
+    }
+
+    async fn search(&self, req: SearchRequest) -> Result<Vec<ScoredPoint>, StoreError> {
+        check_vector(&req.vector, self.vector_size, "search")?;
+        if req.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = build_filter(req.org_id, &req.filter, None)?;
+        let (offset, limit) = (req.offset, req.limit);
+        let request = QueryRequest {
+            prefetches: Vec::new(),
+            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
+                query: VectorInternal::Dense(req.vector),
+                using: None,
+            }))),
+            filter: Some(filter),
+            score_threshold: req
+                .score_threshold
+                .map(qdrant_edge::external::ordered_float::OrderedFloat),
+            // Edge's `query` returns the top `offset + limit` without dropping the first
+            // `offset` (the server applies offsets above the shard level), so page here.
+            limit: req.offset.saturating_add(req.limit),
+            offset: 0,
+            params: None,
+            with_vector: WithVector::Bool(req.with_vector),
+            with_payload: WithPayloadInterface::Bool(true),
+        };
+        self.read(move |shard| {
+            shard
+                .query(request)
+                .map_err(map_err)?
+                .into_iter()
+                .skip(offset)
+                .take(limit)
+                .map(|p| {
+                    let id = uuid_of(p.id)?;
+                    Ok(ScoredPoint {
+                        id,
+                        score: p.score,
+                        payload: payload_from_json(id, p.payload.unwrap_or_default().0)?,
+                        vector: p.vector.map(dense_of).transpose()?,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn count(&self, org_id: Uuid, filter: PointFilter) -> Result<u64, StoreError> {
+        let filter = build_filter(org_id, &filter, None)?;
+        self.read(move |shard| count_exact(shard, filter)).await
+    }
+
+    async fn scroll_ids(&self, org_id: Uuid, filter: PointFilter) -> Result<Vec<Uuid>, StoreError> {
+        let filter = build_filter(org_id, &filter, None)?;
+        self.read(move |shard| {
+            let mut ids = Vec::new();
+            let mut offset = None;
+            loop {
+                let (records, next) = shard
+                    .scroll(ScrollRequest {
+                        offset,
+                        limit: Some(SCROLL_PAGE),
+                        filter: Some(filter.clone()),
+                        with_payload: Some(WithPayloadInterface::Bool(false)),
+                        with_vector: WithVector::Bool(false),
+                        order_by: None,
+                    })
+                    .map_err(map_err)?;
+                for r in records {
+                    ids.push(uuid_of(r.id)?);
+                }
+                match next {
+                    Some(next) => offset = Some(next),
+                    None => return Ok(ids),
+                }
+            }
+        })
+        .await
+    }
+
+    async fn delete_points(&self, org_id: Uuid, ids: &[Uuid]) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let filter = build_filter(org_id, &PointFilter::default(), Some(ids))?;
+        self.write(move |shard| delete_matching(shard, filter))
+            .await
+    }
+
+    async fn delete_by_filter(&self, org_id: Uuid, filter: PointFilter) -> Result<u64, StoreError> {
+        let filter = build_filter(org_id, &filter, None)?;
+        self.write(move |shard| delete_matching(shard, filter))
+            .await
+    }
+
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.read(|shard| {
+            count_exact(
+                shard,
+                Filter {
+                    should: None,
+                    min_should: None,
+                    must: Some(vec![Condition::HasId(
+                        std::iter::once(PointId::Uuid(Uuid::nil())).collect(),
+                    )]),
+                    must_not: None,
+                },
+            )
+            .map(drop)
+        })
+        .await
+    }
+}
+
+/// Count then delete, under the write lock (so the count is exact). Does not write if nothing
+/// matches, which keeps repeated deletes free.
+fn delete_matching(shard: &EdgeShard, filter: Filter) -> Result<(u64, bool), StoreError> {
+    let n = count_exact(shard, filter.clone())?;
+    if n == 0 {
+        return Ok((0, false));
+    }
+    shard
+        .update(UpdateOperation::PointOperation(
+            PointOperations::DeletePointsByFilter(filter),
+        ))
+        .map_err(map_err)?;
+    Ok((n, true))
+}
+
+fn count_exact(shard: &EdgeShard, filter: Filter) -> Result<u64, StoreError> {
+    let n = shard
+        .count(CountRequest {
+            filter: Some(filter),
+            exact: true,
+        })
+        .map_err(map_err)?;
+    Ok(n as u64)
+}
+
+/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]`.
+fn build_filter(
+    org_id: Uuid,
+    filter: &PointFilter,
+    ids: Option<&[Uuid]>,
+) -> Result<Filter, StoreError> {
+    let keyword = |key: &str, value: &str| -> Result<Condition, StoreError> {
+        Ok(Condition::Field(FieldCondition::new_match(
+            json_path(key)?,
+            Match::from(value.to_owned()),
+        )))
+    };
+    let mut must = vec![keyword(ORG_ID_KEY, &org_id.to_string())?];
+    if let Some(asset_id) = &filter.asset_id {
+        must.push(keyword(ASSET_ID_KEY, asset_id)?);
+    }
+    if let Some(segment_id) = &filter.segment_id {
+        must.push(keyword(SEGMENT_ID_KEY, segment_id)?);
+    }
+    if let Some(ids) = ids {
+        must.push(Condition::HasId(
+            ids.iter().map(|id| PointId::Uuid(*id)).collect(),
+        ));
+    }
+    Ok(Filter {
+        should: None,
+        min_should: None,
+        must: Some(must),
+        must_not: None,
+    })
+}
+
+fn json_path(key: &str) -> Result<JsonPath, StoreError> {
+    JsonPath::try_from(key).map_err(|()| StoreError::Internal(format!("bad payload key {key}")))
+}
+
+fn uuid_of(id: PointId) -> Result<Uuid, StoreError> {
+    match id {
+        PointId::Uuid(u) => Ok(u),
+        PointId::NumId(n) => Err(StoreError::Internal(format!(
+            "point with numeric id {n} in a UUID-only collection"
+        ))),
+    }
+}
+
+fn dense_of(v: VectorStructInternal) -> Result<Vec<f32>, StoreError> {
+    let inner = match v {
+        VectorStructInternal::Single(v) => return Ok(v),
+        VectorStructInternal::MultiDense(_) => None,
+        VectorStructInternal::Named(mut named) => named.remove(DEFAULT_VECTOR_NAME),
+    };
+    match inner {
+        Some(VectorInternal::Dense(v)) => Ok(v),
+        Some(VectorInternal::Sparse(_) | VectorInternal::MultiDense(_)) | None => Err(
+            StoreError::Internal("stored vector is not a single dense vector".into()),
+        ),
+    }
+}
+
+fn map_err(e: OperationError) -> StoreError {
+    let msg = e.to_string();
+    match e {
+        OperationError::WrongVectorDimension { .. }
+        | OperationError::VectorNameNotExists { .. }
+        | OperationError::TypeError { .. }
+        | OperationError::TypeInferenceError { .. }
+        | OperationError::ValidationError { .. }
+        | OperationError::WrongSparse
+        | OperationError::WrongMulti
+        | OperationError::MissingRangeIndexForOrderBy { .. }
+        | OperationError::MissingMapIndexForFacet { .. }
+        | OperationError::VariableTypeError { .. }
+        | OperationError::NonFiniteNumber { .. } => StoreError::InvalidInput(msg),
+        OperationError::Timeout { .. }
+        | OperationError::Cancelled { .. }
+        | OperationError::OutOfMemory { .. } => StoreError::Unavailable(msg),
+        OperationError::PointIdError { .. }
+        | OperationError::ServiceError { .. }
+        | OperationError::InconsistentStorage { .. } => StoreError::Internal(msg),
+    }
+}
+
+/// Run blocking shard code off the async runtime. A panic inside (qdrant-edge panics on some
+/// I/O failures, e.g. in `flush`) becomes `StoreError::Internal`.
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Internal(format!("embedded store task failed: {e}")))?
+}

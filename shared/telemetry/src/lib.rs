@@ -1,0 +1,369 @@
+//! Heimdex telemetry: one place that wires `tracing` logs and OpenTelemetry traces for every
+//! service (api, worker, projector), and carries W3C trace context across NATS messages.
+//!
+//! * [`init`] installs the process-wide subscriber (env filter + JSON/pretty logs on stderr +
+//!   optional OTLP/gRPC trace export) and returns a [`TelemetryGuard`] that flushes on drop.
+//! * [`inject_context`] / [`extract_context`] / [`set_parent_from_headers`] move the current
+//!   trace across NATS headers (`traceparent`, `tracestate`).
+//! * [`current_trace_id`] returns the current span's trace id as 32 lowercase hex characters.
+//! * `testing` (cargo feature `testing`) collects finished spans in memory for tests.
+
+use std::io::IsTerminal;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_nats::HeaderMap;
+use async_nats::header::{HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry};
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+/// Re-exported so callers can name `opentelemetry::Context` without their own dependency
+/// (and without risking a second, incompatible `opentelemetry` version).
+pub use opentelemetry;
+/// Re-exported for callers that want `span.set_parent(..)` / `span.context()` directly.
+pub use tracing_opentelemetry::OpenTelemetrySpanExt as SpanExt;
+
+/// Filter directive used when [`TelemetryConfig::filter`] is empty.
+pub const DEFAULT_FILTER: &str = "info";
+
+/// How log lines are rendered on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    #[default]
+    Json,
+    /// Human-readable, coloured when stderr is a terminal (development).
+    Pretty,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = TelemetryError;
+
+    /// Accepts `json` or `pretty` (case-insensitive; `text`/`human` are aliases of `pretty`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" | "text" | "human" => Ok(Self::Pretty),
+            _other => Err(TelemetryError::InvalidLogFormat(s.to_owned())),
+        }
+    }
+}
+
+/// Telemetry settings shared by all services.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// Reported as the OpenTelemetry `service.name` resource attribute.
+    pub service_name: String,
+    pub log_format: LogFormat,
+    /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317`. `None` disables export.
+    pub otlp_endpoint: Option<String>,
+    /// `RUST_LOG`-style directives, e.g. `info,heimdex_worker=debug`. Empty means `info`.
+    pub filter: String,
+}
+
+impl TelemetryConfig {
+    /// Config with the given service name and defaults for everything else.
+    pub fn new(service_name: impl Into<String>) -> Self {
+        Self {
+            service_name: service_name.into(),
+            ..Self::default()
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            service_name: "heimdex".to_owned(),
+            log_format: LogFormat::default(),
+            otlp_endpoint: None,
+            filter: DEFAULT_FILTER.to_owned(),
+        }
+    }
+}
+
+/// Errors from [`init`] (and [`testing`] installation).
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("telemetry is already initialised in this process")]
+    AlreadyInitialized,
+    #[error("invalid log filter {filter:?}: {source}")]
+    InvalidFilter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("invalid log format {0:?} (expected `json` or `pretty`)")]
+    InvalidLogFormat(String),
+    #[error(
+        "OTLP export needs a Tokio runtime: call `init` from inside one (e.g. in `#[tokio::main]`)"
+    )]
+    NoTokioRuntime,
+    #[error("building the OTLP span exporter failed: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("installing the global tracing subscriber failed: {0}")]
+    SetGlobalSubscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Keeps the tracer provider alive; flushes pending spans and shuts the exporter down on drop.
+///
+/// Hold it for the whole life of `main` (`let _telemetry = init(&cfg)?;`). Drop it while the
+/// Tokio runtime is still running so the final export can complete.
+#[must_use = "dropping the guard immediately shuts trace export down"]
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Whether spans are being exported over OTLP.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(err) = provider.shutdown()
+        {
+            // The subscriber may be the thing that is failing; write directly.
+            eprintln!("heimdex-telemetry: trace provider shutdown failed: {err}");
+        }
+    }
+}
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the global tracing subscriber (and, with an OTLP endpoint, the OpenTelemetry
+/// pipeline) and sets the global text-map propagator to W3C TraceContext.
+///
+/// Succeeds at most once per process; later calls return [`TelemetryError::AlreadyInitialized`].
+/// A failed call can be retried. With `otlp_endpoint` set it must run inside a Tokio runtime
+/// (the tonic channel is bound to it); spans are exported by a batch span processor.
+pub fn init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    if INITIALIZED
+        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+        .is_err()
+    {
+        return Err(TelemetryError::AlreadyInitialized);
+    }
+    let result = try_init(cfg);
+    if result.is_err() {
+        INITIALIZED.store(false, Ordering::Release);
+    }
+    result
+}
+
+type FmtLayer = Box<dyn Layer<Layered<EnvFilter, Registry>> + Send + Sync + 'static>;
+
+fn try_init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
+    let env_filter = env_filter(&cfg.filter)?;
+
+    let provider = match cfg.otlp_endpoint.as_deref() {
+        Some(endpoint) => Some(otlp_provider(&cfg.service_name, endpoint)?),
+        None => None,
+    };
+
+    let fmt_layer: FmtLayer = match cfg.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let otel = provider
+        .as_ref()
+        .map(|provider| otel_layer(provider.tracer(tracer_name(&cfg.service_name))));
+
+    let installed = tracing_subscriber::registry()
+        .with(env_filter)
+        .with(fmt_layer)
+        .with(otel)
+        .try_init();
+    if let Err(err) = installed {
+        if let Some(provider) = provider {
+            let _ignored = provider.shutdown();
+        }
+        return Err(err.into());
+    }
+
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    if let Some(provider) = &provider {
+        opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    Ok(TelemetryGuard { provider })
+}
+
+fn env_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
+    let directives = if filter.trim().is_empty() {
+        DEFAULT_FILTER
+    } else {
+        filter
+    };
+    EnvFilter::try_new(directives).map_err(|source| TelemetryError::InvalidFilter {
+        filter: filter.to_owned(),
+        source,
+    })
+}
+
+fn otlp_provider(service_name: &str, endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(TelemetryError::NoTokioRuntime);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()?;
+    Ok(SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name.to_owned())
+                .build(),
+        )
+        .with_batch_exporter(exporter)
+        .build())
+}
+
+fn tracer_name(service_name: &str) -> String {
+    if service_name.is_empty() {
+        env!("CARGO_PKG_NAME").to_owned()
+    } else {
+        service_name.to_owned()
+    }
+}
+
+/// The OpenTelemetry layer, minus spans from the exporter's own transport stack (which would
+/// otherwise feed back into the exporter when verbose filters are used).
+pub(crate) fn otel_layer<S>(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+) -> Box<dyn Layer<S> + Send + Sync + 'static>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            !is_transport_target(meta.target())
+        }))
+        .boxed()
+}
+
+fn is_transport_target(target: &str) -> bool {
+    const TRANSPORT: [&str; 8] = [
+        "h2",
+        "hyper",
+        "hyper_util",
+        "tonic",
+        "tower",
+        "opentelemetry",
+        "opentelemetry_sdk",
+        "opentelemetry_otlp",
+    ];
+    let krate = target.split("::").next().unwrap_or(target);
+    TRANSPORT.contains(&krate)
+}
+
+// ---------------------------------------------------------------------------------------------
+// NATS propagation
+// ---------------------------------------------------------------------------------------------
+
+/// W3C TraceContext is Heimdex's wire format, so propagation does not depend on whether
+/// [`init`] (which also sets the global propagator) ran in this process.
+static PROPAGATOR: LazyLock<TraceContextPropagator> = LazyLock::new(TraceContextPropagator::new);
+
+/// [`Injector`] writing into NATS message headers. Invalid names/values are skipped, never panic.
+#[derive(Debug)]
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (key.parse::<HeaderName>(), value.parse::<HeaderValue>()) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+/// [`Extractor`] reading NATS message headers. Lookups fall back to a case-insensitive match.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        if let Ok(name) = key.parse::<HeaderName>()
+            && let Some(value) = self.0.get(name)
+        {
+            return Some(value.as_str());
+        }
+        self.0
+            .iter()
+            .find(|(name, _)| AsRef::<str>::as_ref(*name).eq_ignore_ascii_case(key))
+            .and_then(|(_, values)| values.first())
+            .map(HeaderValue::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(name, _)| name.as_ref()).collect()
+    }
+}
+
+/// Writes the current tracing span's trace context (`traceparent`, plus `tracestate` when
+/// non-empty) into `headers`. Does nothing when there is no sampled/valid current span.
+pub fn inject_context(headers: &mut HeaderMap) {
+    let cx = tracing::Span::current().context();
+    PROPAGATOR.inject_context(&cx, &mut HeaderInjector(headers));
+}
+
+/// Reads a remote trace context from NATS headers. Missing or malformed headers yield an empty
+/// context (whose span context is invalid).
+pub fn extract_context(headers: Option<&HeaderMap>) -> opentelemetry::Context {
+    match headers {
+        Some(headers) => PROPAGATOR
+            .extract_with_context(&opentelemetry::Context::new(), &HeaderExtractor(headers)),
+        None => opentelemetry::Context::new(),
+    }
+}
+
+/// Makes `span` a child of the trace context carried in `headers`, continuing the producer's
+/// trace. Call it right after creating the span and BEFORE entering/instrumenting with it
+/// (a started span's parent can no longer change). If the headers carry no valid context the
+/// span is left untouched.
+pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let cx = extract_context(headers);
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    if let Err(err) = span.set_parent(cx) {
+        tracing::debug!(error = %err, "could not continue trace from NATS headers");
+    }
+}
+
+/// The current span's OpenTelemetry trace id as 32 lowercase hex characters, or `None` when
+/// there is no current span or no OpenTelemetry layer is installed.
+pub fn current_trace_id() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+#[cfg(test)]
+mod tests;
