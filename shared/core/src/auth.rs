@@ -76,7 +76,10 @@ impl std::fmt::Debug for JwtConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtConfig")
             .field("secret", &"[redacted]")
-            .field("public_key_pem", &self.public_key_pem.as_ref().map(|_| "[set]"))
+            .field(
+                "public_key_pem",
+                &self.public_key_pem.as_ref().map(|_| "[set]"),
+            )
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish()
@@ -176,20 +179,29 @@ impl Verifier {
             .decode(header.trim_end_matches('='))
             .map_err(|_| AuthError::Malformed)?;
         let raw: RawHeader = serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
-        let accepted = self.validation.algorithms.iter().any(|alg| format!("{alg:?}") == raw.alg);
-        if accepted { Ok(()) } else { Err(AuthError::Algorithm) }
+        let accepted = self
+            .validation
+            .algorithms
+            .iter()
+            .any(|alg| format!("{alg:?}") == raw.alg);
+        if accepted {
+            Ok(())
+        } else {
+            Err(AuthError::Algorithm)
+        }
     }
 }
 
 fn classify(kind: &ErrorKind) -> AuthError {
     match kind {
-        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-            AuthError::Malformed
-        }
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => AuthError::Malformed,
         ErrorKind::InvalidSignature => AuthError::Signature,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName | ErrorKind::MissingAlgorithm => {
-            AuthError::Algorithm
-        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => AuthError::Algorithm,
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience | ErrorKind::InvalidSubject => {
@@ -270,19 +282,42 @@ mod tests {
         let org = Uuid::new_v4();
         let token = issue_token(&config(), org, "alice", Duration::from_secs(60)).unwrap();
         let principal = Verifier::new(&config()).unwrap().verify(&token).unwrap();
-        assert_eq!(principal, Principal { org_id: org, user_id: "alice".into() });
+        assert_eq!(
+            principal,
+            Principal {
+                org_id: org,
+                user_id: "alice".into()
+            }
+        );
     }
 
     #[test]
     fn header_parsing() {
         let verifier = Verifier::new(&config()).unwrap();
         let token = issue_token(&config(), Uuid::new_v4(), "a", Duration::from_secs(60)).unwrap();
-        assert!(verifier.verify_header(Some(&format!("Bearer {token}"))).is_ok());
-        assert!(verifier.verify_header(Some(&format!("bearer  {token}"))).is_ok());
+        assert!(
+            verifier
+                .verify_header(Some(&format!("Bearer {token}")))
+                .is_ok()
+        );
+        assert!(
+            verifier
+                .verify_header(Some(&format!("bearer  {token}")))
+                .is_ok()
+        );
         assert_eq!(verifier.verify_header(None), Err(AuthError::Missing));
-        assert_eq!(verifier.verify_header(Some(&format!("Basic {token}"))), Err(AuthError::Malformed));
-        assert_eq!(verifier.verify_header(Some("Bearer")), Err(AuthError::Malformed));
-        assert_eq!(verifier.verify_header(Some("Bearer ")), Err(AuthError::Malformed));
+        assert_eq!(
+            verifier.verify_header(Some(&format!("Basic {token}"))),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            verifier.verify_header(Some("Bearer")),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            verifier.verify_header(Some("Bearer ")),
+            Err(AuthError::Malformed)
+        );
     }
 
     #[test]
@@ -303,20 +338,48 @@ mod tests {
         let cases = [
             (none_alg, AuthError::Algorithm),
             (hs512, AuthError::Algorithm),
-            (sign(json!({"sub": "a", "org_id": org, "exp": 1_000}), SECRET), AuthError::Expired),
-            (sign(json!({"sub": "a", "org_id": org, "exp": exp()}), "wrong-secret-wrong-secret-wrong!"), AuthError::Signature),
-            (sign(json!({"sub": "a", "exp": exp()}), SECRET), AuthError::MissingOrg),
-            (sign(json!({"sub": "a", "org_id": "acme", "exp": exp()}), SECRET), AuthError::InvalidOrg),
-            (sign(json!({"sub": "a", "org_id": org, "exp": exp(), "nbf": exp() + 3600}), SECRET), AuthError::NotYetValid),
+            (
+                sign(json!({"sub": "a", "org_id": org, "exp": 1_000}), SECRET),
+                AuthError::Expired,
+            ),
+            (
+                sign(
+                    json!({"sub": "a", "org_id": org, "exp": exp()}),
+                    "wrong-secret-wrong-secret-wrong!",
+                ),
+                AuthError::Signature,
+            ),
+            (
+                sign(json!({"sub": "a", "exp": exp()}), SECRET),
+                AuthError::MissingOrg,
+            ),
+            (
+                sign(json!({"sub": "a", "org_id": "acme", "exp": exp()}), SECRET),
+                AuthError::InvalidOrg,
+            ),
+            (
+                sign(
+                    json!({"sub": "a", "org_id": org, "exp": exp(), "nbf": exp() + 3600}),
+                    SECRET,
+                ),
+                AuthError::NotYetValid,
+            ),
             ("garbage".to_owned(), AuthError::Malformed),
             ("a.b.c".to_owned(), AuthError::Malformed),
             ("x".repeat(MAX_TOKEN_LEN + 1), AuthError::TooLarge),
         ];
         for (token, want) in cases {
-            assert_eq!(verifier.verify(&token), Err(want.clone()), "token for {want:?}");
+            assert_eq!(
+                verifier.verify(&token),
+                Err(want.clone()),
+                "token for {want:?}"
+            );
         }
         let no_exp = sign(json!({"sub": "a", "org_id": org}), SECRET);
-        assert!(matches!(verifier.verify(&no_exp), Err(AuthError::Claims(_))));
+        assert!(matches!(
+            verifier.verify(&no_exp),
+            Err(AuthError::Claims(_))
+        ));
     }
 
     #[test]
@@ -336,7 +399,10 @@ mod tests {
             json!({"sub": "a", "org_id": org.to_string(), "exp": exp(), "iss": "heimdex", "aud": "other"}),
             SECRET,
         );
-        assert_eq!(verifier.verify(&wrong_aud), Err(AuthError::IssuerOrAudience));
+        assert_eq!(
+            verifier.verify(&wrong_aud),
+            Err(AuthError::IssuerOrAudience)
+        );
     }
 
     #[test]

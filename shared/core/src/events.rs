@@ -89,7 +89,11 @@ pub fn parse_subject(subject: &str) -> Option<SubjectParts> {
     if tokens.next().is_some() {
         return None;
     }
-    Some(SubjectParts { org_id, job_id, kind })
+    Some(SubjectParts {
+        org_id,
+        job_id,
+        kind,
+    })
 }
 
 /// The CloudEvents 1.0 structured-mode envelope.
@@ -241,9 +245,13 @@ impl JobEvent {
         let job_id = Uuid::parse_str(&envelope.subject)
             .map_err(|_| DecodeError::BadSubject(envelope.subject.clone()))?;
         let data = match envelope.event_type.as_str() {
-            "heimdex.job.requested.v1" => EventData::Requested(serde_json::from_value(envelope.data)?),
+            "heimdex.job.requested.v1" => {
+                EventData::Requested(serde_json::from_value(envelope.data)?)
+            }
             "heimdex.job.started.v1" => EventData::Started(serde_json::from_value(envelope.data)?),
-            "heimdex.job.succeeded.v1" => EventData::Succeeded(serde_json::from_value(envelope.data)?),
+            "heimdex.job.succeeded.v1" => {
+                EventData::Succeeded(serde_json::from_value(envelope.data)?)
+            }
             "heimdex.job.failed.v1" => EventData::Failed(serde_json::from_value(envelope.data)?),
             _ => return Err(DecodeError::UnknownType(envelope.event_type)),
         };
@@ -276,10 +284,7 @@ mod tests {
     fn subject_round_trip() {
         let job = Uuid::from_u128(7);
         let s = subject(org(), job, EventKind::Succeeded);
-        assert_eq!(
-            s,
-            format!("heimdex.jobs.{}.{}.succeeded", org(), job)
-        );
+        assert_eq!(s, format!("heimdex.jobs.{}.{}.succeeded", org(), job));
         let parts = parse_subject(&s).unwrap();
         assert_eq!(parts.org_id, org());
         assert_eq!(parts.job_id, job);

@@ -23,8 +23,16 @@ pub fn job_id(job_key: &str) -> Uuid {
 /// Point id, byte-for-byte the Python service's: the first 16 bytes of
 /// `sha256("{org_id}:{asset_id}:{segment_id}:{model}:{model_ver}")`, used as they are (no version
 /// bits rewritten), so collections written by the old service stay addressable.
-pub fn point_id(org_id: Uuid, asset_id: &str, segment_id: &str, model: &str, model_ver: &str) -> Uuid {
-    let digest = Sha256::digest(format!("{org_id}:{asset_id}:{segment_id}:{model}:{model_ver}"));
+pub fn point_id(
+    org_id: Uuid,
+    asset_id: &str,
+    segment_id: &str,
+    model: &str,
+    model_ver: &str,
+) -> Uuid {
+    let digest = Sha256::digest(format!(
+        "{org_id}:{asset_id}:{segment_id}:{model}:{model_ver}"
+    ));
     uuid_from_digest(&digest)
 }
 
@@ -36,7 +44,9 @@ pub fn mock_vector(org_id: Uuid, asset_id: &str, segment_id: &str, size: usize) 
     let seed: [u8; 32] = Sha256::digest(format!("{org_id}:{asset_id}:{segment_id}:mock:v1")).into();
     let mut rng = ChaCha20Rng::from_seed(seed);
     const SCALE: f32 = 1.0 / (1u32 << 24) as f32;
-    (0..size).map(|_| (rng.next_u32() >> 8) as f32 * SCALE).collect()
+    (0..size)
+        .map(|_| (rng.next_u32() >> 8) as f32 * SCALE)
+        .collect()
 }
 
 /// JSON with object keys sorted and no insignificant whitespace. `serde_json`'s map is ordered by
@@ -69,7 +79,10 @@ mod tests {
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
         let a = json!({"b": 1, "a": {"z": true, "y": [3, {"k": 1, "j": 2}]}});
-        assert_eq!(canonical_json(&a), r#"{"a":{"y":[3,{"j":2,"k":1}],"z":true},"b":1}"#);
+        assert_eq!(
+            canonical_json(&a),
+            r#"{"a":{"y":[3,{"j":2,"k":1}],"z":true},"b":1}"#
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ impl Definitions {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(file: &'static str, json: &str) -> Result<T, BootstrapError> {
+fn parse<T: serde::de::DeserializeOwned>(
+    file: &'static str,
+    json: &str,
+) -> Result<T, BootstrapError> {
     serde_json::from_str(json).map_err(|err| BootstrapError::Definition(file, err.to_string()))
 }
 
@@ -135,14 +138,37 @@ pub async fn ensure_consumer(
         .get_or_create_consumer(&name, config.clone())
         .await
         .map_err(|err| request_error(&object, err))?;
-    let info = consumer.info().await.map_err(|err| request_error(&object, err))?;
+    let info = consumer
+        .info()
+        .await
+        .map_err(|err| request_error(&object, err))?;
     let have = &info.config;
     let mut diffs = Vec::new();
-    diff(&mut diffs, "filter_subject", &have.filter_subject, &config.filter_subject);
-    diff(&mut diffs, "ack_policy", &have.ack_policy, &config.ack_policy);
+    diff(
+        &mut diffs,
+        "filter_subject",
+        &have.filter_subject,
+        &config.filter_subject,
+    );
+    diff(
+        &mut diffs,
+        "ack_policy",
+        &have.ack_policy,
+        &config.ack_policy,
+    );
     diff(&mut diffs, "ack_wait", &have.ack_wait, &config.ack_wait);
-    diff(&mut diffs, "max_deliver", &have.max_deliver, &config.max_deliver);
-    diff(&mut diffs, "deliver_policy", &have.deliver_policy, &config.deliver_policy);
+    diff(
+        &mut diffs,
+        "max_deliver",
+        &have.max_deliver,
+        &config.max_deliver,
+    );
+    diff(
+        &mut diffs,
+        "deliver_policy",
+        &have.deliver_policy,
+        &config.deliver_policy,
+    );
     conflict(object, diffs)?;
     Ok(consumer)
 }
@@ -156,18 +182,46 @@ async fn ensure_stream_config(
         .get_or_create_stream(want.clone())
         .await
         .map_err(|err| request_error(&object, err))?;
-    let info = stream.info().await.map_err(|err| request_error(&object, err))?;
+    let info = stream
+        .info()
+        .await
+        .map_err(|err| request_error(&object, err))?;
     let have = &info.config;
     let mut diffs = Vec::new();
     diff(&mut diffs, "subjects", &have.subjects, &want.subjects);
     diff(&mut diffs, "retention", &have.retention, &want.retention);
     diff(&mut diffs, "storage", &have.storage, &want.storage);
     diff(&mut diffs, "discard", &have.discard, &want.discard);
-    diff(&mut diffs, "num_replicas", &have.num_replicas.max(1), &want.num_replicas.max(1));
-    diff(&mut diffs, "duplicate_window", &have.duplicate_window, &want.duplicate_window);
-    diff(&mut diffs, "max_msgs_per_subject", &have.max_messages_per_subject, &want.max_messages_per_subject);
-    diff(&mut diffs, "allow_direct", &have.allow_direct, &want.allow_direct);
-    diff(&mut diffs, "allow_rollup_hdrs", &have.allow_rollup, &want.allow_rollup);
+    diff(
+        &mut diffs,
+        "num_replicas",
+        &have.num_replicas.max(1),
+        &want.num_replicas.max(1),
+    );
+    diff(
+        &mut diffs,
+        "duplicate_window",
+        &have.duplicate_window,
+        &want.duplicate_window,
+    );
+    diff(
+        &mut diffs,
+        "max_msgs_per_subject",
+        &have.max_messages_per_subject,
+        &want.max_messages_per_subject,
+    );
+    diff(
+        &mut diffs,
+        "allow_direct",
+        &have.allow_direct,
+        &want.allow_direct,
+    );
+    diff(
+        &mut diffs,
+        "allow_rollup_hdrs",
+        &have.allow_rollup,
+        &want.allow_rollup,
+    );
     conflict(object, diffs)?;
     Ok(stream)
 }
@@ -225,7 +279,10 @@ mod tests {
         assert_eq!(defs.worker.max_deliver, 4);
         assert_eq!(defs.worker.ack_wait, Duration::from_secs(30));
         assert_eq!(defs.worker.filter_subject, "heimdex.jobs.*.*.requested");
-        assert_eq!(defs.projector.durable_name.as_deref(), Some(PROJECTOR_CONSUMER));
+        assert_eq!(
+            defs.projector.durable_name.as_deref(),
+            Some(PROJECTOR_CONSUMER)
+        );
         assert_eq!(defs.projector.filter_subject, "heimdex.jobs.>");
     }
 

@@ -326,7 +326,10 @@ mod tests {
         status.apply(&failed(4), 6);
         assert_eq!(status.status, Status::Failed);
         assert_eq!(status.attempts, 4);
-        assert_eq!(status.error.as_ref().map(|e| e.code), Some(JobErrorCode::VectorStore));
+        assert_eq!(
+            status.error.as_ref().map(|e| e.code),
+            Some(JobErrorCode::VectorStore)
+        );
     }
 
     #[test]
@@ -339,6 +342,9 @@ mod tests {
 
     #[test]
     fn status_serializes_in_screaming_case() {
-        assert_eq!(serde_json::to_value(Status::Succeeded).unwrap(), "SUCCEEDED");
+        assert_eq!(
+            serde_json::to_value(Status::Succeeded).unwrap(),
+            "SUCCEEDED"
+        );
     }
 }

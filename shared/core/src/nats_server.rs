@@ -40,7 +40,10 @@ pub fn find_binary(configured: Option<&Path>) -> Result<PathBuf, NatsServerError
             Err(NatsServerError::NotFound)
         };
     }
-    if let Some(path) = std::env::var_os(BIN_ENV).map(PathBuf::from).filter(|p| p.is_file()) {
+    if let Some(path) = std::env::var_os(BIN_ENV)
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
         return Ok(path);
     }
     if let Some(paths) = std::env::var_os("PATH") {
@@ -179,7 +182,10 @@ impl NatsServer {
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_ok() {
+            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .is_ok()
+            {
                 return;
             }
         }

@@ -148,7 +148,9 @@ impl Settings {
         let secret = env.get("JWT_SECRET");
         let jwt_dev_secret = secret.is_none();
         if environment == Environment::Prod
-            && secret.as_ref().is_none_or(|s| s.len() < MIN_PROD_SECRET_LEN)
+            && secret
+                .as_ref()
+                .is_none_or(|s| s.len() < MIN_PROD_SECRET_LEN)
         {
             return Err(SettingsError::WeakSecret);
         }
@@ -165,14 +167,21 @@ impl Settings {
 
         Ok(Self {
             env: environment,
-            data_dir: env.get("HEIMDEX_DATA_DIR").unwrap_or_else(|| "./data".into()).into(),
+            data_dir: env
+                .get("HEIMDEX_DATA_DIR")
+                .unwrap_or_else(|| "./data".into())
+                .into(),
             api_addr: env.parse("HEIMDEX_API_ADDR", "127.0.0.1:8000")?,
             nats: NatsSettings {
                 url: env.get("NATS_URL"),
                 server_bin: env.get("NATS_SERVER_BIN").map(PathBuf::from),
                 embedded_listen: env.parse("HEIMDEX_NATS_LISTEN", "127.0.0.1:4222")?,
-                publish_timeout: Duration::from_millis(env.parse("NATS_PUBLISH_TIMEOUT_MS", "2000")?),
-                duplicate_window: Duration::from_secs(env.parse("NATS_DUPLICATE_WINDOW_SEC", "120")?),
+                publish_timeout: Duration::from_millis(
+                    env.parse("NATS_PUBLISH_TIMEOUT_MS", "2000")?,
+                ),
+                duplicate_window: Duration::from_secs(
+                    env.parse("NATS_DUPLICATE_WINDOW_SEC", "120")?,
+                ),
                 replicas: env.parse("NATS_REPLICAS", "1")?,
             },
             qdrant: QdrantSettings {
@@ -188,12 +197,16 @@ impl Settings {
             jwt,
             jwt_dev_secret,
             telemetry: TelemetrySettings {
-                service_name: env.get("OTEL_SERVICE_NAME").unwrap_or_else(|| "heimdex".into()),
+                service_name: env
+                    .get("OTEL_SERVICE_NAME")
+                    .unwrap_or_else(|| "heimdex".into()),
                 otlp_endpoint: env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
                 log_format: match env.get("LOG_FORMAT").as_deref() {
                     None | Some("pretty") | Some("text") => LogFormat::Pretty,
                     Some("json") => LogFormat::Json,
-                    Some(other) => return Err(invalid("LOG_FORMAT", other, "expected json or pretty")),
+                    Some(other) => {
+                        return Err(invalid("LOG_FORMAT", other, "expected json or pretty"));
+                    }
                 },
                 filter: env.get("RUST_LOG").unwrap_or_else(|| "info".into()),
             },
@@ -211,13 +224,25 @@ impl Settings {
 
     fn validated(self) -> Result<Self, SettingsError> {
         if self.qdrant.vector_size == 0 || self.qdrant.vector_size > 65_536 {
-            return Err(invalid("VECTOR_SIZE", &self.qdrant.vector_size.to_string(), "must be 1..=65536"));
+            return Err(invalid(
+                "VECTOR_SIZE",
+                &self.qdrant.vector_size.to_string(),
+                "must be 1..=65536",
+            ));
         }
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
-            return Err(invalid("NATS_REPLICAS", &self.nats.replicas.to_string(), "must be 1..=5"));
+            return Err(invalid(
+                "NATS_REPLICAS",
+                &self.nats.replicas.to_string(),
+                "must be 1..=5",
+            ));
         }
         if self.worker.concurrency == 0 {
-            return Err(invalid("HEIMDEX_WORKER_CONCURRENCY", "0", "must be at least 1"));
+            return Err(invalid(
+                "HEIMDEX_WORKER_CONCURRENCY",
+                "0",
+                "must be at least 1",
+            ));
         }
         if self.nats.publish_timeout.is_zero() {
             return Err(invalid("NATS_PUBLISH_TIMEOUT_MS", "0", "must be positive"));
@@ -225,9 +250,9 @@ impl Settings {
         Ok(self)
     }
 
-    /// Where Qdrant Edge keeps its collection.
+    /// Where Qdrant Edge keeps its collections (one directory each).
     pub fn edge_dir(&self) -> PathBuf {
-        self.data_dir.join("qdrant").join(&self.qdrant.collection)
+        self.data_dir.join("qdrant")
     }
 
     /// Where the embedded nats-server keeps its JetStream store.
@@ -307,7 +332,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -332,7 +360,10 @@ mod tests {
         assert!(matches!(err, SettingsError::WeakSecret));
         assert!(err.to_string().contains("JWT_SECRET"));
         let short = vars(&[("HEIMDEX_ENV", "prod"), ("JWT_SECRET", "short")]);
-        assert!(matches!(Settings::from_vars(&short), Err(SettingsError::WeakSecret)));
+        assert!(matches!(
+            Settings::from_vars(&short),
+            Err(SettingsError::WeakSecret)
+        ));
         let ok = vars(&[("HEIMDEX_ENV", "prod"), ("JWT_SECRET", &"s".repeat(32))]);
         assert!(!Settings::from_vars(&ok).unwrap().jwt_dev_secret);
     }

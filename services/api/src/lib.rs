@@ -1,0 +1,219 @@
+//! The Heimdex HTTP API: stateless. It authenticates, validates, appends `requested` events to
+//! JetStream, and reads job status (KV), job history (the stream) and points (the vector store).
+//!
+//! `build(settings, deps)` binds the listener (port 0 works, for tests); `Api::run(shutdown)`
+//! serves until the token is cancelled, then drains in-flight requests.
+
+pub mod auth;
+pub mod problem;
+pub mod routes;
+pub mod strict;
+pub mod submit;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{Context, kv, stream};
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::middleware::Tracing;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem_openapi::OpenApiService;
+
+use heimdex_core::auth::Verifier;
+use heimdex_core::probes::CachedProbe;
+use heimdex_core::settings::Settings;
+use heimdex_core::shutdown::CancellationToken;
+use heimdex_store::VectorStore;
+
+use crate::routes::health::HealthApi;
+use crate::routes::jobs::JobsApi;
+use crate::routes::vectors::VectorsApi;
+use crate::submit::Submitter;
+
+/// Request bodies above this are refused with 413 before they are read.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Connections and stores the API needs; `heimdex serve` shares them with the other services.
+#[derive(Clone)]
+pub struct ApiDeps {
+    pub client: async_nats::Client,
+    pub js: Context,
+    pub status: kv::Store,
+    pub jobs_stream: stream::Stream,
+    pub store: Arc<dyn VectorStore>,
+    /// NATS URL shown in `/readyz` (no credentials).
+    pub nats_url: String,
+}
+
+/// Shared by every handler.
+pub struct AppState {
+    pub submitter: Submitter,
+    pub js: Context,
+    pub status: kv::Store,
+    pub jobs_stream: stream::Stream,
+    pub store: Arc<dyn VectorStore>,
+    pub nats_url: String,
+    pub store_url: Option<String>,
+    pub nats_probe: CachedProbe,
+    pub store_probe: CachedProbe,
+    pub store_probe_enabled: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] heimdex_core::auth::KeyError),
+}
+
+pub struct Api {
+    acceptor: TcpAcceptor,
+    addr: SocketAddr,
+    app: poem::endpoint::BoxEndpoint<'static>,
+}
+
+pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError> {
+    let verifier = Arc::new(Verifier::new(&settings.jwt)?);
+    let store_url = Some(
+        settings
+            .qdrant
+            .url
+            .as_deref()
+            .map(strip_credentials)
+            .unwrap_or_else(|| "embedded".to_owned()),
+    );
+    let state = Arc::new(AppState {
+        submitter: Submitter::new(deps.client.clone(), deps.js.clone()),
+        js: deps.js,
+        status: deps.status,
+        jobs_stream: deps.jobs_stream,
+        store: deps.store,
+        nats_url: strip_credentials(&deps.nats_url),
+        store_url,
+        nats_probe: CachedProbe::new(settings.probes.clone()),
+        store_probe: CachedProbe::new(settings.probes.clone()),
+        store_probe_enabled: settings.qdrant.enabled,
+    });
+    let app = routes(state, verifier);
+
+    let addr = settings.api_addr;
+    let acceptor = TcpListener::bind(addr.to_string())
+        .into_acceptor()
+        .await
+        .map_err(|source| BuildError::Bind { addr, source })?;
+    let addr = acceptor
+        .local_addr()
+        .first()
+        .and_then(|local| local.as_socket_addr().copied())
+        .unwrap_or(addr);
+    Ok(Api {
+        acceptor,
+        addr,
+        app,
+    })
+}
+
+/// The route tree: the OpenAPI operations, the spec, Swagger UI, and the error mapping.
+pub fn routes(
+    state: Arc<AppState>,
+    verifier: Arc<Verifier>,
+) -> poem::endpoint::BoxEndpoint<'static> {
+    let api = OpenApiService::new(
+        (
+            VectorsApi {
+                state: state.clone(),
+            },
+            JobsApi {
+                state: state.clone(),
+            },
+            HealthApi { state },
+        ),
+        "Heimdex",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Event-sourced vector ingestion and tenant-scoped semantic search. Every job is an event \
+         stream on NATS JetStream; errors are RFC 9457 problem+json.",
+    );
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .nest("/", api)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .around(limit_body)
+        .data(verifier)
+        .with(Tracing)
+        .catch_all_error(problem::catch_all)
+        .boxed()
+}
+
+/// Refuses bodies over [`MAX_BODY_BYTES`] with 413: at once when `Content-Length` says so, and
+/// while reading when a chunked body grows past it. Requests without a body pass untouched.
+async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    let declared = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > MAX_BODY_BYTES as u64 => {
+            return Err(poem::Error::from_status(
+                poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+            ));
+        }
+        Some(_) => {}
+        None => {
+            let body = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await?;
+            req.set_body(body);
+        }
+    }
+    Ok(next.call(req).await?.into_response())
+}
+
+impl Api {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then gives in-flight requests up to 10 s.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        tracing::info!(addr = %self.addr, "API listening");
+        Server::new_with_acceptor(self.acceptor)
+            .idle_timeout(Duration::from_secs(60))
+            .run_with_graceful_shutdown(
+                self.app,
+                async move { shutdown.cancelled().await },
+                Some(Duration::from_secs(10)),
+            )
+            .await
+    }
+}
+
+/// `nats://user:pass@host:4222` → `nats://host:4222`.
+pub fn strip_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}{}", &url[..scheme_end + 3], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn strip_credentials() {
+        assert_eq!(
+            super::strip_credentials("nats://a:b@h:4222"),
+            "nats://h:4222"
+        );
+        assert_eq!(super::strip_credentials("nats://h:4222"), "nats://h:4222");
+        assert_eq!(super::strip_credentials("http://k@q:6334"), "http://q:6334");
+    }
+}

@@ -1,0 +1,249 @@
+//! RFC 9457 problem details: the one place where errors become HTTP. Handlers return
+//! [`ApiError`]; [`ApiError::into_problem`] is an exhaustive match from error kind to status, and
+//! [`catch_all`] gives errors raised by the framework itself (bad JSON, missing auth, unknown
+//! route, oversized body) the same shape. 5xx bodies never carry internals; the cause is logged.
+
+use std::time::Duration;
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+use heimdex_core::auth::AuthError;
+use heimdex_store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Clone, Debug, Object)]
+pub struct Problem {
+    /// A stable URI naming the problem type: `urn:heimdex:problem:<code>`.
+    #[oai(rename = "type")]
+    pub problem_type: String,
+    /// Short, human-readable summary of the problem type.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// Stable machine-readable code (the last segment of `type`).
+    pub code: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &str, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            problem_type: format!("urn:heimdex:problem:{code}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            code: code.to_owned(),
+        }
+    }
+}
+
+/// Every error response an operation can give, as documented in the OpenAPI spec.
+#[derive(ApiResponse, Debug)]
+pub enum ProblemResponse {
+    /// The request is malformed.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid bearer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// Not found, or not visible to the caller's organization.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The request body is too large.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request is well-formed but its values are not acceptable.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    Unprocessable(Json<Problem>),
+    /// Unexpected failure; details are in the server log.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    Internal(Json<Problem>),
+    /// A dependency (NATS, the vector store) is unavailable; retry after the given seconds.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u64),
+    /// The event store is out of space; nothing was accepted.
+    #[oai(status = 507, content_type = "application/problem+json")]
+    InsufficientStorage(Json<Problem>, #[oai(header = "Retry-After")] u64),
+}
+
+/// What can go wrong in a handler.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{what} is unavailable")]
+    Unavailable {
+        what: &'static str,
+        retry_after: Duration,
+    },
+    #[error("the event store is full")]
+    StorageFull,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn nats_unavailable() -> Self {
+        ApiError::Unavailable {
+            what: "NATS",
+            retry_after: Duration::from_secs(2),
+        }
+    }
+
+    pub fn into_problem(self) -> ProblemResponse {
+        match self {
+            ApiError::Validation(detail) => ProblemResponse::Unprocessable(Json(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error",
+                "Request validation failed",
+                detail,
+            ))),
+            ApiError::NotFound(detail) => ProblemResponse::NotFound(Json(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "Not found",
+                detail,
+            ))),
+            ApiError::Auth(err) => unauthorized(&err.to_string()),
+            ApiError::Unavailable { what, retry_after } => ProblemResponse::Unavailable(
+                Json(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service temporarily unavailable",
+                    format!("{what} is unavailable; nothing was accepted, retry later"),
+                )),
+                retry_after.as_secs().max(1),
+            ),
+            ApiError::StorageFull => ProblemResponse::InsufficientStorage(
+                Json(Problem::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    "Event store full",
+                    "the event store has no space left; nothing was accepted",
+                )),
+                30,
+            ),
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                ProblemResponse::Internal(Json(internal_problem()))
+            }
+        }
+    }
+}
+
+impl From<ApiError> for ProblemResponse {
+    fn from(err: ApiError) -> Self {
+        err.into_problem()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "vector store unavailable");
+                ApiError::Unavailable {
+                    what: "the vector store",
+                    retry_after: Duration::from_secs(2),
+                }
+            }
+            StoreError::InvalidInput(detail) => ApiError::Validation(detail),
+            StoreError::Internal(reason) => ApiError::Internal(format!("vector store: {reason}")),
+        }
+    }
+}
+
+fn unauthorized(detail: &str) -> ProblemResponse {
+    ProblemResponse::Unauthorized(
+        Json(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail,
+        )),
+        "Bearer".to_owned(),
+    )
+}
+
+fn internal_problem() -> Problem {
+    Problem::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "Internal server error",
+        "an unexpected error occurred; it has been logged",
+    )
+}
+
+/// Turns any error that escaped a handler (raised by poem or poem-openapi before or after the
+/// handler ran) into a problem document with the error's status.
+pub async fn catch_all(err: poem::Error) -> Response {
+    let status = err.status();
+    if let Some(auth) = err.downcast_ref::<AuthError>() {
+        return unauthorized(&auth.to_string()).into_response();
+    }
+    let response = err.into_response();
+    let is_problem = response
+        .headers()
+        .get(poem::http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+    if is_problem {
+        return response;
+    }
+    let detail = match response.into_body().into_string().await {
+        Ok(body) if !body.is_empty() && !status.is_server_error() => body,
+        _ => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let problem = match status {
+        StatusCode::UNAUTHORIZED => return unauthorized("missing bearer token").into_response(),
+        StatusCode::NOT_FOUND => Problem::new(status, "not_found", "Not found", detail),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            Problem::new(status, "method_not_allowed", "Method not allowed", detail)
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            status,
+            "payload_too_large",
+            "Payload too large",
+            "the request body exceeds the limit",
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Problem::new(
+            status,
+            "unsupported_media_type",
+            "Unsupported media type",
+            "send a JSON body with Content-Type: application/json",
+        ),
+        s if s.is_client_error() => Problem::new(s, "bad_request", "Bad request", detail),
+        s => {
+            tracing::error!(status = %s, "unhandled server error");
+            Problem {
+                status: s.as_u16(),
+                ..internal_problem()
+            }
+        }
+    };
+    problem_response(problem)
+}
+
+fn problem_response(problem: Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({
+        "type": problem.problem_type,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "code": problem.code,
+    });
+    Response::builder()
+        .status(status)
+        .content_type(PROBLEM_JSON)
+        .body(body.to_string())
+}

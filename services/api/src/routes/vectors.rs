@@ -1,0 +1,128 @@
+//! `/vectors`: embedding jobs and stored points.
+
+use std::sync::Arc;
+
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use uuid::Uuid;
+
+use heimdex_core::jobs::{JobSpec, MockParams};
+
+use crate::AppState;
+use crate::auth::BearerAuth;
+use crate::problem::{ApiError, ProblemResponse};
+use crate::routes::validate_identifier;
+use crate::strict::StrictString;
+
+#[derive(Tags)]
+enum Tag {
+    /// Embedding jobs and stored vectors.
+    Vectors,
+}
+
+pub struct VectorsApi {
+    pub state: Arc<AppState>,
+}
+
+/// `POST /vectors/mock` body (the Python service's contract).
+#[derive(Object, Debug)]
+pub struct MockRequest {
+    /// Asset the segment belongs to: 1–256 characters, no control characters.
+    pub asset_id: StrictString,
+    /// Segment within the asset: 1–256 characters, no control characters.
+    pub segment_id: StrictString,
+}
+
+/// The job that embeds the segment; a repeated request answers the same job.
+#[derive(Object, Debug)]
+pub struct JobAccepted {
+    pub job_id: Uuid,
+    pub asset_id: String,
+    pub segment_id: String,
+}
+
+#[derive(ApiResponse)]
+pub enum SubmitResponse {
+    /// Accepted: the job's `requested` event is stored. Poll `GET /jobs/{job_id}`.
+    #[oai(status = 202)]
+    Accepted(Json<JobAccepted>),
+}
+
+/// A stored point, as visible to the caller's organization.
+#[derive(Object, Debug)]
+pub struct PointView {
+    pub point_id: Uuid,
+    /// `org_id, asset_id, segment_id, model, model_ver, text` and any chunk metadata.
+    pub payload: serde_json::Value,
+    /// Present with `?with_vector=true`. Stored normalised (the collection uses cosine distance).
+    #[oai(skip_serializing_if_is_none)]
+    pub vector: Option<Vec<f32>>,
+}
+
+#[derive(ApiResponse)]
+pub enum PointResponse {
+    #[oai(status = 200)]
+    Ok(Json<PointView>),
+}
+
+#[OpenApi(tag = "Tag::Vectors")]
+impl VectorsApi {
+    /// Create a mock embedding job
+    ///
+    /// Queues a job that writes the deterministic ChaCha20 mock vector of `(org, asset,
+    /// segment)` to the vector store. Idempotent: the same request from the same organization
+    /// always names the same job and is accepted once.
+    #[oai(path = "/vectors/mock", method = "post")]
+    async fn create_mock(
+        &self,
+        auth: BearerAuth,
+        body: Json<MockRequest>,
+    ) -> Result<SubmitResponse, ProblemResponse> {
+        let (asset_id, segment_id) = (body.0.asset_id.0, body.0.segment_id.0);
+        validate_identifier("asset_id", &asset_id)?;
+        validate_identifier("segment_id", &segment_id)?;
+        let spec = JobSpec::MockEmbedding(MockParams::new(asset_id.clone(), segment_id.clone()));
+        let submitted = self.state.submitter.submit(&auth.0, spec).await?;
+        Ok(SubmitResponse::Accepted(Json(JobAccepted {
+            job_id: submitted.job_id,
+            asset_id,
+            segment_id,
+        })))
+    }
+
+    /// Get a stored point
+    ///
+    /// Returns the point's payload, and its vector with `with_vector=true`. Points of other
+    /// organizations are reported as not found.
+    #[oai(path = "/vectors/:point_id", method = "get")]
+    async fn get_point(
+        &self,
+        auth: BearerAuth,
+        point_id: Path<Uuid>,
+        /// Include the stored vector.
+        with_vector: Query<Option<bool>>,
+    ) -> Result<PointResponse, ProblemResponse> {
+        let with_vector = with_vector.0.unwrap_or(false);
+        let point = self
+            .state
+            .store
+            .get(auth.0.org_id, point_id.0, with_vector)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("point {} not found", point_id.0)))?;
+        let payload = serde_json::to_value(&point.payload)
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
+        Ok(PointResponse::Ok(Json(PointView {
+            point_id: point.id,
+            payload,
+            vector: point.vector,
+        })))
+    }
+}
+
+impl From<ApiError> for poem::Error {
+    fn from(err: ApiError) -> Self {
+        poem::Error::from_response(poem::IntoResponse::into_response(err.into_problem()))
+    }
+}

@@ -1,0 +1,117 @@
+//! Accepting a job: a job is accepted exactly when its `requested` event is stored in JetStream.
+//! The event is published with `Nats-Msg-Id = job_key` and `Nats-Expected-Last-Subject-Sequence:
+//! 0` on the job's own subject, so a duplicate — concurrent, or years later — is refused by the
+//! server and answered with the existing job.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use uuid::Uuid;
+
+use heimdex_core::auth::Principal;
+use heimdex_core::events::{EventData, JobEvent, Requested};
+use heimdex_core::ids;
+use heimdex_core::jobs::JobSpec;
+
+use crate::problem::ApiError;
+
+/// The job a request names, and whether this request created it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Submitted {
+    pub job_id: Uuid,
+    pub created: bool,
+}
+
+#[derive(Clone)]
+pub struct Submitter {
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+}
+
+impl Submitter {
+    pub fn new(client: async_nats::Client, js: async_nats::jetstream::Context) -> Self {
+        Self { client, js }
+    }
+
+    #[tracing::instrument(skip_all, fields(org_id = %principal.org_id, job_type = spec.job_type(), job_id))]
+    pub async fn submit(
+        &self,
+        principal: &Principal,
+        spec: JobSpec,
+    ) -> Result<Submitted, ApiError> {
+        let job_key = ids::job_key(principal.org_id, spec.job_type(), &spec.params());
+        let job_id = ids::job_id(&job_key);
+        tracing::Span::current().record("job_id", tracing::field::display(job_id));
+
+        // A disconnected client would buffer the publish until its timeout; answer at once.
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(ApiError::nats_unavailable());
+        }
+
+        let event = JobEvent::new(
+            principal.org_id,
+            job_id,
+            EventData::Requested(Requested {
+                job_id,
+                job_key: job_key.clone(),
+                user_id: principal.user_id.clone(),
+                spec,
+            }),
+        );
+        let mut headers = HeaderMap::new();
+        heimdex_telemetry::inject_context(&mut headers);
+        let publish = PublishMessage::build()
+            .payload(event.encode().into())
+            .headers(headers)
+            .message_id(&job_key)
+            .expected_last_subject_sequence(0);
+
+        let ack = match self.js.send_publish(event.subject(), publish).await {
+            Ok(future) => future.await,
+            Err(err) => Err(err),
+        };
+        match ack {
+            Ok(ack) => Ok(Submitted {
+                job_id,
+                created: !ack.duplicate,
+            }),
+            Err(err) => match err.kind() {
+                // The subject already holds this job's `requested` event: the job exists.
+                PublishErrorKind::WrongLastSequence => Ok(Submitted {
+                    job_id,
+                    created: false,
+                }),
+                PublishErrorKind::TimedOut
+                | PublishErrorKind::BrokenPipe
+                | PublishErrorKind::MaxAckPending => {
+                    tracing::warn!(%err, "publish not acknowledged");
+                    Err(ApiError::nats_unavailable())
+                }
+                PublishErrorKind::StreamNotFound => {
+                    tracing::error!(%err, "job stream missing");
+                    Err(ApiError::nats_unavailable())
+                }
+                PublishErrorKind::Other if is_storage_full(&err.to_string()) => {
+                    tracing::error!(%err, "event store full");
+                    Err(ApiError::StorageFull)
+                }
+                PublishErrorKind::WrongLastMessageId
+                | PublishErrorKind::MaxPayloadExceeded
+                | PublishErrorKind::Other => {
+                    tracing::error!(%err, "publish refused");
+                    Err(ApiError::nats_unavailable())
+                }
+            },
+        }
+    }
+}
+
+/// JetStream reports a full store as "insufficient resources" (10023) or as a stream over its
+/// byte/message limits with `discard: new` ("maximum bytes/messages exceeded").
+fn is_storage_full(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("insufficient resources")
+        || message.contains("maximum bytes exceeded")
+        || message.contains("maximum messages exceeded")
+        || message.contains("no space left")
+}

@@ -1,0 +1,215 @@
+//! `heimdex`: one binary for every role. `serve` runs the API, projector and worker together
+//! (with its own nats-server unless `NATS_URL` is set); `api`, `worker` and `projector` run one
+//! role each for scale-out; the rest are tools.
+
+mod bench;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use heimdex::{infra, serve};
+use heimdex_core::Settings;
+use heimdex_core::shutdown;
+
+#[derive(Parser)]
+#[command(
+    name = "heimdex",
+    version,
+    about = "Event-sourced vector ingestion and semantic search"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, projector and worker in one process (embedded NATS and Qdrant by default).
+    Serve,
+    /// Run only the HTTP API.
+    Api,
+    /// Run only the embedding worker.
+    Worker,
+    /// Run the projector, or rebuild the status projection.
+    Projector {
+        #[command(subcommand)]
+        action: Option<ProjectorAction>,
+    },
+    /// Print a development JWT signed with JWT_SECRET.
+    Token {
+        /// The tenant (a UUID).
+        #[arg(long)]
+        org: Uuid,
+        /// The user id (`sub`).
+        #[arg(long, default_value = "dev")]
+        user: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Benchmarks against a running service.
+    Bench {
+        #[command(subcommand)]
+        action: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectorAction {
+    /// Replay the whole stream into a fresh bucket and compare it with the live one.
+    Rebuild {
+        /// The bucket to rebuild into (replaced if it exists).
+        #[arg(long, default_value = "HEIMDEX_JOB_STATUS_REBUILD")]
+        bucket: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("heimdex: configuration error: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("heimdex: cannot start the runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, settings)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "heimdex failed");
+            eprintln!("heimdex: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Token { org, user, ttl } => {
+            let token = heimdex_core::auth::issue_token(
+                &settings.jwt,
+                org,
+                &user,
+                Duration::from_secs(ttl),
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Bench { action } => bench::run(action).await,
+        Command::Serve => run_roles(settings, serve::Roles::ALL, "heimdex").await,
+        Command::Api => {
+            run_roles(
+                settings,
+                serve::Roles {
+                    api: true,
+                    ..Default::default()
+                },
+                "heimdex-api",
+            )
+            .await
+        }
+        Command::Worker => {
+            run_roles(
+                settings,
+                serve::Roles {
+                    worker: true,
+                    ..Default::default()
+                },
+                "heimdex-worker",
+            )
+            .await
+        }
+        Command::Projector { action: None } => {
+            run_roles(
+                settings,
+                serve::Roles {
+                    projector: true,
+                    ..Default::default()
+                },
+                "heimdex-projector",
+            )
+            .await
+        }
+        Command::Projector {
+            action: Some(ProjectorAction::Rebuild { bucket }),
+        } => rebuild(settings, &bucket).await,
+    }
+}
+
+async fn run_roles(
+    mut settings: Settings,
+    roles: serve::Roles,
+    service: &str,
+) -> anyhow::Result<()> {
+    if settings.telemetry.service_name == "heimdex" {
+        settings.telemetry.service_name = service.to_owned();
+    }
+    let _telemetry = init_telemetry(&settings)?;
+    let single_role = !(roles.api && roles.worker && roles.projector);
+    if single_role && settings.nats.url.is_none() {
+        anyhow::bail!(
+            "`{service}` runs one role for scale-out and needs NATS_URL; \
+             only `heimdex serve` starts its own nats-server"
+        );
+    }
+    serve::run(settings, roles, shutdown::on_signal()).await
+}
+
+async fn rebuild(settings: Settings, bucket: &str) -> anyhow::Result<()> {
+    let _telemetry = init_telemetry(&settings)?;
+    let url = settings
+        .nats
+        .url
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("set NATS_URL to the server holding HEIMDEX_JOBS"))?;
+    let nats =
+        infra::connect_nats(&settings, &url, "heimdex-rebuild", &shutdown::on_signal()).await?;
+    let report = heimdex_projector::rebuild::rebuild(&nats.js, &nats.defs, bucket).await?;
+    println!(
+        "rebuilt {} from {} events (through sequence {}): {} jobs",
+        report.bucket, report.events, report.last_seq, report.jobs
+    );
+    let rebuilt = nats.js.get_key_value(bucket).await?;
+    let differing = heimdex_projector::rebuild::compare(&nats.status, &rebuilt).await?;
+    if differing.is_empty() {
+        println!("identical to {}", heimdex_core::jetstream::STATUS_BUCKET);
+    } else {
+        println!(
+            "{} statuses differ from {} (the live projection may still be catching up): {}",
+            differing.len(),
+            heimdex_core::jetstream::STATUS_BUCKET,
+            differing
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn init_telemetry(settings: &Settings) -> anyhow::Result<heimdex_telemetry::TelemetryGuard> {
+    let config = heimdex_telemetry::TelemetryConfig {
+        service_name: settings.telemetry.service_name.clone(),
+        log_format: match settings.telemetry.log_format {
+            heimdex_core::settings::LogFormat::Json => heimdex_telemetry::LogFormat::Json,
+            heimdex_core::settings::LogFormat::Pretty => heimdex_telemetry::LogFormat::Pretty,
+        },
+        otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
+        filter: settings.telemetry.filter.clone(),
+    };
+    Ok(heimdex_telemetry::init(&config)?)
+}

@@ -1,0 +1,251 @@
+//! Running the services: all three in one process (`serve`), or one at a time for scale-out.
+//! `serve` without `NATS_URL` starts and supervises its own nats-server, stopped last so the
+//! services can hand back their in-flight work first.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use heimdex_core::Settings;
+use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
+use heimdex_core::shutdown::CancellationToken;
+use heimdex_store::VectorStore;
+use tokio::task::JoinSet;
+
+use crate::infra::{self, Nats};
+
+/// Which services a process runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Roles {
+    pub api: bool,
+    pub worker: bool,
+    pub projector: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        worker: true,
+        projector: true,
+    };
+}
+
+pub async fn run(
+    settings: Settings,
+    roles: Roles,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(settings = %settings.summary(), ?roles, "starting heimdex");
+    if settings.jwt_dev_secret {
+        tracing::warn!(
+            "JWT_SECRET is not set: using the public development secret (HEIMDEX_ENV=dev only)"
+        );
+    }
+
+    // The embedded nats-server outlives the services: it gets its own token, cancelled last.
+    let nats_stop = CancellationToken::new();
+    let (nats_url, supervisor) = match &settings.nats.url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let server = start_embedded_nats(&settings).await?;
+            let url = server.url().to_owned();
+            tracing::info!(%url, store = %settings.nats_store_dir().display(), "embedded nats-server running");
+            (
+                url,
+                Some(tokio::spawn(supervise(server, nats_stop.clone()))),
+            )
+        }
+    };
+
+    let result = run_services(&settings, roles, &nats_url, shutdown).await;
+    nats_stop.cancel();
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
+    result
+}
+
+/// Services running in this process.
+pub struct Running {
+    /// Where the API listens, when this process runs it.
+    pub api_addr: Option<SocketAddr>,
+    pub store: Option<Arc<dyn VectorStore>>,
+    tasks: JoinSet<()>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// Waits until every service has stopped (after `shutdown` is cancelled, or one fails).
+    pub async fn wait(mut self) {
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(err) = joined {
+                tracing::error!(%err, "service task failed");
+                self.shutdown.cancel();
+            }
+        }
+        // Acks and final events are buffered in the client: send them before disconnecting.
+        if tokio::time::timeout(Duration::from_secs(5), self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS flush timed out");
+        }
+        tracing::info!("heimdex stopped");
+    }
+}
+
+async fn run_services(
+    settings: &Settings,
+    roles: Roles,
+    nats_url: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(settings, roles, nats_url, shutdown)
+        .await?
+        .wait()
+        .await;
+    Ok(())
+}
+
+/// Connects, builds the requested services and starts them; they run until `shutdown`.
+pub async fn start(
+    settings: &Settings,
+    roles: Roles,
+    nats_url: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    let nats = infra::connect_nats(settings, nats_url, "heimdex", &shutdown).await?;
+    let store: Option<Arc<dyn VectorStore>> = if roles.api || roles.worker {
+        if settings.qdrant.url.is_none() && !(roles.api && roles.worker) {
+            tracing::warn!(
+                "the embedded vector store lives in this process only: run api and worker together \
+                 (`heimdex serve`) or set QDRANT_URL for scale-out"
+            );
+        }
+        Some(infra::open_store(settings).await?)
+    } else {
+        None
+    };
+
+    let mut tasks = JoinSet::new();
+    if let Some(store) = store.as_ref().filter(|_| roles.worker) {
+        let worker = build_worker(settings, &nats, store.clone()).await?;
+        tasks.spawn(worker.run(shutdown.clone()));
+    }
+    if roles.projector {
+        let projector = build_projector(&nats).await?;
+        tasks.spawn(projector.run(shutdown.clone()));
+    }
+    let mut api_addr = None;
+    if let Some(store) = store.as_ref().filter(|_| roles.api) {
+        let api = heimdex_api::build(
+            settings,
+            heimdex_api::ApiDeps {
+                client: nats.client.clone(),
+                js: nats.js.clone(),
+                status: nats.status.clone(),
+                jobs_stream: nats.stream.clone(),
+                store: store.clone(),
+                nats_url: nats.url.clone(),
+            },
+        )
+        .await?;
+        api_addr = Some(api.local_addr());
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(err) = api.run(token.clone()).await {
+                tracing::error!(%err, "API server failed");
+                token.cancel();
+            }
+        });
+    }
+    tracing::info!(?api_addr, "heimdex ready");
+    Ok(Running {
+        api_addr,
+        store,
+        tasks,
+        client: nats.client,
+        shutdown,
+    })
+}
+
+pub async fn build_worker(
+    settings: &Settings,
+    nats: &Nats,
+    store: Arc<dyn VectorStore>,
+) -> anyhow::Result<heimdex_worker::Worker> {
+    let consumer =
+        heimdex_core::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
+    let worker = heimdex_worker::Worker::build(
+        heimdex_worker::WorkerConfig::new(settings, &nats.defs),
+        heimdex_worker::WorkerDeps {
+            js: nats.js.clone(),
+            status: nats.status.clone(),
+            consumer,
+            store,
+        },
+    )
+    .await?;
+    Ok(worker)
+}
+
+pub async fn build_projector(nats: &Nats) -> anyhow::Result<heimdex_projector::Projector> {
+    let consumer =
+        heimdex_core::jetstream::ensure_consumer(&nats.stream, &nats.defs.projector).await?;
+    Ok(heimdex_projector::Projector::new(
+        heimdex_projector::ProjectorDeps {
+            status: nats.status.clone(),
+            consumer,
+        },
+    ))
+}
+
+async fn start_embedded_nats(settings: &Settings) -> anyhow::Result<NatsServer> {
+    let bin = nats_server::find_binary(settings.nats.server_bin.as_deref())?;
+    let server = NatsServer::start(NatsServerConfig {
+        bin,
+        store_dir: settings.nats_store_dir(),
+        listen: settings.nats.embedded_listen,
+        extra_args: Vec::new(),
+    })
+    .await?;
+    Ok(server)
+}
+
+/// Restarts the embedded nats-server if it dies; stops it when `stop` is cancelled.
+async fn supervise(mut server: NatsServer, stop: CancellationToken) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => {
+                server.stop().await;
+                tracing::info!("embedded nats-server stopped");
+                return;
+            }
+            status = server.wait() => {
+                tracing::error!(?status, "embedded nats-server exited; restarting");
+                let mut config = server.config().clone();
+                config.listen.set_port(server.port());
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    match NatsServer::start(config.clone()).await {
+                        Ok(restarted) => {
+                            server = restarted;
+                            delay = Duration::from_millis(200);
+                            tracing::info!(url = server.url(), "embedded nats-server restarted");
+                            break;
+                        }
+                        Err(err) => {
+                            tracing::error!(%err, "cannot restart embedded nats-server");
+                            delay = (delay * 2).min(Duration::from_secs(10));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

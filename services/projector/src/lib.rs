@@ -1,0 +1,272 @@
+//! The projector folds job events into the `HEIMDEX_JOB_STATUS` KV bucket. It is the bucket's
+//! only writer and writes with compare-and-set on the key's revision: on a conflict (another
+//! projector instance, or a stale cache) it re-reads and re-applies. Events are applied only
+//! when newer than the status's `last_event_seq`, and status never moves backwards (see
+//! [`heimdex_core::jobs::JobStatus::apply`]), so replays and redeliveries are harmless.
+//!
+//! Messages are handled in batches: the events of one job within a batch are folded together
+//! and written once, and the revisions of jobs still in progress are cached, so the common case
+//! is one CAS write per job per batch and no read.
+
+pub mod rebuild;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::{AckKind, Message};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::join_all;
+
+use heimdex_core::events::{self, JobEvent};
+use heimdex_core::jetstream::status_key;
+use heimdex_core::jobs::{Applied, JobStatus};
+use heimdex_core::shutdown::CancellationToken;
+
+/// The cache of in-progress jobs is cleared past this many entries.
+const CACHE_LIMIT: usize = 200_000;
+/// CAS attempts per key before the batch is retried later.
+const CAS_ATTEMPTS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectError {
+    #[error("status bucket unavailable: {0}")]
+    Unavailable(String),
+    #[error("too many revision conflicts on {0}")]
+    Contention(String),
+}
+
+#[derive(Clone)]
+pub struct ProjectorDeps {
+    pub status: kv::Store,
+    pub consumer: PullConsumer,
+}
+
+pub struct Projector {
+    deps: ProjectorDeps,
+    /// key → (revision, status) of jobs not yet terminal.
+    cache: HashMap<String, (u64, JobStatus)>,
+    batch_size: usize,
+}
+
+impl Projector {
+    pub fn new(deps: ProjectorDeps) -> Self {
+        Self {
+            deps,
+            cache: HashMap::new(),
+            batch_size: 1_000,
+        }
+    }
+
+    /// Projects until `shutdown` is cancelled; the batch being written finishes first.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!("projector consuming");
+        while !shutdown.is_cancelled() {
+            let messages = self
+                .deps
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.batch_size)
+                .expires(Duration::from_secs(5))
+                .heartbeat(Duration::from_secs(2))
+                .messages()
+                .await;
+            let messages = match messages {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot pull from the projector consumer; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            let mut batches = messages.ready_chunks(self.batch_size);
+            loop {
+                let batch = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    batch = batches.next() => batch,
+                };
+                let Some(batch) = batch else { break };
+                let messages: Vec<Message> = batch
+                    .into_iter()
+                    .filter_map(|m| {
+                        m.map_err(|err| tracing::warn!(%err, "projector stream error"))
+                            .ok()
+                    })
+                    .collect();
+                self.handle_batch(messages).await;
+            }
+        }
+        tracing::info!("projector stopped");
+    }
+
+    /// Applies a batch and acknowledges it; on failure the batch is NAKed and comes back.
+    pub async fn handle_batch(&mut self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let disposition = match self.apply_batch(&messages).await {
+            Ok(()) => AckKind::Ack,
+            Err(err) => {
+                tracing::warn!(%err, events = messages.len(), "projection failed; will retry");
+                self.cache.clear();
+                AckKind::Nak(Some(Duration::from_millis(500)))
+            }
+        };
+        for message in &messages {
+            if let Err(err) = message.ack_with(disposition.clone()).await {
+                tracing::warn!(%err, "cannot acknowledge event");
+            }
+        }
+    }
+
+    /// Folds a batch of events into the bucket: one fold and (at most) one write per job.
+    pub async fn apply_batch(&mut self, messages: &[Message]) -> Result<(), ProjectError> {
+        let mut order: Vec<String> = Vec::new();
+        let mut grouped: HashMap<String, Vec<(u64, JobEvent)>> = HashMap::new();
+        for message in messages {
+            let Some((seq, event)) = decode(message) else {
+                continue;
+            };
+            let key = status_key(event.org_id, event.job_id);
+            grouped
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    order.push(key);
+                    Vec::new()
+                })
+                .push((seq, event));
+        }
+
+        let status = &self.deps.status;
+        let jobs: Vec<_> = order
+            .into_iter()
+            .map(|key| {
+                let cached = self.cache.remove(&key);
+                let events = grouped.remove(&key).unwrap_or_default();
+                (key, cached, events)
+            })
+            .collect();
+        let results = join_all(jobs.into_iter().map(|(key, cached, events)| async move {
+            let result = project(status, &key, cached, &events).await;
+            (key, result)
+        }))
+        .await;
+
+        if self.cache.len() > CACHE_LIMIT {
+            self.cache.clear();
+        }
+        let mut first_error = None;
+        for (key, result) in results {
+            match result {
+                Ok(Some((revision, status))) if !status.status.is_terminal() => {
+                    self.cache.insert(key, (revision, status));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The stream sequence and decoded event of a message; `None` (logged) if unusable, so one
+/// malformed event cannot stall the projection.
+fn decode(message: &Message) -> Option<(u64, JobEvent)> {
+    let seq = match message.info() {
+        Ok(info) => info.stream_sequence,
+        Err(err) => {
+            tracing::error!(%err, subject = %message.subject, "event without JetStream metadata; skipped");
+            return None;
+        }
+    };
+    match JobEvent::decode(&message.payload) {
+        Ok(event) => {
+            let from_subject = events::parse_subject(&message.subject);
+            if from_subject.is_some_and(|p| p.org_id != event.org_id || p.job_id != event.job_id) {
+                tracing::error!(subject = %message.subject, seq, "event subject and body disagree; skipped");
+                return None;
+            }
+            Some((seq, event))
+        }
+        Err(err) => {
+            tracing::error!(%err, subject = %message.subject, seq, "undecodable event; skipped");
+            None
+        }
+    }
+}
+
+/// Folds `events` into the job's status and writes it with compare-and-set. Returns the new
+/// revision and status (`None` if nothing changed and nothing was read).
+async fn project(
+    bucket: &kv::Store,
+    key: &str,
+    mut cached: Option<(u64, JobStatus)>,
+    events: &[(u64, JobEvent)],
+) -> Result<Option<(u64, JobStatus)>, ProjectError> {
+    let Some((_, first)) = events.first() else {
+        return Ok(cached);
+    };
+    for _ in 0..CAS_ATTEMPTS {
+        let current = match cached.take() {
+            Some((revision, status)) => Some((revision, Some(status))),
+            None => read(bucket, key).await?,
+        };
+        let empty = || JobStatus::empty(first.org_id, first.job_id, first.time);
+        let (revision, mut status) = match current {
+            Some((revision, status)) => (Some(revision), status.unwrap_or_else(empty)),
+            None => (None, empty()),
+        };
+        let mut changed = false;
+        for (seq, event) in events {
+            changed |= status.apply(event, *seq) == Applied::Changed;
+        }
+        let Some(revision) = revision else {
+            let value = encode(&status);
+            match bucket.create(key, value).await {
+                Ok(revision) => return Ok(Some((revision, status))),
+                Err(err) if err.kind() == CreateErrorKind::AlreadyExists => continue,
+                Err(err) => return Err(ProjectError::Unavailable(err.to_string())),
+            }
+        };
+        if !changed {
+            return Ok(Some((revision, status)));
+        }
+        match bucket.update(key, encode(&status), revision).await {
+            Ok(revision) => return Ok(Some((revision, status))),
+            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
+            Err(err) => return Err(ProjectError::Unavailable(err.to_string())),
+        }
+    }
+    Err(ProjectError::Contention(key.to_owned()))
+}
+
+/// The key's revision and status; a status that cannot be decoded is `None` (the revision is
+/// kept so the rewrite is still a compare-and-set).
+async fn read(
+    bucket: &kv::Store,
+    key: &str,
+) -> Result<Option<(u64, Option<JobStatus>)>, ProjectError> {
+    let entry = bucket
+        .entry(key)
+        .await
+        .map_err(|err| ProjectError::Unavailable(err.to_string()))?;
+    Ok(entry.map(|entry| match serde_json::from_slice::<JobStatus>(&entry.value) {
+        Ok(status) => (entry.revision, Some(status)),
+        Err(err) => {
+            tracing::error!(%err, key, "undecodable status in bucket; refolding from this batch");
+            (entry.revision, None)
+        }
+    }))
+}
+
+fn encode(status: &JobStatus) -> Bytes {
+    serde_json::to_vec(status)
+        .expect("job status serializes to JSON")
+        .into()
+}

@@ -1,0 +1,185 @@
+//! The embedding worker: a durable pull consumer of `requested` events. For each job it publishes
+//! `started`, computes the vector, upserts it under its deterministic point id, and publishes
+//! `succeeded` — or, when the job cannot succeed, `failed` with the reason.
+//!
+//! Messages are handled in batches (whatever the consumer has ready, up to a bound), so one
+//! vector-store write and its flush serve many jobs. Delivery is at-least-once: a job whose
+//! status is already terminal is skipped, point ids are deterministic and event ids are
+//! `<job>:<event>:<attempt>`, so a redelivery changes nothing.
+
+mod backoff;
+mod job;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Context, kv};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+
+use heimdex_core::shutdown::CancellationToken;
+use heimdex_store::VectorStore;
+
+pub use backoff::retry_delay;
+pub use job::{Disposition, Outcome};
+
+/// Tunables; `from_settings` gives the service defaults.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Messages pulled per batch (and at most in flight per batch).
+    pub batch_size: usize,
+    /// Batches processed at once.
+    pub batches_in_flight: usize,
+    /// Deliveries before a job is given up (the consumer's `max_deliver`).
+    pub max_deliver: u32,
+    /// The consumer's `ack_wait`; progress acks are sent at a third of it.
+    pub ack_wait: Duration,
+    pub collection: String,
+    pub vector_size: usize,
+}
+
+impl WorkerConfig {
+    pub fn new(
+        settings: &heimdex_core::Settings,
+        definitions: &heimdex_core::jetstream::Definitions,
+    ) -> Self {
+        Self {
+            batch_size: settings.worker.concurrency.clamp(1, 1_000),
+            batches_in_flight: 4,
+            max_deliver: definitions.worker_max_deliver(),
+            ack_wait: definitions.worker.ack_wait,
+            collection: settings.qdrant.collection.clone(),
+            vector_size: settings.qdrant.vector_size,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct WorkerDeps {
+    pub js: Context,
+    pub status: kv::Store,
+    pub consumer: PullConsumer,
+    pub store: Arc<dyn VectorStore>,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    config: Arc<WorkerConfig>,
+    deps: WorkerDeps,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("vector store: {0}")]
+    Store(#[from] heimdex_store::StoreError),
+}
+
+impl Worker {
+    /// Creates the collection (idempotently) so the first job does not pay for it.
+    pub async fn build(config: WorkerConfig, deps: WorkerDeps) -> Result<Self, WorkerError> {
+        deps.store.ensure_collection().await?;
+        Ok(Self {
+            config: Arc::new(config),
+            deps,
+        })
+    }
+
+    /// Consumes until `shutdown` is cancelled. Batches in flight finish; messages already
+    /// pulled but not started are NAKed so another worker takes them at once.
+    pub async fn run(self, shutdown: CancellationToken) {
+        tracing::info!(batch = self.config.batch_size, "worker consuming");
+        while !shutdown.is_cancelled() {
+            let messages = self
+                .deps
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.config.batch_size)
+                .expires(Duration::from_secs(5))
+                .heartbeat(Duration::from_secs(2))
+                .messages()
+                .await;
+            let messages = match messages {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot pull from the worker consumer; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            };
+            self.consume(messages, &shutdown).await;
+        }
+        tracing::info!("worker stopped");
+    }
+
+    async fn consume(
+        &self,
+        messages: async_nats::jetstream::consumer::pull::Stream,
+        shutdown: &CancellationToken,
+    ) {
+        let mut batches = messages.ready_chunks(self.config.batch_size);
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                batch = batches.next(), if in_flight.len() < self.config.batches_in_flight => {
+                    let Some(batch) = batch else { break };
+                    let mut ready = Vec::with_capacity(batch.len());
+                    for message in batch {
+                        match message {
+                            Ok(message) => ready.push(message),
+                            Err(err) => tracing::warn!(%err, "worker consumer stream error"),
+                        }
+                    }
+                    if !ready.is_empty() {
+                        in_flight.push(self.handle_batch(ready));
+                    }
+                }
+            }
+        }
+        while in_flight.next().await.is_some() {}
+        if shutdown.is_cancelled() {
+            // Hand back what was pulled but not started.
+            while let Some(Some(batch)) = batches.next().now_or_never() {
+                for message in batch.into_iter().flatten() {
+                    let _ = message.ack_with(AckKind::Nak(None)).await;
+                }
+            }
+        }
+    }
+
+    /// Processes one batch of messages and acknowledges each as its outcome dictates, sending
+    /// progress acks while the work runs so nothing is redelivered mid-way.
+    pub async fn handle_batch(&self, messages: Vec<async_nats::jetstream::Message>) {
+        let work = job::process(&self.config, &self.deps, &messages);
+        tokio::pin!(work);
+        let mut progress = tokio::time::interval(self.config.ack_wait / 3);
+        progress.tick().await;
+        let outcomes = loop {
+            tokio::select! {
+                outcomes = &mut work => break outcomes,
+                _ = progress.tick() => {
+                    for message in &messages {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
+                }
+            }
+        };
+        for (message, outcome) in messages.iter().zip(outcomes) {
+            let kind = match outcome.disposition {
+                Disposition::Ack => AckKind::Ack,
+                Disposition::Retry(delay) => AckKind::Nak(Some(delay)),
+                Disposition::Term => AckKind::Term,
+                // Leave unacknowledged: redelivered after `ack_wait` (used when NATS itself
+                // failed mid-job and nothing can be recorded).
+                Disposition::Abandon => continue,
+            };
+            if let Err(err) = message.ack_with(kind).await {
+                tracing::warn!(%err, "cannot acknowledge message");
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the real service against a real nats-server that each test starts for
+//! itself, with Qdrant Edge in a temp dir. One binary, one module per concern.
+
+mod api_errors;
+mod auth;
+mod bootstrap;
+mod crash;
+mod idempotency;
+mod nats_outage;
+mod pipeline;
+mod projector;
+mod tenancy;

@@ -1,0 +1,262 @@
+//! Test support: every test gets its own real `nats-server` (random port, temp store, killed on
+//! drop) and, when it needs one, the whole service running in-process on port 0 with Qdrant
+//! Edge in a temp dir. Helpers speak to it over HTTP exactly as a client would.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use uuid::Uuid;
+
+use heimdex::serve::{self, Roles};
+use heimdex_core::Settings;
+use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
+use heimdex_core::shutdown::CancellationToken;
+use heimdex_store::VectorStore;
+
+pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
+
+/// A nats-server of the test's own.
+pub struct TestNats {
+    server: Option<NatsServer>,
+    pub dir: TempDir,
+}
+
+impl TestNats {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = NatsServer::start(NatsServerConfig {
+            bin: nats_server::find_binary(None)
+                .expect("nats-server: run ./deploy/setup.sh or set NATS_SERVER_BIN"),
+            store_dir: dir.path().join("nats"),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            extra_args: Vec::new(),
+        })
+        .await
+        .expect("nats-server starts");
+        Self {
+            server: Some(server),
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server().url().to_owned()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server().port()
+    }
+
+    fn server(&self) -> &NatsServer {
+        self.server.as_ref().expect("nats-server is running")
+    }
+
+    /// Stops the server (keeping its store) until [`TestNats::restart`].
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn restart(&mut self, port: u16) {
+        let mut config = NatsServerConfig {
+            bin: nats_server::find_binary(None).expect("nats-server"),
+            store_dir: self.dir.path().join("nats"),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            extra_args: Vec::new(),
+        };
+        config.listen.set_port(port);
+        self.server = Some(
+            NatsServer::start(config)
+                .await
+                .expect("nats-server restarts"),
+        );
+    }
+}
+
+/// Settings for a test: its own data dir, port 0, a fixed JWT secret.
+pub fn settings(data_dir: &std::path::Path, nats_url: &str, extra: &[(&str, &str)]) -> Settings {
+    let mut vars: HashMap<String, String> = [
+        ("HEIMDEX_DATA_DIR", data_dir.to_str().expect("utf-8 path")),
+        ("HEIMDEX_API_ADDR", "127.0.0.1:0"),
+        ("NATS_URL", nats_url),
+        ("JWT_SECRET", JWT_SECRET),
+        ("PROBE_CACHE_SEC", "1"),
+        ("NATS_PUBLISH_TIMEOUT_MS", "1500"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in extra {
+        vars.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Settings::from_vars(&vars).expect("test settings are valid")
+}
+
+/// The whole service (api, worker, projector) in this process, against a [`TestNats`].
+pub struct TestApp {
+    pub nats: TestNats,
+    pub base: String,
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub settings: Settings,
+    pub store: Arc<dyn VectorStore>,
+    pub data: TempDir,
+    shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        let nats = TestNats::start().await;
+        let data = tempfile::tempdir().expect("temp dir");
+        let settings = settings(data.path(), &nats.url(), extra);
+        let shutdown = CancellationToken::new();
+        let running = serve::start(&settings, Roles::ALL, &nats.url(), shutdown.clone())
+            .await
+            .expect("services start");
+        let addr = running.api_addr.expect("api runs");
+        let store = running.store.clone().expect("store is open");
+        let running = tokio::spawn(running.wait());
+        Self {
+            nats,
+            base: format!("http://{addr}"),
+            addr,
+            http: reqwest::Client::new(),
+            settings,
+            store,
+            data,
+            shutdown,
+            running: Some(running),
+        }
+    }
+
+    /// Stops the services gracefully and waits for them.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            let _ = running.await;
+        }
+    }
+
+    pub fn token(&self, org: Uuid) -> String {
+        heimdex_core::auth::issue_token(&self.settings.jwt, org, "tester", Duration::from_secs(600))
+            .expect("token")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_mock(&self, token: &str, asset: &str, segment: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/vectors/mock"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"asset_id": asset, "segment_id": segment}))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// Polls `GET /jobs/{id}` until the job reaches `status` (or any terminal status), with a
+    /// deadline; returns the last body.
+    pub async fn wait_for_job(
+        &self,
+        token: &str,
+        job_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Value {
+        wait_for_job(&self.http, &self.base, token, job_id, status, timeout).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn wait_for_job(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    job_id: &str,
+    status: &str,
+    timeout: Duration,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(response) = http
+            .get(format!("{base}/jobs/{job_id}"))
+            .bearer_auth(token)
+            .send()
+            .await
+        {
+            if response.status() == reqwest::StatusCode::OK {
+                last = response.json().await.unwrap_or(Value::Null);
+                let current = last["status"].as_str().unwrap_or_default();
+                if current == status || current == "SUCCEEDED" || current == "FAILED" {
+                    return last;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    last
+}
+
+/// The `heimdex` binary next to the running test executable (built by `deploy/test.sh` or any
+/// `cargo build -p heimdex` of the same profile).
+pub fn heimdex_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("heimdex");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo build --release -p heimdex`, as deploy/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Condition poll with a deadline: returns as soon as `check` yields `Some`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
