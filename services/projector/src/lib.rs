@@ -117,7 +117,7 @@ impl Projector {
             }
         };
         for message in &messages {
-            if let Err(err) = message.ack_with(disposition.clone()).await {
+            if let Err(err) = message.ack_with(disposition).await {
                 tracing::warn!(%err, "cannot acknowledge event");
             }
         }

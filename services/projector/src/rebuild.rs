@@ -123,10 +123,10 @@ pub async fn snapshot(store: &kv::Store) -> Result<BTreeMap<String, JobStatus>, 
         .map_err(nats)?;
     let mut out = BTreeMap::new();
     for key in keys {
-        if let Some(bytes) = store.get(&key).await.map_err(nats)? {
-            if let Ok(status) = serde_json::from_slice(&bytes) {
-                out.insert(key, status);
-            }
+        if let Some(bytes) = store.get(&key).await.map_err(nats)?
+            && let Ok(status) = serde_json::from_slice(&bytes)
+        {
+            out.insert(key, status);
         }
     }
     Ok(out)

@@ -87,7 +87,14 @@ pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client,
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                other => tracing::debug!(event = %other, "NATS event"),
+                other @ (async_nats::Event::LameDuckMode
+                | async_nats::Event::Draining
+                | async_nats::Event::Closed
+                | async_nats::Event::SlowConsumer(_)
+                | async_nats::Event::ServerError(_)
+                | async_nats::Event::ClientError(_)) => {
+                    tracing::debug!(event = %other, "NATS event")
+                }
             }
         })
         .connect(url)

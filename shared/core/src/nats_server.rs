@@ -46,13 +46,12 @@ pub fn find_binary(configured: Option<&Path>) -> Result<PathBuf, NatsServerError
     {
         return Ok(path);
     }
-    if let Some(paths) = std::env::var_os("PATH") {
-        if let Some(found) = std::env::split_paths(&paths)
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
             .map(|dir| dir.join("nats-server"))
             .find(|candidate| candidate.is_file())
-        {
-            return Ok(found);
-        }
+    }) {
+        return Ok(found);
     }
     let mut dir = std::env::current_dir().ok();
     while let Some(d) = dir {

@@ -165,7 +165,7 @@ impl Settings {
             .get("QDRANT_URL")
             .filter(|url| !url.eq_ignore_ascii_case("embedded"));
 
-        Ok(Self {
+        Self {
             env: environment,
             data_dir: env
                 .get("HEIMDEX_DATA_DIR")
@@ -219,7 +219,7 @@ impl Settings {
                 concurrency: env.parse("HEIMDEX_WORKER_CONCURRENCY", "256")?,
             },
         }
-        .validated()?)
+        .validated()
     }
 
     fn validated(self) -> Result<Self, SettingsError> {

@@ -198,18 +198,32 @@ impl AppState {
                 return Err(ApiError::nats_unavailable());
             }
         }
+        let message = self
+            .requested_event(org_id, job_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id} not found")))?;
+        let event = JobEvent::decode(&message.payload)
+            .map_err(|err| ApiError::Internal(format!("undecodable event: {err}")))?;
+        Ok(JobStatus::from_event(&event, message.sequence))
+    }
+
+    /// The job's `requested` event, read directly from the stream (`None`: no such job).
+    async fn requested_event(
+        &self,
+        org_id: Uuid,
+        job_id: Uuid,
+    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ApiError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
         let subject = events::subject(org_id, job_id, EventKind::Requested);
         match self.jobs_stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => {
-                let event = JobEvent::decode(&message.payload)
-                    .map_err(|err| ApiError::Internal(format!("undecodable event: {err}")))?;
-                Ok(JobStatus::from_event(&event, message.sequence))
-            }
+            Ok(message) => Ok(Some(message)),
             Err(err) => match err.kind() {
-                async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
-                    Err(ApiError::NotFound(format!("job {job_id} not found")))
-                }
-                _ => {
+                DirectGetErrorKind::NotFound => Ok(None),
+                DirectGetErrorKind::InvalidSubject
+                | DirectGetErrorKind::TimedOut
+                | DirectGetErrorKind::Request
+                | DirectGetErrorKind::ErrorResponse(..)
+                | DirectGetErrorKind::Other => {
                     tracing::warn!(%err, "direct get failed");
                     Err(ApiError::nats_unavailable())
                 }
@@ -224,16 +238,8 @@ impl AppState {
             ApiError::nats_unavailable()
         };
         // Unknown (or foreign) jobs are answered at once, without a consumer that would wait.
-        let requested = events::subject(org_id, job_id, EventKind::Requested);
-        if let Err(err) = self
-            .jobs_stream
-            .direct_get_last_for_subject(requested)
-            .await
-        {
-            return match err.kind() {
-                async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(Vec::new()),
-                _ => Err(unavailable(&err)),
-            };
+        if self.requested_event(org_id, job_id).await?.is_none() {
+            return Ok(Vec::new());
         }
         let consumer = self
             .jobs_stream
