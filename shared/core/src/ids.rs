@@ -49,11 +49,28 @@ pub fn mock_vector(org_id: Uuid, asset_id: &str, segment_id: &str, size: usize) 
         .collect()
 }
 
-/// JSON with object keys sorted and no insignificant whitespace. `serde_json`'s map is ordered by
-/// key (the `preserve_order` feature is off), so a round trip through `Value` sorts every level.
+/// JSON with object keys sorted at every level and no insignificant whitespace. Keys are sorted
+/// explicitly: whether `serde_json`'s map keeps insertion order depends on a feature that any
+/// crate in the build can switch on, and a job key must not.
 pub fn canonical_json(value: &impl Serialize) -> String {
+    fn sorted(value: serde_json::Value) -> serde_json::Value {
+        match value {
+            serde_json::Value::Object(map) => {
+                let entries: std::collections::BTreeMap<String, serde_json::Value> =
+                    map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+                serde_json::Value::Object(entries.into_iter().collect())
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sorted).collect())
+            }
+            scalar @ (serde_json::Value::Null
+            | serde_json::Value::Bool(_)
+            | serde_json::Value::Number(_)
+            | serde_json::Value::String(_)) => scalar,
+        }
+    }
     let value = serde_json::to_value(value).expect("job parameters serialize to JSON");
-    value.to_string()
+    sorted(value).to_string()
 }
 
 fn uuid_from_digest(digest: &[u8]) -> Uuid {
@@ -74,6 +91,24 @@ mod tests {
         let org = Uuid::parse_str(ORG).unwrap();
         let id = point_id(org, "doc-123", "chunk-0", "mock", "v1");
         assert_eq!(id.to_string(), "cd06127a-af4f-615d-9176-a9d88d136bc9");
+    }
+
+    #[test]
+    fn job_key_matches_python_sorted_json() {
+        // Cross-checked with Python: sha256(f"{org}:mock_embedding:" +
+        // json.dumps(params, sort_keys=True, separators=(",", ":"))).
+        let org = Uuid::parse_str(ORG).unwrap();
+        let params =
+            crate::jobs::JobSpec::MockEmbedding(crate::jobs::MockParams::new("doc-123", "chunk-0"));
+        let key = job_key(org, params.job_type(), &params.params());
+        assert_eq!(
+            key,
+            "9f9a6fa89358b80280226316e05f9fbd486348c36249d60eded0f5da128fdaa0"
+        );
+        assert_eq!(
+            job_id(&key).to_string(),
+            "b0d7603d-6984-fce3-82e9-f5c813d995b5"
+        );
     }
 
     #[test]
