@@ -132,6 +132,11 @@ pub async fn start(
     if let Some(store) = store.as_ref().filter(|_| roles.worker) {
         let worker = build_worker(settings, &nats, store.clone()).await?;
         tasks.spawn(worker.run(shutdown.clone()));
+        tasks.spawn(heimdex_worker::advisory::run(
+            nats.client.clone(),
+            nats.js.clone(),
+            shutdown.clone(),
+        ));
     }
     if roles.projector {
         let projector = build_projector(&nats).await?;

@@ -7,6 +7,7 @@
 //! status is already terminal is skipped, point ids are deterministic and event ids are
 //! `<job>:<event>:<attempt>`, so a redelivery changes nothing.
 
+pub mod advisory;
 mod backoff;
 mod job;
 

@@ -1,0 +1,86 @@
+//! Jobs that die without a word: when the worker crashes (or hangs past `ack_wait`) on every
+//! delivery, JetStream gives up after `max_deliver` and publishes a max-deliveries advisory. This
+//! listener turns it into the job's `failed` event, so no job stays RUNNING forever.
+//!
+//! Every worker process listens; the `failed` event's id is `<job>:failed:<deliveries>`, the
+//! same id the worker itself uses on its last attempt, so duplicates are de-duplicated.
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use futures::StreamExt;
+use serde::Deserialize;
+
+use heimdex_core::events::{EventData, Failed, JobEvent};
+use heimdex_core::jetstream::{JOBS_STREAM, WORKER_CONSUMER};
+use heimdex_core::jobs::{JobError, JobErrorCode};
+use heimdex_core::shutdown::CancellationToken;
+
+/// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`
+pub fn subject() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKER_CONSUMER}")
+}
+
+#[derive(Debug, Deserialize)]
+struct MaxDeliveries {
+    stream_seq: u64,
+    deliveries: u32,
+}
+
+pub async fn run(
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    shutdown: CancellationToken,
+) {
+    let mut advisories = match client.subscribe(subject()).await {
+        Ok(subscription) => subscription,
+        Err(err) => {
+            tracing::error!(%err, "cannot subscribe to max-deliveries advisories");
+            return;
+        }
+    };
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = advisories.next() => message,
+        };
+        let Some(message) = message else { break };
+        if let Err(err) = handle(&js, &message.payload).await {
+            tracing::error!(%err, "cannot record a job that ran out of deliveries");
+        }
+    }
+}
+
+async fn handle(js: &async_nats::jetstream::Context, payload: &[u8]) -> anyhow_like::Result<()> {
+    let advisory: MaxDeliveries = serde_json::from_slice(payload)?;
+    let stream = js.get_stream(JOBS_STREAM).await?;
+    let message = stream.direct_get(advisory.stream_seq).await?;
+    let requested = JobEvent::decode(&message.payload)?;
+    let reason = format!(
+        "no outcome after {} deliveries (the worker crashed or timed out every time)",
+        advisory.deliveries
+    );
+    tracing::warn!(job_id = %requested.job_id, %reason, "marking job failed");
+    let failed = JobEvent::new(
+        requested.org_id,
+        requested.job_id,
+        EventData::Failed(Failed {
+            attempt: advisory.deliveries,
+            error: JobError::new(JobErrorCode::MaxDeliveries, reason),
+        }),
+    );
+    let ack: PublishAckFuture = js
+        .send_publish(
+            failed.subject(),
+            PublishMessage::build()
+                .payload(failed.encode().into())
+                .message_id(&failed.id),
+        )
+        .await?;
+    ack.await?;
+    Ok(())
+}
+
+/// Errors here are only logged: a boxed error keeps the handler short.
+mod anyhow_like {
+    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+}
