@@ -78,18 +78,24 @@ pub(crate) async fn process(
         }
     }
 
-    // Terminal guard: skip jobs that already ended (a redelivery after a crash, say). A failed
-    // read only costs idempotent re-work, so it does not stop the job.
-    let statuses = join_all(
-        jobs.iter()
-            .map(|job| deps.status.get(status_key(job.org_id, job.job_id))),
-    )
+    // Terminal guard: skip redelivered jobs that already ended (the worker crashed between its
+    // last event and its ack, say). A first delivery has not run before, so it skips the read;
+    // should a consumer ever be reset, re-running is idempotent anyway. A failed read only costs
+    // that idempotent re-work, so it does not stop the job.
+    let statuses = join_all(jobs.iter().map(|job| async move {
+        if job.attempt <= 1 {
+            return None;
+        }
+        deps.status
+            .get(status_key(job.org_id, job.job_id))
+            .await
+            .ok()
+            .flatten()
+    }))
     .await;
     let mut live = Vec::with_capacity(jobs.len());
     for (job, status) in jobs.into_iter().zip(statuses) {
         let terminal = status
-            .ok()
-            .flatten()
             .and_then(|bytes| serde_json::from_slice::<JobStatus>(&bytes).ok())
             .is_some_and(|status| status.status.is_terminal());
         if terminal {
