@@ -63,26 +63,10 @@ impl Projector {
     /// Projects until `shutdown` is cancelled; the batch being written finishes first.
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!("projector consuming");
-        while !shutdown.is_cancelled() {
-            let messages = self
-                .deps
-                .consumer
-                .stream()
-                .max_messages_per_batch(self.batch_size)
-                .expires(Duration::from_secs(5))
-                .heartbeat(Duration::from_secs(2))
-                .messages()
-                .await;
-            let messages = match messages {
-                Ok(messages) => messages,
-                Err(err) => {
-                    tracing::warn!(%err, "cannot pull from the projector consumer; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        () = shutdown.cancelled() => break,
-                    }
-                }
-            };
+        while let Some(messages) =
+            heimdex_core::jetstream::pull_stream(&self.deps.consumer, self.batch_size, &shutdown)
+                .await
+        {
             let mut batches = messages.ready_chunks(self.batch_size);
             loop {
                 let batch = tokio::select! {

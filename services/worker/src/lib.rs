@@ -90,26 +90,13 @@ impl Worker {
     /// pulled but not started are NAKed so another worker takes them at once.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(batch = self.config.batch_size, "worker consuming");
-        while !shutdown.is_cancelled() {
-            let messages = self
-                .deps
-                .consumer
-                .stream()
-                .max_messages_per_batch(self.config.batch_size)
-                .expires(Duration::from_secs(5))
-                .heartbeat(Duration::from_secs(2))
-                .messages()
-                .await;
-            let messages = match messages {
-                Ok(messages) => messages,
-                Err(err) => {
-                    tracing::warn!(%err, "cannot pull from the worker consumer; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        () = shutdown.cancelled() => break,
-                    }
-                }
-            };
+        while let Some(messages) = heimdex_core::jetstream::pull_stream(
+            &self.deps.consumer,
+            self.config.batch_size,
+            &shutdown,
+        )
+        .await
+        {
             self.consume(messages, &shutdown).await;
         }
         tracing::info!("worker stopped");

@@ -257,6 +257,43 @@ fn request_error(object: &str, err: impl std::fmt::Display) -> BootstrapError {
     }
 }
 
+/// Opens a pull stream of up to `batch` messages per pull on a durable consumer, retrying every
+/// second while NATS is unreachable. `None` once `shutdown` is cancelled.
+pub async fn pull_stream(
+    consumer: &consumer::PullConsumer,
+    batch: usize,
+    shutdown: &crate::shutdown::CancellationToken,
+) -> Option<consumer::pull::Stream> {
+    loop {
+        if shutdown.is_cancelled() {
+            return None;
+        }
+        let opened = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await;
+        match opened {
+            Ok(messages) => return Some(messages),
+            Err(err) => {
+                let name = consumer
+                    .cached_info()
+                    .config
+                    .durable_name
+                    .clone()
+                    .unwrap_or_default();
+                tracing::warn!(%err, consumer = name, "cannot pull from the consumer; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
 /// KV key of a job's status: `<org_id>.<job_id>`.
 pub fn status_key(org_id: uuid::Uuid, job_id: uuid::Uuid) -> String {
     format!("{org_id}.{job_id}")
