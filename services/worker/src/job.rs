@@ -53,9 +53,8 @@ pub enum OutcomeKind {
 }
 
 /// A decoded delivery.
-struct Job<'a> {
+struct Job {
     index: usize,
-    message: &'a Message,
     org_id: Uuid,
     job_id: Uuid,
     attempt: u32,
@@ -219,7 +218,7 @@ pub(crate) async fn process(
         .collect()
 }
 
-fn outcome(job: &Job<'_>, kind: OutcomeKind, disposition: Disposition) -> Outcome {
+fn outcome(job: &Job, kind: OutcomeKind, disposition: Disposition) -> Outcome {
     Outcome {
         job_id: Some(job.job_id),
         kind,
@@ -235,7 +234,7 @@ fn failed(attempt: u32, code: JobErrorCode, err: &StoreError) -> EventData {
 }
 
 /// Reads a delivery; an unusable message is terminated (it can never succeed).
-fn decode(index: usize, message: &Message) -> Result<Job<'_>, Outcome> {
+fn decode(index: usize, message: &Message) -> Result<Job, Outcome> {
     let unusable = |reason: String| {
         tracing::error!(subject = %message.subject, %reason, "unusable job message; terminating");
         Outcome {
@@ -258,7 +257,6 @@ fn decode(index: usize, message: &Message) -> Result<Job<'_>, Outcome> {
     heimdex_telemetry::set_parent_from_headers(&span, message.headers.as_ref());
     Ok(Job {
         index,
-        message,
         org_id: event.org_id,
         job_id: event.job_id,
         attempt,
@@ -268,7 +266,7 @@ fn decode(index: usize, message: &Message) -> Result<Job<'_>, Outcome> {
 }
 
 /// The point a job writes and the result it will report.
-fn plan(config: &WorkerConfig, job: &Job<'_>) -> ((usize, NewPoint), JobResult) {
+fn plan(config: &WorkerConfig, job: &Job) -> ((usize, NewPoint), JobResult) {
     match &job.spec {
         JobSpec::MockEmbedding(MockParams {
             asset_id,
@@ -352,7 +350,7 @@ async fn upsert(
 /// Publishes a later event of the job, continuing the job's trace.
 async fn publish(
     deps: &WorkerDeps,
-    job: &Job<'_>,
+    job: &Job,
     data: EventData,
 ) -> Result<PublishAckFuture, PublishError> {
     let event = JobEvent::new(job.org_id, job.job_id, data);
@@ -361,7 +359,6 @@ async fn publish(
         let _entered = job.span.enter();
         heimdex_telemetry::inject_context(&mut headers);
     }
-    let _ = job.message;
     deps.js
         .send_publish(
             events::subject(job.org_id, job.job_id, event.kind()),

@@ -120,9 +120,3 @@ impl VectorsApi {
         })))
     }
 }
-
-impl From<ApiError> for poem::Error {
-    fn from(err: ApiError) -> Self {
-        poem::Error::from_response(poem::IntoResponse::into_response(err.into_problem()))
-    }
-}
