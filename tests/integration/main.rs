@@ -9,4 +9,5 @@ mod idempotency;
 mod nats_outage;
 mod pipeline;
 mod projector;
+mod retries;
 mod tenancy;

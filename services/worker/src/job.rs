@@ -1,6 +1,8 @@
 //! One batch of `requested` messages: decode → terminal guard → `started` → vectors → one upsert
 //! → `succeeded`/`failed`. Returns what to do with each message; the caller acknowledges.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -65,6 +67,7 @@ struct Job {
 pub(crate) async fn process(
     config: &WorkerConfig,
     deps: &WorkerDeps,
+    collection_ready: &AtomicBool,
     messages: &[Message],
 ) -> Vec<Outcome> {
     let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
@@ -133,7 +136,7 @@ pub(crate) async fn process(
         .map(|(job, _)| tracing::info_span!(parent: &job.span, "vector_store.upsert", collection = %config.collection))
         .collect();
     let (stored, started_acks) = tokio::join!(
-        upsert(deps, points),
+        upsert(deps, collection_ready, points),
         join_all(
             started
                 .into_iter()
@@ -162,7 +165,9 @@ pub(crate) async fn process(
                 })),
                 Disposition::Ack,
             ),
-            Some(Err(err)) if !err.is_retryable() => (
+            // Input the store refuses (wrong dimension, ...) can never succeed: fail at once.
+            // Anything else (unavailable, unexpected) is retried until the last delivery.
+            Some(Err(err @ StoreError::InvalidInput(_))) => (
                 OutcomeKind::Failed(JobErrorCode::InvalidInput),
                 Some(failed(job.attempt, JobErrorCode::InvalidInput, err)),
                 Disposition::Term,
@@ -313,38 +318,48 @@ fn plan(config: &WorkerConfig, job: &Job) -> ((usize, NewPoint), JobResult) {
 /// one bad job cannot sink the batch. Returns each job's result by message index.
 async fn upsert(
     deps: &WorkerDeps,
+    collection_ready: &AtomicBool,
     points: Vec<(usize, NewPoint)>,
-) -> std::collections::HashMap<usize, Result<(), StoreError>> {
+) -> HashMap<usize, Result<(), StoreError>> {
     let indices: Vec<usize> = points.iter().map(|(index, _)| *index).collect();
     if points.is_empty() {
-        return Default::default();
+        return HashMap::new();
+    }
+    if !collection_ready.load(Ordering::Acquire) {
+        match deps.store.ensure_collection().await {
+            Ok(()) => collection_ready.store(true, Ordering::Release),
+            Err(err) => return fail_all(indices, &err),
+        }
     }
     let batch: Vec<NewPoint> = points.iter().map(|(_, point)| point.clone()).collect();
     match deps.store.upsert(batch).await {
         Ok(()) => indices.into_iter().map(|index| (index, Ok(()))).collect(),
         Err(StoreError::InvalidInput(_)) if points.len() > 1 => {
-            let mut results = std::collections::HashMap::new();
+            let mut results = HashMap::new();
             for (index, point) in points {
                 results.insert(index, deps.store.upsert(vec![point]).await);
             }
             results
         }
-        Err(err) => {
-            let reason = err.to_string();
-            let retryable = err.is_retryable();
-            indices
-                .into_iter()
-                .map(|index| {
-                    let err = if retryable {
-                        StoreError::Unavailable(reason.clone())
-                    } else {
-                        StoreError::Internal(reason.clone())
-                    };
-                    (index, Err(err))
-                })
-                .collect()
-        }
+        Err(err) => fail_all(indices, &err),
     }
+}
+
+/// The same error for every job of a batch (the store's error is not `Clone`; its kind and
+/// message are what matter).
+fn fail_all(indices: Vec<usize>, err: &StoreError) -> HashMap<usize, Result<(), StoreError>> {
+    let reason = err.to_string();
+    indices
+        .into_iter()
+        .map(|index| {
+            let err = match err {
+                StoreError::Unavailable(_) => StoreError::Unavailable(reason.clone()),
+                StoreError::InvalidInput(_) => StoreError::InvalidInput(reason.clone()),
+                StoreError::Internal(_) => StoreError::Internal(reason.clone()),
+            };
+            (index, Err(err))
+        })
+        .collect()
 }
 
 /// Publishes a later event of the job, continuing the job's trace.

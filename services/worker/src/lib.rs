@@ -12,6 +12,7 @@ mod backoff;
 mod job;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
@@ -68,6 +69,8 @@ pub struct WorkerDeps {
 pub struct Worker {
     config: Arc<WorkerConfig>,
     deps: WorkerDeps,
+    /// Whether the collection is known to exist; until then each batch tries to create it.
+    collection_ready: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,12 +80,23 @@ pub enum WorkerError {
 }
 
 impl Worker {
-    /// Creates the collection (idempotently) so the first job does not pay for it.
+    /// Creates the collection (idempotently) so the first job does not pay for it. A vector
+    /// store that is down is not fatal: jobs retry (with backoff) until it is back, and the
+    /// collection is created then. One that refuses the collection (say, it exists with another
+    /// vector size) is a configuration error.
     pub async fn build(config: WorkerConfig, deps: WorkerDeps) -> Result<Self, WorkerError> {
-        deps.store.ensure_collection().await?;
+        let ready = match deps.store.ensure_collection().await {
+            Ok(()) => true,
+            Err(err) if err.is_retryable() => {
+                tracing::warn!(%err, "vector store unavailable at start-up; jobs will retry");
+                false
+            }
+            Err(err) => return Err(err.into()),
+        };
         Ok(Self {
             config: Arc::new(config),
             deps,
+            collection_ready: Arc::new(AtomicBool::new(ready)),
         })
     }
 
@@ -142,7 +156,7 @@ impl Worker {
     /// Processes one batch of messages and acknowledges each as its outcome dictates, sending
     /// progress acks while the work runs so nothing is redelivered mid-way.
     pub async fn handle_batch(&self, messages: Vec<async_nats::jetstream::Message>) {
-        let work = job::process(&self.config, &self.deps, &messages);
+        let work = job::process(&self.config, &self.deps, &self.collection_ready, &messages);
         tokio::pin!(work);
         let mut progress = tokio::time::interval(self.config.ack_wait / 3);
         progress.tick().await;
