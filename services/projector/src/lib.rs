@@ -20,6 +20,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::join_all;
 
+use heimdex_core::batching::{Batching, next_batch};
 use heimdex_core::events::{self, JobEvent};
 use heimdex_core::jetstream::status_key;
 use heimdex_core::jobs::{Applied, JobStatus};
@@ -49,6 +50,7 @@ pub struct Projector {
     /// key → (revision, status) of jobs not yet terminal.
     cache: HashMap<String, (u64, JobStatus)>,
     batch_size: usize,
+    batching: Batching,
 }
 
 impl Projector {
@@ -57,6 +59,12 @@ impl Projector {
             deps,
             cache: HashMap::new(),
             batch_size: 1_000,
+            // Busy (a chunk of 64+ events): wait up to 5 ms so a job's events share one write.
+            batching: Batching {
+                max: 1_000,
+                busy: 64,
+                linger: Duration::from_millis(5),
+            },
         }
     }
 
@@ -71,7 +79,7 @@ impl Projector {
             loop {
                 let batch = tokio::select! {
                     () = shutdown.cancelled() => break,
-                    batch = batches.next() => batch,
+                    batch = next_batch(&mut batches, self.batching) => batch,
                 };
                 let Some(batch) = batch else { break };
                 let messages: Vec<Message> = batch

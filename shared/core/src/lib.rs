@@ -3,6 +3,7 @@
 //! about HTTP; the services build on it.
 
 pub mod auth;
+pub mod batching;
 pub mod events;
 pub mod ids;
 pub mod jetstream;
