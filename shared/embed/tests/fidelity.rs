@@ -1,0 +1,100 @@
+//! Fidelity against sentence-transformers: every golden text's cosine with the reference vector
+//! must be at least 0.9999. Uses the real weights; fails (never skips) if they are missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use heimdex_embed::Embedder;
+
+const MIN_COSINE: f64 = 0.9999;
+
+#[derive(serde::Deserialize)]
+struct Golden {
+    text: Option<String>,
+    embedding: Option<Vec<f32>>,
+}
+
+fn golden_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/reference/minilm-l6-v2-golden.jsonl")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn golden_cosine_at_least_0_9999() {
+    let path = golden_path();
+    assert!(path.is_file(), "golden file missing: {}", path.display());
+    let content = std::fs::read_to_string(&path).unwrap();
+    let mut texts = Vec::new();
+    let mut refs = Vec::new();
+    for (n, line) in content.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let g: Golden = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("{}:{}: {e}", path.display(), n + 1));
+        // The first line is metadata (model, pooling, ...): it has neither text nor embedding.
+        if let (Some(t), Some(e)) = (g.text, g.embedding) {
+            texts.push(t);
+            refs.push(e);
+        }
+    }
+    assert!(!texts.is_empty(), "no golden texts in {}", path.display());
+
+    let model = common::load_model();
+    let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let got = model.embed(&inputs).unwrap();
+    assert_eq!(got.len(), refs.len());
+
+    let mut min = f64::MAX;
+    let mut worst = 0;
+    let mut sum = 0.0f64;
+    for (i, (v, r)) in got.iter().zip(&refs).enumerate() {
+        assert_eq!(v.len(), r.len(), "dimension of text {i}");
+        let c = cosine(v, r);
+        sum += c;
+        if c < min {
+            min = c;
+            worst = i;
+        }
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let mean = sum / refs.len() as f64;
+    println!(
+        "fidelity: {} texts, min cosine {min:.9} (text {worst}), mean {mean:.9}, max 1-cos {:.2e}",
+        refs.len(),
+        1.0 - min
+    );
+    assert!(
+        min >= MIN_COSINE,
+        "min cosine {min} < {MIN_COSINE} for text {worst}: {:?}",
+        texts.get(worst)
+    );
+
+    // Rough throughput on the golden texts (meaningful in --release only).
+    let rounds = 5;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let _ = model.embed(&inputs).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    #[allow(clippy::cast_precision_loss)]
+    let rate = (rounds * inputs.len()) as f64 / secs;
+    println!(
+        "throughput: {rate:.1} texts/s ({} texts x {rounds} rounds in {secs:.3}s)",
+        inputs.len()
+    );
+}
