@@ -1,6 +1,7 @@
 //! Integration tests: the real service against a real nats-server that each test starts for
 //! itself, with Qdrant Edge in a temp dir. One binary, one module per concern.
 
+mod advisory;
 mod api_errors;
 mod auth;
 mod bootstrap;
