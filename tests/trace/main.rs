@@ -14,9 +14,20 @@ async fn one_trace_spans_post_worker_and_upsert() {
     let app = TestApp::spawn().await;
     let token = app.token(Uuid::new_v4());
 
+    // The client's own trace continues into Heimdex through the HTTP `traceparent` header.
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let accepted: serde_json::Value = app
-        .post_mock(&token, "traced", "seg-0")
+        .http
+        .post(app.url("/vectors/mock"))
+        .bearer_auth(&token)
+        .header(
+            "traceparent",
+            format!("00-{client_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&serde_json::json!({"asset_id": "traced", "segment_id": "seg-0"}))
+        .send()
         .await
+        .unwrap()
         .json()
         .await
         .unwrap();
@@ -54,6 +65,7 @@ async fn one_trace_spans_post_worker_and_upsert() {
     .expect("submit, worker.job and vector_store.upsert spans exported");
 
     let trace = trace_id_of(&submit);
+    assert_eq!(trace, client_trace, "the API continues the client's trace");
     assert_eq!(
         trace_id_of(&worker),
         trace,

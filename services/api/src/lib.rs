@@ -163,6 +163,12 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
         path = %req.uri().path(),
         status = tracing::field::Empty,
     );
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    heimdex_telemetry::set_parent_from_traceparent(
+        &span,
+        header("traceparent"),
+        header("tracestate"),
+    );
     async move {
         let started = std::time::Instant::now();
         let result = next.call(req).await.map(IntoResponse::into_response);

@@ -354,6 +354,32 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&HeaderMap>
     }
 }
 
+/// Like [`set_parent_from_headers`], for any transport: makes `span` a child of the W3C trace
+/// context given by a `traceparent` (and optional `tracestate`) value — e.g. the HTTP headers
+/// of an incoming request, so a client's trace continues into Heimdex. Invalid or absent
+/// values leave the span a root.
+pub fn set_parent_from_traceparent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    let Some(traceparent) = traceparent else {
+        return;
+    };
+    let mut carrier = std::collections::HashMap::new();
+    carrier.insert("traceparent".to_owned(), traceparent.to_owned());
+    if let Some(tracestate) = tracestate {
+        carrier.insert("tracestate".to_owned(), tracestate.to_owned());
+    }
+    let cx = PROPAGATOR.extract_with_context(&opentelemetry::Context::new(), &carrier);
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    if let Err(err) = span.set_parent(cx) {
+        tracing::debug!(error = %err, "could not continue trace from traceparent");
+    }
+}
+
 /// The current span's OpenTelemetry trace id as 32 lowercase hex characters, or `None` when
 /// there is no current span or no OpenTelemetry layer is installed.
 pub fn current_trace_id() -> Option<String> {
