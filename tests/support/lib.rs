@@ -107,7 +107,6 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub settings: Settings,
     pub store: Arc<dyn VectorStore>,
-    pub data: TempDir,
     shutdown: CancellationToken,
     running: Option<tokio::task::JoinHandle<()>>,
 }
@@ -127,7 +126,12 @@ impl TestApp {
             .expect("services start");
         let addr = running.api_addr.expect("api runs");
         let store = running.store.clone().expect("store is open");
-        let running = tokio::spawn(running.wait());
+        // The task owns the data dir and drops it only after the services (and the store's
+        // shard, which flushes on drop) are gone, even when the runtime drops the task.
+        let running = tokio::spawn(OutlivedBy {
+            services: Box::pin(running.wait()),
+            _data: data,
+        });
         Self {
             nats,
             base: format!("http://{addr}"),
@@ -135,7 +139,6 @@ impl TestApp {
             http: reqwest::Client::new(),
             settings,
             store,
-            data,
             shutdown,
             running: Some(running),
         }
@@ -187,6 +190,24 @@ impl TestApp {
         timeout: Duration,
     ) -> Value {
         wait_for_job(&self.http, &self.base, token, job_id, status, timeout).await
+    }
+}
+
+/// A future that keeps `_data` alive until `services` has been dropped: fields drop in
+/// declaration order, whether the future completes or the runtime drops it mid-flight.
+struct OutlivedBy<F> {
+    services: std::pin::Pin<Box<F>>,
+    _data: TempDir,
+}
+
+impl<F: std::future::Future> std::future::Future for OutlivedBy<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.services.as_mut().poll(cx)
     }
 }
 

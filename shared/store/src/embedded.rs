@@ -58,6 +58,18 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// `EdgeShard`'s own `Drop` flushes and panics if that fails, which it does when the directory
+/// was removed under a running store. Every write is already flushed before it returns, so there
+/// is nothing left to save: keep the shard alive (leak it) rather than panic during shutdown.
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        if !self.dir.exists() {
+            tracing::warn!(dir = %self.dir.display(), "store directory is gone; skipping final flush");
+            std::mem::forget(Arc::clone(&self.shard));
+        }
+    }
+}
+
 impl EmbeddedStore {
     /// Open `<root>/<collection>`, creating directory and shard if needed.
     pub async fn open(

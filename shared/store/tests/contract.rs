@@ -964,6 +964,22 @@ mod embedded_only {
         assert!(open_at(dir.path(), DIM).await.is_ok());
     }
 
+    /// `EdgeShard`'s own drop flushes and panics when that fails; a store whose directory was
+    /// removed underneath it (a test's temp dir, an operator's `rm -rf`) must still drop quietly.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn drop_after_directory_removed_does_not_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let org = Uuid::new_v4();
+        let store = open_at(dir.path(), DIM).await.expect("open");
+        store.ensure_collection().await.expect("ensure");
+        store
+            .upsert(vec![point(org, "a", "s1", [1.0, 0.0, 0.0, 0.0])])
+            .await
+            .expect("upsert");
+        std::fs::remove_dir_all(dir.path()).expect("remove the data dir");
+        drop(store);
+    }
+
     #[tokio::test]
     async fn bad_config_is_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
