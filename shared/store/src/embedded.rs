@@ -28,7 +28,7 @@ use qdrant_edge::{
 use uuid::Uuid;
 
 use crate::{
-    ASSET_ID_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY, ScoredPoint, SearchRequest,
+    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY, ScoredPoint, SearchRequest,
     StoreError, StoreKind, StoredPoint, VectorStore, check_collection_name, check_vector,
     payload_from_json, prepare_points,
 };
@@ -457,6 +457,12 @@ fn build_filter(
     }
     if let Some(segment_id) = &filter.segment_id {
         must.push(keyword(SEGMENT_ID_KEY, segment_id)?);
+    }
+    if let Some(model) = &filter.model {
+        must.push(keyword(MODEL_KEY, model)?);
+    }
+    if let Some(model_ver) = &filter.model_ver {
+        must.push(keyword(MODEL_VER_KEY, model_ver)?);
     }
     if let Some(ids) = ids {
         must.push(Condition::HasId(

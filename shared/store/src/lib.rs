@@ -60,6 +60,10 @@ pub const ORG_ID_KEY: &str = "org_id";
 pub const ASSET_ID_KEY: &str = "asset_id";
 /// Payload key holding the segment id (filterable, not indexed).
 pub const SEGMENT_ID_KEY: &str = "segment_id";
+/// Payload key holding the model name (filterable, not indexed).
+pub const MODEL_KEY: &str = "model";
+/// Payload key holding the model version (filterable, not indexed).
+pub const MODEL_VER_KEY: &str = "model_ver";
 
 /// Where and how vectors are stored.
 #[derive(Clone, Debug)]
@@ -147,6 +151,10 @@ pub struct ScoredPoint {
 pub struct PointFilter {
     pub asset_id: Option<String>,
     pub segment_id: Option<String>,
+    /// Only points embedded by this model (vectors of different models are not comparable).
+    pub model: Option<String>,
+    /// Only points of this model version.
+    pub model_ver: Option<String>,
 }
 
 /// A nearest-neighbour query, always scoped to one org.

@@ -20,7 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::{
-    ASSET_ID_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY, ScoredPoint, SearchRequest,
+    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY, ScoredPoint, SearchRequest,
     StoreError, StoreKind, StoredPoint, VectorStore, check_vector, payload_from_json,
     prepare_points,
 };
@@ -339,6 +339,12 @@ fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Fil
     }
     if let Some(segment_id) = &filter.segment_id {
         must.push(Condition::matches(SEGMENT_ID_KEY, segment_id.clone()));
+    }
+    if let Some(model) = &filter.model {
+        must.push(Condition::matches(MODEL_KEY, model.clone()));
+    }
+    if let Some(model_ver) = &filter.model_ver {
+        must.push(Condition::matches(MODEL_VER_KEY, model_ver.clone()));
     }
     if let Some(ids) = ids {
         must.push(Condition::has_id(ids.iter().map(|id| id.to_string())));

@@ -52,7 +52,7 @@ fn search_req(org_id: Uuid, vector: [f32; DIM], limit: usize) -> SearchRequest {
 fn asset(a: &str) -> PointFilter {
     PointFilter {
         asset_id: Some(a.to_owned()),
-        segment_id: None,
+        ..PointFilter::default()
     }
 }
 
@@ -588,8 +588,8 @@ mod contract {
 
         let mut req = search_req(org, q, 10);
         req.filter = PointFilter {
-            asset_id: None,
             segment_id: Some("seg-3".to_owned()),
+            ..PointFilter::default()
         };
         let hits = store.search(req).await.expect("search");
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![ids[3]]);
@@ -598,8 +598,37 @@ mod contract {
         req.filter = PointFilter {
             asset_id: Some("even".to_owned()),
             segment_id: Some("seg-3".to_owned()),
+            ..PointFilter::default()
         };
         assert!(store.search(req).await.expect("search").is_empty());
+
+        // Model and version filters: a point of another model never answers.
+        let mut other = point(org, "even", "seg-other-model", [1.0, 0.0, 0.0, 0.0]);
+        other.payload.model = "other-model".to_owned();
+        store.upsert(vec![other.clone()]).await.expect("upsert");
+        let mut req = search_req(org, q, 10);
+        req.filter = PointFilter {
+            model: Some("test-model".to_owned()),
+            model_ver: Some("1".to_owned()),
+            ..PointFilter::default()
+        };
+        let hits = store.search(req).await.expect("search");
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), ids);
+        let mut req = search_req(org, q, 10);
+        req.filter = PointFilter {
+            model: Some("other-model".to_owned()),
+            ..PointFilter::default()
+        };
+        let hits = store.search(req).await.expect("search");
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![other.id]);
+        let mut req = search_req(org, q, 10);
+        req.filter = PointFilter {
+            model: Some("test-model".to_owned()),
+            model_ver: Some("2".to_owned()),
+            ..PointFilter::default()
+        };
+        assert!(store.search(req).await.expect("search").is_empty());
+        assert_eq!(store.delete_points(org, &[other.id]).await.expect("delete"), 1);
 
         let mut req = search_req(org, q, 10);
         req.score_threshold = Some(0.5);
