@@ -6,6 +6,14 @@
 //! come from a local directory in Hugging Face layout (`config.json`, `tokenizer.json`,
 //! `model.safetensors`) that `deploy/setup.sh` fills; nothing is downloaded at run time.
 
+mod chunk;
+mod mock;
+mod registry;
+
+pub use chunk::{Chunk, ChunkOptions, chunk};
+pub use mock::Mock;
+pub use registry::{ModelError, ModelStatus, Registry};
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -52,8 +60,26 @@ pub trait Embedder: Send + Sync {
     fn model_ver(&self) -> &str;
     /// Output dimension.
     fn dim(&self) -> usize;
-    /// One vector per text, in input order.
+    /// Most tokens the model reads per input, special tokens included; the rest is truncated.
+    fn max_tokens(&self) -> usize;
+    /// Special tokens added to every input (`[CLS]` and `[SEP]` for BERT models).
+    fn special_tokens(&self) -> usize;
+    /// Byte ranges of the text's tokens, without special tokens and without truncation: what
+    /// chunking counts.
+    fn token_spans(&self, text: &str) -> Result<Vec<(usize, usize)>, EmbedError>;
+    /// One vector per text, in input order. Empty or whitespace-only text is
+    /// [`EmbedError::InvalidInput`].
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError>;
+}
+
+/// Refuses empty or whitespace-only texts, naming the first.
+pub(crate) fn check_texts(texts: &[&str]) -> Result<(), EmbedError> {
+    match texts.iter().position(|t| t.trim().is_empty()) {
+        Some(i) => Err(EmbedError::InvalidInput(format!(
+            "text {i} is empty or whitespace-only"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `HEIMDEX_MODEL_DIR` if set (and non-empty), else `.tools/models/all-minilm-l6-v2` found in the
@@ -81,6 +107,8 @@ pub fn default_model_dir() -> Option<PathBuf> {
 pub struct MiniLm {
     model: BertModel,
     tokenizer: Tokenizer,
+    /// The same tokenizer without truncation, for [`Embedder::token_spans`].
+    spans_tokenizer: Tokenizer,
     device: Device,
     model_ver: String,
     dim: usize,
@@ -138,6 +166,10 @@ impl MiniLm {
             }))
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         tokenizer.with_padding(None::<PaddingParams>);
+        let mut spans_tokenizer = tokenizer.clone();
+        spans_tokenizer
+            .with_truncation(None)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
 
         let weights = std::fs::read(&weights_path)
             .map_err(|e| EmbedError::Inference(format!("{}: {e}", weights_path.display())))?;
@@ -150,6 +182,7 @@ impl MiniLm {
         Ok(Self {
             model,
             tokenizer,
+            spans_tokenizer,
             device,
             model_ver,
             dim: config.hidden_size,
@@ -210,12 +243,24 @@ impl Embedder for MiniLm {
         self.dim
     }
 
+    fn max_tokens(&self) -> usize {
+        Self::MAX_TOKENS
+    }
+
+    fn special_tokens(&self) -> usize {
+        2
+    }
+
+    fn token_spans(&self, text: &str) -> Result<Vec<(usize, usize)>, EmbedError> {
+        let encoding = self
+            .spans_tokenizer
+            .encode(text, false)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_offsets().to_vec())
+    }
+
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-            return Err(EmbedError::InvalidInput(format!(
-                "text {i} is empty or whitespace-only"
-            )));
-        }
+        check_texts(texts)?;
         let mut encodings = Vec::with_capacity(texts.len());
         for t in texts {
             encodings.push(

@@ -89,3 +89,19 @@ fn missing_model_dir_is_reported() {
     );
     assert!(err.to_string().contains("deploy/setup.sh"), "{err}");
 }
+
+#[test]
+fn token_spans_cover_the_text_without_truncation() {
+    let m = common::load_model();
+    let text = "Héllo, wörld! Tokenizers split words-into pieces.";
+    let spans = m.token_spans(text).unwrap();
+    let pieces: Vec<&str> = spans.iter().map(|&(s, e)| &text[s..e]).collect();
+    assert_eq!(pieces.first(), Some(&"Héllo"));
+    assert!(pieces.contains(&"!"), "{pieces:?}");
+    assert_eq!(pieces.last(), Some(&"."));
+    // Long text is not truncated here (embedding truncates; chunking must see every token).
+    let long = "word ".repeat(1000);
+    assert_eq!(m.token_spans(&long).unwrap().len(), 1000);
+    assert_eq!(m.max_tokens(), 256);
+    assert_eq!(m.special_tokens(), 2);
+}

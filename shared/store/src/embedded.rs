@@ -28,9 +28,9 @@ use qdrant_edge::{
 use uuid::Uuid;
 
 use crate::{
-    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY, ScoredPoint, SearchRequest,
-    StoreError, StoreKind, StoredPoint, VectorStore, check_collection_name, check_vector,
-    payload_from_json, prepare_points,
+    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY,
+    ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore,
+    check_collection_name, check_vector, payload_from_json, prepare_points,
 };
 
 /// File Qdrant Edge writes when a shard is created; its presence means "load, don't create".

@@ -20,9 +20,9 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::{
-    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY, ScoredPoint, SearchRequest,
-    StoreError, StoreKind, StoredPoint, VectorStore, check_vector, payload_from_json,
-    prepare_points,
+    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY,
+    ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore, check_vector,
+    payload_from_json, prepare_points,
 };
 
 /// Per-request timeout (large upsert batches with `wait=true` need more than the default 5 s).

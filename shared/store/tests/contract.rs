@@ -620,7 +620,10 @@ mod contract {
             ..PointFilter::default()
         };
         let hits = store.search(req).await.expect("search");
-        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![other.id]);
+        assert_eq!(
+            hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+            vec![other.id]
+        );
         let mut req = search_req(org, q, 10);
         req.filter = PointFilter {
             model: Some("test-model".to_owned()),
@@ -628,7 +631,10 @@ mod contract {
             ..PointFilter::default()
         };
         assert!(store.search(req).await.expect("search").is_empty());
-        assert_eq!(store.delete_points(org, &[other.id]).await.expect("delete"), 1);
+        assert_eq!(
+            store.delete_points(org, &[other.id]).await.expect("delete"),
+            1
+        );
 
         let mut req = search_req(org, q, 10);
         req.score_threshold = Some(0.5);
