@@ -26,12 +26,24 @@ use heimdex_core::shutdown::CancellationToken;
 use heimdex_store::VectorStore;
 
 use crate::routes::health::HealthApi;
+use crate::routes::ingest::IngestApi;
 use crate::routes::jobs::JobsApi;
+use crate::routes::search::SearchApi;
 use crate::routes::vectors::VectorsApi;
 use crate::submit::Submitter;
 
 /// Request bodies above this are refused with 413 before they are read.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The bulk routes (`/vectors/embed/batch`, `/vectors/documents`) take up to 8 MiB.
+pub const MAX_BULK_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// The body limit of a request path.
+fn body_limit(path: &str) -> usize {
+    match path {
+        "/vectors/embed/batch" | "/vectors/documents" => MAX_BULK_BODY_BYTES,
+        _ => MAX_BODY_BYTES,
+    }
+}
 
 /// Connections and stores the API needs; `heimdex serve` shares them with the other services.
 #[derive(Clone)]
@@ -41,6 +53,8 @@ pub struct ApiDeps {
     pub status: kv::Store,
     pub jobs_stream: stream::Stream,
     pub store: Arc<dyn VectorStore>,
+    /// The models requests may name.
+    pub models: Arc<heimdex_embed::Registry>,
     /// NATS URL shown in `/readyz` (no credentials).
     pub nats_url: String,
 }
@@ -52,6 +66,7 @@ pub struct AppState {
     pub status: kv::Store,
     pub jobs_stream: stream::Stream,
     pub store: Arc<dyn VectorStore>,
+    pub models: Arc<heimdex_embed::Registry>,
     pub nats_url: String,
     pub store_url: Option<String>,
     pub nats_probe: CachedProbe,
@@ -92,6 +107,7 @@ pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError
         status: deps.status,
         jobs_stream: deps.jobs_stream,
         store: deps.store,
+        models: deps.models,
         nats_url: strip_credentials(&deps.nats_url),
         store_url,
         nats_probe: CachedProbe::new(settings.probes.clone()),
@@ -124,6 +140,12 @@ pub fn routes(
 ) -> poem::endpoint::BoxEndpoint<'static> {
     let api = OpenApiService::new(
         (
+            IngestApi {
+                state: state.clone(),
+            },
+            SearchApi {
+                state: state.clone(),
+            },
             VectorsApi {
                 state: state.clone(),
             },
@@ -189,23 +211,25 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
     .await
 }
 
-/// Refuses bodies over [`MAX_BODY_BYTES`] with 413: at once when `Content-Length` says so, and
-/// while reading when a chunked body grows past it. Requests without a body pass untouched.
+/// Refuses bodies over the path's limit ([`MAX_BODY_BYTES`], or [`MAX_BULK_BODY_BYTES`] on the
+/// bulk routes) with 413: at once when `Content-Length` says so, and while reading when a
+/// chunked body grows past it. Requests without a body pass untouched.
 async fn limit_body<E: Endpoint>(next: E, mut req: Request) -> poem::Result<Response> {
+    let limit = body_limit(req.uri().path());
     let declared = req
         .headers()
         .get(poem::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(len) if len > MAX_BODY_BYTES as u64 => {
+        Some(len) if len > limit as u64 => {
             return Err(poem::Error::from_status(
                 poem::http::StatusCode::PAYLOAD_TOO_LARGE,
             ));
         }
         Some(_) => {}
         None => {
-            let body = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await?;
+            let body = req.take_body().into_bytes_limit(limit).await?;
             req.set_body(body);
         }
     }

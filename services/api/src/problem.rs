@@ -11,6 +11,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
 use heimdex_core::auth::AuthError;
+use heimdex_embed::ModelError;
 use heimdex_store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -88,6 +89,12 @@ pub enum ApiError {
     },
     #[error("the event store is full")]
     StorageFull,
+    /// Over a documented size limit (segments, text, chunks).
+    #[error("{0}")]
+    TooLarge(String),
+    /// The model is known but not loaded here (e.g. its weights are not installed).
+    #[error("{0}")]
+    ModelUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -133,6 +140,21 @@ impl ApiError {
                 )),
                 30,
             ),
+            ApiError::TooLarge(detail) => ProblemResponse::PayloadTooLarge(Json(Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "Payload too large",
+                detail,
+            ))),
+            ApiError::ModelUnavailable(detail) => ProblemResponse::Unavailable(
+                Json(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "model_unavailable",
+                    "Model unavailable",
+                    format!("{detail}; nothing was accepted"),
+                )),
+                30,
+            ),
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 ProblemResponse::Internal(Json(internal_problem()))
@@ -159,6 +181,21 @@ impl From<StoreError> for ApiError {
             }
             StoreError::InvalidInput(detail) => ApiError::Validation(detail),
             StoreError::Internal(reason) => ApiError::Internal(format!("vector store: {reason}")),
+        }
+    }
+}
+
+impl From<ModelError> for ProblemResponse {
+    fn from(err: ModelError) -> Self {
+        ApiError::from(err).into_problem()
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(err: ModelError) -> Self {
+        match err {
+            ModelError::Unknown { .. } => ApiError::Validation(err.to_string()),
+            ModelError::Unavailable { .. } => ApiError::ModelUnavailable(err.to_string()),
         }
     }
 }

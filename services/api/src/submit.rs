@@ -106,6 +106,20 @@ impl Submitter {
     }
 }
 
+impl Submitter {
+    /// Submits every job concurrently (one publish each, acknowledged together). Each job stays
+    /// idempotent on its own: if any publish fails the call fails, and a retry of the whole
+    /// request answers the jobs already stored as duplicates.
+    pub async fn submit_many(
+        &self,
+        principal: &Principal,
+        specs: Vec<JobSpec>,
+    ) -> Result<Vec<Submitted>, ApiError> {
+        futures::future::try_join_all(specs.into_iter().map(|spec| self.submit(principal, spec)))
+            .await
+    }
+}
+
 /// JetStream reports a full store as "insufficient resources" (10023) or as a stream over its
 /// byte/message limits with `discard: new` ("maximum bytes/messages exceeded").
 fn is_storage_full(message: &str) -> bool {

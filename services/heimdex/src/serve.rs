@@ -9,6 +9,7 @@ use std::time::Duration;
 use heimdex_core::Settings;
 use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
 use heimdex_core::shutdown::CancellationToken;
+use heimdex_embed::Registry;
 use heimdex_store::VectorStore;
 use tokio::task::JoinSet;
 
@@ -128,9 +129,19 @@ pub async fn start(
         None
     };
 
+    let models = if roles.api || roles.worker {
+        let dir = settings.model_dir.clone();
+        let size = settings.qdrant.vector_size;
+        Some(Arc::new(
+            tokio::task::spawn_blocking(move || Registry::load(dir.as_deref(), size)).await?,
+        ))
+    } else {
+        None
+    };
+
     let mut tasks = JoinSet::new();
-    if let Some(store) = store.as_ref().filter(|_| roles.worker) {
-        let worker = build_worker(settings, &nats, store.clone()).await?;
+    if let (Some(store), Some(models), true) = (store.as_ref(), models.as_ref(), roles.worker) {
+        let worker = build_worker(settings, &nats, store.clone(), models.clone()).await?;
         tasks.spawn(worker.run(shutdown.clone()));
         tasks.spawn(heimdex_worker::advisory::run(
             nats.client.clone(),
@@ -143,7 +154,7 @@ pub async fn start(
         tasks.spawn(projector.run(shutdown.clone()));
     }
     let mut api_addr = None;
-    if let Some(store) = store.as_ref().filter(|_| roles.api) {
+    if let (Some(store), Some(models), true) = (store.as_ref(), models.as_ref(), roles.api) {
         let api = heimdex_api::build(
             settings,
             heimdex_api::ApiDeps {
@@ -152,6 +163,7 @@ pub async fn start(
                 status: nats.status.clone(),
                 jobs_stream: nats.stream.clone(),
                 store: store.clone(),
+                models: models.clone(),
                 nats_url: nats.url.clone(),
             },
         )
@@ -179,6 +191,7 @@ pub async fn build_worker(
     settings: &Settings,
     nats: &Nats,
     store: Arc<dyn VectorStore>,
+    models: Arc<Registry>,
 ) -> anyhow::Result<heimdex_worker::Worker> {
     let consumer =
         heimdex_core::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
@@ -189,6 +202,8 @@ pub async fn build_worker(
             status: nats.status.clone(),
             consumer,
             store,
+            models,
+            embed_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         },
     )
     .await?;

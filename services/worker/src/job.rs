@@ -16,8 +16,12 @@ use uuid::Uuid;
 use heimdex_core::events::{self, EventData, Failed, JobEvent, Started, Succeeded};
 use heimdex_core::ids;
 use heimdex_core::jetstream::status_key;
-use heimdex_core::jobs::{JobError, JobErrorCode, JobResult, JobSpec, JobStatus, MockParams};
-use heimdex_store::{NewPoint, Payload, StoreError};
+use heimdex_core::jobs::{
+    ChunkInfo, DeleteAssetParams, DeletePointParams, EmbedParams, JobError, JobErrorCode,
+    JobResult, JobSpec, JobStatus, MockParams,
+};
+use heimdex_embed::{EmbedError, ModelError};
+use heimdex_store::{NewPoint, Payload, PointFilter, StoreError};
 
 use crate::backoff::retry_delay;
 use crate::{WorkerConfig, WorkerDeps};
@@ -123,30 +127,28 @@ pub(crate) async fn process(
     }))
     .await;
 
-    let mut points = Vec::with_capacity(live.len());
-    let mut planned = Vec::with_capacity(live.len());
-    for job in live {
-        let (point, result) = plan(config, &job);
-        points.push(point);
-        planned.push((job, result));
-    }
+    let planned = plan(config, deps, &live).await;
 
-    let upsert_spans: Vec<Span> = planned
+    let store_spans: Vec<Span> = live
         .iter()
-        .map(|(job, _)| tracing::info_span!(parent: &job.span, "vector_store.upsert", collection = %config.collection))
+        .map(|job| match job.spec {
+            JobSpec::MockEmbedding(_) | JobSpec::Embedding(_) => tracing::info_span!(parent: &job.span, "vector_store.upsert", collection = %config.collection),
+            JobSpec::DeletePoint(_) | JobSpec::DeleteAsset(_) => tracing::info_span!(parent: &job.span, "vector_store.delete", collection = %config.collection),
+        })
         .collect();
     let (stored, started_acks) = tokio::join!(
-        upsert(deps, collection_ready, points),
+        execute(deps, collection_ready, planned),
         join_all(
             started
                 .into_iter()
                 .map(|ack| async move { ack?.await.map(|_| ()) })
         )
     );
-    drop(upsert_spans);
+    drop(store_spans);
+    let mut stored = stored;
 
-    let mut finals = Vec::with_capacity(planned.len());
-    for ((job, result), started_ack) in planned.into_iter().zip(started_acks) {
+    let mut finals = Vec::with_capacity(live.len());
+    for (job, started_ack) in live.into_iter().zip(started_acks) {
         if let Err(err) = started_ack {
             tracing::warn!(%err, job_id = %job.job_id, "cannot record `started`");
             outcomes[job.index] = Some(outcome(
@@ -156,8 +158,8 @@ pub(crate) async fn process(
             ));
             continue;
         }
-        let (kind, data, disposition) = match stored.get(&job.index) {
-            Some(Ok(())) => (
+        let (kind, data, disposition) = match stored.remove(&job.index) {
+            Some(Ok(result)) => (
                 OutcomeKind::Succeeded,
                 Some(EventData::Succeeded(Succeeded {
                     attempt: job.attempt,
@@ -165,20 +167,24 @@ pub(crate) async fn process(
                 })),
                 Disposition::Ack,
             ),
-            // Input the store refuses (wrong dimension, ...) can never succeed: fail at once.
-            // Anything else (unavailable, unexpected) is retried until the last delivery.
-            Some(Err(err @ StoreError::InvalidInput(_))) => (
+            // Input that can never succeed (empty text, unknown model, wrong dimension, ...)
+            // fails at once. Anything else is retried until the last delivery.
+            Some(Err(JobFailure::Invalid(message))) => (
                 OutcomeKind::Failed(JobErrorCode::InvalidInput),
-                Some(failed(job.attempt, JobErrorCode::InvalidInput, err)),
+                Some(failed(job.attempt, JobErrorCode::InvalidInput, message)),
                 Disposition::Term,
             ),
-            Some(Err(err)) if job.attempt >= config.max_deliver => (
-                OutcomeKind::Failed(JobErrorCode::VectorStore),
-                Some(failed(job.attempt, JobErrorCode::VectorStore, err)),
-                Disposition::Term,
-            ),
-            Some(Err(err)) => {
-                tracing::warn!(job_id = %job.job_id, attempt = job.attempt, %err, "upsert failed; will retry");
+            Some(Err(JobFailure::Retryable(code, message)))
+                if job.attempt >= config.max_deliver =>
+            {
+                (
+                    OutcomeKind::Failed(code),
+                    Some(failed(job.attempt, code, message)),
+                    Disposition::Term,
+                )
+            }
+            Some(Err(JobFailure::Retryable(_, message))) => {
+                tracing::warn!(job_id = %job.job_id, attempt = job.attempt, %message, "job failed; will retry");
                 (
                     OutcomeKind::Retrying,
                     None,
@@ -231,11 +237,31 @@ fn outcome(job: &Job, kind: OutcomeKind, disposition: Disposition) -> Outcome {
     }
 }
 
-fn failed(attempt: u32, code: JobErrorCode, err: &StoreError) -> EventData {
+fn failed(attempt: u32, code: JobErrorCode, message: String) -> EventData {
     EventData::Failed(Failed {
         attempt,
-        error: JobError::new(code, err.to_string()),
+        error: JobError::new(code, message),
     })
+}
+
+/// Why a job did not succeed this time.
+#[derive(Clone, Debug, PartialEq)]
+enum JobFailure {
+    /// It can never succeed: fail at once, without retries.
+    Invalid(String),
+    /// It may succeed later: retry, and fail with this code after the last delivery.
+    Retryable(JobErrorCode, String),
+}
+
+impl From<&StoreError> for JobFailure {
+    fn from(err: &StoreError) -> Self {
+        match err {
+            StoreError::InvalidInput(_) => JobFailure::Invalid(err.to_string()),
+            StoreError::Unavailable(_) | StoreError::Internal(_) => {
+                JobFailure::Retryable(JobErrorCode::VectorStore, err.to_string())
+            }
+        }
+    }
 }
 
 /// Reads a delivery; an unusable message is terminated (it can never succeed).
@@ -270,96 +296,349 @@ fn decode(index: usize, message: &Message) -> Result<Job, Outcome> {
     })
 }
 
-/// The point a job writes and the result it will report.
-fn plan(config: &WorkerConfig, job: &Job) -> ((usize, NewPoint), JobResult) {
-    match &job.spec {
-        JobSpec::MockEmbedding(MockParams {
-            asset_id,
-            segment_id,
-            model,
-            model_ver,
-        }) => {
-            let id = ids::point_id(job.org_id, asset_id, segment_id, model, model_ver);
-            let vector = ids::mock_vector(job.org_id, asset_id, segment_id, config.vector_size);
-            let payload = Payload {
-                org_id: job.org_id,
-                asset_id: asset_id.clone(),
-                segment_id: segment_id.clone(),
-                model: model.clone(),
-                model_ver: model_ver.clone(),
-                text: Some(format!(
-                    "Mock embedding for asset {asset_id}, segment {segment_id}"
-                )),
-                extra: Default::default(),
-            };
-            let result = JobResult {
-                collection: config.collection.clone(),
-                point_ids: vec![id],
-                vector_size: config.vector_size,
-                model: model.clone(),
-                model_ver: model_ver.clone(),
-            };
-            (
-                (
-                    job.index,
-                    NewPoint {
-                        id,
-                        vector,
-                        payload,
-                    },
-                ),
-                result,
-            )
-        }
-    }
+/// What one job does to the store.
+enum Work {
+    Upsert(Box<NewPoint>, JobResult),
+    DeletePoint(Uuid, Uuid, JobResult),
+    DeleteAsset(Uuid, String, JobResult),
+    /// Decided without touching the store.
+    Done(Result<JobResult, JobFailure>),
 }
 
-/// Writes every point in one call; if that fails for bad input, each point is written alone so
-/// one bad job cannot sink the batch. Returns each job's result by message index.
-async fn upsert(
-    deps: &WorkerDeps,
-    collection_ready: &AtomicBool,
-    points: Vec<(usize, NewPoint)>,
-) -> HashMap<usize, Result<(), StoreError>> {
-    let indices: Vec<usize> = points.iter().map(|(index, _)| *index).collect();
-    if points.is_empty() {
-        return HashMap::new();
-    }
-    if !collection_ready.load(Ordering::Acquire) {
-        match deps.store.ensure_collection().await {
-            Ok(()) => collection_ready.store(true, Ordering::Release),
-            Err(err) => return fail_all(indices, &err),
-        }
-    }
-    let batch: Vec<NewPoint> = points.iter().map(|(_, point)| point.clone()).collect();
-    match deps.store.upsert(batch).await {
-        Ok(()) => indices.into_iter().map(|index| (index, Ok(()))).collect(),
-        Err(StoreError::InvalidInput(_)) if points.len() > 1 => {
-            let mut results = HashMap::new();
-            for (index, point) in points {
-                results.insert(index, deps.store.upsert(vec![point]).await);
+/// Works out every job's store operation. Texts are embedded together, one call per model, so
+/// one forward pass serves many jobs.
+async fn plan(config: &WorkerConfig, deps: &WorkerDeps, jobs: &[Job]) -> Vec<(usize, Work)> {
+    let mut work: Vec<(usize, Work)> = Vec::with_capacity(jobs.len());
+    // model name -> (jobs' positions in `work`, texts)
+    let mut to_embed: HashMap<&str, (Vec<usize>, Vec<String>)> = HashMap::new();
+    for job in jobs {
+        let item = match &job.spec {
+            JobSpec::MockEmbedding(MockParams {
+                asset_id,
+                segment_id,
+                model,
+                model_ver,
+            }) => {
+                let vector = ids::mock_vector(job.org_id, asset_id, segment_id, config.vector_size);
+                let text = format!("Mock embedding for asset {asset_id}, segment {segment_id}");
+                let payload = payload(
+                    job.org_id, asset_id, segment_id, model, model_ver, text, None,
+                );
+                upsert_work(config, job.org_id, payload, vector)
             }
-            results
-        }
-        Err(err) => fail_all(indices, &err),
+            JobSpec::Embedding(params) => {
+                if params.text.trim().is_empty() {
+                    Work::Done(Err(JobFailure::Invalid(
+                        "text is empty or whitespace-only".to_owned(),
+                    )))
+                } else {
+                    to_embed
+                        .entry(params.model.as_str())
+                        .or_default()
+                        .0
+                        .push(work.len());
+                    // Placeholder until the vectors are in.
+                    Work::Done(Err(JobFailure::Retryable(
+                        JobErrorCode::Internal,
+                        "not embedded".to_owned(),
+                    )))
+                }
+            }
+            JobSpec::DeletePoint(DeletePointParams { point_id, .. }) => Work::DeletePoint(
+                job.org_id,
+                *point_id,
+                delete_result(config, vec![*point_id]),
+            ),
+            JobSpec::DeleteAsset(DeleteAssetParams { asset_id, .. }) => Work::DeleteAsset(
+                job.org_id,
+                asset_id.clone(),
+                delete_result(config, Vec::new()),
+            ),
+        };
+        work.push((job.index, item));
     }
+
+    for (model, (positions, _)) in to_embed {
+        let params: Vec<&EmbedParams> = positions
+            .iter()
+            .filter_map(|&p| jobs.get(p))
+            .filter_map(|job| match &job.spec {
+                JobSpec::Embedding(params) => Some(params),
+                JobSpec::MockEmbedding(_) | JobSpec::DeletePoint(_) | JobSpec::DeleteAsset(_) => {
+                    None
+                }
+            })
+            .collect();
+        let embedded = embed(deps, model, &params).await;
+        for ((&position, params), vector) in positions.iter().zip(&params).zip(embedded) {
+            let (Some(job), Some(slot)) = (jobs.get(position), work.get_mut(position)) else {
+                continue;
+            };
+            slot.1 = match vector {
+                Ok(vector) => {
+                    let EmbedParams {
+                        asset_id,
+                        segment_id,
+                        model,
+                        model_ver,
+                        text,
+                        chunk,
+                    } = params;
+                    let payload = payload(
+                        job.org_id,
+                        asset_id,
+                        segment_id,
+                        model,
+                        model_ver,
+                        text.clone(),
+                        *chunk,
+                    );
+                    upsert_work(config, job.org_id, payload, vector)
+                }
+                Err(failure) => Work::Done(Err(failure)),
+            };
+        }
+    }
+    work
 }
 
-/// The same error for every job of a batch (the store's error is not `Clone`; its kind and
-/// message are what matter).
-fn fail_all(indices: Vec<usize>, err: &StoreError) -> HashMap<usize, Result<(), StoreError>> {
-    let reason = err.to_string();
-    indices
+/// Embeds the texts of `params` (all naming `model`) in one call on the blocking pool. Returns a
+/// vector, or the reason there is none, per input.
+async fn embed(
+    deps: &WorkerDeps,
+    model: &str,
+    params: &[&EmbedParams],
+) -> Vec<Result<Vec<f32>, JobFailure>> {
+    let all = |failure: JobFailure| vec![Err(failure); params.len()];
+    let embedder = match deps.models.get(Some(model)) {
+        Ok(embedder) => embedder,
+        Err(err @ ModelError::Unknown { .. }) => return all(JobFailure::Invalid(err.to_string())),
+        // Another worker (or this one after a fix) may have the model: retry.
+        Err(err @ ModelError::Unavailable { .. }) => {
+            return all(JobFailure::Retryable(
+                JobErrorCode::Internal,
+                err.to_string(),
+            ));
+        }
+    };
+    // The point id already names the version; vectors of another version must not land on it.
+    let mut texts = Vec::with_capacity(params.len());
+    let mut results: Vec<Option<Result<Vec<f32>, JobFailure>>> = Vec::with_capacity(params.len());
+    for p in params {
+        if p.model_ver == embedder.model_ver() {
+            texts.push(p.text.clone());
+            results.push(None);
+        } else {
+            results.push(Some(Err(JobFailure::Invalid(format!(
+                "model `{model}` version `{}` is not served here (this worker has `{}`)",
+                p.model_ver,
+                embedder.model_ver()
+            )))));
+        }
+    }
+    let permit = deps.embed_permits.clone().acquire_owned().await;
+    let vectors = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        embedder.embed(&refs)
+    })
+    .await;
+    let vectors = match vectors {
+        Ok(Ok(vectors)) => vectors,
+        Ok(Err(EmbedError::InvalidInput(message))) => return all(JobFailure::Invalid(message)),
+        Ok(Err(err)) => {
+            return all(JobFailure::Retryable(
+                JobErrorCode::Internal,
+                err.to_string(),
+            ));
+        }
+        Err(join) => {
+            return all(JobFailure::Retryable(
+                JobErrorCode::Internal,
+                format!("embedding task failed: {join}"),
+            ));
+        }
+    };
+    let mut vectors = vectors.into_iter();
+    results
         .into_iter()
-        .map(|index| {
-            let err = match err {
-                StoreError::Unavailable(_) => StoreError::Unavailable(reason.clone()),
-                StoreError::InvalidInput(_) => StoreError::InvalidInput(reason.clone()),
-                StoreError::Internal(_) => StoreError::Internal(reason.clone()),
-            };
-            (index, Err(err))
+        .map(|r| match r {
+            Some(failure) => failure,
+            None => vectors.next().ok_or_else(|| {
+                JobFailure::Retryable(
+                    JobErrorCode::Internal,
+                    "embedder returned too few vectors".into(),
+                )
+            }),
         })
         .collect()
+}
+
+fn payload(
+    org_id: Uuid,
+    asset_id: &str,
+    segment_id: &str,
+    model: &str,
+    model_ver: &str,
+    text: String,
+    chunk: Option<ChunkInfo>,
+) -> Payload {
+    let mut extra = serde_json::Map::new();
+    if let Some(ChunkInfo {
+        chunk_index,
+        char_start,
+        char_end,
+    }) = chunk
+    {
+        extra.insert("chunk_index".into(), chunk_index.into());
+        extra.insert("char_start".into(), char_start.into());
+        extra.insert("char_end".into(), char_end.into());
+    }
+    Payload {
+        org_id,
+        asset_id: asset_id.to_owned(),
+        segment_id: segment_id.to_owned(),
+        model: model.to_owned(),
+        model_ver: model_ver.to_owned(),
+        text: Some(text),
+        extra,
+    }
+}
+
+fn upsert_work(config: &WorkerConfig, org_id: Uuid, payload: Payload, vector: Vec<f32>) -> Work {
+    let id = ids::point_id(
+        org_id,
+        &payload.asset_id,
+        &payload.segment_id,
+        &payload.model,
+        &payload.model_ver,
+    );
+    let result = JobResult {
+        collection: config.collection.clone(),
+        point_ids: vec![id],
+        vector_size: vector.len(),
+        model: Some(payload.model.clone()),
+        model_ver: Some(payload.model_ver.clone()),
+        deleted: None,
+    };
+    Work::Upsert(
+        Box::new(NewPoint {
+            id,
+            vector,
+            payload,
+        }),
+        result,
+    )
+}
+
+fn delete_result(config: &WorkerConfig, point_ids: Vec<Uuid>) -> JobResult {
+    JobResult {
+        collection: config.collection.clone(),
+        point_ids,
+        vector_size: config.vector_size,
+        model: None,
+        model_ver: None,
+        deleted: Some(0),
+    }
+}
+
+/// Applies the batch's work in stream order: runs of upserts are written in one call, and a
+/// delete waits for the upserts before it (so "write, then delete" in one batch ends deleted,
+/// and "delete, then write" ends written). Returns each job's result by message index.
+async fn execute(
+    deps: &WorkerDeps,
+    collection_ready: &AtomicBool,
+    work: Vec<(usize, Work)>,
+) -> HashMap<usize, Result<JobResult, JobFailure>> {
+    let mut results = HashMap::with_capacity(work.len());
+    let touches_store = work.iter().any(|(_, w)| !matches!(w, Work::Done(_)));
+    if touches_store && !collection_ready.load(Ordering::Acquire) {
+        match deps.store.ensure_collection().await {
+            Ok(()) => collection_ready.store(true, Ordering::Release),
+            Err(err) => {
+                let failure = JobFailure::from(&err);
+                for (index, w) in work {
+                    let result = match w {
+                        Work::Done(result) => result,
+                        Work::Upsert(..) | Work::DeletePoint(..) | Work::DeleteAsset(..) => {
+                            Err(failure.clone())
+                        }
+                    };
+                    results.insert(index, result);
+                }
+                return results;
+            }
+        }
+    }
+    let mut pending: Vec<(usize, NewPoint, JobResult)> = Vec::new();
+    for (index, w) in work {
+        match w {
+            Work::Done(result) => {
+                results.insert(index, result);
+            }
+            Work::Upsert(point, result) => pending.push((index, *point, result)),
+            Work::DeletePoint(org_id, id, result) => {
+                upsert(deps, std::mem::take(&mut pending), &mut results).await;
+                let deleted = deps.store.delete_points(org_id, &[id]).await;
+                results.insert(index, finish_delete(result, deleted));
+            }
+            Work::DeleteAsset(org_id, asset_id, result) => {
+                upsert(deps, std::mem::take(&mut pending), &mut results).await;
+                let filter = PointFilter {
+                    asset_id: Some(asset_id),
+                    ..PointFilter::default()
+                };
+                let deleted = deps.store.delete_by_filter(org_id, filter).await;
+                results.insert(index, finish_delete(result, deleted));
+            }
+        }
+    }
+    upsert(deps, pending, &mut results).await;
+    results
+}
+
+fn finish_delete(
+    mut result: JobResult,
+    deleted: Result<u64, StoreError>,
+) -> Result<JobResult, JobFailure> {
+    let deleted = deleted.map_err(|err| JobFailure::from(&err))?;
+    result.deleted = Some(deleted);
+    Ok(result)
+}
+
+/// Writes the points in one call; if that fails for bad input, each point is written alone so
+/// one bad job cannot sink the others.
+async fn upsert(
+    deps: &WorkerDeps,
+    points: Vec<(usize, NewPoint, JobResult)>,
+    results: &mut HashMap<usize, Result<JobResult, JobFailure>>,
+) {
+    if points.is_empty() {
+        return;
+    }
+    let batch: Vec<NewPoint> = points.iter().map(|(_, point, _)| point.clone()).collect();
+    match deps.store.upsert(batch).await {
+        Ok(()) => {
+            for (index, _, result) in points {
+                results.insert(index, Ok(result));
+            }
+        }
+        Err(StoreError::InvalidInput(_)) if points.len() > 1 => {
+            for (index, point, result) in points {
+                let outcome = match deps.store.upsert(vec![point]).await {
+                    Ok(()) => Ok(result),
+                    Err(err) => Err(JobFailure::from(&err)),
+                };
+                results.insert(index, outcome);
+            }
+        }
+        Err(err) => {
+            let failure = JobFailure::from(&err);
+            for (index, _, _) in points {
+                results.insert(index, Err(failure.clone()));
+            }
+        }
+    }
 }
 
 /// Publishes a later event of the job, continuing the job's trace.

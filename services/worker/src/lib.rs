@@ -63,6 +63,11 @@ pub struct WorkerDeps {
     pub status: kv::Store,
     pub consumer: PullConsumer,
     pub store: Arc<dyn VectorStore>,
+    /// The models jobs may name.
+    pub models: Arc<heimdex_embed::Registry>,
+    /// One embedding forward pass at a time: each already uses every core, so running two
+    /// would only make both slower (while the other batches do their I/O).
+    pub embed_permits: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Clone)]

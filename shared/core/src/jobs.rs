@@ -18,12 +18,21 @@ pub const MOCK_MODEL_VER: &str = "v1";
 pub enum JobSpec {
     /// Deterministic ChaCha20 vector for one segment (the Python service's `mock_embedding`).
     MockEmbedding(MockParams),
+    /// Embed one segment's text with a model and upsert it.
+    Embedding(EmbedParams),
+    /// Delete one point of the tenant.
+    DeletePoint(DeletePointParams),
+    /// Delete every point of one asset of the tenant.
+    DeleteAsset(DeleteAssetParams),
 }
 
 impl JobSpec {
     pub fn job_type(&self) -> &'static str {
         match self {
             JobSpec::MockEmbedding(_) => "mock_embedding",
+            JobSpec::Embedding(_) => "embedding",
+            JobSpec::DeletePoint(_) => "delete_point",
+            JobSpec::DeleteAsset(_) => "delete_asset",
         }
     }
 
@@ -31,6 +40,9 @@ impl JobSpec {
     pub fn params(&self) -> serde_json::Value {
         let params = match self {
             JobSpec::MockEmbedding(params) => serde_json::to_value(params),
+            JobSpec::Embedding(params) => serde_json::to_value(params),
+            JobSpec::DeletePoint(params) => serde_json::to_value(params),
+            JobSpec::DeleteAsset(params) => serde_json::to_value(params),
         };
         params.expect("job parameters serialize to JSON")
     }
@@ -56,14 +68,59 @@ impl MockParams {
     }
 }
 
-/// What a successful embedding job produced.
+/// `POST /vectors/embed`, `/embed/batch`, `/documents`: one segment's text. The text is part of
+/// the key, so sending changed text for a segment is a new job (which overwrites the point),
+/// while resending the same text returns the existing job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedParams {
+    pub asset_id: String,
+    pub segment_id: String,
+    pub model: String,
+    pub model_ver: String,
+    pub text: String,
+    /// Where the segment sits in its document, when it is a chunk of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<ChunkInfo>,
+}
+
+/// A chunk's place in its document; offsets count Unicode scalar values (chars).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    pub chunk_index: usize,
+    pub char_start: usize,
+    pub char_end: usize,
+}
+
+/// `DELETE /vectors/{point_id}`. `request_id` (the `Idempotency-Key` header, or a fresh UUID)
+/// names the request: deleting is idempotent in its effect, and a retried request with the same
+/// key is the same job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletePointParams {
+    pub point_id: Uuid,
+    pub request_id: String,
+}
+
+/// `DELETE /assets/{asset_id}`; `request_id` as for [`DeletePointParams`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteAssetParams {
+    pub asset_id: String,
+    pub request_id: String,
+}
+
+/// What a successful job produced. Embedding jobs fill `point_ids`, `model` and `model_ver`;
+/// delete jobs fill `deleted` (how many points the delete removed; 0 when they were already
+/// gone) and list the point ids they targeted, if known.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobResult {
     pub collection: String,
     pub point_ids: Vec<Uuid>,
     pub vector_size: usize,
-    pub model: String,
-    pub model_ver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_ver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<u64>,
 }
 
 /// Why a job failed, with a stable machine-readable code.
@@ -253,8 +310,9 @@ mod tests {
             collection: "embeddings".into(),
             point_ids: vec![Uuid::from_u128(1)],
             vector_size: 384,
-            model: MOCK_MODEL.into(),
-            model_ver: MOCK_MODEL_VER.into(),
+            model: Some(MOCK_MODEL.into()),
+            model_ver: Some(MOCK_MODEL_VER.into()),
+            deleted: None,
         }
     }
 
@@ -338,6 +396,39 @@ mod tests {
         status.apply(&started(1), 7);
         assert_eq!(status.status, Status::Running);
         assert_eq!(status.job_id, job());
+    }
+
+    #[test]
+    fn every_job_type_round_trips_and_names_itself() {
+        let specs = [
+            JobSpec::MockEmbedding(MockParams::new("a", "s")),
+            JobSpec::Embedding(EmbedParams {
+                asset_id: "a".into(),
+                segment_id: "chunk-0".into(),
+                model: "minilm-l6-v2".into(),
+                model_ver: "st-v1-53aa5117".into(),
+                text: "hello".into(),
+                chunk: Some(ChunkInfo {
+                    chunk_index: 0,
+                    char_start: 0,
+                    char_end: 5,
+                }),
+            }),
+            JobSpec::DeletePoint(DeletePointParams {
+                point_id: Uuid::from_u128(7),
+                request_id: "r".into(),
+            }),
+            JobSpec::DeleteAsset(DeleteAssetParams {
+                asset_id: "a".into(),
+                request_id: "r".into(),
+            }),
+        ];
+        for spec in specs {
+            let json = serde_json::to_value(&spec).unwrap();
+            assert_eq!(json["job_type"], spec.job_type());
+            assert_eq!(json["params"], spec.params());
+            assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), spec);
+        }
     }
 
     #[test]

@@ -47,8 +47,14 @@ pub struct JobResultView {
     pub collection: String,
     pub point_ids: Vec<Uuid>,
     pub vector_size: u64,
-    pub model: String,
-    pub model_ver: String,
+    /// Embedding jobs: the model and version that made the vectors.
+    #[oai(skip_serializing_if_is_none)]
+    pub model: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub model_ver: Option<String>,
+    /// Delete jobs: how many points were removed (0 when there was nothing to delete).
+    #[oai(skip_serializing_if_is_none)]
+    pub deleted: Option<u64>,
 }
 
 /// Why a job failed.
@@ -101,6 +107,7 @@ impl From<JobStatus> for JobView {
                 vector_size: r.vector_size as u64,
                 model: r.model,
                 model_ver: r.model_ver,
+                deleted: r.deleted,
             }),
             error: s.error.map(|e| JobErrorView {
                 code: serde_json::to_value(e.code)

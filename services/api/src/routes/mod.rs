@@ -2,7 +2,9 @@
 //! [`crate::auth::BearerAuth`]) and delegates; errors go through [`crate::problem`].
 
 pub mod health;
+pub mod ingest;
 pub mod jobs;
+pub mod search;
 pub mod vectors;
 
 use crate::problem::ApiError;

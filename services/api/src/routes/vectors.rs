@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
-use heimdex_core::jobs::{JobSpec, MockParams};
+use heimdex_core::jobs::{DeleteAssetParams, DeletePointParams, JobSpec, MockParams};
 
 use crate::AppState;
 use crate::auth::BearerAuth;
@@ -66,6 +66,36 @@ pub enum PointResponse {
     Ok(Json<PointView>),
 }
 
+/// A delete job; its result says how many points it removed.
+#[derive(Object, Debug)]
+pub struct DeleteAccepted {
+    pub job_id: Uuid,
+    #[oai(skip_serializing_if_is_none)]
+    pub point_id: Option<Uuid>,
+    #[oai(skip_serializing_if_is_none)]
+    pub asset_id: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum DeleteResponse {
+    /// Accepted: the delete job's `requested` event is stored. Poll `GET /jobs/{job_id}`; its
+    /// `result.deleted` is the number of points removed (0 if there was nothing to delete).
+    #[oai(status = 202)]
+    Accepted(Json<DeleteAccepted>),
+}
+
+/// The delete's `request_id`: the client's `Idempotency-Key`, or a fresh id (every delete is a
+/// new job, and deleting twice removes nothing the second time).
+fn request_id(key: Option<String>) -> Result<String, ApiError> {
+    match key {
+        Some(key) => {
+            validate_identifier("Idempotency-Key", &key)?;
+            Ok(key)
+        }
+        None => Ok(Uuid::new_v4().to_string()),
+    }
+}
+
 #[OpenApi(tag = "Tag::Vectors")]
 impl VectorsApi {
     /// Create a mock embedding job
@@ -88,6 +118,56 @@ impl VectorsApi {
             job_id: submitted.job_id,
             asset_id,
             segment_id,
+        })))
+    }
+
+    /// Delete a point
+    ///
+    /// Queues a job that deletes the point if it belongs to the caller's organization; a
+    /// point of another organization, or one already gone, is left as it is (the job succeeds
+    /// with `deleted: 0`). Send an `Idempotency-Key` header to make retries of one request
+    /// name one job.
+    #[oai(path = "/vectors/:point_id", method = "delete")]
+    async fn delete_point(
+        &self,
+        auth: BearerAuth,
+        point_id: Path<Uuid>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+    ) -> Result<DeleteResponse, ProblemResponse> {
+        let spec = JobSpec::DeletePoint(DeletePointParams {
+            point_id: point_id.0,
+            request_id: request_id(idempotency_key.0)?,
+        });
+        let submitted = self.state.submitter.submit(&auth.0, spec).await?;
+        Ok(DeleteResponse::Accepted(Json(DeleteAccepted {
+            job_id: submitted.job_id,
+            point_id: Some(point_id.0),
+            asset_id: None,
+        })))
+    }
+
+    /// Delete every point of an asset
+    ///
+    /// Queues a job that deletes the caller's organization's points of the asset (every
+    /// segment, every model). Other organizations' points are never touched. `Idempotency-Key`
+    /// as for `DELETE /vectors/{point_id}`.
+    #[oai(path = "/assets/:asset_id", method = "delete")]
+    async fn delete_asset(
+        &self,
+        auth: BearerAuth,
+        asset_id: Path<String>,
+        #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
+    ) -> Result<DeleteResponse, ProblemResponse> {
+        validate_identifier("asset_id", &asset_id.0)?;
+        let spec = JobSpec::DeleteAsset(DeleteAssetParams {
+            asset_id: asset_id.0.clone(),
+            request_id: request_id(idempotency_key.0)?,
+        });
+        let submitted = self.state.submitter.submit(&auth.0, spec).await?;
+        Ok(DeleteResponse::Accepted(Json(DeleteAccepted {
+            job_id: submitted.job_id,
+            point_id: None,
+            asset_id: Some(asset_id.0),
         })))
     }
 

@@ -1,0 +1,449 @@
+//! Text in: `POST /vectors/embed`, `/vectors/embed/batch` and `/vectors/documents`. Each segment
+//! becomes one `embedding` job (its own idempotency key); the worker embeds and upserts it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use uuid::Uuid;
+
+use heimdex_core::auth::Principal;
+use heimdex_core::ids;
+use heimdex_core::jobs::{ChunkInfo, EmbedParams, JobSpec};
+use heimdex_embed::{ChunkOptions, Embedder};
+
+use crate::AppState;
+use crate::auth::BearerAuth;
+use crate::problem::{ApiError, ProblemResponse};
+use crate::routes::validate_identifier;
+use crate::strict::{StrictString, StrictText};
+
+/// Most characters in one segment's text. The model reads at most its token limit (256 for
+/// `minilm-l6-v2`, about 1,000 characters of English) and truncates the rest; send long text to
+/// `/vectors/documents`, which chunks it.
+pub const MAX_SEGMENT_CHARS: usize = 16_384;
+/// Most segments in one `/vectors/embed/batch` call, and most chunks one document may make.
+pub const MAX_SEGMENTS: usize = 1_000;
+/// Most characters in one document.
+pub const MAX_DOCUMENT_CHARS: usize = 1_000_000;
+
+#[derive(Tags)]
+enum Tag {
+    /// Embedding jobs: text in, vectors stored.
+    Ingest,
+}
+
+pub struct IngestApi {
+    pub state: Arc<AppState>,
+}
+
+/// `POST /vectors/embed` body.
+#[derive(Object, Debug)]
+pub struct EmbedRequest {
+    /// Asset the segment belongs to: 1–256 characters, no control characters.
+    pub asset_id: StrictString,
+    /// Segment within the asset: 1–256 characters, no control characters.
+    pub segment_id: StrictString,
+    /// Text to embed: not blank, at most 16,384 characters.
+    pub text: StrictText,
+    /// Model name (`minilm-l6-v2`, the default, or `mock`).
+    pub model: Option<StrictString>,
+}
+
+/// One segment of a batch.
+#[derive(Object, Debug)]
+pub struct SegmentInput {
+    /// 1–256 characters, no control characters; unique within the batch.
+    pub segment_id: StrictString,
+    /// Not blank, at most 16,384 characters.
+    pub text: StrictText,
+}
+
+/// `POST /vectors/embed/batch` body: at most 1,000 segments and 8 MiB.
+#[derive(Object, Debug)]
+pub struct EmbedBatchRequest {
+    pub asset_id: StrictString,
+    pub segments: Vec<SegmentInput>,
+    pub model: Option<StrictString>,
+}
+
+/// How to cut a document.
+#[derive(Object, Debug, Default)]
+pub struct ChunkRequest {
+    /// Most tokens per chunk, 8–256 (default 256). The model's special tokens count: with
+    /// `minilm-l6-v2` a chunk holds at most 254 tokens of text, so nothing is truncated.
+    pub max_tokens: Option<u32>,
+    /// Tokens shared by neighbouring chunks, less than half of `max_tokens` (default 32).
+    pub overlap: Option<u32>,
+}
+
+/// `POST /vectors/documents` body: at most 1,000,000 characters of text, 1,000 chunks, 8 MiB.
+#[derive(Object, Debug)]
+pub struct DocumentRequest {
+    pub asset_id: StrictString,
+    /// The document. Split into chunks at sentence boundaries where possible; chunk `n` is
+    /// stored as segment `chunk-<n>`.
+    pub text: StrictText,
+    pub model: Option<StrictString>,
+    pub chunk: Option<ChunkRequest>,
+}
+
+/// One accepted embedding job.
+#[derive(Object, Debug)]
+pub struct SegmentJob {
+    pub segment_id: String,
+    pub job_id: Uuid,
+    /// Where the vector will be stored (deterministic: org, asset, segment, model, version).
+    pub point_id: Uuid,
+}
+
+/// `POST /vectors/embed` answer.
+#[derive(Object, Debug)]
+pub struct EmbedAccepted {
+    pub job_id: Uuid,
+    pub point_id: Uuid,
+    pub asset_id: String,
+    pub segment_id: String,
+    pub model: String,
+    pub model_ver: String,
+}
+
+/// `POST /vectors/embed/batch` answer: one job per segment, in request order.
+#[derive(Object, Debug)]
+pub struct BatchAccepted {
+    pub asset_id: String,
+    pub model: String,
+    pub model_ver: String,
+    pub jobs: Vec<SegmentJob>,
+}
+
+/// One chunk of a document and its job.
+#[derive(Object, Debug)]
+pub struct ChunkJob {
+    pub segment_id: String,
+    pub job_id: Uuid,
+    pub point_id: Uuid,
+    pub chunk_index: u32,
+    /// Offsets into the document in Unicode scalar values (Python `str` indices).
+    pub char_start: u64,
+    pub char_end: u64,
+}
+
+/// `POST /vectors/documents` answer.
+#[derive(Object, Debug)]
+pub struct DocumentAccepted {
+    pub asset_id: String,
+    pub model: String,
+    pub model_ver: String,
+    pub chunks: Vec<ChunkJob>,
+}
+
+#[derive(ApiResponse)]
+pub enum EmbedResponse {
+    /// Accepted: the job's `requested` event is stored. Poll `GET /jobs/{job_id}`.
+    #[oai(status = 202)]
+    Accepted(Json<EmbedAccepted>),
+}
+
+#[derive(ApiResponse)]
+pub enum BatchResponse {
+    /// Accepted: every segment's `requested` event is stored.
+    #[oai(status = 202)]
+    Accepted(Json<BatchAccepted>),
+}
+
+#[derive(ApiResponse)]
+pub enum DocumentResponse {
+    /// Accepted: every chunk's `requested` event is stored.
+    #[oai(status = 202)]
+    Accepted(Json<DocumentAccepted>),
+}
+
+#[OpenApi(tag = "Tag::Ingest")]
+impl IngestApi {
+    /// Embed one segment
+    ///
+    /// Queues a job that embeds `text` with the model and stores the vector at the segment's
+    /// point. Idempotent: the same text for the same segment and model names the same job;
+    /// changed text is a new job that overwrites the point. Empty text, text over 16,384
+    /// characters or an unknown model get 422 at once; a model whose weights are not installed
+    /// gets 503.
+    #[oai(path = "/vectors/embed", method = "post")]
+    async fn embed(
+        &self,
+        auth: BearerAuth,
+        body: Json<EmbedRequest>,
+    ) -> Result<EmbedResponse, ProblemResponse> {
+        let EmbedRequest {
+            asset_id,
+            segment_id,
+            text,
+            model,
+        } = body.0;
+        validate_identifier("asset_id", &asset_id.0)?;
+        validate_identifier("segment_id", &segment_id.0)?;
+        validate_text("text", &text.0)?;
+        let embedder = self
+            .state
+            .models
+            .get(model.as_ref().map(|m| m.0.as_str()))?;
+        let spec = embed_spec(&*embedder, &asset_id.0, &segment_id.0, text.0, None);
+        let point_id = point_of(&auth.0, &*embedder, &asset_id.0, &segment_id.0);
+        let submitted = self.state.submitter.submit(&auth.0, spec).await?;
+        Ok(EmbedResponse::Accepted(Json(EmbedAccepted {
+            job_id: submitted.job_id,
+            point_id,
+            asset_id: asset_id.0,
+            segment_id: segment_id.0,
+            model: embedder.model().to_owned(),
+            model_ver: embedder.model_ver().to_owned(),
+        })))
+    }
+
+    /// Embed many segments of one asset
+    ///
+    /// One job per segment, each idempotent on its own (see `POST /vectors/embed`). Up to
+    /// 1,000 segments and 8 MiB per call (413 beyond the size, 422 beyond the count); segment
+    /// ids must be unique within the call. Either every segment is accepted or the call fails
+    /// (503): retrying it is safe.
+    #[oai(path = "/vectors/embed/batch", method = "post")]
+    async fn embed_batch(
+        &self,
+        auth: BearerAuth,
+        body: Json<EmbedBatchRequest>,
+    ) -> Result<BatchResponse, ProblemResponse> {
+        let EmbedBatchRequest {
+            asset_id,
+            segments,
+            model,
+        } = body.0;
+        validate_identifier("asset_id", &asset_id.0)?;
+        if segments.is_empty() {
+            return Err(ApiError::Validation("segments must not be empty".into()).into());
+        }
+        if segments.len() > MAX_SEGMENTS {
+            return Err(ApiError::Validation(format!(
+                "at most {MAX_SEGMENTS} segments per call, got {}",
+                segments.len()
+            ))
+            .into());
+        }
+        let mut seen = HashMap::with_capacity(segments.len());
+        for (i, segment) in segments.iter().enumerate() {
+            validate_identifier(&format!("segments[{i}].segment_id"), &segment.segment_id.0)?;
+            validate_text(&format!("segments[{i}].text"), &segment.text.0)?;
+            if let Some(first) = seen.insert(segment.segment_id.0.as_str(), i) {
+                return Err(ApiError::Validation(format!(
+                    "segments[{i}].segment_id repeats segments[{first}].segment_id"
+                ))
+                .into());
+            }
+        }
+        let embedder = self
+            .state
+            .models
+            .get(model.as_ref().map(|m| m.0.as_str()))?;
+        let mut specs = Vec::with_capacity(segments.len());
+        let mut jobs = Vec::with_capacity(segments.len());
+        for SegmentInput { segment_id, text } in segments {
+            specs.push(embed_spec(
+                &*embedder,
+                &asset_id.0,
+                &segment_id.0,
+                text.0,
+                None,
+            ));
+            let point_id = point_of(&auth.0, &*embedder, &asset_id.0, &segment_id.0);
+            jobs.push((segment_id.0, point_id));
+        }
+        let submitted = self.state.submitter.submit_many(&auth.0, specs).await?;
+        Ok(BatchResponse::Accepted(Json(BatchAccepted {
+            asset_id: asset_id.0,
+            model: embedder.model().to_owned(),
+            model_ver: embedder.model_ver().to_owned(),
+            jobs: jobs
+                .into_iter()
+                .zip(submitted)
+                .map(|((segment_id, point_id), s)| SegmentJob {
+                    segment_id,
+                    job_id: s.job_id,
+                    point_id,
+                })
+                .collect(),
+        })))
+    }
+
+    /// Chunk and embed a document
+    ///
+    /// Splits `text` into chunks of at most `chunk.max_tokens` model tokens (default 256) with
+    /// `chunk.overlap` tokens shared between neighbours (default 32), cutting at sentence
+    /// boundaries where it can, and queues one job per chunk as segment `chunk-<n>`. Each
+    /// point's payload carries `chunk_index`, `char_start` and `char_end`. Up to 1,000,000
+    /// characters, 1,000 chunks and 8 MiB. Re-sending a changed document re-embeds the chunks
+    /// that changed; if it became shorter, `DELETE /assets/{asset_id}` first removes the
+    /// chunks it no longer has.
+    #[oai(path = "/vectors/documents", method = "post")]
+    async fn document(
+        &self,
+        auth: BearerAuth,
+        body: Json<DocumentRequest>,
+    ) -> Result<DocumentResponse, ProblemResponse> {
+        let DocumentRequest {
+            asset_id,
+            text,
+            model,
+            chunk,
+        } = body.0;
+        validate_identifier("asset_id", &asset_id.0)?;
+        let chars = text.0.chars().count();
+        if chars > MAX_DOCUMENT_CHARS {
+            return Err(ApiError::Validation(format!(
+                "text is {chars} characters; a document may have at most {MAX_DOCUMENT_CHARS}"
+            ))
+            .into());
+        }
+        if text.0.trim().is_empty() {
+            return Err(ApiError::Validation("text is empty or whitespace-only".into()).into());
+        }
+        let options = chunk_options(chunk.unwrap_or_default())?;
+        let embedder = self
+            .state
+            .models
+            .get(model.as_ref().map(|m| m.0.as_str()))?;
+        let options = ChunkOptions {
+            max_tokens: options
+                .max_tokens
+                .min(embedder.max_tokens() - embedder.special_tokens()),
+            ..options
+        };
+
+        let document = Arc::new(text.0);
+        let chunks = {
+            let (embedder, document) = (embedder.clone(), document.clone());
+            tokio::task::spawn_blocking(move || {
+                let spans = embedder.token_spans(&document)?;
+                Ok::<_, heimdex_embed::EmbedError>(heimdex_embed::chunk(&document, &spans, options))
+            })
+            .await
+            .map_err(|err| ApiError::Internal(format!("chunking task: {err}")))?
+            .map_err(|err| ApiError::Internal(format!("tokenizer: {err}")))?
+        };
+        if chunks.len() > MAX_SEGMENTS {
+            return Err(ApiError::Validation(format!(
+                "the document makes {} chunks; at most {MAX_SEGMENTS} per call: split it into \
+                 several assets or raise chunk.max_tokens",
+                chunks.len()
+            ))
+            .into());
+        }
+
+        let mut specs = Vec::with_capacity(chunks.len());
+        let mut jobs = Vec::with_capacity(chunks.len());
+        for c in &chunks {
+            let segment_id = format!("chunk-{}", c.index);
+            let info = ChunkInfo {
+                chunk_index: c.index,
+                char_start: c.char_start,
+                char_end: c.char_end,
+            };
+            let chunk_text = c.text(&document).to_owned();
+            specs.push(embed_spec(
+                &*embedder,
+                &asset_id.0,
+                &segment_id,
+                chunk_text,
+                Some(info),
+            ));
+            let point_id = point_of(&auth.0, &*embedder, &asset_id.0, &segment_id);
+            jobs.push((segment_id, point_id, info));
+        }
+        let submitted = self.state.submitter.submit_many(&auth.0, specs).await?;
+        Ok(DocumentResponse::Accepted(Json(DocumentAccepted {
+            asset_id: asset_id.0,
+            model: embedder.model().to_owned(),
+            model_ver: embedder.model_ver().to_owned(),
+            chunks: jobs
+                .into_iter()
+                .zip(submitted)
+                .map(|((segment_id, point_id, info), s)| ChunkJob {
+                    segment_id,
+                    job_id: s.job_id,
+                    point_id,
+                    chunk_index: u32::try_from(info.chunk_index).unwrap_or(u32::MAX),
+                    char_start: info.char_start as u64,
+                    char_end: info.char_end as u64,
+                })
+                .collect(),
+        })))
+    }
+}
+
+fn embed_spec(
+    embedder: &dyn Embedder,
+    asset_id: &str,
+    segment_id: &str,
+    text: String,
+    chunk: Option<ChunkInfo>,
+) -> JobSpec {
+    JobSpec::Embedding(EmbedParams {
+        asset_id: asset_id.to_owned(),
+        segment_id: segment_id.to_owned(),
+        model: embedder.model().to_owned(),
+        model_ver: embedder.model_ver().to_owned(),
+        text,
+        chunk,
+    })
+}
+
+fn point_of(
+    principal: &Principal,
+    embedder: &dyn Embedder,
+    asset_id: &str,
+    segment_id: &str,
+) -> Uuid {
+    ids::point_id(
+        principal.org_id,
+        asset_id,
+        segment_id,
+        embedder.model(),
+        embedder.model_ver(),
+    )
+}
+
+/// Segment text: not blank, at most [`MAX_SEGMENT_CHARS`] characters.
+pub fn validate_text(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.trim().is_empty() {
+        return Err(ApiError::Validation(format!(
+            "{field} is empty or whitespace-only"
+        )));
+    }
+    let chars = text.chars().count();
+    if chars > MAX_SEGMENT_CHARS {
+        return Err(ApiError::Validation(format!(
+            "{field} is {chars} characters; at most {MAX_SEGMENT_CHARS} (use /vectors/documents \
+             for long text)"
+        )));
+    }
+    Ok(())
+}
+
+fn chunk_options(req: ChunkRequest) -> Result<ChunkOptions, ApiError> {
+    let defaults = ChunkOptions::default();
+    let max_tokens = req.max_tokens.map_or(defaults.max_tokens, |v| v as usize);
+    let overlap = req.overlap.map_or(defaults.overlap, |v| v as usize);
+    if !(8..=256).contains(&max_tokens) {
+        return Err(ApiError::Validation(format!(
+            "chunk.max_tokens must be 8 to 256, got {max_tokens}"
+        )));
+    }
+    if overlap * 2 >= max_tokens {
+        return Err(ApiError::Validation(format!(
+            "chunk.overlap must be less than half of chunk.max_tokens ({max_tokens}), got {overlap}"
+        )));
+    }
+    Ok(ChunkOptions {
+        max_tokens,
+        overlap,
+    })
+}
