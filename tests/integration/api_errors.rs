@@ -155,3 +155,180 @@ async fn bad_bodies_get_4xx_problem_json_never_5xx() {
     }
     app.stop().await;
 }
+
+/// Every bad input on the embedding and search routes: a 4xx problem+json naming the reason,
+/// and nothing accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_embed_and_search_input_gets_a_clear_4xx() {
+    let app = TestApp::spawn().await;
+    let token = app.token(Uuid::new_v4());
+    let long = "word ".repeat(4_000); // 20,000 characters
+    let too_many: Vec<serde_json::Value> = (0..1_001)
+        .map(|i| json!({"segment_id": format!("s-{i}"), "text": "x"}))
+        .collect();
+    let vector_383 = vec![0.1f32; 383];
+    let cases: Vec<(&str, serde_json::Value, u16, &str)> = vec![
+        (
+            "/vectors/embed",
+            json!({"asset_id": "a", "segment_id": "s", "text": ""}),
+            422,
+            "empty",
+        ),
+        (
+            "/vectors/embed",
+            json!({"asset_id": "a", "segment_id": "s", "text": " \n\t "}),
+            422,
+            "whitespace",
+        ),
+        (
+            "/vectors/embed",
+            json!({"asset_id": "a", "segment_id": "s", "text": long}),
+            422,
+            "at most 16384",
+        ),
+        (
+            "/vectors/embed",
+            json!({"asset_id": "a", "segment_id": "s", "text": "hi", "model": "gpt-9"}),
+            422,
+            "unknown model",
+        ),
+        (
+            "/vectors/embed",
+            json!({"asset_id": "a", "segment_id": "s", "text": 42}),
+            400,
+            "",
+        ),
+        (
+            "/vectors/embed",
+            json!({"asset_id": "a", "segment_id": "s"}),
+            400,
+            "",
+        ),
+        (
+            "/vectors/embed/batch",
+            json!({"asset_id": "a", "segments": []}),
+            422,
+            "empty",
+        ),
+        (
+            "/vectors/embed/batch",
+            json!({"asset_id": "a", "segments": too_many}),
+            422,
+            "at most 1000",
+        ),
+        (
+            "/vectors/embed/batch",
+            json!({"asset_id": "a", "segments": [{"segment_id": "s", "text": "x"}, {"segment_id": "s", "text": "y"}]}),
+            422,
+            "repeats",
+        ),
+        (
+            "/vectors/embed/batch",
+            json!({"asset_id": "a", "segments": [{"segment_id": "s", "text": ""}]}),
+            422,
+            "segments[0].text",
+        ),
+        (
+            "/vectors/documents",
+            json!({"asset_id": "a", "text": "   "}),
+            422,
+            "empty",
+        ),
+        (
+            "/vectors/documents",
+            json!({"asset_id": "a", "text": "x", "chunk": {"max_tokens": 4}}),
+            422,
+            "max_tokens",
+        ),
+        (
+            "/vectors/documents",
+            json!({"asset_id": "a", "text": "x", "chunk": {"max_tokens": 64, "overlap": 32}}),
+            422,
+            "overlap",
+        ),
+        (
+            "/vectors/documents",
+            json!({"asset_id": "a", "text": "x", "model": "nope"}),
+            422,
+            "unknown model",
+        ),
+        (
+            "/vectors/search",
+            json!({"query": "q", "vector": vector_383.clone()}),
+            422,
+            "not both",
+        ),
+        (
+            "/vectors/search",
+            json!({"limit": 5}),
+            422,
+            "query or a vector",
+        ),
+        (
+            "/vectors/search",
+            json!({"vector": vector_383}),
+            422,
+            "dimension 383",
+        ),
+        (
+            "/vectors/search",
+            json!({"query": "q", "limit": 0}),
+            422,
+            "limit",
+        ),
+        (
+            "/vectors/search",
+            json!({"query": "q", "limit": 101}),
+            422,
+            "limit",
+        ),
+        (
+            "/vectors/search",
+            json!({"query": "q", "offset": -1}),
+            422,
+            "offset",
+        ),
+        ("/vectors/search", json!({"query": "  "}), 422, "empty"),
+        (
+            "/vectors/search",
+            json!({"query": "q", "model": "gpt-9"}),
+            422,
+            "unknown model",
+        ),
+        ("/vectors/search", json!({"query": 7}), 400, ""),
+    ];
+    for (path, body, status, needle) in cases {
+        let response = app.post_json(&token, path, &body).await;
+        let got = response.status().as_u16();
+        let ct = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let problem: serde_json::Value = response.json().await.unwrap();
+        let label = format!(
+            "{path} {}",
+            &body.to_string()[..body.to_string().len().min(120)]
+        );
+        assert_eq!(got, status, "{label}: {problem}");
+        assert_eq!(ct, "application/problem+json", "{label}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(needle), "{label}: {detail}");
+    }
+
+    // Over 8 MiB on the bulk route: 413 before the body is read.
+    let huge = json!({"asset_id": "a", "segments": [{"segment_id": "s", "text": "x".repeat(9 * 1024 * 1024)}]});
+    let response = app.post_json(&token, "/vectors/embed/batch", &huge).await;
+    assert_eq!(response.status(), 413);
+    // Nothing was accepted by any of it.
+    let info = async_nats::jetstream::new(async_nats::connect(app.nats.url()).await.unwrap())
+        .get_stream("HEIMDEX_JOBS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(info, 0);
+    app.stop().await;
+}

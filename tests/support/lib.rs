@@ -171,6 +171,49 @@ impl TestApp {
             .expect("request sent")
     }
 
+    pub async fn post_json(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn delete(&self, token: &str, path: &str) -> reqwest::Response {
+        self.http
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// `POST /vectors/search`, expecting 200; returns the body.
+    pub async fn search(&self, token: &str, body: &Value) -> Value {
+        let response = self.post_json(token, "/vectors/search", body).await;
+        assert_eq!(response.status(), 200, "search {body}");
+        response.json().await.expect("search results")
+    }
+
+    /// Waits for every job id in `ids` to reach `status`; returns their final bodies.
+    pub async fn wait_for_jobs(
+        &self,
+        token: &str,
+        ids: &[String],
+        status: &str,
+        timeout: Duration,
+    ) -> Vec<Value> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let job = self.wait_for_job(token, id, status, timeout).await;
+            assert_eq!(job["status"], status, "job {id}: {job}");
+            out.push(job);
+        }
+        out
+    }
+
     pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
         self.http
             .get(self.url(path))

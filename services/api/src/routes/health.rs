@@ -44,10 +44,29 @@ pub struct DependencyStatus {
     pub error: Option<String>,
 }
 
+/// The default embedding model: loaded, or why not.
+#[derive(Object, Debug, Clone)]
+pub struct ModelStatusView {
+    pub enabled: bool,
+    pub skipped: bool,
+    pub ok: Option<bool>,
+    /// Always null: the model is loaded at start-up, not probed.
+    pub latency_ms: Option<f64>,
+    /// Model name (`minilm-l6-v2`).
+    pub name: String,
+    /// Model version, when loaded.
+    #[oai(skip_serializing_if_is_none)]
+    pub model_ver: Option<String>,
+    /// Why the model is not available (e.g. its weights are not installed).
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+}
+
 #[derive(Object, Debug)]
 pub struct Dependencies {
     pub nats: DependencyStatus,
     pub qdrant: DependencyStatus,
+    pub model: ModelStatusView,
 }
 
 #[derive(Object, Debug)]
@@ -85,7 +104,8 @@ impl HealthApi {
 
     /// Readiness
     ///
-    /// Probes NATS (JetStream answers for the job stream) and the vector store. Results are
+    /// Probes NATS (JetStream answers for the job stream) and the vector store, and reports
+    /// whether the default embedding model is loaded (and if not, why). Probe results are
     /// cached (`PROBE_CACHE_SEC` on success, three times that on failure).
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> ReadyResponse {
@@ -107,11 +127,36 @@ impl HealthApi {
         let (nats, store) = tokio::join!(nats_probe, store_probe);
         let nats = status(Some(nats), Some(state.nats_url.clone()));
         let qdrant = status(store, state.store_url.clone());
-        let ready = nats.ok != Some(false) && qdrant.ok != Some(false);
+        let name = state.models.default_model().to_owned();
+        let model = match state.models.get(None) {
+            Ok(embedder) => ModelStatusView {
+                enabled: true,
+                skipped: false,
+                ok: Some(true),
+                latency_ms: None,
+                name,
+                model_ver: Some(embedder.model_ver().to_owned()),
+                error: None,
+            },
+            Err(err) => ModelStatusView {
+                enabled: true,
+                skipped: false,
+                ok: Some(false),
+                latency_ms: None,
+                name,
+                model_ver: None,
+                error: Some(err.to_string()),
+            },
+        };
+        let ready = nats.ok != Some(false) && qdrant.ok != Some(false) && model.ok != Some(false);
         let body = Readiness {
             service: "api".to_owned(),
             ready,
-            deps: Dependencies { nats, qdrant },
+            deps: Dependencies {
+                nats,
+                qdrant,
+                model,
+            },
         };
         if ready {
             ReadyResponse::Ready(Json(body))
