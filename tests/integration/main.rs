@@ -5,6 +5,7 @@ mod advisory;
 mod api_errors;
 mod auth;
 mod bootstrap;
+mod cli;
 mod crash;
 mod deletes;
 mod idempotency;

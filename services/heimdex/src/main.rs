@@ -1,8 +1,10 @@
 //! `heimdex`: one binary for every role. `serve` runs the API, projector and worker together
 //! (with its own nats-server unless `NATS_URL` is set); `api`, `worker` and `projector` run one
-//! role each for scale-out; the rest are tools.
+//! role each for scale-out; `ingest` and `search` are clients of a running service; the rest
+//! are tools.
 
 mod bench;
+mod client;
 
 use std::time::Duration;
 
@@ -49,6 +51,10 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Send .txt/.md files (or directories of them) to a running service as chunked documents.
+    Ingest(client::ingest::IngestArgs),
+    /// Search a running service and print a results table.
+    Search(client::search::SearchArgs),
     /// Benchmarks against a running service.
     Bench {
         #[command(subcommand)]
@@ -108,6 +114,8 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { action } => bench::run(action).await,
+        Command::Ingest(args) => client::ingest::run(args, &settings).await,
+        Command::Search(args) => client::search::run(args, &settings).await,
         Command::Serve => run_roles(settings, serve::Roles::ALL, "heimdex").await,
         Command::Api => {
             run_roles(

@@ -1,0 +1,112 @@
+//! `heimdex ingest` and `heimdex search`: command-line clients of a running service's REST API
+//! (the same routes any client uses; nothing here reaches into NATS or the store).
+
+pub mod ingest;
+pub mod search;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::Value;
+use uuid::Uuid;
+
+use heimdex_core::Settings;
+
+/// The tenant the CLI uses when none is given: the one of the README's tour.
+pub const DEV_ORG: &str = "550e8400-e29b-41d4-a716-446655440000";
+
+/// Where the service is and who is asking.
+#[derive(Args, Clone, Debug)]
+pub struct Connection {
+    /// Base URL of the API.
+    #[arg(long, env = "HEIMDEX_URL", default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Bearer token; without one, a 1-hour token for `--org` is signed with `JWT_SECRET`.
+    #[arg(long, env = "HEIMDEX_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Tenant for the signed token.
+    #[arg(long, default_value = DEV_ORG)]
+    pub org: Uuid,
+    /// Model (default: the service's default, `minilm-l6-v2`).
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+/// An HTTP client bound to one service and one token.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(connection: &Connection, settings: &Settings) -> anyhow::Result<Self> {
+        let token = match &connection.token {
+            Some(token) => token.clone(),
+            None => heimdex_core::auth::issue_token(
+                &settings.jwt,
+                connection.org,
+                "heimdex-cli",
+                Duration::from_secs(3600),
+            )?,
+        };
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            base: connection.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// POSTs JSON; a non-2xx answer becomes an error carrying the problem's detail.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {} (is `heimdex serve` running?)", self.base))?;
+        answer(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        answer(response).await
+    }
+}
+
+/// Problem details travel as the error's message: `422 validation_error: text is empty`.
+#[derive(Debug, thiserror::Error)]
+#[error("{status} {code}: {detail}")]
+pub struct ApiProblem {
+    pub status: u16,
+    pub code: String,
+    pub detail: String,
+}
+
+async fn answer(response: reqwest::Response) -> anyhow::Result<Value> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(ApiProblem {
+        status: status.as_u16(),
+        code: body["code"].as_str().unwrap_or("error").to_owned(),
+        detail: body["detail"]
+            .as_str()
+            .unwrap_or(status.canonical_reason().unwrap_or(""))
+            .to_owned(),
+    }
+    .into())
+}
