@@ -4,53 +4,16 @@
 //! service. It measures through the public API only; NATS is used just to watch completions
 //! (at the URL `/readyz` reports) instead of polling every job.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use clap::Subcommand;
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use heimdex_core::Settings;
-use heimdex_core::jetstream::STATUS_BUCKET;
-use heimdex_core::jobs::{JobStatus, Status};
 
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Post N mock jobs with concurrency C and measure acceptance, completion and latency.
-    Ingest {
-        /// Base URL of the API.
-        #[arg(long, default_value = "http://127.0.0.1:8000")]
-        url: String,
-        /// Jobs to post.
-        #[arg(long, short, default_value_t = 20_000)]
-        n: usize,
-        /// Requests in flight.
-        #[arg(long, short, default_value_t = 32)]
-        concurrency: usize,
-        /// Sequential single jobs timed end to end after the ingest phase.
-        #[arg(long, default_value_t = 200)]
-        single: usize,
-        /// NATS URL to watch completions on (default: what /readyz reports).
-        #[arg(long)]
-        nats_url: Option<String>,
-    },
-}
+use super::{ms, percentile, watch_completions};
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Ingest {
-            url,
-            n,
-            concurrency,
-            single,
-            nats_url,
-        } => ingest(&url, n, concurrency.max(1), single, nats_url).await,
-    }
-}
-
-async fn ingest(
+pub async fn ingest(
     url: &str,
     n: usize,
     concurrency: usize,
@@ -66,45 +29,7 @@ async fn ingest(
         .tcp_nodelay(true)
         .build()?;
 
-    let nats_url = match nats_url {
-        Some(url) => url,
-        None => {
-            let ready: serde_json::Value = http
-                .get(format!("{url}/readyz"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            ready["deps"]["nats"]["url"]
-                .as_str()
-                .ok_or_else(|| {
-                    anyhow::anyhow!("/readyz does not report deps.nats.url; pass --nats-url")
-                })?
-                .to_owned()
-        }
-    };
-    let client = async_nats::connect(&nats_url).await?;
-    let js = async_nats::jetstream::new(client);
-    let bucket = js.get_key_value(STATUS_BUCKET).await?;
-
-    // Completion watcher: sends the instant each job of this org is first seen SUCCEEDED.
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Uuid, Instant)>();
-    let mut watch = bucket.watch(format!("{org}.>")).await?;
-    let watcher = tokio::spawn(async move {
-        let mut seen = HashSet::new();
-        while let Some(Ok(entry)) = watch.next().await {
-            let Ok(status) = serde_json::from_slice::<JobStatus>(&entry.value) else {
-                continue;
-            };
-            if status.status == Status::Succeeded && seen.insert(status.job_id) {
-                if done_tx.send((status.job_id, Instant::now())).is_err() {
-                    break;
-                }
-            } else if status.status == Status::Failed {
-                eprintln!("job {} FAILED: {:?}", status.job_id, status.error);
-            }
-        }
-    });
+    let (nats_url, mut done_rx, watcher) = watch_completions(&http, url, nats_url, org).await?;
 
     let run_id = Uuid::new_v4().simple().to_string();
     let endpoint = format!("{url}/vectors/mock");
@@ -208,16 +133,4 @@ async fn ingest(
     }
     watcher.abort();
     Ok(())
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }

@@ -1,0 +1,219 @@
+//! `heimdex bench …`: measurement harnesses that print figures (recorded in
+//! `docs/BENCHMARKS.md`). `ingest`, `ingest-text` and `search` drive a running service over its
+//! public API; `embed` times the embedder alone; `corpus` writes the shared test texts so that
+//! `bench/embedder.sh` can time sentence-transformers on exactly the same input.
+
+mod corpus;
+mod embed;
+mod mock;
+mod search;
+mod text_ingest;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use heimdex_core::jetstream::STATUS_BUCKET;
+use heimdex_core::jobs::{JobStatus, Status};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Post N mock jobs with concurrency C and measure acceptance, completion and latency.
+    Ingest {
+        /// Base URL of the API.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// Jobs to post.
+        #[arg(long, short, default_value_t = 20_000)]
+        n: usize,
+        /// Requests in flight.
+        #[arg(long, short, default_value_t = 32)]
+        concurrency: usize,
+        /// Sequential single jobs timed end to end after the ingest phase.
+        #[arg(long, default_value_t = 200)]
+        single: usize,
+        /// NATS URL to watch completions on (default: what /readyz reports).
+        #[arg(long)]
+        nats_url: Option<String>,
+    },
+    /// Write N synthetic texts (JSON lines `{"text": …}`), deterministic for a seed.
+    Corpus {
+        #[arg(long, short, default_value_t = 2_000)]
+        n: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Time the MiniLM embedder alone on a file of texts; prints one JSON line.
+    Embed {
+        /// JSON lines `{"text": …}` (or plain lines).
+        #[arg(long)]
+        texts: PathBuf,
+        /// Timed runs over all texts (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Model directory (default: HEIMDEX_MODEL_DIR or .tools/models/all-minilm-l6-v2).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
+    /// Ingest N texts through POST /vectors/embed/batch and time them to SUCCEEDED.
+    IngestText {
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// Texts to ingest (synthetic, see `corpus`).
+        #[arg(long, short, default_value_t = 5_000)]
+        n: usize,
+        /// Segments per batch call.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Batch calls in flight.
+        #[arg(long, short, default_value_t = 4)]
+        concurrency: usize,
+        /// Tenant to ingest into (default: a new one); `bench search` can then query it.
+        #[arg(long)]
+        org: Option<uuid::Uuid>,
+        /// Corpus seed (different seeds give different texts).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        #[arg(long)]
+        nats_url: Option<String>,
+    },
+    /// Search latency, one request at a time: text queries (embedding included) and vector
+    /// queries, over the tenant's points.
+    Search {
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// The tenant whose points are searched (as ingested by `ingest-text --org`).
+        #[arg(long)]
+        org: uuid::Uuid,
+        /// Queries of each kind.
+        #[arg(long, default_value_t = 500)]
+        queries: usize,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest {
+            url,
+            n,
+            concurrency,
+            single,
+            nats_url,
+        } => mock::ingest(&url, n, concurrency.max(1), single, nats_url).await,
+        BenchCommand::Corpus { n, seed, out } => corpus::write(&out, n, seed),
+        BenchCommand::Embed {
+            texts,
+            repeat,
+            model_dir,
+        } => embed::run(&texts, repeat.max(1), model_dir),
+        BenchCommand::IngestText {
+            url,
+            n,
+            batch,
+            concurrency,
+            org,
+            seed,
+            nats_url,
+        } => {
+            text_ingest::run(text_ingest::Options {
+                url,
+                n,
+                batch: batch.clamp(1, 1_000),
+                concurrency: concurrency.max(1),
+                org,
+                seed,
+                nats_url,
+            })
+            .await
+        }
+        BenchCommand::Search {
+            url,
+            org,
+            queries,
+            limit,
+        } => search::run(&url, org, queries.max(1), limit).await,
+    }
+}
+
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+pub(crate) fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The median of a few timings.
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    match xs.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => xs[n / 2],
+        n => (xs[n / 2 - 1] + xs[n / 2]) / 2.0,
+    }
+}
+
+/// Watches the status bucket for `org`'s jobs (at `nats_url`, or the NATS URL `/readyz`
+/// reports) and sends the instant each is first seen SUCCEEDED; FAILED jobs are printed.
+pub(crate) async fn watch_completions(
+    http: &reqwest::Client,
+    url: &str,
+    nats_url: Option<String>,
+    org: Uuid,
+) -> anyhow::Result<(
+    String,
+    mpsc::UnboundedReceiver<(Uuid, Instant)>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let nats_url = match nats_url {
+        Some(url) => url,
+        None => {
+            let ready: serde_json::Value = http
+                .get(format!("{url}/readyz"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            ready["deps"]["nats"]["url"]
+                .as_str()
+                .ok_or_else(|| {
+                    anyhow::anyhow!("/readyz does not report deps.nats.url; pass --nats-url")
+                })?
+                .to_owned()
+        }
+    };
+    let client = async_nats::connect(&nats_url).await?;
+    let js = async_nats::jetstream::new(client);
+    let bucket = js.get_key_value(STATUS_BUCKET).await?;
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<(Uuid, Instant)>();
+    let mut watch = bucket.watch(format!("{org}.>")).await?;
+    let watcher = tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        while let Some(Ok(entry)) = watch.next().await {
+            let Ok(status) = serde_json::from_slice::<JobStatus>(&entry.value) else {
+                continue;
+            };
+            if status.status == Status::Succeeded && seen.insert(status.job_id) {
+                if done_tx.send((status.job_id, Instant::now())).is_err() {
+                    break;
+                }
+            } else if status.status == Status::Failed {
+                eprintln!("job {} FAILED: {:?}", status.job_id, status.error);
+            }
+        }
+    });
+    Ok((nats_url, done_rx, watcher))
+}
