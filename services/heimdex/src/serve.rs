@@ -203,7 +203,6 @@ pub async fn build_worker(
             consumer,
             store,
             models,
-            embed_permits: Arc::new(tokio::sync::Semaphore::new(1)),
         },
     )
     .await?;

@@ -24,6 +24,7 @@ use heimdex_embed::{EmbedError, ModelError};
 use heimdex_store::{NewPoint, Payload, PointFilter, StoreError};
 
 use crate::backoff::retry_delay;
+use crate::embedding::EmbedQueue;
 use crate::{WorkerConfig, WorkerDeps};
 
 /// What to do with a message once its job has been handled.
@@ -71,6 +72,7 @@ struct Job {
 pub(crate) async fn process(
     config: &WorkerConfig,
     deps: &WorkerDeps,
+    embeddings: &EmbedQueue,
     collection_ready: &AtomicBool,
     messages: &[Message],
 ) -> Vec<Outcome> {
@@ -127,7 +129,7 @@ pub(crate) async fn process(
     }))
     .await;
 
-    let planned = plan(config, deps, &live).await;
+    let planned = plan(config, deps, embeddings, &live).await;
 
     let store_spans: Vec<Span> = live
         .iter()
@@ -307,7 +309,12 @@ enum Work {
 
 /// Works out every job's store operation. Texts are embedded together, one call per model, so
 /// one forward pass serves many jobs.
-async fn plan(config: &WorkerConfig, deps: &WorkerDeps, jobs: &[Job]) -> Vec<(usize, Work)> {
+async fn plan(
+    config: &WorkerConfig,
+    deps: &WorkerDeps,
+    embeddings: &EmbedQueue,
+    jobs: &[Job],
+) -> Vec<(usize, Work)> {
     let mut work: Vec<(usize, Work)> = Vec::with_capacity(jobs.len());
     // model name -> (jobs' positions in `work`, texts)
     let mut to_embed: HashMap<&str, (Vec<usize>, Vec<String>)> = HashMap::new();
@@ -369,7 +376,7 @@ async fn plan(config: &WorkerConfig, deps: &WorkerDeps, jobs: &[Job]) -> Vec<(us
                 }
             })
             .collect();
-        let embedded = embed(deps, model, &params).await;
+        let embedded = embed(deps, embeddings, model, &params).await;
         for ((&position, params), vector) in positions.iter().zip(&params).zip(embedded) {
             let (Some(job), Some(slot)) = (jobs.get(position), work.get_mut(position)) else {
                 continue;
@@ -406,6 +413,7 @@ async fn plan(config: &WorkerConfig, deps: &WorkerDeps, jobs: &[Job]) -> Vec<(us
 /// vector, or the reason there is none, per input.
 async fn embed(
     deps: &WorkerDeps,
+    embeddings: &EmbedQueue,
     model: &str,
     params: &[&EmbedParams],
 ) -> Vec<Result<Vec<f32>, JobFailure>> {
@@ -436,26 +444,13 @@ async fn embed(
             )))));
         }
     }
-    let permit = deps.embed_permits.clone().acquire_owned().await;
-    let vectors = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        embedder.embed(&refs)
-    })
-    .await;
-    let vectors = match vectors {
-        Ok(Ok(vectors)) => vectors,
-        Ok(Err(EmbedError::InvalidInput(message))) => return all(JobFailure::Invalid(message)),
-        Ok(Err(err)) => {
+    let vectors = match embeddings.embed(embedder, texts).await {
+        Ok(vectors) => vectors,
+        Err(EmbedError::InvalidInput(message)) => return all(JobFailure::Invalid(message)),
+        Err(err) => {
             return all(JobFailure::Retryable(
                 JobErrorCode::Internal,
                 err.to_string(),
-            ));
-        }
-        Err(join) => {
-            return all(JobFailure::Retryable(
-                JobErrorCode::Internal,
-                format!("embedding task failed: {join}"),
             ));
         }
     };

@@ -9,6 +9,7 @@
 
 pub mod advisory;
 mod backoff;
+mod embedding;
 mod job;
 
 use std::sync::Arc;
@@ -65,9 +66,6 @@ pub struct WorkerDeps {
     pub store: Arc<dyn VectorStore>,
     /// The models jobs may name.
     pub models: Arc<heimdex_embed::Registry>,
-    /// One embedding forward pass at a time: each already uses every core, so running two
-    /// would only make both slower (while the other batches do their I/O).
-    pub embed_permits: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Clone)]
@@ -76,6 +74,8 @@ pub struct Worker {
     deps: WorkerDeps,
     /// Whether the collection is known to exist; until then each batch tries to create it.
     collection_ready: Arc<AtomicBool>,
+    /// Embeds the texts of every batch in flight, merged.
+    embeddings: embedding::EmbedQueue,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,7 @@ impl Worker {
             config: Arc::new(config),
             deps,
             collection_ready: Arc::new(AtomicBool::new(ready)),
+            embeddings: embedding::EmbedQueue::start(),
         })
     }
 
@@ -161,7 +162,14 @@ impl Worker {
     /// Processes one batch of messages and acknowledges each as its outcome dictates, sending
     /// progress acks while the work runs so nothing is redelivered mid-way.
     pub async fn handle_batch(&self, messages: Vec<async_nats::jetstream::Message>) {
-        let work = job::process(&self.config, &self.deps, &self.collection_ready, &messages);
+        tracing::debug!(messages = messages.len(), "worker batch");
+        let work = job::process(
+            &self.config,
+            &self.deps,
+            &self.embeddings,
+            &self.collection_ready,
+            &messages,
+        );
         tokio::pin!(work);
         let mut progress = tokio::time::interval(self.config.ack_wait / 3);
         progress.tick().await;

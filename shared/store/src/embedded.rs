@@ -15,6 +15,7 @@
 //! or another process) waits up to 5 s, then fails with `StoreError::Unavailable`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use qdrant_edge::{
@@ -35,6 +36,8 @@ use crate::{
 
 /// File Qdrant Edge writes when a shard is created; its presence means "load, don't create".
 const EDGE_CONFIG_FILE: &str = "edge_config.json";
+/// Points written between two background optimizer runs.
+pub const OPTIMIZE_EVERY: usize = 5_000;
 /// Page size for `scroll_ids`.
 const SCROLL_PAGE: usize = 1024;
 /// How long `open` waits for the WAL directory lock: `LOCK_RETRIES * LOCK_RETRY_DELAY`.
@@ -45,6 +48,9 @@ const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(1
 pub struct EmbeddedStore {
     shard: Arc<EdgeShard>,
     write_lock: Arc<Mutex<()>>,
+    /// Points written since the optimizers last ran, and whether they are running.
+    since_optimize: Arc<AtomicUsize>,
+    optimizing: Arc<AtomicBool>,
     dir: PathBuf,
     vector_size: usize,
 }
@@ -81,12 +87,69 @@ impl EmbeddedStore {
         let dir = root.join(&collection);
         let dir2 = dir.clone();
         let shard = blocking(move || open_shard(&dir2, vector_size)).await?;
-        Ok(Self {
+        let store = Self {
             shard: Arc::new(shard),
             write_lock: Arc::new(Mutex::new(())),
+            since_optimize: Arc::new(AtomicUsize::new(0)),
+            optimizing: Arc::new(AtomicBool::new(false)),
             dir,
             vector_size,
-        })
+        };
+        // Whatever the last run left unindexed (it may have stopped mid-way) is indexed now.
+        store.optimize_in_background();
+        Ok(store)
+    }
+
+    /// Runs Qdrant's optimizers (HNSW indexing of large segments, merging, vacuum of deleted
+    /// points) to the end, under the write lock, then flushes. Qdrant Edge has no background
+    /// optimizer: without this, every segment stays a plain one and search is a full scan.
+    /// Returns whether anything changed.
+    pub async fn optimize(&self) -> Result<bool, StoreError> {
+        self.since_optimize.store(0, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let changed = self
+            .write(|shard| {
+                let changed = shard.optimize().map_err(map_err)?;
+                Ok((changed, changed))
+            })
+            .await?;
+        tracing::info!(
+            dir = %self.dir.display(),
+            changed,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "vector store optimized"
+        );
+        Ok(changed)
+    }
+
+    /// Counts written points; past [`OPTIMIZE_EVERY`], runs [`Self::optimize`] in the
+    /// background (one at a time; writes wait for it, reads do not).
+    fn wrote(&self, points: usize) {
+        let total = self.since_optimize.fetch_add(points, Ordering::Relaxed) + points;
+        if total >= OPTIMIZE_EVERY {
+            self.optimize_in_background();
+        }
+    }
+
+    /// Starts [`Self::optimize`] on a background task unless one is running.
+    fn optimize_in_background(&self) {
+        if self.optimizing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let store = Self {
+            shard: Arc::clone(&self.shard),
+            write_lock: Arc::clone(&self.write_lock),
+            since_optimize: Arc::clone(&self.since_optimize),
+            optimizing: Arc::clone(&self.optimizing),
+            dir: self.dir.clone(),
+            vector_size: self.vector_size,
+        };
+        tokio::spawn(async move {
+            if let Err(err) = store.optimize().await {
+                tracing::warn!(%err, "vector store optimization failed; will retry later");
+            }
+            store.optimizing.store(false, Ordering::Release);
+        });
     }
 
     /// Directory holding the shard.
@@ -250,6 +313,7 @@ impl VectorStore for EmbeddedStore {
         if points.is_empty() {
             return Ok(());
         }
+        let count = points.len();
         let points: Vec<PointStructPersisted> = points
             .into_iter()
             .zip(payloads)
@@ -267,7 +331,9 @@ impl VectorStore for EmbeddedStore {
                 .map_err(map_err)?;
             Ok(((), true))
         })
-        .await
+        .await?;
+        self.wrote(count);
+        Ok(())
     }
 
     async fn get(

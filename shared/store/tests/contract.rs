@@ -999,6 +999,115 @@ mod embedded_only {
         assert!(open_at(dir.path(), DIM).await.is_ok());
     }
 
+    /// Past a few thousand points the optimizers index the segments (in the background, and on
+    /// demand); search, counts and a reopen see exactly the same data before and after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn optimizing_keeps_every_point_and_the_same_answers() {
+        use heimdex_store::EmbeddedStore;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let org = Uuid::new_v4();
+        let store = EmbeddedStore::open(dir.path().to_owned(), "chunks".into(), 16)
+            .await
+            .expect("open");
+        store.ensure_collection().await.expect("ensure");
+        let vector = |i: usize| -> Vec<f32> {
+            (0..16)
+                .map(|d| ((i * 16 + d) as f32 * 0.618_034).sin())
+                .collect()
+        };
+        let mut ids = Vec::new();
+        for batch in 0..14 {
+            let points: Vec<NewPoint> = (batch * 500..(batch + 1) * 500)
+                .map(|i| {
+                    let id = Uuid::new_v4();
+                    ids.push(id);
+                    NewPoint {
+                        id,
+                        vector: vector(i),
+                        payload: payload(org, &format!("a-{}", i % 10), &format!("s-{i}")),
+                    }
+                })
+                .collect();
+            store.upsert(points).await.expect("upsert");
+        }
+        let query = |i: usize| SearchRequest {
+            org_id: org,
+            vector: vector(i),
+            limit: 3,
+            offset: 0,
+            filter: PointFilter::default(),
+            score_threshold: None,
+            with_vector: false,
+        };
+        let before: Vec<Uuid> = store
+            .search(query(1234))
+            .await
+            .expect("search")
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(before[0], ids[1234]);
+        store.optimize().await.expect("optimize");
+        assert_eq!(
+            store
+                .count(org, PointFilter::default())
+                .await
+                .expect("count"),
+            7_000
+        );
+        assert_eq!(store.count(org, asset("a-4")).await.expect("count"), 700);
+        let after: Vec<Uuid> = store
+            .search(query(1234))
+            .await
+            .expect("search")
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(after[0], ids[1234]);
+        for i in [0, 777, 6999] {
+            let hits = store.search(query(i)).await.expect("search");
+            assert_eq!(hits[0].id, ids[i], "nearest of {i}");
+        }
+        assert_eq!(
+            set(store
+                .scroll_ids(org, PointFilter::default())
+                .await
+                .expect("scroll")),
+            set(ids.clone())
+        );
+        // Survives a reopen (the background run may still hold the directory for a moment).
+        drop(store);
+        let reopened = heimdex_tests_reopen(dir.path()).await;
+        assert_eq!(
+            reopened
+                .count(org, PointFilter::default())
+                .await
+                .expect("count"),
+            7_000
+        );
+    }
+
+    async fn heimdex_tests_reopen(path: &std::path::Path) -> Arc<dyn VectorStore> {
+        for _ in 0..50 {
+            match open(StoreConfig {
+                backend: Backend::Embedded {
+                    path: path.to_owned(),
+                },
+                collection: "chunks".to_owned(),
+                vector_size: 16,
+            })
+            .await
+            {
+                Ok(store) => return store,
+                Err(StoreError::Unavailable(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                }
+                Err(err) => panic!("reopen: {err}"),
+            }
+        }
+        panic!("store still locked");
+    }
+
     /// `EdgeShard`'s own drop flushes and panics when that fails; a store whose directory was
     /// removed underneath it (a test's temp dir, an operator's `rm -rf`) must still drop quietly.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

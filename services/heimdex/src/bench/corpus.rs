@@ -165,12 +165,16 @@ const WORDS: &[&str] = &[
     "tomorrow",
 ];
 
-/// `n` texts for `seed`.
-pub fn texts(n: usize, seed: u64) -> Vec<String> {
+/// Longest text, in words.
+pub const MAX_WORDS: usize = 120;
+
+/// `n` texts for `seed`, of 5 to `max_words` words.
+pub fn texts(n: usize, seed: u64, max_words: usize) -> Vec<String> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let span = max_words.max(5) as u32 - 4;
     (0..n)
         .map(|_| {
-            let words = 5 + (rng.next_u32() % 116) as usize;
+            let words = 5 + (rng.next_u32() % span) as usize;
             let mut text = String::new();
             for w in 0..words {
                 let word = WORDS[(rng.next_u32() as usize) % WORDS.len()];
@@ -189,7 +193,7 @@ pub fn texts(n: usize, seed: u64) -> Vec<String> {
 
 pub fn write(out: &Path, n: usize, seed: u64) -> anyhow::Result<()> {
     let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
-    for text in texts(n, seed) {
+    for text in texts(n, seed, MAX_WORDS) {
         writeln!(file, "{}", serde_json::json!({ "text": text }))?;
     }
     file.flush()?;

@@ -81,6 +81,9 @@ pub enum BenchCommand {
         /// Corpus seed (different seeds give different texts).
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Longest text in words (texts have 5 to this many).
+        #[arg(long, default_value_t = corpus::MAX_WORDS)]
+        max_words: usize,
         #[arg(long)]
         nats_url: Option<String>,
     },
@@ -122,6 +125,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             org,
             seed,
+            max_words,
             nats_url,
         } => {
             text_ingest::run(text_ingest::Options {
@@ -131,6 +135,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
                 concurrency: concurrency.max(1),
                 org,
                 seed,
+                max_words,
                 nats_url,
             })
             .await

@@ -17,10 +17,7 @@ pub async fn run(url: &str, org: Uuid, queries: usize, limit: usize) -> anyhow::
         heimdex_core::auth::issue_token(&settings.jwt, org, "bench", Duration::from_secs(3_600))?;
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     // Short, query-like texts (a different seed from any ingest).
-    let texts: Vec<String> = corpus::texts(queries, 99)
-        .into_iter()
-        .map(|t| t.split_whitespace().take(12).collect::<Vec<_>>().join(" "))
-        .collect();
+    let texts: Vec<String> = corpus::texts(queries, 99, 12);
     let model = MiniLm::load_default()?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let vectors = model.embed(&refs)?;

@@ -18,6 +18,7 @@ pub struct Options {
     pub concurrency: usize,
     pub org: Option<Uuid>,
     pub seed: u64,
+    pub max_words: usize,
     pub nats_url: Option<String>,
 }
 
@@ -32,7 +33,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let (nats_url, mut done_rx, watcher) =
         watch_completions(&http, &o.url, o.nats_url.clone(), org).await?;
 
-    let texts = corpus::texts(o.n, o.seed);
+    let texts = corpus::texts(o.n, o.seed, o.max_words);
     let run_id = Uuid::new_v4().simple().to_string();
     let endpoint = format!("{}/vectors/embed/batch", o.url);
     println!(
