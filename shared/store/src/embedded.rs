@@ -282,7 +282,12 @@ impl VectorStore for EmbeddedStore {
         self.write(|shard| {
             let existing = shard.info().payload_schema;
             let mut wrote = false;
-            for (key, is_tenant) in [(ORG_ID_KEY, true), (ASSET_ID_KEY, false)] {
+            for (key, is_tenant) in [
+                (ORG_ID_KEY, true),
+                (ASSET_ID_KEY, false),
+                (MODEL_KEY, false),
+                (MODEL_VER_KEY, false),
+            ] {
                 let path = json_path(key)?;
                 if existing.contains_key(&path) {
                     continue;

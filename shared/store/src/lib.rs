@@ -60,9 +60,9 @@ pub const ORG_ID_KEY: &str = "org_id";
 pub const ASSET_ID_KEY: &str = "asset_id";
 /// Payload key holding the segment id (filterable, not indexed).
 pub const SEGMENT_ID_KEY: &str = "segment_id";
-/// Payload key holding the model name (filterable, not indexed).
+/// Payload key holding the model name (keyword index: every search filters on it).
 pub const MODEL_KEY: &str = "model";
-/// Payload key holding the model version (filterable, not indexed).
+/// Payload key holding the model version (keyword index: every search filters on it).
 pub const MODEL_VER_KEY: &str = "model_ver";
 
 /// Where and how vectors are stored.

@@ -181,7 +181,12 @@ impl VectorStore for RemoteStore {
         }
         self.check_collection_params().await?;
         // Creating an existing index with the same schema is a no-op on the server.
-        for (key, tenant) in [(ORG_ID_KEY, true), (ASSET_ID_KEY, false)] {
+        for (key, tenant) in [
+            (ORG_ID_KEY, true),
+            (ASSET_ID_KEY, false),
+            (MODEL_KEY, false),
+            (MODEL_VER_KEY, false),
+        ] {
             let mut params = KeywordIndexParamsBuilder::default();
             if tenant {
                 params = params.is_tenant(true);
