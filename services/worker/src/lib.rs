@@ -1,15 +1,19 @@
 //! The embedding worker: a durable pull consumer of `requested` events. For each job it publishes
-//! `started`, computes the vector, upserts it under its deterministic point id, and publishes
-//! `succeeded` — or, when the job cannot succeed, `failed` with the reason.
+//! `started`, does the job — computes the vector (the mock vector, or the text embedded by the
+//! job's model) and upserts it under its deterministic point id, or deletes the tenant's point or
+//! asset — and publishes `succeeded`, or, when the job cannot succeed, `failed` with the reason.
 //!
 //! Messages are handled in batches (whatever the consumer has ready, up to a bound), so one
-//! vector-store write and its flush serve many jobs. Delivery is at-least-once: a job whose
-//! status is already terminal is skipped, point ids are deterministic and event ids are
-//! `<job>:<event>:<attempt>`, so a redelivery changes nothing.
+//! vector-store write and its flush serve many jobs, and the texts of every batch in flight are
+//! embedded together ([`embedding`]). Store work runs in stream order within a batch. Input
+//! that can never succeed (blank text, unknown model or version, wrong dimension) fails on its
+//! first attempt; everything else is retried with backoff until the last delivery.
+//! Delivery is at-least-once: a job whose status is already terminal is skipped, point ids are
+//! deterministic and event ids are `<job>:<event>:<attempt>`, so a redelivery changes nothing.
 
 pub mod advisory;
 mod backoff;
-mod embedding;
+pub mod embedding;
 mod job;
 
 use std::sync::Arc;
