@@ -104,9 +104,7 @@ impl Submitter {
             },
         }
     }
-}
 
-impl Submitter {
     /// Submits every job concurrently (one publish each, acknowledged together). Each job stays
     /// idempotent on its own: if any publish fails the call fails, and a retry of the whole
     /// request answers the jobs already stored as duplicates.

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use heimdex_core::Settings;
 
-use super::{ms, percentile, watch_completions};
+use super::{await_completions, ms, percentile, watch_completions};
 
 pub async fn ingest(
     url: &str,
@@ -58,18 +58,8 @@ pub async fn ingest(
     let mut latencies: Vec<Duration> = posts.iter().map(|(latency, _)| *latency).collect();
     latencies.sort();
 
-    let mut completed = 0usize;
-    let mut last = started;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while completed < accepted {
-        match tokio::time::timeout_at(deadline.into(), done_rx.recv()).await {
-            Ok(Some((_, at))) => {
-                completed += 1;
-                last = at;
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
+    let (completed, last) =
+        await_completions(&mut done_rx, accepted, started, Duration::from_secs(300)).await;
     let completed_in = last.duration_since(started);
 
     println!(

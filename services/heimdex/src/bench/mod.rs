@@ -222,3 +222,25 @@ pub(crate) async fn watch_completions(
     });
     Ok((nats_url, done_rx, watcher))
 }
+
+/// Counts completions from [`watch_completions`] until `expected` arrived or `timeout` passed;
+/// returns how many and when the last one was seen (`started` if none).
+pub(crate) async fn await_completions(
+    done_rx: &mut mpsc::UnboundedReceiver<(Uuid, Instant)>,
+    expected: usize,
+    started: Instant,
+    timeout: Duration,
+) -> (usize, Instant) {
+    let deadline = Instant::now() + timeout;
+    let (mut completed, mut last) = (0, started);
+    while completed < expected {
+        match tokio::time::timeout_at(deadline.into(), done_rx.recv()).await {
+            Ok(Some((_, at))) => {
+                completed += 1;
+                last = at;
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (completed, last)
+}

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use heimdex_core::Settings;
 
-use super::{corpus, ms, percentile, watch_completions};
+use super::{await_completions, corpus, ms, percentile, watch_completions};
 
 pub struct Options {
     pub url: String,
@@ -73,18 +73,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let mut latencies: Vec<Duration> = posts.iter().map(|(l, _)| *l).collect();
     latencies.sort();
 
-    let mut completed = 0usize;
-    let mut last = started;
-    let deadline = Instant::now() + Duration::from_secs(3_600);
-    while completed < accepted {
-        match tokio::time::timeout_at(deadline.into(), done_rx.recv()).await {
-            Ok(Some((_, at))) => {
-                completed += 1;
-                last = at;
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
+    let (completed, last) =
+        await_completions(&mut done_rx, accepted, started, Duration::from_secs(3_600)).await;
     watcher.abort();
     let completed_in = last.duration_since(started).as_secs_f64();
     println!(

@@ -216,8 +216,9 @@ async fn follow(
     (succeeded, failed, left)
 }
 
-/// The documents under `paths`, sorted; files named directly are taken whatever their
-/// extension is not, in which case they are skipped with a note.
+/// The documents under `paths`: directories are walked for `.txt`/`.md` files (sorted, asset id =
+/// path relative to the directory); a file named directly is taken if it is `.txt`/`.md` and
+/// otherwise skipped with a note.
 fn collect(
     paths: &[PathBuf],
     skipped: &mut Vec<(String, String)>,
