@@ -91,21 +91,9 @@ async fn a_deleted_point_is_gone_and_deleting_again_changes_nothing() {
     assert_eq!(hits(&app, &token, "doc").await.len(), 2);
 
     // The events of a delete are on the stream like any job's.
-    let events: Value = app
-        .get(
-            &token,
-            &format!("/jobs/{}/events", job["job_id"].as_str().unwrap()),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let kinds: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"]["type"].as_str().unwrap())
-        .collect();
+    let kinds = app
+        .event_types(&token, job["job_id"].as_str().unwrap())
+        .await;
     assert_eq!(
         kinds,
         [

@@ -190,6 +190,22 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// The CloudEvents `type`s of a job's history (`GET /jobs/{id}/events`), oldest first.
+    pub async fn event_types(&self, token: &str, job_id: &str) -> Vec<String> {
+        let events: Value = self
+            .get(token, &format!("/jobs/{job_id}/events"))
+            .await
+            .json()
+            .await
+            .expect("events body");
+        events["events"]
+            .as_array()
+            .expect("events list")
+            .iter()
+            .map(|e| e["event"]["type"].as_str().expect("event type").to_owned())
+            .collect()
+    }
+
     /// `POST /vectors/search`, expecting 200; returns the body.
     pub async fn search(&self, token: &str, body: &Value) -> Value {
         let response = self.post_json(token, "/vectors/search", body).await;

@@ -138,7 +138,7 @@ pub(crate) async fn process(
             JobSpec::DeletePoint(_) | JobSpec::DeleteAsset(_) => tracing::info_span!(parent: &job.span, "vector_store.delete", collection = %config.collection),
         })
         .collect();
-    let (stored, started_acks) = tokio::join!(
+    let (mut stored, started_acks) = tokio::join!(
         execute(deps, collection_ready, planned),
         join_all(
             started
@@ -147,7 +147,6 @@ pub(crate) async fn process(
         )
     );
     drop(store_spans);
-    let mut stored = stored;
 
     let mut finals = Vec::with_capacity(live.len());
     for (job, started_ack) in live.into_iter().zip(started_acks) {
@@ -344,7 +343,8 @@ async fn plan(
                         .or_default()
                         .0
                         .push(work.len());
-                    // Placeholder until the vectors are in.
+                    // Replaced below once the model's texts are embedded; stays (retryable) only
+                    // if the embedder returned too few vectors.
                     Work::Done(Err(JobFailure::Retryable(
                         JobErrorCode::Internal,
                         "not embedded".to_owned(),

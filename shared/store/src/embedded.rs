@@ -122,6 +122,12 @@ impl EmbeddedStore {
         Ok(changed)
     }
 
+    /// Vectors covered by a vector index (HNSW), approximately; the rest are scanned.
+    pub async fn indexed_vectors(&self) -> Result<usize, StoreError> {
+        self.read(|shard| Ok(shard.info().indexed_vectors_count))
+            .await
+    }
+
     /// Counts written points; past [`OPTIMIZE_EVERY`], runs [`Self::optimize`] in the
     /// background (one at a time; writes wait for it, reads do not).
     fn wrote(&self, points: usize) {

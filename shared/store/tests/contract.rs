@@ -1000,19 +1000,21 @@ mod embedded_only {
     }
 
     /// Past a few thousand points the optimizers index the segments (in the background, and on
-    /// demand); search, counts and a reopen see exactly the same data before and after.
+    /// demand): afterwards the vectors are HNSW-indexed, and search, counts, scroll and a reopen
+    /// see exactly the same data. 384-d, so the segment crosses Qdrant's indexing threshold.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn optimizing_keeps_every_point_and_the_same_answers() {
         use heimdex_store::EmbeddedStore;
         let dir = tempfile::tempdir().expect("tempdir");
         let org = Uuid::new_v4();
-        let store = EmbeddedStore::open(dir.path().to_owned(), "chunks".into(), 16)
+        const D: usize = 384;
+        let store = EmbeddedStore::open(dir.path().to_owned(), "chunks".into(), D)
             .await
             .expect("open");
         store.ensure_collection().await.expect("ensure");
         let vector = |i: usize| -> Vec<f32> {
-            (0..16)
-                .map(|d| ((i * 16 + d) as f32 * 0.618_034).sin())
+            (0..D)
+                .map(|d| ((i * D + d) as f32 * 0.618_034).sin())
                 .collect()
         };
         let mut ids = Vec::new();
@@ -1048,6 +1050,8 @@ mod embedded_only {
             .collect();
         assert_eq!(before[0], ids[1234]);
         store.optimize().await.expect("optimize");
+        let indexed = store.indexed_vectors().await.expect("info");
+        assert!(indexed >= 5_000, "only {indexed} of 7,000 vectors indexed");
         assert_eq!(
             store
                 .count(org, PointFilter::default())
@@ -1094,7 +1098,7 @@ mod embedded_only {
                     path: path.to_owned(),
                 },
                 collection: "chunks".to_owned(),
-                vector_size: 16,
+                vector_size: 384,
             })
             .await
             {
