@@ -1,0 +1,230 @@
+//! The BERT encoder of all-MiniLM-L6-v2, written for this one job: many short texts on a CPU.
+//!
+//! Differences from a general BERT implementation, all for speed and none visible in the output:
+//! * texts are **packed**: the tokens of every text in a pass are rows of one `[tokens, hidden]`
+//!   matrix with no padding, so each dense layer is one large GEMM and no work is spent on pad
+//!   tokens; only attention looks at text boundaries ([`Attention`]);
+//! * query, key and value projections are **fused** into one `[hidden, 3 * hidden]` GEMM, with
+//!   the attention scale `1/sqrt(head_dim)` folded into the query weights at load time;
+//! * GELU is [`Gelu`], a vectorised exact GELU.
+//!
+//! Matrix products and LayerNorm are candle's (candle's GEMM runs AVX-512 kernels where the CPU
+//! has them). The weights are the Hugging Face `BertModel` checkpoint, read as f32.
+
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{LayerNorm, Linear, VarBuilder};
+use serde::Deserialize;
+
+use super::kernels::{Attention, Gelu};
+
+/// The fields of a Hugging Face BERT `config.json` this encoder needs; anything else there is
+/// ignored, and a config this code cannot run is refused at load time.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub layer_norm_eps: f64,
+    pub hidden_act: String,
+    #[serde(default = "absolute")]
+    pub position_embedding_type: String,
+}
+
+fn absolute() -> String {
+    "absolute".to_owned()
+}
+
+impl Config {
+    fn check(&self) -> Result<(), String> {
+        if self.hidden_act != "gelu" {
+            return Err(format!("hidden_act {:?} (only \"gelu\")", self.hidden_act));
+        }
+        if self.position_embedding_type != "absolute" {
+            return Err(format!(
+                "position_embedding_type {:?} (only \"absolute\")",
+                self.position_embedding_type
+            ));
+        }
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct Layer {
+    /// `[q | k | v]` projection, `hidden -> 3 * hidden`, q pre-scaled.
+    qkv: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    out: Linear,
+    out_norm: LayerNorm,
+}
+
+pub(crate) struct Encoder {
+    /// Word embeddings `[vocab, hidden]`, as a flat row-major copy (rows are gathered by hand).
+    words: Vec<f32>,
+    /// Position embeddings `[max_positions, hidden]` with token type 0 already added.
+    positions: Vec<f32>,
+    embed_norm: LayerNorm,
+    layers: Vec<Layer>,
+    hidden: usize,
+    heads: usize,
+    vocab: usize,
+    max_positions: usize,
+    device: Device,
+}
+
+fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<LayerNorm> {
+    let weight = vb.get(size, "weight")?;
+    let bias = vb.get(size, "bias")?;
+    Ok(LayerNorm::new(weight, bias, eps))
+}
+
+fn linear(vb: VarBuilder, inputs: usize, outputs: usize) -> candle_core::Result<Linear> {
+    let weight = vb.get((outputs, inputs), "weight")?;
+    let bias = vb.get(outputs, "bias")?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+impl Encoder {
+    pub(crate) fn load(vb: VarBuilder, config: &Config) -> Result<Self, String> {
+        config.check()?;
+        Self::load_checked(vb, config).map_err(|e| e.to_string())
+    }
+
+    fn load_checked(vb: VarBuilder, c: &Config) -> candle_core::Result<Self> {
+        let (hidden, heads) = (c.hidden_size, c.num_attention_heads);
+        let eps = c.layer_norm_eps;
+        let emb = vb.pp("embeddings");
+        let words = emb
+            .get((c.vocab_size, hidden), "word_embeddings.weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let types = emb.get((2, hidden), "token_type_embeddings.weight")?;
+        let positions = emb
+            .get(
+                (c.max_position_embeddings, hidden),
+                "position_embeddings.weight",
+            )?
+            .broadcast_add(&types.get(0)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let embed_norm = layer_norm(emb.pp("LayerNorm"), hidden, eps)?;
+
+        let scale = 1.0 / ((hidden / heads) as f64).sqrt();
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let l = vb.pp(format!("encoder.layer.{i}"));
+            let att = l.pp("attention.self");
+            let part = |name: &str| -> candle_core::Result<(Tensor, Tensor)> {
+                let p = att.pp(name);
+                Ok((p.get((hidden, hidden), "weight")?, p.get(hidden, "bias")?))
+            };
+            let (qw, qb) = part("query")?;
+            let (kw, kb) = part("key")?;
+            let (vw, vb_) = part("value")?;
+            let qkv = Linear::new(
+                Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
+                Some(Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?),
+            );
+            layers.push(Layer {
+                qkv,
+                attn_out: linear(l.pp("attention.output.dense"), hidden, hidden)?,
+                attn_norm: layer_norm(l.pp("attention.output.LayerNorm"), hidden, eps)?,
+                intermediate: linear(l.pp("intermediate.dense"), hidden, c.intermediate_size)?,
+                out: linear(l.pp("output.dense"), c.intermediate_size, hidden)?,
+                out_norm: layer_norm(l.pp("output.LayerNorm"), hidden, eps)?,
+            });
+        }
+        Ok(Self {
+            words,
+            positions,
+            embed_norm,
+            layers,
+            hidden,
+            heads,
+            vocab: c.vocab_size,
+            max_positions: c.max_position_embeddings,
+            device: vb.device().clone(),
+        })
+    }
+
+    pub(crate) fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// Mean-pooled, L2-normalised embeddings of packed texts: `ids` holds every text's token ids
+    /// back to back, `lens` each text's count. One vector per text, in order.
+    pub(crate) fn embed_packed(
+        &self,
+        ids: &[u32],
+        lens: &[usize],
+    ) -> candle_core::Result<Vec<Vec<f32>>> {
+        let h = self.hidden;
+        let tokens = ids.len();
+        if lens.iter().sum::<usize>() != tokens {
+            candle_core::bail!("token counts do not add up to the packed ids");
+        }
+        // Embeddings: word row + (position row + token type 0 row).
+        let mut x = Vec::with_capacity(tokens * h);
+        let mut ids = ids.iter();
+        for &len in lens {
+            if len > self.max_positions {
+                candle_core::bail!("{len} tokens exceed {} positions", self.max_positions);
+            }
+            for pos in 0..len {
+                let id = ids.next().map_or(0, |&id| id as usize);
+                if id >= self.vocab {
+                    candle_core::bail!("token id {id} outside the vocabulary");
+                }
+                let word = &self.words[id * h..(id + 1) * h];
+                let position = &self.positions[pos * h..(pos + 1) * h];
+                x.extend(word.iter().zip(position).map(|(w, p)| w + p));
+            }
+        }
+        let mut x = self
+            .embed_norm
+            .forward(&Tensor::from_vec(x, (tokens, h), &self.device)?)?;
+
+        let attention = Attention {
+            lens,
+            heads: self.heads,
+            head_dim: h / self.heads,
+        };
+        for layer in &self.layers {
+            let context = layer.qkv.forward(&x)?.apply_op1_no_bwd(&attention)?;
+            let attended = layer.attn_out.forward(&context)?;
+            x = layer.attn_norm.forward(&(attended + &x)?)?;
+            let inner = layer.intermediate.forward(&x)?.apply_op1_no_bwd(&Gelu)?;
+            let out = layer.out.forward(&inner)?;
+            x = layer.out_norm.forward(&(out + &x)?)?;
+        }
+
+        // Mean pooling over each text's rows, then L2 normalisation.
+        let x = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut rows = x.chunks_exact(h);
+        let mut vectors = Vec::with_capacity(lens.len());
+        for &len in lens {
+            let mut v = vec![0f32; h];
+            for row in rows.by_ref().take(len) {
+                v.iter_mut().zip(row).for_each(|(s, &r)| *s += r);
+            }
+            let norm = v.iter().map(|s| s * s).sum::<f32>().sqrt();
+            // Dividing by the count and by the norm of the sum gives the same unit vector.
+            let inv = 1.0 / norm.max(1e-12);
+            v.iter_mut().for_each(|s| *s *= inv);
+            vectors.push(v);
+        }
+        Ok(vectors)
+    }
+}
