@@ -199,7 +199,7 @@ pub async fn ensure_consumer(
 /// A consumer's filter subjects, one or many, sorted.
 fn filters(config: &impl ConsumerFilters) -> Vec<String> {
     let (one, many) = config.filter_parts();
-    let mut all: Vec<String> = many.iter().cloned().collect();
+    let mut all = many.to_vec();
     if !one.is_empty() {
         all.push(one.to_owned());
     }
