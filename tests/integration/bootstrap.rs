@@ -50,3 +50,39 @@ async fn bootstrap_creates_from_definitions_and_refuses_conflicts() {
         .unwrap_err();
     assert!(err.to_string().contains("max_deliver"), "{err}");
 }
+
+/// A `worker` consumer from before `retried` events existed (filtering `requested` only) is
+/// widened in place, keeping its position; a narrower or unrelated filter is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_consumer_from_before_retries_is_widened_in_place() {
+    let nats = TestNats::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = settings(data.path(), &nats.url(), &[]);
+    let n = heimdex::infra::connect_nats(&s, &nats.url(), "t", &CancellationToken::new())
+        .await
+        .unwrap();
+    let mut old = n.defs.worker.clone();
+    old.filter_subjects = Vec::new();
+    old.filter_subject = "heimdex.jobs.*.*.requested".to_owned();
+    n.stream.delete_consumer("worker").await.ok();
+    n.stream.create_consumer(old).await.unwrap();
+
+    let mut worker = heimdex_core::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
+        .await
+        .unwrap();
+    let mut filters = worker.info().await.unwrap().config.filter_subjects.clone();
+    filters.sort();
+    assert_eq!(
+        filters,
+        ["heimdex.jobs.*.*.requested", "heimdex.jobs.*.*.retried"]
+    );
+
+    let mut unrelated = n.defs.worker.clone();
+    unrelated.filter_subjects = Vec::new();
+    unrelated.filter_subject = "heimdex.jobs.*.*.started".to_owned();
+    n.stream.update_consumer(unrelated).await.unwrap();
+    let err = heimdex_core::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("filter_subjects"), "{err}");
+}

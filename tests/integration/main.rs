@@ -12,6 +12,7 @@ mod idempotency;
 mod nats_outage;
 mod pipeline;
 mod projector;
+mod redrive;
 mod retries;
 mod semantic;
 mod tenancy;

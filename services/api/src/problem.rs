@@ -56,6 +56,10 @@ pub enum ProblemResponse {
     /// Not found, or not visible to the caller's organization.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request conflicts with the resource's current state (e.g. retrying a job that has
+    /// not failed).
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
     /// The request body is too large.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
@@ -78,6 +82,13 @@ pub enum ProblemResponse {
 pub enum ApiError {
     #[error("{0}")]
     Validation(String),
+    /// A query parameter that cannot be used as sent (e.g. a cursor this server did not issue);
+    /// `code` names the parameter's problem.
+    #[error("{detail}")]
+    BadRequest { code: &'static str, detail: String },
+    /// The resource is not in a state that allows the request; `code` says which state.
+    #[error("{detail}")]
+    Conflict { code: &'static str, detail: String },
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -113,6 +124,15 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_error",
                 "Request validation failed",
+                detail,
+            ))),
+            ApiError::BadRequest { code, detail } => ProblemResponse::BadRequest(Json(
+                Problem::new(StatusCode::BAD_REQUEST, code, "Bad request", detail),
+            )),
+            ApiError::Conflict { code, detail } => ProblemResponse::Conflict(Json(Problem::new(
+                StatusCode::CONFLICT,
+                code,
+                "Conflict",
                 detail,
             ))),
             ApiError::NotFound(detail) => ProblemResponse::NotFound(Json(Problem::new(

@@ -4,12 +4,12 @@
 //! server and answered with the existing job.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use uuid::Uuid;
 
 use heimdex_core::auth::Principal;
-use heimdex_core::events::{EventData, JobEvent, Requested};
+use heimdex_core::events::{EventData, JobEvent, Requested, Retried};
 use heimdex_core::ids;
 use heimdex_core::jobs::JobSpec;
 
@@ -75,33 +75,59 @@ impl Submitter {
                 job_id,
                 created: !ack.duplicate,
             }),
-            Err(err) => match err.kind() {
-                // The subject already holds this job's `requested` event: the job exists.
-                PublishErrorKind::WrongLastSequence => Ok(Submitted {
-                    job_id,
-                    created: false,
-                }),
-                PublishErrorKind::TimedOut
-                | PublishErrorKind::BrokenPipe
-                | PublishErrorKind::MaxAckPending => {
-                    tracing::warn!(%err, "publish not acknowledged");
-                    Err(ApiError::nats_unavailable())
-                }
-                PublishErrorKind::StreamNotFound => {
-                    tracing::error!(%err, "job stream missing");
-                    Err(ApiError::nats_unavailable())
-                }
-                PublishErrorKind::Other if is_storage_full(&err.to_string()) => {
-                    tracing::error!(%err, "event store full");
-                    Err(ApiError::StorageFull)
-                }
-                PublishErrorKind::WrongLastMessageId
-                | PublishErrorKind::MaxPayloadExceeded
-                | PublishErrorKind::Other => {
-                    tracing::error!(%err, "publish refused");
-                    Err(ApiError::nats_unavailable())
-                }
-            },
+            // The subject already holds this job's `requested` event: the job exists.
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(Submitted {
+                job_id,
+                created: false,
+            }),
+            Err(err) => Err(refused(&err)),
+        }
+    }
+
+    /// Appends the `retried` event of round `round` of a FAILED job. It is stored at most once:
+    /// its `Nats-Msg-Id` is `<job_id>:retried:<round>` (every request retrying the same failure
+    /// computes the same round) and it expects `last_retried_seq` (0 before the first retry) as
+    /// the last sequence on the job's `retried` subject, which holds beyond the duplicate window.
+    /// `Ok` means the round's `retried` event is stored, by this call or a concurrent one.
+    #[tracing::instrument(skip_all, fields(org_id = %principal.org_id, %job_id, round))]
+    pub async fn retry(
+        &self,
+        principal: &Principal,
+        job_id: Uuid,
+        round: u32,
+        spec: JobSpec,
+        last_retried_seq: u64,
+    ) -> Result<(), ApiError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(ApiError::nats_unavailable());
+        }
+        let event = JobEvent::new(
+            principal.org_id,
+            job_id,
+            EventData::Retried(Retried {
+                round,
+                user_id: principal.user_id.clone(),
+                spec,
+            }),
+        );
+        let mut headers = HeaderMap::new();
+        heimdex_telemetry::inject_context(&mut headers);
+        let publish = PublishMessage::build()
+            .payload(event.encode().into())
+            .headers(headers)
+            .message_id(&event.id)
+            .expected_last_subject_sequence(last_retried_seq);
+        let ack = match self.js.send_publish(event.subject(), publish).await {
+            Ok(future) => future.await,
+            Err(err) => Err(err),
+        };
+        match ack {
+            // A duplicate ack: a concurrent request stored this round's event first.
+            Ok(_) => Ok(()),
+            // Another retry was stored since `last_retried_seq` was read: this round's, by a
+            // concurrent request retrying the same failure.
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(()),
+            Err(err) => Err(refused(&err)),
         }
     }
 
@@ -115,6 +141,34 @@ impl Submitter {
     ) -> Result<Vec<Submitted>, ApiError> {
         futures::future::try_join_all(specs.into_iter().map(|spec| self.submit(principal, spec)))
             .await
+    }
+}
+
+/// Why a publish that was not stored failed, for the client: NATS unavailable (503) or the
+/// event store full (507). Nothing was accepted either way.
+fn refused(err: &PublishError) -> ApiError {
+    match err.kind() {
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => {
+            tracing::warn!(%err, "publish not acknowledged");
+            ApiError::nats_unavailable()
+        }
+        PublishErrorKind::StreamNotFound => {
+            tracing::error!(%err, "job stream missing");
+            ApiError::nats_unavailable()
+        }
+        PublishErrorKind::Other if is_storage_full(&err.to_string()) => {
+            tracing::error!(%err, "event store full");
+            ApiError::StorageFull
+        }
+        PublishErrorKind::WrongLastSequence
+        | PublishErrorKind::WrongLastMessageId
+        | PublishErrorKind::MaxPayloadExceeded
+        | PublishErrorKind::Other => {
+            tracing::error!(%err, "publish refused");
+            ApiError::nats_unavailable()
+        }
     }
 }
 

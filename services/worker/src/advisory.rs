@@ -2,8 +2,11 @@
 //! delivery, JetStream gives up after `max_deliver` and publishes a max-deliveries advisory. This
 //! listener turns it into the job's `failed` event, so no job stays RUNNING forever.
 //!
-//! Every worker process listens; the `failed` event's id is `<job>:failed:<deliveries>`, the
-//! same id the worker itself uses on its last attempt, so duplicates are de-duplicated.
+//! Every worker process listens; the `failed` event's id is `<job>:failed:<deliveries>` (in a
+//! retried round, `<job>:failed:<round>.<deliveries>`), the same id the worker itself uses on
+//! its last attempt, so duplicates are de-duplicated. The advisory names the exhausted message:
+//! a `requested` event (round 0) or a `retried` one, whose round the `failed` event carries so
+//! it ends that round and no other.
 
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
@@ -54,17 +57,19 @@ async fn handle(js: &async_nats::jetstream::Context, payload: &[u8]) -> anyhow_l
     let advisory: MaxDeliveries = serde_json::from_slice(payload)?;
     let stream = js.get_stream(JOBS_STREAM).await?;
     let message = stream.direct_get(advisory.stream_seq).await?;
-    let requested = JobEvent::decode(&message.payload)?;
+    let exhausted = JobEvent::decode(&message.payload)?;
+    let round = exhausted.data.round();
     let reason = format!(
         "no outcome after {} deliveries (the worker crashed or timed out every time)",
         advisory.deliveries
     );
-    tracing::warn!(job_id = %requested.job_id, %reason, "marking job failed");
+    tracing::warn!(job_id = %exhausted.job_id, round, %reason, "marking job failed");
     let failed = JobEvent::new(
-        requested.org_id,
-        requested.job_id,
+        exhausted.org_id,
+        exhausted.job_id,
         EventData::Failed(Failed {
             attempt: advisory.deliveries,
+            round,
             error: JobError::new(JobErrorCode::MaxDeliveries, reason),
         }),
     );

@@ -1,5 +1,10 @@
-//! One batch of `requested` messages: decode → terminal guard → `started` → vectors → one upsert
-//! → `succeeded`/`failed`. Returns what to do with each message; the caller acknowledges.
+//! One batch of `requested` (or `retried`) messages: decode → terminal guard → `started` →
+//! vectors → one upsert → `succeeded`/`failed`. Returns what to do with each message; the caller
+//! acknowledges.
+//!
+//! A `retried` message starts round n of a FAILED job: it carries the job's spec, its delivery
+//! count starts again at 1, and the events of the round carry `round: n` (and ids of their own,
+//! `<job>:<event>:<n>.<attempt>`), so a new round is never taken for a redelivery of an old one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +69,9 @@ struct Job {
     index: usize,
     org_id: Uuid,
     job_id: Uuid,
+    /// 0 for a `requested` message, n for the n-th `retried`.
+    round: u32,
+    /// Delivery count of this message: attempts within the round.
     attempt: u32,
     spec: JobSpec,
     span: Span,
@@ -86,10 +94,12 @@ pub(crate) async fn process(
         }
     }
 
-    // Terminal guard: skip redelivered jobs that already ended (the worker crashed between its
-    // last event and its ack, say). A first delivery has not run before, so it skips the read;
-    // should a consumer ever be reset, re-running is idempotent anyway. A failed read only costs
-    // that idempotent re-work, so it does not stop the job.
+    // Terminal guard: skip redelivered jobs whose round already ended (the worker crashed between
+    // its last event and its ack, say), or whose round was superseded by a retry. A first
+    // delivery has not run before, so it skips the read; should a consumer ever be reset,
+    // re-running is idempotent anyway. A failed read only costs that idempotent re-work, so it
+    // does not stop the job. A status of an earlier round (the projection has not seen this
+    // round's `retried` yet) is not this round's end: the job runs.
     let statuses = join_all(jobs.iter().map(|job| async move {
         if job.attempt <= 1 {
             return None;
@@ -105,7 +115,10 @@ pub(crate) async fn process(
     for (job, status) in jobs.into_iter().zip(statuses) {
         let terminal = status
             .and_then(|bytes| serde_json::from_slice::<JobStatus>(&bytes).ok())
-            .is_some_and(|status| status.status.is_terminal());
+            .is_some_and(|status| {
+                status.retries > job.round
+                    || (status.retries == job.round && status.status.is_terminal())
+            });
         if terminal {
             tracing::debug!(job_id = %job.job_id, "job already terminal; skipping");
             outcomes[job.index] = Some(outcome(
@@ -124,6 +137,7 @@ pub(crate) async fn process(
             job,
             EventData::Started(Started {
                 attempt: job.attempt,
+                round: job.round,
             }),
         )
     }))
@@ -164,6 +178,7 @@ pub(crate) async fn process(
                 OutcomeKind::Succeeded,
                 Some(EventData::Succeeded(Succeeded {
                     attempt: job.attempt,
+                    round: job.round,
                     result,
                 })),
                 Disposition::Ack,
@@ -172,7 +187,7 @@ pub(crate) async fn process(
             // fails at once. Anything else is retried until the last delivery.
             Some(Err(JobFailure::Invalid(message))) => (
                 OutcomeKind::Failed(JobErrorCode::InvalidInput),
-                Some(failed(job.attempt, JobErrorCode::InvalidInput, message)),
+                Some(failed(&job, JobErrorCode::InvalidInput, message)),
                 Disposition::Term,
             ),
             Some(Err(JobFailure::Retryable(code, message)))
@@ -180,7 +195,7 @@ pub(crate) async fn process(
             {
                 (
                     OutcomeKind::Failed(code),
-                    Some(failed(job.attempt, code, message)),
+                    Some(failed(&job, code, message)),
                     Disposition::Term,
                 )
             }
@@ -238,9 +253,10 @@ fn outcome(job: &Job, kind: OutcomeKind, disposition: Disposition) -> Outcome {
     }
 }
 
-fn failed(attempt: u32, code: JobErrorCode, message: String) -> EventData {
+fn failed(job: &Job, code: JobErrorCode, message: String) -> EventData {
     EventData::Failed(Failed {
-        attempt,
+        attempt: job.attempt,
+        round: job.round,
         error: JobError::new(code, message),
     })
 }
@@ -278,21 +294,25 @@ fn decode(index: usize, message: &Message) -> Result<Job, Outcome> {
     let info = message.info().map_err(|err| unusable(err.to_string()))?;
     let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
     let event = JobEvent::decode(&message.payload).map_err(|err| unusable(err.to_string()))?;
-    let EventData::Requested(requested) = event.data else {
-        return Err(unusable(format!(
-            "expected a requested event, got {:?}",
-            event.data.kind()
-        )));
+    let (round, spec) = match event.data {
+        EventData::Requested(requested) => (0, requested.spec),
+        EventData::Retried(retried) => (retried.round, retried.spec),
+        other @ (EventData::Started(_) | EventData::Succeeded(_) | EventData::Failed(_)) => {
+            return Err(unusable(format!(
+                "expected a requested or retried event, got {:?}",
+                other.kind()
+            )));
+        }
     };
-    let span =
-        tracing::info_span!("worker.job", job_id = %event.job_id, org_id = %event.org_id, attempt);
+    let span = tracing::info_span!("worker.job", job_id = %event.job_id, org_id = %event.org_id, round, attempt);
     heimdex_telemetry::set_parent_from_headers(&span, message.headers.as_ref());
     Ok(Job {
         index,
         org_id: event.org_id,
         job_id: event.job_id,
+        round,
         attempt,
-        spec: requested.spec,
+        spec,
         span,
     })
 }

@@ -1,7 +1,8 @@
-//! The embedding worker: a durable pull consumer of `requested` events. For each job it publishes
-//! `started`, does the job — computes the vector (the mock vector, or the text embedded by the
-//! job's model) and upserts it under its deterministic point id, or deletes the tenant's point or
-//! asset — and publishes `succeeded`, or, when the job cannot succeed, `failed` with the reason.
+//! The embedding worker: a durable pull consumer of `requested` and `retried` events. For each
+//! job it publishes `started`, does the job — computes the vector (the mock vector, or the text
+//! embedded by the job's model) and upserts it under its deterministic point id, or deletes the
+//! tenant's point or asset — and publishes `succeeded`, or, when the job cannot succeed, `failed`
+//! with the reason. A `retried` event runs a FAILED job again, as a new round (module `job`).
 //!
 //! Messages are handled in batches (whatever the consumer has ready, up to a bound), so one
 //! vector-store write and its flush serve many jobs, and the texts of every batch in flight are

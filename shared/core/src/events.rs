@@ -26,14 +26,17 @@ pub enum EventKind {
     Started,
     Succeeded,
     Failed,
+    /// An operator asked for a failed job to run again (`POST /jobs/{id}/retry`).
+    Retried,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Requested,
         EventKind::Started,
         EventKind::Succeeded,
         EventKind::Failed,
+        EventKind::Retried,
     ];
 
     /// The subject token, e.g. `requested`.
@@ -43,6 +46,7 @@ impl EventKind {
             EventKind::Started => "started",
             EventKind::Succeeded => "succeeded",
             EventKind::Failed => "failed",
+            EventKind::Retried => "retried",
         }
     }
 
@@ -53,6 +57,7 @@ impl EventKind {
             EventKind::Started => "heimdex.job.started.v1",
             EventKind::Succeeded => "heimdex.job.succeeded.v1",
             EventKind::Failed => "heimdex.job.failed.v1",
+            EventKind::Retried => "heimdex.job.retried.v1",
         }
     }
 
@@ -125,24 +130,48 @@ pub struct Requested {
     pub spec: JobSpec,
 }
 
-/// `started`: a worker began attempt `attempt` (1-based: the JetStream delivery count).
+/// `started`: a worker began attempt `attempt` (1-based: the JetStream delivery count) of round
+/// `round` (0 for the run the `requested` event asked for, n for the n-th retry).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Started {
     pub attempt: u32,
+    /// Absent in events written before retries existed: those are all round 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
 }
 
-/// `succeeded`: terminal; the job's output.
+/// `succeeded`: terminal for its round; the job's output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Succeeded {
     pub attempt: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
     pub result: JobResult,
 }
 
-/// `failed`: terminal; the job will not be tried again without an explicit retry.
+/// `failed`: terminal for its round; the job will not be tried again without an explicit retry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failed {
     pub attempt: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
     pub error: JobError,
+}
+
+/// `retried`: round `round` (1 for the first retry) of a FAILED job was asked for. It carries
+/// the job's spec, copied from its `requested` event, so the worker runs it from this message
+/// alone. Stored at most once per round: its id is `<job_id>:retried:<round>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Retried {
+    pub round: u32,
+    /// Who asked for the retry.
+    pub user_id: String,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A decoded event of any kind, with its envelope attributes that readers need.
@@ -161,6 +190,7 @@ pub enum EventData {
     Started(Started),
     Succeeded(Succeeded),
     Failed(Failed),
+    Retried(Retried),
 }
 
 impl EventData {
@@ -170,6 +200,19 @@ impl EventData {
             EventData::Started(_) => EventKind::Started,
             EventData::Succeeded(_) => EventKind::Succeeded,
             EventData::Failed(_) => EventKind::Failed,
+            EventData::Retried(_) => EventKind::Retried,
+        }
+    }
+
+    /// The round the event belongs to: 0 for `requested` and the first run, n from the n-th
+    /// `retried` on.
+    pub fn round(&self) -> u32 {
+        match self {
+            EventData::Requested(_) => 0,
+            EventData::Started(Started { round, .. })
+            | EventData::Succeeded(Succeeded { round, .. })
+            | EventData::Failed(Failed { round, .. })
+            | EventData::Retried(Retried { round, .. }) => *round,
         }
     }
 }
@@ -190,11 +233,12 @@ impl JobEvent {
     pub fn new(org_id: Uuid, job_id: Uuid, data: EventData) -> Self {
         let id = match &data {
             EventData::Requested(requested) => requested.job_key.clone(),
-            EventData::Started(Started { attempt })
-            | EventData::Succeeded(Succeeded { attempt, .. })
-            | EventData::Failed(Failed { attempt, .. }) => {
-                later_event_msg_id(job_id, data.kind(), *attempt)
+            EventData::Started(Started { attempt, round })
+            | EventData::Succeeded(Succeeded { attempt, round, .. })
+            | EventData::Failed(Failed { attempt, round, .. }) => {
+                later_event_msg_id(job_id, data.kind(), *round, *attempt)
             }
+            EventData::Retried(Retried { round, .. }) => retried_msg_id(job_id, *round),
         };
         Self {
             id,
@@ -234,6 +278,7 @@ impl JobEvent {
             EventData::Started(data) => envelope(self, data),
             EventData::Succeeded(data) => envelope(self, data),
             EventData::Failed(data) => envelope(self, data),
+            EventData::Retried(data) => envelope(self, data),
         }
     }
 
@@ -253,6 +298,7 @@ impl JobEvent {
                 EventData::Succeeded(serde_json::from_value(envelope.data)?)
             }
             "heimdex.job.failed.v1" => EventData::Failed(serde_json::from_value(envelope.data)?),
+            "heimdex.job.retried.v1" => EventData::Retried(serde_json::from_value(envelope.data)?),
             _ => return Err(DecodeError::UnknownType(envelope.event_type)),
         };
         Ok(Self {
@@ -265,10 +311,23 @@ impl JobEvent {
     }
 }
 
-/// `Nats-Msg-Id` of every event after `requested`: `<job_id>:<event>:<attempt>`. A worker that
-/// publishes the same event twice for one attempt (say, after a reconnect) is de-duplicated.
-pub fn later_event_msg_id(job_id: Uuid, kind: EventKind, attempt: u32) -> String {
-    format!("{job_id}:{}:{attempt}", kind.as_str())
+/// `Nats-Msg-Id` of the worker's events: `<job_id>:<event>:<attempt>` in round 0 (as before
+/// retries existed) and `<job_id>:<event>:<round>.<attempt>` in a retried round, so a new round's
+/// `started:1` is not taken for the first round's. A worker that publishes the same event twice
+/// for one attempt (say, after a reconnect) is de-duplicated.
+pub fn later_event_msg_id(job_id: Uuid, kind: EventKind, round: u32, attempt: u32) -> String {
+    if round == 0 {
+        format!("{job_id}:{}:{attempt}", kind.as_str())
+    } else {
+        format!("{job_id}:{}:{round}.{attempt}", kind.as_str())
+    }
+}
+
+/// `Nats-Msg-Id` of the `retried` event of round `round`: `<job_id>:retried:<round>`. Every
+/// retry request for the same failure computes the same round, so concurrent or repeated
+/// requests store one event.
+pub fn retried_msg_id(job_id: Uuid, round: u32) -> String {
+    format!("{job_id}:retried:{round}")
 }
 
 #[cfg(test)]
@@ -331,17 +390,89 @@ mod tests {
             job,
             EventData::Failed(Failed {
                 attempt: 4,
+                round: 0,
                 error: JobError::new(JobErrorCode::VectorStore, "down"),
             }),
         );
         assert_eq!(failed.id, format!("{job}:failed:4"));
         assert_eq!(JobEvent::decode(&failed.encode()).unwrap(), failed);
+        // Round 0 is written as before retries existed: no `round` field.
+        let json: serde_json::Value = serde_json::from_slice(&failed.encode()).unwrap();
+        assert!(json["data"].get("round").is_none(), "{json}");
+    }
+
+    #[test]
+    fn retried_rounds_get_their_own_event_ids() {
+        let job = Uuid::from_u128(9);
+        let started = JobEvent::new(
+            org(),
+            job,
+            EventData::Started(Started {
+                attempt: 1,
+                round: 2,
+            }),
+        );
+        assert_eq!(started.id, format!("{job}:started:2.1"));
+        assert_ne!(
+            started.id,
+            later_event_msg_id(job, EventKind::Started, 0, 1),
+            "round 2's first start is not round 0's"
+        );
+        let decoded = JobEvent::decode(&started.encode()).unwrap();
+        assert_eq!(decoded.data.round(), 2);
+
+        let spec = JobSpec::MockEmbedding(MockParams::new("doc-123", "chunk-0"));
+        let retried = JobEvent::new(
+            org(),
+            job,
+            EventData::Retried(Retried {
+                round: 1,
+                user_id: "ops".into(),
+                spec: spec.clone(),
+            }),
+        );
+        assert_eq!(retried.id, format!("{job}:retried:1"));
+        assert_eq!(
+            retried.subject(),
+            format!("heimdex.jobs.{}.{job}.retried", org())
+        );
+        let json: serde_json::Value = serde_json::from_slice(&retried.encode()).unwrap();
+        assert_eq!(json["type"], "heimdex.job.retried.v1");
+        assert_eq!(json["data"]["round"], 1);
+        assert_eq!(json["data"]["job_type"], "mock_embedding");
+        assert_eq!(JobEvent::decode(&retried.encode()).unwrap(), retried);
+    }
+
+    #[test]
+    fn events_written_before_rounds_existed_decode_as_round_zero() {
+        let job = Uuid::from_u128(9);
+        let stored = serde_json::json!({
+            "specversion": "1.0", "id": format!("{job}:started:3"), "source": "heimdex",
+            "type": "heimdex.job.started.v1", "subject": job.to_string(),
+            "time": "2026-01-01T00:00:00Z", "datacontenttype": "application/json",
+            "orgid": org().to_string(), "data": {"attempt": 3}
+        });
+        let event = JobEvent::decode(stored.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            event.data,
+            EventData::Started(Started {
+                attempt: 3,
+                round: 0
+            })
+        );
     }
 
     #[test]
     fn unknown_types_and_versions_are_rejected_with_a_reason() {
         let job = Uuid::from_u128(9);
-        let started = JobEvent::new(org(), job, EventData::Started(Started { attempt: 1 }));
+        let started = JobEvent::new(
+            org(),
+            job,
+            EventData::Started(Started {
+                attempt: 1,
+                round: 0,
+            }),
+        );
         let mut json: serde_json::Value = serde_json::from_slice(&started.encode()).unwrap();
         json["type"] = "heimdex.job.started.v99".into();
         let err = JobEvent::decode(json.to_string().as_bytes()).unwrap_err();

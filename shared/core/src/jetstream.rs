@@ -134,7 +134,9 @@ pub async fn ensure_status_bucket(
         .map_err(|err| request_error(STATUS_BUCKET, err))
 }
 
-/// Creates (or finds) a durable pull consumer and checks its settings.
+/// Creates (or finds) a durable pull consumer and checks its settings. A consumer whose filter
+/// is a subset of the wanted one (the worker's from before `retried` events existed) is widened
+/// in place: that only adds messages, and keeps the consumer's position and pending deliveries.
 pub async fn ensure_consumer(
     stream: &stream::Stream,
     config: &consumer::pull::Config,
@@ -145,18 +147,32 @@ pub async fn ensure_consumer(
         .get_or_create_consumer(&name, config.clone())
         .await
         .map_err(|err| request_error(&object, err))?;
-    let info = consumer
+    let mut info = consumer
         .info()
         .await
-        .map_err(|err| request_error(&object, err))?;
+        .map_err(|err| request_error(&object, err))?
+        .clone();
+    let (have_filters, want_filters) = (filters(&info.config), filters(config));
+    if have_filters != want_filters && have_filters.iter().all(|f| want_filters.contains(f)) {
+        tracing::info!(consumer = name, from = ?have_filters, to = ?want_filters, "widening the consumer's filter");
+        use consumer::FromConsumer as _;
+        let mut widened = consumer::pull::Config::try_from_consumer_config(info.config.clone())
+            .map_err(|err| request_error(&object, err))?;
+        widened.filter_subject = config.filter_subject.clone();
+        widened.filter_subjects = config.filter_subjects.clone();
+        consumer = stream
+            .update_consumer(widened)
+            .await
+            .map_err(|err| request_error(&object, err))?;
+        info = consumer
+            .info()
+            .await
+            .map_err(|err| request_error(&object, err))?
+            .clone();
+    }
     let have = &info.config;
     let mut diffs = Vec::new();
-    diff(
-        &mut diffs,
-        "filter_subject",
-        &have.filter_subject,
-        &config.filter_subject,
-    );
+    diff(&mut diffs, "filter_subjects", &filters(have), &want_filters);
     diff(
         &mut diffs,
         "ack_policy",
@@ -178,6 +194,35 @@ pub async fn ensure_consumer(
     );
     conflict(object, diffs)?;
     Ok(consumer)
+}
+
+/// A consumer's filter subjects, one or many, sorted.
+fn filters(config: &impl ConsumerFilters) -> Vec<String> {
+    let (one, many) = config.filter_parts();
+    let mut all = many.to_vec();
+    if !one.is_empty() {
+        all.push(one.to_owned());
+    }
+    all.sort();
+    all
+}
+
+/// The filter fields of both consumer config types (info reports `consumer::Config`, the
+/// definition files are `consumer::pull::Config`).
+trait ConsumerFilters {
+    fn filter_parts(&self) -> (&str, &[String]);
+}
+
+impl ConsumerFilters for consumer::Config {
+    fn filter_parts(&self) -> (&str, &[String]) {
+        (&self.filter_subject, &self.filter_subjects)
+    }
+}
+
+impl ConsumerFilters for consumer::pull::Config {
+    fn filter_parts(&self) -> (&str, &[String]) {
+        (&self.filter_subject, &self.filter_subjects)
+    }
 }
 
 async fn ensure_stream_config(
@@ -322,12 +367,15 @@ mod tests {
         assert_eq!(defs.worker.durable_name.as_deref(), Some(WORKER_CONSUMER));
         assert_eq!(defs.worker.max_deliver, 4);
         assert_eq!(defs.worker.ack_wait, Duration::from_secs(30));
-        assert_eq!(defs.worker.filter_subject, "heimdex.jobs.*.*.requested");
+        assert_eq!(
+            filters(&defs.worker),
+            ["heimdex.jobs.*.*.requested", "heimdex.jobs.*.*.retried"]
+        );
         assert_eq!(
             defs.projector.durable_name.as_deref(),
             Some(PROJECTOR_CONSUMER)
         );
-        assert_eq!(defs.projector.filter_subject, "heimdex.jobs.>");
+        assert_eq!(filters(&defs.projector), ["heimdex.jobs.>"]);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! What a job is (its spec), what it produces, and its status: the projection of its events.
 //! `JobStatus::apply` is pure — no I/O, no business rules beyond "status never moves backwards" —
 //! so the projection is tested given/when/then without infrastructure.
+//!
+//! A job runs in rounds: round 0 is the run its `requested` event asked for, round n the n-th
+//! `retried`. A round starts with its `retried` event; events of an earlier round that arrive
+//! late are ignored; within a round the first terminal event wins, so status never moves
+//! backwards. The only way back from FAILED to QUEUED is an explicit retry.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -171,6 +176,20 @@ impl Status {
     }
 }
 
+/// At most this many past failures are kept in a status (the oldest are dropped); the stream
+/// keeps them all.
+pub const MAX_FAILURES_KEPT: usize = 10;
+
+/// How an earlier round of a retried job ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PastFailure {
+    pub round: u32,
+    pub attempts: u32,
+    pub error: JobError,
+    /// When the status last changed in that round (its `failed` event, as a rule).
+    pub failed_at: DateTime<Utc>,
+}
+
 /// The KV value under `<org_id>.<job_id>` in `HEIMDEX_JOB_STATUS`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {
@@ -183,7 +202,14 @@ pub struct JobStatus {
     pub status: Status,
     /// The last event applied (`requested`, `started`, ...).
     pub stage: String,
+    /// Deliveries in the current round.
     pub attempts: u32,
+    /// How many times the job was retried: the current round.
+    #[serde(default)]
+    pub retries: u32,
+    /// The failures of earlier rounds, oldest first (at most [`MAX_FAILURES_KEPT`]).
+    #[serde(default)]
+    pub failures: Vec<PastFailure>,
     pub params: serde_json::Value,
     pub result: Option<JobResult>,
     pub error: Option<JobError>,
@@ -212,6 +238,8 @@ impl JobStatus {
             status: Status::Queued,
             stage: String::new(),
             attempts: 0,
+            retries: 0,
+            failures: Vec::new(),
             params: serde_json::Value::Null,
             result: None,
             error: None,
@@ -229,14 +257,22 @@ impl JobStatus {
         status
     }
 
-    /// Folds one event in. Events at or below `last_event_seq` are ignored; a terminal status
-    /// is final (the first terminal event wins) and nothing moves a job backwards.
+    /// Folds one event in. Events at or below `last_event_seq` are ignored; events of a round
+    /// older than the current one change nothing; within a round a terminal status is final
+    /// (the first terminal event wins) and nothing moves a job backwards.
     pub fn apply(&mut self, event: &JobEvent, seq: u64) -> Applied {
         if seq <= self.last_event_seq {
             return Applied::Stale;
         }
         self.last_event_seq = seq;
+        let round = event.data.round();
+        if round > self.retries {
+            // A new round: its `retried` event, or (when the projection started past that
+            // event) the round's first worker event.
+            self.start_round(round);
+        }
         self.updated_at = self.updated_at.max(event.time);
+        let earlier_round = round < self.retries;
         match &event.data {
             EventData::Requested(requested) => {
                 self.user_id.clone_from(&requested.user_id);
@@ -247,6 +283,15 @@ impl JobStatus {
                     self.stage = "requested".to_owned();
                 }
             }
+            EventData::Retried(retried) => {
+                if self.job_type.is_empty() {
+                    self.job_type = retried.spec.job_type().to_owned();
+                    self.params = retried.spec.params();
+                }
+            }
+            // A late event of an earlier round (a slow redelivery, say): history, not status.
+            EventData::Started(_) | EventData::Succeeded(_) | EventData::Failed(_)
+                if earlier_round => {}
             EventData::Started(started) => {
                 self.attempts = self.attempts.max(started.attempt);
                 if self.status == Status::Queued {
@@ -273,12 +318,32 @@ impl JobStatus {
         }
         Applied::Changed
     }
+
+    /// Starts round `round`: the current round's failure (if it failed) moves to `failures`,
+    /// and the job is QUEUED again with no attempts, result or error.
+    fn start_round(&mut self, round: u32) {
+        if let Some(error) = self.error.take() {
+            self.failures.push(PastFailure {
+                round: self.retries,
+                attempts: self.attempts,
+                error,
+                failed_at: self.updated_at,
+            });
+            let excess = self.failures.len().saturating_sub(MAX_FAILURES_KEPT);
+            self.failures.drain(..excess);
+        }
+        self.retries = round;
+        self.status = Status::Queued;
+        self.stage = "retried".to_owned();
+        self.attempts = 0;
+        self.result = None;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Failed, Requested, Started, Succeeded};
+    use crate::events::{Failed, Requested, Retried, Started, Succeeded};
 
     fn org() -> Uuid {
         Uuid::from_u128(0x550e_8400)
@@ -302,7 +367,11 @@ mod tests {
     }
 
     fn started(attempt: u32) -> JobEvent {
-        event(EventData::Started(Started { attempt }))
+        started_in(0, attempt)
+    }
+
+    fn started_in(round: u32, attempt: u32) -> JobEvent {
+        event(EventData::Started(Started { attempt, round }))
     }
 
     fn result() -> JobResult {
@@ -317,17 +386,46 @@ mod tests {
     }
 
     fn succeeded(attempt: u32) -> JobEvent {
+        succeeded_in(0, attempt)
+    }
+
+    fn succeeded_in(round: u32, attempt: u32) -> JobEvent {
         event(EventData::Succeeded(Succeeded {
             attempt,
+            round,
             result: result(),
         }))
     }
 
     fn failed(attempt: u32) -> JobEvent {
+        failed_in(0, attempt)
+    }
+
+    fn failed_in(round: u32, attempt: u32) -> JobEvent {
         event(EventData::Failed(Failed {
             attempt,
-            error: JobError::new(JobErrorCode::VectorStore, "unreachable"),
+            round,
+            error: JobError::new(JobErrorCode::VectorStore, format!("unreachable in {round}")),
         }))
+    }
+
+    fn retried(round: u32) -> JobEvent {
+        event(EventData::Retried(Retried {
+            round,
+            user_id: "ops".into(),
+            spec: JobSpec::MockEmbedding(MockParams::new("doc-123", "chunk-0")),
+        }))
+    }
+
+    /// requested, then four failed deliveries: FAILED in round 0 at sequence 6.
+    fn failed_job() -> JobStatus {
+        let mut status = JobStatus::from_event(&requested(), 1);
+        for (seq, attempt) in [(2, 1), (3, 2), (4, 3), (5, 4)] {
+            status.apply(&started(attempt), seq);
+        }
+        status.apply(&failed(4), 6);
+        assert_eq!(status.status, Status::Failed);
+        status
     }
 
     #[test]
@@ -429,6 +527,121 @@ mod tests {
             assert_eq!(json["params"], spec.params());
             assert_eq!(serde_json::from_value::<JobSpec>(json).unwrap(), spec);
         }
+    }
+
+    #[test]
+    fn given_failed_when_retried_then_queued_again_with_the_failure_kept() {
+        let mut status = failed_job();
+        assert_eq!(status.apply(&retried(1), 7), Applied::Changed);
+        assert_eq!(status.status, Status::Queued);
+        assert_eq!(status.stage, "retried");
+        assert_eq!(status.retries, 1);
+        assert_eq!(status.attempts, 0, "attempts count the current round");
+        assert_eq!(status.error, None);
+        assert_eq!(status.failures.len(), 1);
+        let past = &status.failures[0];
+        assert_eq!((past.round, past.attempts), (0, 4));
+        assert_eq!(past.error.code, JobErrorCode::VectorStore);
+        assert_eq!(past.error.message, "unreachable in 0");
+        // The job's identity is untouched.
+        assert_eq!(status.user_id, "alice");
+        assert_eq!(status.params["segment_id"], "chunk-0");
+    }
+
+    #[test]
+    fn given_a_retried_round_when_it_succeeds_then_succeeded() {
+        let mut status = failed_job();
+        status.apply(&retried(1), 7);
+        status.apply(&started_in(1, 1), 8);
+        assert_eq!(status.status, Status::Running);
+        assert_eq!(status.attempts, 1);
+        status.apply(&succeeded_in(1, 1), 9);
+        assert_eq!(status.status, Status::Succeeded);
+        assert_eq!(status.result, Some(result()));
+        assert_eq!(status.error, None);
+        assert_eq!(status.failures.len(), 1);
+    }
+
+    #[test]
+    fn late_events_of_an_earlier_round_never_overwrite_the_current_one() {
+        let mut status = failed_job();
+        status.apply(&retried(1), 7);
+        status.apply(&started_in(1, 1), 8);
+        // Round 0's slow redelivery reports in after round 1 began.
+        assert_eq!(status.apply(&started(4), 9), Applied::Changed);
+        assert_eq!(status.apply(&failed(4), 10), Applied::Changed);
+        assert_eq!(status.apply(&succeeded(4), 11), Applied::Changed);
+        assert_eq!(status.status, Status::Running);
+        assert_eq!(status.attempts, 1);
+        assert_eq!(status.error, None);
+        assert_eq!(status.result, None);
+        assert_eq!(status.last_event_seq, 11);
+        status.apply(&succeeded_in(1, 1), 12);
+        // And a late failure of round 1 itself cannot undo its success.
+        status.apply(&failed_in(1, 2), 13);
+        assert_eq!(status.status, Status::Succeeded);
+        assert_eq!(status.error, None);
+    }
+
+    #[test]
+    fn a_repeated_or_older_retry_changes_nothing() {
+        let mut status = failed_job();
+        status.apply(&retried(1), 7);
+        status.apply(&started_in(1, 1), 8);
+        let before = status.clone();
+        status.apply(&retried(1), 9);
+        assert_eq!(status.status, Status::Running);
+        assert_eq!(status.retries, 1);
+        assert_eq!(status.failures, before.failures);
+        assert_eq!(status.attempts, 1);
+    }
+
+    #[test]
+    fn every_round_that_failed_is_kept_oldest_first_up_to_the_limit() {
+        let mut status = failed_job();
+        let mut seq = 6;
+        let rounds = u32::try_from(MAX_FAILURES_KEPT).unwrap() + 3;
+        for round in 1..=rounds {
+            seq += 1;
+            status.apply(&retried(round), seq);
+            seq += 1;
+            status.apply(&started_in(round, 1), seq);
+            seq += 1;
+            status.apply(&failed_in(round, 1), seq);
+            assert_eq!(status.status, Status::Failed);
+            assert_eq!(status.retries, round);
+        }
+        assert_eq!(status.failures.len(), MAX_FAILURES_KEPT);
+        let kept: Vec<u32> = status.failures.iter().map(|f| f.round).collect();
+        let first = rounds - u32::try_from(MAX_FAILURES_KEPT).unwrap();
+        assert_eq!(kept, (first..rounds).collect::<Vec<_>>());
+        assert_eq!(
+            status.error.as_ref().map(|e| e.message.as_str()),
+            Some(format!("unreachable in {rounds}").as_str())
+        );
+    }
+
+    #[test]
+    fn a_round_whose_retried_event_was_not_seen_still_projects() {
+        // A projection that starts past the `retried` event (mid-stream) adopts the round from
+        // its first worker event.
+        let mut status = failed_job();
+        status.apply(&started_in(2, 1), 20);
+        assert_eq!(status.retries, 2);
+        assert_eq!(status.status, Status::Running);
+        assert_eq!(status.failures.len(), 1);
+    }
+
+    #[test]
+    fn statuses_written_before_retries_existed_still_decode() {
+        let mut json = serde_json::to_value(failed_job()).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("retries");
+        object.remove("failures");
+        let status: JobStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(status.retries, 0);
+        assert!(status.failures.is_empty());
+        assert_eq!(status.status, Status::Failed);
     }
 
     #[test]
