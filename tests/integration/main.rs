@@ -8,6 +8,7 @@ mod bootstrap;
 mod cli;
 mod crash;
 mod deletes;
+mod fuzz;
 mod idempotency;
 mod nats_outage;
 mod pipeline;
