@@ -10,6 +10,7 @@ mod crash;
 mod deletes;
 mod fuzz;
 mod idempotency;
+mod isolation;
 mod nats_outage;
 mod pipeline;
 mod projector;
