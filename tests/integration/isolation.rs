@@ -1,0 +1,460 @@
+//! Tenant isolation, route by route: org A creates jobs, points and assets (mock and real
+//! embeddings, a document, a failed job); org B then calls every operation of the live OpenAPI
+//! spec with A's ids and must see nothing of A's, and A's data must be unchanged afterwards.
+//!
+//! The routes come from `/openapi.json`, so a new route without a probe fails this test: add
+//! one arm to [`probe`] (or, for a route that carries no tenant data, one entry to
+//! [`NO_TENANT_DATA`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use heimdex_core::events::{EventData, JobEvent, Requested};
+use heimdex_core::ids;
+use heimdex_core::jobs::{EmbedParams, JobSpec};
+use heimdex_store::PointFilter;
+use heimdex_tests::TestApp;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Operations that carry no tenant data (`/openapi.json` and `/docs` are not in the spec).
+const NO_TENANT_DATA: &[&str] = &["GET /healthz", "GET /readyz"];
+
+const SECRET_TEXT: &str = "Confidential: the northern division merger closes in March.";
+const B_TEXT: &str = "Org B writes its own words under the same names.";
+
+/// What org A owns.
+struct Owner {
+    org: Uuid,
+    token: String,
+    jobs: Vec<String>,
+    failed_job: String,
+    points: Vec<String>,
+    assets: Vec<String>,
+    /// `(asset_id, segment_id)` of A's points.
+    segments: Vec<(String, String)>,
+    vector: Vec<f32>,
+}
+
+impl Owner {
+    /// Strings whose presence in a response to B is a leak: A's org, jobs and points, minus
+    /// the ids B itself sent in that request (a 404 may echo them).
+    fn leaks(&self, body: &str, sent: &[&str]) -> Vec<String> {
+        let org = self.org.to_string();
+        std::iter::once(&org)
+            .chain(&self.jobs)
+            .chain(&self.points)
+            .filter(|marker| !sent.contains(&marker.as_str()) && body.contains(marker.as_str()))
+            .cloned()
+            .collect()
+    }
+}
+
+fn job_ids(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("job_id", Value::String(id)) => out.push(id.clone()),
+                    _ => job_ids(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| job_ids(v, out)),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
+    }
+}
+
+async fn create_owner(app: &TestApp) -> Owner {
+    let org = Uuid::new_v4();
+    let token = app.token(org);
+    let mut accepted = Vec::new();
+    for (path, body) in [
+        (
+            "/vectors/mock",
+            json!({"asset_id": "iso-a-doc", "segment_id": "s-0"}),
+        ),
+        (
+            "/vectors/embed",
+            json!({"asset_id": "iso-a-doc", "segment_id": "s-1", "text": SECRET_TEXT}),
+        ),
+        (
+            "/vectors/embed/batch",
+            json!({"asset_id": "iso-a-batch", "model": "mock",
+                   "segments": [{"segment_id": "b-0", "text": SECRET_TEXT}]}),
+        ),
+        (
+            "/vectors/documents",
+            json!({"asset_id": "iso-a-report", "text": SECRET_TEXT}),
+        ),
+    ] {
+        let response = app.post_json(&token, path, &body).await;
+        assert_eq!(response.status(), 202, "{path}");
+        let body: Value = response.json().await.expect("accepted body");
+        job_ids(&body, &mut accepted);
+    }
+    let mut points = Vec::new();
+    for job in app
+        .wait_for_jobs(&token, &accepted, "SUCCEEDED", WAIT)
+        .await
+    {
+        for p in job["result"]["point_ids"].as_array().expect("point ids") {
+            points.push(p.as_str().expect("point id").to_owned());
+        }
+    }
+    let failed_job = publish_poison_job(app, org).await;
+    let failed = app.wait_for_job(&token, &failed_job, "FAILED", WAIT).await;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let mut segments = Vec::new();
+    for p in &points {
+        let point: Value = app
+            .get(&token, &format!("/vectors/{p}"))
+            .await
+            .json()
+            .await
+            .expect("point");
+        segments.push((
+            point["payload"]["asset_id"]
+                .as_str()
+                .expect("asset")
+                .to_owned(),
+            point["payload"]["segment_id"]
+                .as_str()
+                .expect("segment")
+                .to_owned(),
+        ));
+    }
+    let vector: Vec<f32> = serde_json::from_value(
+        app.get(&token, &format!("/vectors/{}?with_vector=true", points[1]))
+            .await
+            .json::<Value>()
+            .await
+            .expect("point")["vector"]
+            .clone(),
+    )
+    .expect("vector");
+    let mut jobs = accepted;
+    jobs.push(failed_job.clone());
+    Owner {
+        org,
+        token,
+        jobs,
+        failed_job,
+        points,
+        assets: vec![
+            "iso-a-doc".into(),
+            "iso-a-batch".into(),
+            "iso-a-report".into(),
+        ],
+        segments,
+        vector,
+    }
+}
+
+/// A job that fails on its first attempt (an unknown model, published past the API's checks),
+/// so A also owns a FAILED job.
+async fn publish_poison_job(app: &TestApp, org: Uuid) -> String {
+    let js = async_nats::jetstream::new(
+        async_nats::connect(app.nats.url())
+            .await
+            .expect("nats connects"),
+    );
+    let spec = JobSpec::Embedding(EmbedParams {
+        asset_id: "iso-a-doc".into(),
+        segment_id: "poison".into(),
+        model: "no-such-model".into(),
+        model_ver: "v1".into(),
+        text: SECRET_TEXT.into(),
+        chunk: None,
+    });
+    let key = ids::job_key(org, spec.job_type(), &spec.params());
+    let job_id = ids::job_id(&key);
+    let event = JobEvent::new(
+        org,
+        job_id,
+        EventData::Requested(Requested {
+            job_id,
+            job_key: key.clone(),
+            user_id: "owner".into(),
+            spec,
+        }),
+    );
+    js.send_publish(
+        event.subject(),
+        PublishMessage::build()
+            .payload(event.encode().into())
+            .message_id(&key),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("stored");
+    job_id.to_string()
+}
+
+/// Everything of A's that B could disturb: points (payload and vector), counts, job statuses.
+async fn snapshot(app: &TestApp, a: &Owner) -> BTreeMap<String, Value> {
+    let all = || PointFilter {
+        asset_id: None,
+        segment_id: None,
+        model: None,
+        model_ver: None,
+    };
+    let mut out = BTreeMap::new();
+    let count = app.store.count(a.org, all()).await.expect("count");
+    let mut ids = app.store.scroll_ids(a.org, all()).await.expect("scroll");
+    ids.sort();
+    assert_eq!(count, ids.len() as u64, "count equals scroll");
+    out.insert("count".into(), json!(count));
+    out.insert("ids".into(), json!(ids));
+    for id in ids {
+        let point = app
+            .store
+            .get(a.org, id, true)
+            .await
+            .expect("get")
+            .expect("point exists");
+        out.insert(
+            format!("point {id}"),
+            json!({"payload": serde_json::to_value(&point.payload).expect("payload"),
+                   "vector": point.vector}),
+        );
+    }
+    for job in &a.jobs {
+        let mut view: Value = app
+            .get(&a.token, &format!("/jobs/{job}"))
+            .await
+            .json()
+            .await
+            .expect("job");
+        view.as_object_mut()
+            .expect("job object")
+            .remove("updated_at");
+        out.insert(format!("job {job}"), view);
+    }
+    out
+}
+
+/// What B saw on one request, checked against A's markers.
+async fn expect(
+    a: &Owner,
+    label: &str,
+    response: reqwest::Response,
+    statuses: &[u16],
+    sent: &[&str],
+) -> Value {
+    let status = response.status().as_u16();
+    let body = response.text().await.expect("body");
+    assert!(
+        statuses.contains(&status),
+        "{label}: status {status}, want one of {statuses:?}: {body}"
+    );
+    let leaked = a.leaks(&body, sent);
+    assert!(leaked.is_empty(), "{label}: leaked {leaked:?} in {body}");
+    assert!(
+        !body.contains(SECRET_TEXT),
+        "{label}: leaked the text in {body}"
+    );
+    serde_json::from_str(&body).unwrap_or(Value::Null)
+}
+
+/// B's jobs finish; a delete of A's point removes nothing (`deleted: Some(0)`).
+async fn b_jobs_finish(
+    app: &TestApp,
+    b: &str,
+    accepted: &Value,
+    label: &str,
+    deleted: Option<u64>,
+) {
+    let mut ids = Vec::new();
+    job_ids(accepted, &mut ids);
+    assert!(!ids.is_empty(), "{label}: no job in {accepted}");
+    for id in ids {
+        let job = app.wait_for_job(b, &id, "SUCCEEDED", WAIT).await;
+        assert_eq!(job["status"], "SUCCEEDED", "{label}: {job}");
+        if let Some(deleted) = deleted {
+            assert_eq!(job["result"]["deleted"], deleted, "{label}: {job}");
+        }
+    }
+}
+
+/// Probes one operation as B with A's ids. `None`: no probe for this operation yet.
+async fn probe(app: &TestApp, a: &Owner, b: &str, label: &str) -> Option<usize> {
+    let mut requests = 0;
+    match label {
+        "GET /vectors/{point_id}" => {
+            for p in &a.points {
+                for query in ["", "?with_vector=true", "?with_vector=false"] {
+                    let r = app.get(b, &format!("/vectors/{p}{query}")).await;
+                    expect(a, label, r, &[404], &[p]).await;
+                    requests += 1;
+                }
+            }
+        }
+        "DELETE /vectors/{point_id}" => {
+            for p in &a.points {
+                let r = app.delete(b, &format!("/vectors/{p}")).await;
+                let accepted = expect(a, label, r, &[202], &[p]).await;
+                b_jobs_finish(app, b, &accepted, label, Some(0)).await;
+                requests += 1;
+            }
+        }
+        "DELETE /assets/{asset_id}" => {
+            for asset in &a.assets {
+                let r = app.delete(b, &format!("/assets/{asset}")).await;
+                // Removes B's own points of that asset name, if any; A's are checked at the end.
+                let accepted = expect(a, label, r, &[202], &[]).await;
+                b_jobs_finish(app, b, &accepted, label, None).await;
+                requests += 1;
+            }
+        }
+        "GET /jobs/{job_id}" | "GET /jobs/{job_id}/events" => {
+            for job in &a.jobs {
+                let path = label.trim_start_matches("GET ").replace("{job_id}", job);
+                let r = app.get(b, &path).await;
+                expect(a, label, r, &[404], &[job]).await;
+                requests += 1;
+            }
+        }
+        // Added by the dead-letter work (issue 4): B's list never shows A's jobs.
+        "GET /jobs" => {
+            for query in [
+                "",
+                "?status=FAILED",
+                "?status=SUCCEEDED&limit=100",
+                "?status=QUEUED",
+            ] {
+                let r = app.get(b, &format!("/jobs{query}")).await;
+                expect(a, label, r, &[200], &[]).await;
+                requests += 1;
+            }
+        }
+        // Added by the dead-letter work (issue 4): B cannot retry A's jobs.
+        "POST /jobs/{job_id}/retry" => {
+            for job in &a.jobs {
+                let r = app
+                    .post_json(b, &format!("/jobs/{job}/retry"), &json!({}))
+                    .await;
+                expect(a, label, r, &[404], &[job]).await;
+                requests += 1;
+            }
+            assert!(a.jobs.contains(&a.failed_job));
+        }
+        "POST /vectors/search" => {
+            let mut bodies = vec![
+                json!({"query": SECRET_TEXT, "limit": 100, "score_threshold": -1.0}),
+                json!({"vector": a.vector, "limit": 100, "with_vector": true}),
+                json!({"query": SECRET_TEXT, "model": "mock", "limit": 100}),
+            ];
+            for (asset, segment) in &a.segments {
+                bodies.push(json!({"vector": a.vector, "filter": {"asset_id": asset},
+                                   "with_vector": true, "score_threshold": -1.0}));
+                bodies.push(json!({"query": SECRET_TEXT,
+                                   "filter": {"asset_id": asset, "segment_id": segment}}));
+            }
+            for body in bodies {
+                let r = app.post_json(b, "/vectors/search", &body).await;
+                let results = expect(a, label, r, &[200], &[]).await;
+                for hit in results["results"].as_array().expect("results") {
+                    assert_ne!(
+                        hit["payload"]["org_id"],
+                        a.org.to_string(),
+                        "{label}: {hit}"
+                    );
+                }
+                requests += 1;
+            }
+        }
+        // Writes naming A's assets and segments make B's own jobs and points, never A's (B's
+        // text differs from A's, so A's text showing up anywhere is a leak).
+        "POST /vectors/mock"
+        | "POST /vectors/embed"
+        | "POST /vectors/embed/batch"
+        | "POST /vectors/documents" => {
+            for (asset, segment) in &a.segments {
+                let body = match label {
+                    "POST /vectors/mock" => json!({"asset_id": asset, "segment_id": segment}),
+                    "POST /vectors/embed" => json!({"asset_id": asset, "segment_id": segment,
+                                                   "text": B_TEXT, "model": "mock"}),
+                    "POST /vectors/embed/batch" => json!({"asset_id": asset, "model": "mock",
+                        "segments": [{"segment_id": segment, "text": B_TEXT}]}),
+                    _ => json!({"asset_id": asset, "text": B_TEXT, "model": "mock"}),
+                };
+                let path = label.trim_start_matches("POST ");
+                let r = app.post_json(b, path, &body).await;
+                let status = r.status().as_u16();
+                let text = r.text().await.expect("body");
+                assert_eq!(status, 202, "{label}: {text}");
+                let leaked = a.leaks(&text, &[]);
+                assert!(leaked.is_empty(), "{label}: leaked {leaked:?} in {text}");
+                let accepted: Value = serde_json::from_str(&text).expect("json");
+                b_jobs_finish(app, b, &accepted, label, None).await;
+                requests += 1;
+            }
+        }
+        _ => return None,
+    }
+    Some(requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_org_sees_and_changes_nothing_on_any_route() {
+    let app = TestApp::spawn().await;
+    let a = create_owner(&app).await;
+    let b = app.token(Uuid::new_v4());
+    let before = snapshot(&app, &a).await;
+    assert!(a.points.len() >= 4, "A has points: {:?}", a.points);
+
+    let spec: Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("spec")
+        .json()
+        .await
+        .expect("spec is JSON");
+    let mut labels = Vec::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            labels.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let mut unprobed = Vec::new();
+    let mut probed = BTreeMap::new();
+    for label in &labels {
+        if NO_TENANT_DATA.contains(&label.as_str()) {
+            continue;
+        }
+        match probe(&app, &a, &b, label).await {
+            Some(requests) => {
+                assert!(requests > 0, "{label}: the probe sent nothing");
+                probed.insert(label.clone(), requests);
+            }
+            None => unprobed.push(label.clone()),
+        }
+    }
+    assert!(
+        unprobed.is_empty(),
+        "routes without a tenant-isolation probe (add an arm to `probe`): {unprobed:?}"
+    );
+
+    // A's data is exactly as it was.
+    let after = snapshot(&app, &a).await;
+    assert_eq!(before.len(), after.len());
+    for (key, value) in &before {
+        assert_eq!(Some(value), after.get(key), "{key} changed");
+    }
+    println!(
+        "isolation: {} routes probed with {} requests, {} of A's points and {} jobs intact, 0 leaks: {probed:?}",
+        probed.len(),
+        probed.values().sum::<usize>(),
+        a.points.len(),
+        a.jobs.len()
+    );
+    app.stop().await;
+}
