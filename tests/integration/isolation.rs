@@ -329,7 +329,14 @@ async fn probe(app: &TestApp, a: &Owner, b: &str, label: &str) -> Option<usize> 
                 "?status=QUEUED",
             ] {
                 let r = app.get(b, &format!("/jobs{query}")).await;
-                expect(a, label, r, &[200], &[]).await;
+                // B's own delete jobs name A's point ids because B sent them (the DELETE probe
+                // above); A's org, A's job ids and A's text must never appear.
+                let sent: Vec<&str> = a.points.iter().map(String::as_str).collect();
+                let page = expect(a, label, r, &[200], &sent).await;
+                let jobs = page["jobs"].as_array().cloned().unwrap_or_default();
+                for job in &jobs {
+                    assert_ne!(job["org_id"], a.org.to_string(), "{label}{query}: {job}");
+                }
                 requests += 1;
             }
         }
