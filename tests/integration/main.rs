@@ -10,6 +10,7 @@ mod crash;
 mod deletes;
 mod idempotency;
 mod nats_outage;
+mod overload;
 mod pipeline;
 mod projector;
 mod retries;
