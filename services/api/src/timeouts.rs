@@ -15,9 +15,12 @@
 //!   timeout closes connections that stay silent.
 //!
 //! When a deadline passes while the server waits for bytes, the read fails with `TimedOut` and
-//! hyper closes the connection. A handler that has stopped reading (it is working on a complete
-//! request) is not affected. A `100 Continue` interim answer restarts the clock, so a body that
-//! follows one must arrive within the header timeout.
+//! hyper closes the connection. hyper keeps watching the socket for a hang-up while a handler
+//! works, so the read timeout also bounds the time to the first response byte: a handler slower
+//! than it (30 s by default; the API's handlers answer within the publish timeout) loses its
+//! connection, and the client's retry is safe because job ids are idempotent. A `100 Continue`
+//! interim answer restarts the clock, so a body that follows one must arrive within the header
+//! timeout.
 
 use std::future::Future;
 use std::io;
