@@ -55,7 +55,7 @@ impl Submitter {
         self.publish(principal, spec).await
     }
 
-    #[tracing::instrument(skip_all, fields(org_id = %principal.org_id, job_type = spec.job_type(), job_id))]
+    #[tracing::instrument(name = "submit", skip_all, fields(org_id = %principal.org_id, job_type = spec.job_type(), job_id))]
     async fn publish(&self, principal: &Principal, spec: JobSpec) -> Result<Submitted, ApiError> {
         let job_key = ids::job_key(principal.org_id, spec.job_type(), &spec.params());
         let job_id = ids::job_id(&job_key);
