@@ -12,6 +12,7 @@ mod fuzz;
 mod idempotency;
 mod isolation;
 mod nats_outage;
+mod overload;
 mod pipeline;
 mod projector;
 mod redrive;

@@ -35,6 +35,7 @@ impl TestNats {
             store_dir: dir.path().join("nats"),
             listen: "127.0.0.1:0".parse().expect("address"),
             extra_args: Vec::new(),
+            sync_interval: None,
         })
         .await
         .expect("nats-server starts");
@@ -70,6 +71,7 @@ impl TestNats {
             store_dir: self.dir.path().join("nats"),
             listen: "127.0.0.1:0".parse().expect("address"),
             extra_args: Vec::new(),
+            sync_interval: None,
         };
         config.listen.set_port(port);
         self.server = Some(
@@ -109,6 +111,8 @@ pub struct TestApp {
     pub store: Arc<dyn VectorStore>,
     shutdown: CancellationToken,
     running: Option<tokio::task::JoinHandle<()>>,
+    /// Workers started later by [`TestApp::start_worker`].
+    late_workers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl TestApp {
@@ -117,11 +121,28 @@ impl TestApp {
     }
 
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        Self::spawn_roles(extra, Roles::ALL).await
+    }
+
+    /// The API and the projector without a worker: jobs are accepted and wait in the stream
+    /// until [`TestApp::start_worker`].
+    pub async fn spawn_without_worker(extra: &[(&str, &str)]) -> Self {
+        Self::spawn_roles(
+            extra,
+            Roles {
+                worker: false,
+                ..Roles::ALL
+            },
+        )
+        .await
+    }
+
+    async fn spawn_roles(extra: &[(&str, &str)], roles: Roles) -> Self {
         let nats = TestNats::start().await;
         let data = tempfile::tempdir().expect("temp dir");
         let settings = settings(data.path(), &nats.url(), extra);
         let shutdown = CancellationToken::new();
-        let running = serve::start(&settings, Roles::ALL, &nats.url(), shutdown.clone())
+        let running = serve::start(&settings, roles, &nats.url(), shutdown.clone())
             .await
             .expect("services start");
         let addr = running.api_addr.expect("api runs");
@@ -141,12 +162,44 @@ impl TestApp {
             store,
             shutdown,
             running: Some(running),
+            late_workers: Vec::new(),
         }
+    }
+
+    /// Starts a worker in this process on the app's vector store and NATS, as `heimdex serve`
+    /// would have; it stops with the app.
+    pub async fn start_worker(&mut self) {
+        let nats = heimdex::infra::connect_nats(
+            &self.settings,
+            &self.nats.url(),
+            "test-worker",
+            &self.shutdown,
+        )
+        .await
+        .expect("worker connects");
+        let (dir, size) = (
+            self.settings.model_dir.clone(),
+            self.settings.qdrant.vector_size,
+        );
+        let models = tokio::task::spawn_blocking(move || {
+            heimdex_embed::Registry::load(dir.as_deref(), size)
+        })
+        .await
+        .expect("models load");
+        let worker =
+            serve::build_worker(&self.settings, &nats, self.store.clone(), Arc::new(models))
+                .await
+                .expect("worker builds");
+        self.late_workers
+            .push(tokio::spawn(worker.run(self.shutdown.clone())));
     }
 
     /// Stops the services gracefully and waits for them.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
+        for worker in self.late_workers.drain(..) {
+            let _ = worker.await;
+        }
         if let Some(running) = self.running.take() {
             let _ = running.await;
         }

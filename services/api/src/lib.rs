@@ -5,10 +5,12 @@
 //! serves until the token is cancelled, then drains in-flight requests.
 
 pub mod auth;
+pub mod overload;
 pub mod problem;
 pub mod routes;
 pub mod strict;
 pub mod submit;
+pub mod timeouts;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,12 +27,14 @@ use heimdex_core::settings::Settings;
 use heimdex_core::shutdown::CancellationToken;
 use heimdex_store::VectorStore;
 
+use crate::overload::Admission;
 use crate::routes::health::HealthApi;
 use crate::routes::ingest::IngestApi;
 use crate::routes::jobs::JobsApi;
 use crate::routes::search::SearchApi;
 use crate::routes::vectors::VectorsApi;
 use crate::submit::Submitter;
+use crate::timeouts::TimeoutAcceptor;
 
 /// Request bodies above this are refused with 413 before they are read.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -86,9 +90,11 @@ pub enum BuildError {
 }
 
 pub struct Api {
-    acceptor: TcpAcceptor,
+    acceptor: TimeoutAcceptor<TcpAcceptor>,
     addr: SocketAddr,
     app: poem::endpoint::BoxEndpoint<'static>,
+    admission: Arc<Admission>,
+    jobs_stream: stream::Stream,
 }
 
 pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError> {
@@ -101,8 +107,10 @@ pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError
             .map(strip_credentials)
             .unwrap_or_else(|| "embedded".to_owned()),
     );
+    let admission = Arc::new(Admission::new(&settings.overload));
+    let jobs_stream = deps.jobs_stream.clone();
     let state = Arc::new(AppState {
-        submitter: Submitter::new(deps.client.clone(), deps.js.clone()),
+        submitter: Submitter::new(deps.client.clone(), deps.js.clone(), admission.clone()),
         js: deps.js,
         status: deps.status,
         jobs_stream: deps.jobs_stream,
@@ -127,9 +135,15 @@ pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError
         .and_then(|local| local.as_socket_addr().copied())
         .unwrap_or(addr);
     Ok(Api {
-        acceptor,
+        acceptor: TimeoutAcceptor::new(
+            acceptor,
+            settings.overload.header_timeout,
+            settings.overload.read_timeout,
+        ),
         addr,
         app,
+        admission,
+        jobs_stream,
     })
 }
 
@@ -244,14 +258,21 @@ impl Api {
     /// Serves until `shutdown` is cancelled, then gives in-flight requests up to 10 s.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         tracing::info!(addr = %self.addr, "API listening");
-        Server::new_with_acceptor(self.acceptor)
+        let maintenance = tokio::spawn(
+            self.admission
+                .clone()
+                .maintain(self.jobs_stream.clone(), shutdown.clone()),
+        );
+        let served = Server::new_with_acceptor(self.acceptor)
             .idle_timeout(Duration::from_secs(60))
             .run_with_graceful_shutdown(
                 self.app,
                 async move { shutdown.cancelled().await },
                 Some(Duration::from_secs(10)),
             )
-            .await
+            .await;
+        maintenance.abort();
+        served
     }
 }
 

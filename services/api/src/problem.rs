@@ -66,6 +66,10 @@ pub enum ProblemResponse {
     /// The request is well-formed but its values are not acceptable.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
+    /// This organization is over its job rate limit; nothing was accepted. Retry after the
+    /// given seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),
     /// Unexpected failure; details are in the server log.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
@@ -100,6 +104,12 @@ pub enum ApiError {
     },
     #[error("the event store is full")]
     StorageFull,
+    /// The caller's organization is over its rate limit.
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: Duration },
+    /// The workers are too far behind to take more jobs.
+    #[error("the job backlog is full")]
+    Overloaded { retry_after: Duration },
     /// Over a documented size limit (segments, text, chunks).
     #[error("{0}")]
     TooLarge(String),
@@ -160,6 +170,26 @@ impl ApiError {
                 )),
                 30,
             ),
+            ApiError::RateLimited { retry_after } => ProblemResponse::TooManyRequests(
+                Json(Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Rate limit exceeded",
+                    "this organization is submitting jobs faster than its rate limit; nothing \
+                     was accepted, retry after the time in Retry-After",
+                )),
+                retry_after_secs(retry_after),
+            ),
+            ApiError::Overloaded { retry_after } => ProblemResponse::Unavailable(
+                Json(Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backlog_full",
+                    "Too much work in flight",
+                    "the workers are behind by more jobs than the configured backlog; nothing \
+                     was accepted, retry after the time in Retry-After",
+                )),
+                retry_after_secs(retry_after),
+            ),
             ApiError::TooLarge(detail) => ProblemResponse::PayloadTooLarge(Json(Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -218,6 +248,12 @@ impl From<ModelError> for ApiError {
             ModelError::Unavailable { .. } => ApiError::ModelUnavailable(err.to_string()),
         }
     }
+}
+
+/// `Retry-After` is whole seconds: round up, and never tell a client to retry at once.
+fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 fn unauthorized(detail: &str) -> ProblemResponse {

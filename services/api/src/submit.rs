@@ -3,6 +3,8 @@
 //! 0` on the job's own subject, so a duplicate — concurrent, or years later — is refused by the
 //! server and answered with the existing job.
 
+use std::sync::Arc;
+
 use async_nats::HeaderMap;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
@@ -13,6 +15,7 @@ use heimdex_core::events::{EventData, JobEvent, Requested, Retried};
 use heimdex_core::ids;
 use heimdex_core::jobs::JobSpec;
 
+use crate::overload::Admission;
 use crate::problem::ApiError;
 
 /// The job a request names, and whether this request created it.
@@ -26,19 +29,34 @@ pub struct Submitted {
 pub struct Submitter {
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
+    admission: Arc<Admission>,
 }
 
 impl Submitter {
-    pub fn new(client: async_nats::Client, js: async_nats::jetstream::Context) -> Self {
-        Self { client, js }
+    pub fn new(
+        client: async_nats::Client,
+        js: async_nats::jetstream::Context,
+        admission: Arc<Admission>,
+    ) -> Self {
+        Self {
+            client,
+            js,
+            admission,
+        }
     }
 
-    #[tracing::instrument(skip_all, fields(org_id = %principal.org_id, job_type = spec.job_type(), job_id))]
+    /// Submits one job, if the org's rate limit and the backlog bound admit it.
     pub async fn submit(
         &self,
         principal: &Principal,
         spec: JobSpec,
     ) -> Result<Submitted, ApiError> {
+        self.admission.admit(principal.org_id, 1)?;
+        self.publish(principal, spec).await
+    }
+
+    #[tracing::instrument(name = "submit", skip_all, fields(org_id = %principal.org_id, job_type = spec.job_type(), job_id))]
+    async fn publish(&self, principal: &Principal, spec: JobSpec) -> Result<Submitted, ApiError> {
         let job_key = ids::job_key(principal.org_id, spec.job_type(), &spec.params());
         let job_id = ids::job_id(&job_key);
         tracing::Span::current().record("job_id", tracing::field::display(job_id));
@@ -131,7 +149,8 @@ impl Submitter {
         }
     }
 
-    /// Submits every job concurrently (one publish each, acknowledged together). Each job stays
+    /// Submits every job concurrently (one publish each, acknowledged together). Admission is
+    /// all or nothing: the request costs one rate-limit token per job. Each job stays
     /// idempotent on its own: if any publish fails the call fails, and a retry of the whole
     /// request answers the jobs already stored as duplicates.
     pub async fn submit_many(
@@ -139,7 +158,8 @@ impl Submitter {
         principal: &Principal,
         specs: Vec<JobSpec>,
     ) -> Result<Vec<Submitted>, ApiError> {
-        futures::future::try_join_all(specs.into_iter().map(|spec| self.submit(principal, spec)))
+        self.admission.admit(principal.org_id, specs.len())?;
+        futures::future::try_join_all(specs.into_iter().map(|spec| self.publish(principal, spec)))
             .await
     }
 }

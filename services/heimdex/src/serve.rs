@@ -155,6 +155,11 @@ pub async fn start(
     }
     let mut api_addr = None;
     if let (Some(store), Some(models), true) = (store.as_ref(), models.as_ref(), roles.api) {
+        if settings.overload.max_backlog > 0 {
+            // The backlog bound reads the worker consumer's pending counts: create it (with
+            // its checked definition) so jobs are counted before any worker has started.
+            heimdex_core::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
+        }
         let api = heimdex_api::build(
             settings,
             heimdex_api::ApiDeps {
@@ -227,6 +232,7 @@ async fn start_embedded_nats(settings: &Settings) -> anyhow::Result<NatsServer> 
         store_dir: settings.nats_store_dir(),
         listen: settings.nats.embedded_listen,
         extra_args: Vec::new(),
+        sync_interval: Some(settings.nats.sync_interval),
     })
     .await?;
     Ok(server)

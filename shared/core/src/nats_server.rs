@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use crate::settings::SyncInterval;
+
 /// Environment variable naming the binary explicitly.
 pub const BIN_ENV: &str = "NATS_SERVER_BIN";
 /// Where `deploy/setup.sh` installs the binary, relative to the repository root.
@@ -73,6 +75,10 @@ pub struct NatsServerConfig {
     pub listen: SocketAddr,
     /// Extra command-line arguments (e.g. cluster routes).
     pub extra_args: Vec<String>,
+    /// When JetStream fsyncs its files (`jetstream { sync_interval }`, which has no command-line
+    /// flag, so it goes into a config file next to the store). `None`: nats-server's own default
+    /// (every 2 minutes).
+    pub sync_interval: Option<SyncInterval>,
 }
 
 /// A running nats-server. Dropping it kills the process.
@@ -111,7 +117,20 @@ impl NatsServer {
             .arg("--pid")
             .arg(run_dir.join("nats-server.pid"))
             .arg("--log")
-            .arg(&log)
+            .arg(&log);
+        if let Some(sync) = config.sync_interval {
+            let conf = run_dir.join("nats-server.conf");
+            write_file(
+                &conf,
+                &format!(
+                    "# Written by heimdex on every start; edit NATS_SYNC_INTERVAL instead.\n\
+                     jetstream {{\n  sync_interval: {}\n}}\n",
+                    sync.to_nats_conf()
+                ),
+            )?;
+            command.arg("--config").arg(&conf);
+        }
+        command
             .args(&config.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -208,6 +227,13 @@ impl NatsServer {
 fn create_dir(dir: &Path) -> Result<(), NatsServerError> {
     std::fs::create_dir_all(dir).map_err(|err| NatsServerError::Io {
         path: dir.display().to_string(),
+        reason: err.to_string(),
+    })
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), NatsServerError> {
+    std::fs::write(path, text).map_err(|err| NatsServerError::Io {
+        path: path.display().to_string(),
         reason: err.to_string(),
     })
 }

@@ -17,6 +17,9 @@ pub const MIN_PROD_SECRET_LEN: usize = 32;
 /// `prod` refuses to start without a real one.
 const DEV_JWT_SECRET: &str = "heimdex-dev-secret-do-not-use-in-production";
 
+/// `NATS_SYNC_INTERVAL` when unset; the README's "Durability" section says why.
+pub const DEFAULT_SYNC_INTERVAL: &str = "always";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Environment {
     Dev,
@@ -43,6 +46,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub probes: ProbeSettings,
     pub worker: WorkerSettings,
+    pub overload: OverloadSettings,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +64,58 @@ pub struct NatsSettings {
     pub duplicate_window: Duration,
     /// Replicas of the stream and the KV bucket (1 for one server, 3 for a cluster).
     pub replicas: usize,
+    /// How often the embedded nats-server flushes its JetStream files to disk
+    /// (`NATS_SYNC_INTERVAL`). Ignored when `NATS_URL` names a server heimdex does not start.
+    pub sync_interval: SyncInterval,
+}
+
+/// nats-server's `jetstream { sync_interval }`: when stored messages are fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncInterval {
+    /// fsync after every write: an acknowledged publish survives a power loss or kernel crash.
+    Always,
+    /// fsync on a timer: an acknowledged publish survives a crash of nats-server or heimdex (it
+    /// is in the OS page cache), but the last interval's writes can be lost with the machine.
+    Every(Duration),
+}
+
+impl SyncInterval {
+    /// The value as nats-server's configuration file spells it.
+    pub fn to_nats_conf(self) -> String {
+        match self {
+            SyncInterval::Always => "always".to_owned(),
+            SyncInterval::Every(interval) => format!("\"{}ms\"", interval.as_millis()),
+        }
+    }
+}
+
+impl std::str::FromStr for SyncInterval {
+    type Err = String;
+
+    /// `always`, or a duration: `500ms`, `10s`, `2m`.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim().to_ascii_lowercase();
+        if value == "always" {
+            return Ok(SyncInterval::Always);
+        }
+        let split = value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len());
+        let (number, unit) = value.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| "expected `always` or a duration such as 500ms, 10s or 2m".to_owned())?;
+        let interval = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number * 60),
+            _ => return Err("expected a unit of ms, s or m (e.g. 10s)".to_owned()),
+        };
+        if interval.is_zero() {
+            return Err("must be positive (use `always` to sync every write)".to_owned());
+        }
+        Ok(SyncInterval::Every(interval))
+    }
 }
 
 #[derive(Clone)]
@@ -105,6 +161,25 @@ pub struct ProbeSettings {
 pub struct WorkerSettings {
     /// Messages a worker processes at once.
     pub concurrency: usize,
+}
+
+/// What the API does when more work arrives than it should take on.
+#[derive(Clone, Debug)]
+pub struct OverloadSettings {
+    /// Per-org token bucket refill rate, in jobs per second (`HEIMDEX_RATE_LIMIT_JOBS_PER_SEC`);
+    /// a request costs one token per job it creates. 0 turns the limit off.
+    pub rate_per_sec: u32,
+    /// Per-org bucket size in jobs (`HEIMDEX_RATE_LIMIT_BURST`): the most jobs an idle org may
+    /// submit at once, and so the largest batch it can send in one request.
+    pub burst: u32,
+    /// Most jobs waiting for or held by workers (the worker consumer's pending + ack-pending)
+    /// before new jobs are refused with 503 (`HEIMDEX_MAX_BACKLOG`). 0 turns the bound off.
+    pub max_backlog: u64,
+    /// How long a client may take to send a request's headers (`HEIMDEX_HTTP_HEADER_TIMEOUT_MS`).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a whole request, headers and body, before the server
+    /// answers (`HEIMDEX_HTTP_READ_TIMEOUT_MS`).
+    pub read_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +258,7 @@ impl Settings {
                     env.parse("NATS_DUPLICATE_WINDOW_SEC", "120")?,
                 ),
                 replicas: env.parse("NATS_REPLICAS", "1")?,
+                sync_interval: env.parse("NATS_SYNC_INTERVAL", DEFAULT_SYNC_INTERVAL)?,
             },
             qdrant: QdrantSettings {
                 url: qdrant_url,
@@ -218,6 +294,17 @@ impl Settings {
             worker: WorkerSettings {
                 concurrency: env.parse("HEIMDEX_WORKER_CONCURRENCY", "256")?,
             },
+            overload: OverloadSettings {
+                rate_per_sec: env.parse("HEIMDEX_RATE_LIMIT_JOBS_PER_SEC", "10000")?,
+                burst: env.parse("HEIMDEX_RATE_LIMIT_BURST", "20000")?,
+                max_backlog: env.parse("HEIMDEX_MAX_BACKLOG", "100000")?,
+                header_timeout: Duration::from_millis(
+                    env.parse("HEIMDEX_HTTP_HEADER_TIMEOUT_MS", "10000")?,
+                ),
+                read_timeout: Duration::from_millis(
+                    env.parse("HEIMDEX_HTTP_READ_TIMEOUT_MS", "30000")?,
+                ),
+            },
         }
         .validated()
     }
@@ -242,6 +329,27 @@ impl Settings {
                 "HEIMDEX_WORKER_CONCURRENCY",
                 "0",
                 "must be at least 1",
+            ));
+        }
+        if self.overload.rate_per_sec > 0 && self.overload.burst == 0 {
+            return Err(invalid(
+                "HEIMDEX_RATE_LIMIT_BURST",
+                "0",
+                "must be at least 1 while HEIMDEX_RATE_LIMIT_JOBS_PER_SEC is set",
+            ));
+        }
+        if self.overload.header_timeout.is_zero() {
+            return Err(invalid(
+                "HEIMDEX_HTTP_HEADER_TIMEOUT_MS",
+                "0",
+                "must be positive",
+            ));
+        }
+        if self.overload.read_timeout < self.overload.header_timeout {
+            return Err(invalid(
+                "HEIMDEX_HTTP_READ_TIMEOUT_MS",
+                &self.overload.read_timeout.as_millis().to_string(),
+                "must be at least HEIMDEX_HTTP_HEADER_TIMEOUT_MS",
             ));
         }
         if self.nats.publish_timeout.is_zero() {
@@ -395,9 +503,74 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("ENABLE_QDRANT", "maybe"),
             ("HEIMDEX_ENV", "staging"),
+            ("NATS_SYNC_INTERVAL", "sometimes"),
+            ("NATS_SYNC_INTERVAL", "0s"),
+            ("NATS_SYNC_INTERVAL", "10h"),
+            ("HEIMDEX_RATE_LIMIT_JOBS_PER_SEC", "-5"),
+            ("HEIMDEX_RATE_LIMIT_BURST", "0"),
+            ("HEIMDEX_MAX_BACKLOG", "lots"),
+            ("HEIMDEX_HTTP_HEADER_TIMEOUT_MS", "0"),
+            ("HEIMDEX_HTTP_READ_TIMEOUT_MS", "500"),
         ] {
             let err = Settings::from_vars(&vars(&[(name, value)])).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn overload_defaults_allow_the_benchmarks() {
+        let s = Settings::from_vars(&vars(&[])).unwrap();
+        // Above the ~5,300 jobs/s one node accepts (docs/BENCHMARKS.md), and a burst that holds
+        // the largest batch (1,000 segments) many times over.
+        assert_eq!(s.overload.rate_per_sec, 10_000);
+        assert_eq!(s.overload.burst, 20_000);
+        assert_eq!(s.overload.max_backlog, 100_000);
+        assert_eq!(s.overload.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.overload.read_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn overload_settings_parse_and_zero_turns_limits_off() {
+        let s = Settings::from_vars(&vars(&[
+            ("HEIMDEX_RATE_LIMIT_JOBS_PER_SEC", "0"),
+            ("HEIMDEX_RATE_LIMIT_BURST", "0"),
+            ("HEIMDEX_MAX_BACKLOG", "0"),
+            ("HEIMDEX_HTTP_HEADER_TIMEOUT_MS", "250"),
+            ("HEIMDEX_HTTP_READ_TIMEOUT_MS", "250"),
+        ]))
+        .unwrap();
+        assert_eq!(s.overload.rate_per_sec, 0);
+        assert_eq!(s.overload.max_backlog, 0);
+        assert_eq!(s.overload.header_timeout, Duration::from_millis(250));
+        assert_eq!(s.overload.read_timeout, Duration::from_millis(250));
+        let s = Settings::from_vars(&vars(&[
+            ("HEIMDEX_RATE_LIMIT_JOBS_PER_SEC", "5"),
+            ("HEIMDEX_RATE_LIMIT_BURST", "7"),
+            ("HEIMDEX_MAX_BACKLOG", "42"),
+        ]))
+        .unwrap();
+        assert_eq!((s.overload.rate_per_sec, s.overload.burst), (5, 7));
+        assert_eq!(s.overload.max_backlog, 42);
+    }
+
+    #[test]
+    fn sync_interval_is_always_or_a_duration() {
+        let s = Settings::from_vars(&vars(&[])).unwrap();
+        assert_eq!(s.nats.sync_interval, SyncInterval::Always);
+        for (value, want) in [
+            ("always", SyncInterval::Always),
+            ("ALWAYS", SyncInterval::Always),
+            ("500ms", SyncInterval::Every(Duration::from_millis(500))),
+            ("10s", SyncInterval::Every(Duration::from_secs(10))),
+            ("2m", SyncInterval::Every(Duration::from_secs(120))),
+        ] {
+            let s = Settings::from_vars(&vars(&[("NATS_SYNC_INTERVAL", value)])).unwrap();
+            assert_eq!(s.nats.sync_interval, want, "{value}");
+        }
+        assert_eq!(SyncInterval::Always.to_nats_conf(), "always");
+        assert_eq!(
+            SyncInterval::Every(Duration::from_secs(2)).to_nats_conf(),
+            "\"2000ms\""
+        );
     }
 }

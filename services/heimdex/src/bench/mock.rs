@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use heimdex_core::Settings;
 
-use super::{await_completions, ms, percentile, watch_completions};
+use super::{await_completions, ms, percentile, send_honouring_retry_after, watch_completions};
 
 pub async fn ingest(
     url: &str,
@@ -40,22 +40,22 @@ pub async fn ingest(
             let (http, endpoint, token, run_id) = (&http, &endpoint, &token, &run_id);
             async move {
                 let sent = Instant::now();
-                let response = http
-                    .post(endpoint)
-                    .bearer_auth(token)
-                    .json(&serde_json::json!({"asset_id": format!("bench-{run_id}"), "segment_id": format!("seg-{i}")}))
-                    .send()
-                    .await;
+                let body = serde_json::json!({"asset_id": format!("bench-{run_id}"), "segment_id": format!("seg-{i}")});
+                let (response, waits) = send_honouring_retry_after(|| {
+                    http.post(endpoint).bearer_auth(token).json(&body)
+                })
+                .await;
                 let ok = matches!(&response, Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED);
-                (sent.elapsed(), ok)
+                (sent.elapsed(), ok, waits)
             }
         })
         .buffer_unordered(concurrency)
         .collect::<Vec<_>>()
         .await;
     let accepted_in = started.elapsed();
-    let accepted = posts.iter().filter(|(_, ok)| *ok).count();
-    let mut latencies: Vec<Duration> = posts.iter().map(|(latency, _)| *latency).collect();
+    let accepted = posts.iter().filter(|(_, ok, _)| *ok).count();
+    let waits: u32 = posts.iter().map(|(_, _, waits)| waits).sum();
+    let mut latencies: Vec<Duration> = posts.iter().map(|(latency, _, _)| *latency).collect();
     latencies.sort();
 
     let (completed, last) =
@@ -63,7 +63,7 @@ pub async fn ingest(
     let completed_in = last.duration_since(started);
 
     println!(
-        "  accepted:  {accepted}/{n} in {:.2} s -> {:.0} jobs/s ({} errors)",
+        "  accepted:  {accepted}/{n} in {:.2} s -> {:.0} jobs/s ({} errors, {waits} waits on 429/503 Retry-After)",
         accepted_in.as_secs_f64(),
         accepted as f64 / accepted_in.as_secs_f64(),
         n - accepted

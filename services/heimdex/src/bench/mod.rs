@@ -244,3 +244,37 @@ pub(crate) async fn await_completions(
     }
     (completed, last)
 }
+
+/// Most times one request is retried after 429 or 503 before the bench counts it as refused.
+const MAX_OVERLOAD_RETRIES: u32 = 20;
+
+/// Sends a request, honouring overload answers the way a well-behaved client should: on 429
+/// (rate limit) or 503 (backlog full, NATS away) with `Retry-After`, it waits that long and sends
+/// it again. Returns the final answer and how many times it was told to wait.
+pub(crate) async fn send_honouring_retry_after(
+    request: impl Fn() -> reqwest::RequestBuilder,
+) -> (reqwest::Result<reqwest::Response>, u32) {
+    let mut waits = 0;
+    loop {
+        let response = request().send().await;
+        let retry_after = match &response {
+            Ok(r)
+                if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                    || r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                r.headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            }
+            _ => None,
+        };
+        match retry_after {
+            Some(secs) if waits < MAX_OVERLOAD_RETRIES => {
+                waits += 1;
+                tokio::time::sleep(Duration::from_secs(secs.clamp(1, 30))).await;
+            }
+            _ => return (response, waits),
+        }
+    }
+}

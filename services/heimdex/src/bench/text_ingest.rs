@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use heimdex_core::Settings;
 
-use super::{await_completions, corpus, ms, percentile, watch_completions};
+use super::{
+    await_completions, corpus, ms, percentile, send_honouring_retry_after, watch_completions,
+};
 
 pub struct Options {
     pub url: String,
@@ -52,12 +54,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
                 .collect();
             async move {
                 let sent = Instant::now();
-                let response = http
-                    .post(endpoint)
-                    .bearer_auth(token)
-                    .json(&serde_json::json!({"asset_id": format!("bench-{run_id}-{b}"), "segments": segments}))
-                    .send()
-                    .await;
+                let body = serde_json::json!({"asset_id": format!("bench-{run_id}-{b}"), "segments": segments});
+                let (response, _waits) = send_honouring_retry_after(|| {
+                    http.post(endpoint).bearer_auth(token).json(&body)
+                })
+                .await;
                 let ok = matches!(&response, Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED);
                 if !ok {
                     eprintln!("batch {b} refused: {:?}", response.map(|r| r.status()));
