@@ -18,7 +18,7 @@ pub const MIN_PROD_SECRET_LEN: usize = 32;
 const DEV_JWT_SECRET: &str = "heimdex-dev-secret-do-not-use-in-production";
 
 /// `NATS_SYNC_INTERVAL` when unset; the README's "Durability" section says why.
-pub const DEFAULT_SYNC_INTERVAL: &str = "always";
+pub const DEFAULT_SYNC_INTERVAL: &str = "1s";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Environment {
