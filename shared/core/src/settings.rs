@@ -556,7 +556,10 @@ mod tests {
     #[test]
     fn sync_interval_is_always_or_a_duration() {
         let s = Settings::from_vars(&vars(&[])).unwrap();
-        assert_eq!(s.nats.sync_interval, SyncInterval::Every(std::time::Duration::from_secs(1)));
+        assert_eq!(
+            s.nats.sync_interval,
+            SyncInterval::Every(std::time::Duration::from_secs(1))
+        );
         for (value, want) in [
             ("always", SyncInterval::Always),
             ("ALWAYS", SyncInterval::Always),
