@@ -848,27 +848,12 @@ async fn send(http: &reqwest::Client, base: &str, case: &Case) -> Outcome {
     if (200..300).contains(&status)
         && let Some(doc) = &parsed
     {
-        collect_job_ids(doc, &mut jobs);
+        jobs = crate::common::job_ids(doc);
     }
     Outcome {
         status: Some(status),
         problem,
         jobs,
-    }
-}
-
-fn collect_job_ids(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                match (k.as_str(), v) {
-                    ("job_id", Value::String(id)) => out.push(id.clone()),
-                    _ => collect_job_ids(v, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_job_ids(v, out)),
-        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
     }
 }
 

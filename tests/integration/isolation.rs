@@ -9,12 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use heimdex_core::events::{EventData, JobEvent, Requested};
-use heimdex_core::ids;
+use crate::common::{job_ids, publish_requested};
+
 use heimdex_core::jobs::{EmbedParams, JobSpec};
 use heimdex_store::PointFilter;
 use heimdex_tests::TestApp;
@@ -54,21 +53,6 @@ impl Owner {
     }
 }
 
-fn job_ids(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                match (k.as_str(), v) {
-                    ("job_id", Value::String(id)) => out.push(id.clone()),
-                    _ => job_ids(v, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| job_ids(v, out)),
-        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => {}
-    }
-}
-
 async fn create_owner(app: &TestApp) -> Owner {
     let org = Uuid::new_v4();
     let token = app.token(org);
@@ -95,7 +79,7 @@ async fn create_owner(app: &TestApp) -> Owner {
         let response = app.post_json(&token, path, &body).await;
         assert_eq!(response.status(), 202, "{path}");
         let body: Value = response.json().await.expect("accepted body");
-        job_ids(&body, &mut accepted);
+        accepted.extend(job_ids(&body));
     }
     let mut points = Vec::new();
     for job in app
@@ -171,29 +155,7 @@ async fn publish_poison_job(app: &TestApp, org: Uuid) -> String {
         text: SECRET_TEXT.into(),
         chunk: None,
     });
-    let key = ids::job_key(org, spec.job_type(), &spec.params());
-    let job_id = ids::job_id(&key);
-    let event = JobEvent::new(
-        org,
-        job_id,
-        EventData::Requested(Requested {
-            job_id,
-            job_key: key.clone(),
-            user_id: "owner".into(),
-            spec,
-        }),
-    );
-    js.send_publish(
-        event.subject(),
-        PublishMessage::build()
-            .payload(event.encode().into())
-            .message_id(&key),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("stored");
-    job_id.to_string()
+    publish_requested(&js, org, "owner", spec).await.to_string()
 }
 
 /// Everything of A's that B could disturb: points (payload and vector), counts, job statuses.
@@ -270,8 +232,7 @@ async fn b_jobs_finish(
     label: &str,
     deleted: Option<u64>,
 ) {
-    let mut ids = Vec::new();
-    job_ids(accepted, &mut ids);
+    let ids = job_ids(accepted);
     assert!(!ids.is_empty(), "{label}: no job in {accepted}");
     for id in ids {
         let job = app.wait_for_job(b, &id, "SUCCEEDED", WAIT).await;

@@ -6,6 +6,7 @@ mod api_errors;
 mod auth;
 mod bootstrap;
 mod cli;
+mod common;
 mod crash;
 mod deletes;
 mod fuzz;

@@ -7,9 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
 use heimdex::serve::{self, Roles};
-use heimdex_core::events::{EventData, JobEvent, Requested};
 use heimdex_core::ids;
 use heimdex_core::jobs::{EmbedParams, JobSpec};
 use heimdex_core::shutdown::CancellationToken;
@@ -17,6 +15,8 @@ use heimdex_store::VectorStore;
 use heimdex_tests::{TestApp, TestNats, eventually, settings, wait_for_job};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::common::publish_requested;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -31,30 +31,7 @@ async fn poison_job(js: &async_nats::jetstream::Context, org: Uuid, segment: &st
         text: "some text".into(),
         chunk: None,
     });
-    let key = ids::job_key(org, spec.job_type(), &spec.params());
-    let job_id = ids::job_id(&key);
-    let event = JobEvent::new(
-        org,
-        job_id,
-        EventData::Requested(Requested {
-            job_id,
-            job_key: key.clone(),
-            user_id: "test".into(),
-            spec,
-        }),
-    );
-    js.send_publish(
-        event.subject(),
-        PublishMessage::build()
-            .payload(event.encode().into())
-            .message_id(&key)
-            .expected_last_subject_sequence(0),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    job_id.to_string()
+    publish_requested(js, org, "test", spec).await.to_string()
 }
 
 fn job_id_of(body: &Value) -> String {

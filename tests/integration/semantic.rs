@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
-use heimdex_core::events::{EventData, JobEvent, Requested};
 use heimdex_core::ids;
 use heimdex_core::jobs::{EmbedParams, JobSpec};
 use heimdex_embed::Embedder;
 use heimdex_tests::TestApp;
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+use crate::common::publish_requested;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -313,28 +313,7 @@ async fn poison_jobs_fail_on_the_first_attempt() {
             text: text.into(),
             chunk: None,
         });
-        let key = ids::job_key(org, spec.job_type(), &spec.params());
-        let job_id = ids::job_id(&key);
-        let event = JobEvent::new(
-            org,
-            job_id,
-            EventData::Requested(Requested {
-                job_id,
-                job_key: key.clone(),
-                user_id: "test".into(),
-                spec,
-            }),
-        );
-        js.send_publish(
-            event.subject(),
-            PublishMessage::build()
-                .payload(event.encode().into())
-                .message_id(&key),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        let job_id = publish_requested(&js, org, "test", spec).await;
         let job = app
             .wait_for_job(&token, &job_id.to_string(), "FAILED", WAIT)
             .await;
