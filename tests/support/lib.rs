@@ -345,13 +345,12 @@ pub async fn wait_for_job(
             .bearer_auth(token)
             .send()
             .await
+            && response.status() == reqwest::StatusCode::OK
         {
-            if response.status() == reqwest::StatusCode::OK {
-                last = response.json().await.unwrap_or(Value::Null);
-                let current = last["status"].as_str().unwrap_or_default();
-                if current == status || current == "SUCCEEDED" || current == "FAILED" {
-                    return last;
-                }
+            last = response.json().await.unwrap_or(Value::Null);
+            let current = last["status"].as_str().unwrap_or_default();
+            if current == status || current == "SUCCEEDED" || current == "FAILED" {
+                return last;
             }
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
