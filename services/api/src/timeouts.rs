@@ -187,8 +187,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for RequestDeadline<T> {
                 }
                 let filled = buf.filled().len();
                 if filled > before {
-                    let read = buf.filled()[before..filled].to_vec();
-                    self.saw(&read);
+                    self.saw(&buf.filled()[before..filled]);
                 }
                 Poll::Ready(Ok(()))
             }
