@@ -52,10 +52,12 @@ impl Definitions {
         stream.duplicate_window = nats.duplicate_window;
         stream.num_replicas = nats.replicas;
         status.num_replicas = nats.replicas;
+        let mut worker: consumer::pull::Config = parse("consumer.worker.json", WORKER_JSON)?;
+        worker.ack_wait = nats.worker_ack_wait;
         Ok(Self {
             stream,
             status,
-            worker: parse("consumer.worker.json", WORKER_JSON)?,
+            worker,
             projector: parse("consumer.projector.json", PROJECTOR_JSON)?,
         })
     }
@@ -383,7 +385,9 @@ mod tests {
         let mut nats = nats_settings();
         nats.replicas = 3;
         nats.duplicate_window = Duration::from_secs(600);
+        nats.worker_ack_wait = Duration::from_millis(1500);
         let defs = Definitions::load(&nats).unwrap();
+        assert_eq!(defs.worker.ack_wait, Duration::from_millis(1500));
         assert_eq!(defs.stream.num_replicas, 3);
         assert_eq!(defs.status.num_replicas, 3);
         assert_eq!(defs.stream.duplicate_window, Duration::from_secs(600));

@@ -67,6 +67,9 @@ pub struct NatsSettings {
     /// How often the embedded nats-server flushes its JetStream files to disk
     /// (`NATS_SYNC_INTERVAL`). Ignored when `NATS_URL` names a server heimdex does not start.
     pub sync_interval: SyncInterval,
+    /// How long the worker consumer waits for an ack (or a progress ack) before redelivering
+    /// (`NATS_WORKER_ACK_WAIT_MS`). Applied when the consumer is created, checked at every start.
+    pub worker_ack_wait: Duration,
 }
 
 /// nats-server's `jetstream { sync_interval }`: when stored messages are fsynced.
@@ -259,6 +262,9 @@ impl Settings {
                 ),
                 replicas: env.parse("NATS_REPLICAS", "1")?,
                 sync_interval: env.parse("NATS_SYNC_INTERVAL", DEFAULT_SYNC_INTERVAL)?,
+                worker_ack_wait: Duration::from_millis(
+                    env.parse("NATS_WORKER_ACK_WAIT_MS", "30000")?,
+                ),
             },
             qdrant: QdrantSettings {
                 url: qdrant_url,
@@ -354,6 +360,14 @@ impl Settings {
         }
         if self.nats.publish_timeout.is_zero() {
             return Err(invalid("NATS_PUBLISH_TIMEOUT_MS", "0", "must be positive"));
+        }
+        // The worker sends a progress ack every third of it; shorter waits are all overhead.
+        if self.nats.worker_ack_wait < Duration::from_millis(300) {
+            return Err(invalid(
+                "NATS_WORKER_ACK_WAIT_MS",
+                &self.nats.worker_ack_wait.as_millis().to_string(),
+                "must be at least 300",
+            ));
         }
         Ok(self)
     }
@@ -511,6 +525,7 @@ mod tests {
             ("HEIMDEX_MAX_BACKLOG", "lots"),
             ("HEIMDEX_HTTP_HEADER_TIMEOUT_MS", "0"),
             ("HEIMDEX_HTTP_READ_TIMEOUT_MS", "500"),
+            ("NATS_WORKER_ACK_WAIT_MS", "100"),
         ] {
             let err = Settings::from_vars(&vars(&[(name, value)])).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
