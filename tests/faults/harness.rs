@@ -1,0 +1,857 @@
+//! What every scenario uses: real processes (`nats-server`, `heimdex` roles) that can be killed
+//! and started again, a client that keeps submitting through faults as a careful client would
+//! (retrying the same idempotent request until it gets a 2xx), the ledger of what was accepted,
+//! and the check that proves "nothing lost": every accepted job terminal, the store holding
+//! exactly the expected points, no event recorded twice and no status moving backwards.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use heimdex_core::jetstream::{JOBS_STREAM, STATUS_BUCKET};
+use heimdex_core::jobs::{JobStatus, Status};
+use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
+use heimdex_store::VectorStore;
+use heimdex_tests::JWT_SECRET;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+/// `HEIMDEX_FAULTS=full` runs every scenario at the size the reliability issue names (10,000
+/// jobs, five kills, a 30 s outage...); otherwise each runs a smaller, faster version of itself,
+/// which is what CI runs on every change.
+pub fn full() -> bool {
+    std::env::var("HEIMDEX_FAULTS").is_ok_and(|v| v == "full")
+}
+
+/// `fast` in CI, `full` under `HEIMDEX_FAULTS=full`.
+pub fn scale<T>(fast: T, full_size: T) -> T {
+    if full() { full_size } else { fast }
+}
+
+/// Scenarios start several processes each; one at a time keeps a 2-core machine honest.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(Default::default);
+    SERIAL.lock().await
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// A nats-server process on a fixed port, so that clients reconnect to the same URL after it is
+/// killed and started again on the same store.
+pub struct Nats {
+    server: Option<NatsServer>,
+    config: NatsServerConfig,
+}
+
+impl Nats {
+    pub async fn start(store_dir: PathBuf, extra_args: Vec<String>) -> Self {
+        let mut listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+        listen.set_port(free_port());
+        let defaults = heimdex_core::Settings::from_vars(&HashMap::new()).expect("defaults");
+        let config = NatsServerConfig {
+            bin: nats_server::find_binary(None)
+                .expect("nats-server: run ./deploy/setup.sh or set NATS_SERVER_BIN"),
+            store_dir,
+            listen,
+            extra_args,
+            // What `heimdex serve` gives its own server.
+            sync_interval: Some(defaults.nats.sync_interval),
+        };
+        let mut nats = Self {
+            server: None,
+            config,
+        };
+        nats.start_again().await;
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.config.listen.port())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.config.listen.port()
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.config.store_dir
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.server.is_some()
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would.
+    pub async fn kill9(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.kill().await;
+        }
+    }
+
+    /// SIGTERM: a clean shutdown.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+    }
+
+    pub async fn start_again(&mut self) {
+        assert!(self.server.is_none(), "nats-server already running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match NatsServer::start(self.config.clone()).await {
+                Ok(server) => break self.server = Some(server),
+                // The port can linger for a moment after a kill.
+                Err(err) if Instant::now() < deadline => {
+                    eprintln!("nats-server restart: {err}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => panic!("nats-server does not start again: {err}"),
+            }
+        }
+    }
+}
+
+/// The environment every `heimdex` process of a scenario gets: its own data dir, the test JWT
+/// secret, quick probes and no vector-store URL unless the scenario names one.
+pub fn heimdex_env(data_dir: &Path, nats_url: Option<&str>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("HEIMDEX_DATA_DIR", data_dir.display().to_string()),
+        ("HEIMDEX_API_ADDR", "127.0.0.1:0".to_owned()),
+        ("HEIMDEX_NATS_LISTEN", "127.0.0.1:0".to_owned()),
+        ("JWT_SECRET", JWT_SECRET.to_owned()),
+        ("PROBE_CACHE_SEC", "1".to_owned()),
+        ("NATS_PUBLISH_TIMEOUT_MS", "1500".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    if let Some(url) = nats_url {
+        env.push(("NATS_URL", url.to_owned()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
+/// Sets (or replaces) one variable of an environment built by [`heimdex_env`].
+pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: impl Into<String>) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.into()));
+}
+
+/// One `heimdex <role>` process. Its output is appended to `<log_dir>/<name>.log`, across
+/// restarts, so a failing scenario can show what each process said.
+pub struct Heimdex {
+    pub name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    pub starts: u32,
+}
+
+impl Heimdex {
+    pub fn spawn(name: &str, args: &[&str], env: Vec<(String, String)>, log_dir: &Path) -> Self {
+        let mut process = Self {
+            name: name.to_owned(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            env,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+            starts: 0,
+        };
+        process.start();
+        process
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut command = Command::new(heimdex_tests::heimdex_bin());
+        command
+            .args(&self.args)
+            .env_remove("NATS_URL")
+            .env_remove("QDRANT_URL")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .kill_on_drop(true);
+        self.child = Some(command.spawn().expect("heimdex starts"));
+        self.starts += 1;
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// SIGKILL: no shutdown hook runs, nothing is flushed or acked.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill -9");
+        }
+    }
+
+    /// SIGTERM and wait: the graceful stop an orchestrator does. Returns the exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not stop within 60 s of SIGTERM", self.name))
+            .expect("wait")
+    }
+
+    /// The last lines of this process's log, for a failure message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        format!("--- {} ({})\n{tail}", self.name, self.log.display())
+    }
+}
+
+/// A token for `org`, signed with the test secret.
+pub fn token(org: Uuid) -> String {
+    let jwt = heimdex_core::auth::JwtConfig {
+        secret: JWT_SECRET.to_owned().into(),
+        public_key_pem: None,
+        issuer: None,
+        audience: None,
+    };
+    heimdex_core::auth::issue_token(&jwt, org, "faults", Duration::from_secs(3600)).expect("token")
+}
+
+/// What a mock job for `segment` of `asset` stores: one point with a deterministic id.
+pub fn mock_point(org: Uuid, asset: &str, segment: &str) -> Uuid {
+    heimdex_core::ids::point_id(org, asset, segment, "mock", "v1")
+}
+
+/// Waits until `GET {base}/readyz` answers 200.
+pub async fn wait_ready(http: &reqwest::Client, base: &str, timeout: Duration) {
+    heimdex_tests::eventually(timeout, || async {
+        let response = http.get(format!("{base}/readyz")).send().await.ok()?;
+        (response.status() == 200).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("{base} not ready within {timeout:?}"));
+}
+
+/// Every job a client was told was accepted, with the points it must leave in the store, and
+/// every refusal it saw on the way.
+pub struct Ledger {
+    pub org: Uuid,
+    inner: Mutex<LedgerInner>,
+}
+
+#[derive(Default)]
+struct LedgerInner {
+    /// job id → the points it must leave in the store once SUCCEEDED.
+    jobs: BTreeMap<Uuid, Vec<Uuid>>,
+    /// Jobs that must end FAILED (poison).
+    must_fail: HashSet<Uuid>,
+    /// `503`, `429`, `507`, `connection refused`... → how many times.
+    refusals: BTreeMap<String, u64>,
+    /// Refusals that came without a `Retry-After` although their status requires one.
+    refusals_without_retry_after: u64,
+}
+
+impl Ledger {
+    pub fn new(org: Uuid) -> Arc<Self> {
+        Arc::new(Self {
+            org,
+            inner: Mutex::default(),
+        })
+    }
+
+    pub fn accept(&self, job: Uuid, points: Vec<Uuid>) {
+        self.inner.lock().unwrap().jobs.insert(job, points);
+    }
+
+    pub fn must_fail(&self, job: Uuid) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.jobs.insert(job, Vec::new());
+        inner.must_fail.insert(job);
+    }
+
+    pub fn refused(&self, why: impl Into<String>, has_retry_after: bool) {
+        let why = why.into();
+        let mut inner = self.inner.lock().unwrap();
+        if (why.starts_with("503") || why.starts_with("429")) && !has_retry_after {
+            inner.refusals_without_retry_after += 1;
+        }
+        *inner.refusals.entry(why).or_default() += 1;
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.inner.lock().unwrap().jobs.len()
+    }
+
+    pub fn jobs(&self) -> Vec<Uuid> {
+        self.inner.lock().unwrap().jobs.keys().copied().collect()
+    }
+
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        self.inner.lock().unwrap().refusals.clone()
+    }
+
+    pub fn refusals_without_retry_after(&self) -> u64 {
+        self.inner.lock().unwrap().refusals_without_retry_after
+    }
+}
+
+/// A client of the service that retries exactly as the API asks: the same request again after a
+/// connection error, a `503`, `429` or `507`, until it gets a 2xx or `give_up` passes.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub bases: Arc<Vec<String>>,
+    pub token: String,
+    pub ledger: Arc<Ledger>,
+    pub give_up: Duration,
+}
+
+impl Client {
+    pub fn new(bases: Vec<String>, ledger: Arc<Ledger>) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            bases: Arc::new(bases),
+            token: token(ledger.org),
+            ledger,
+            give_up: Duration::from_secs(180),
+        }
+    }
+
+    /// Posts until accepted; returns the job ids of the answer (records nothing: the caller
+    /// knows which points they stand for). `None` if it never got a 2xx.
+    pub async fn post_until_accepted(&self, n: usize, path: &str, body: &Value) -> Option<Value> {
+        let started = Instant::now();
+        let mut attempt = 0usize;
+        while started.elapsed() < self.give_up {
+            // Spread over the API processes, and move to the next one after a failure.
+            let base = &self.bases[(n + attempt) % self.bases.len()];
+            attempt += 1;
+            let sent = self
+                .http
+                .post(format!("{base}{path}"))
+                .bearer_auth(&self.token)
+                .json(body)
+                .send()
+                .await;
+            let pause = match sent {
+                Ok(response) if response.status().is_success() => {
+                    return Some(response.json().await.expect("accepted body is JSON"));
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    let problem: Value = response.json().await.unwrap_or(Value::Null);
+                    assert!(
+                        matches!(status, 429 | 503 | 507),
+                        "{path}: unexpected {status}: {problem}"
+                    );
+                    let code = problem["code"].as_str().unwrap_or("?");
+                    self.ledger
+                        .refused(format!("{status} {code}"), retry_after.is_some());
+                    Duration::from_millis(retry_after.unwrap_or(1).min(2) * 250)
+                }
+                Err(err) => {
+                    let kind = if err.is_connect() {
+                        "connection refused"
+                    } else if err.is_timeout() {
+                        "timeout"
+                    } else {
+                        "connection broken"
+                    };
+                    self.ledger.refused(kind, true);
+                    Duration::from_millis(200)
+                }
+            };
+            tokio::time::sleep(pause).await;
+        }
+        None
+    }
+
+    /// Submits mock job `segment` of `asset` until accepted and records it in the ledger.
+    pub async fn submit_mock(&self, n: usize, asset: &str, segment: &str) -> Option<Uuid> {
+        let body = serde_json::json!({"asset_id": asset, "segment_id": segment});
+        let answer = self.post_until_accepted(n, "/vectors/mock", &body).await?;
+        let job: Uuid = answer["job_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("job_id");
+        self.ledger
+            .accept(job, vec![mock_point(self.ledger.org, asset, segment)]);
+        Some(job)
+    }
+}
+
+/// `n` mock jobs (`asset`, segments `s-0`…), `concurrency` at a time, at most `per_sec` a
+/// second. Returns how many were accepted.
+pub async fn submit_mock_jobs(
+    client: &Client,
+    asset: &str,
+    n: usize,
+    concurrency: usize,
+    per_sec: f64,
+) -> usize {
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let due = started + Duration::from_secs_f64(i as f64 / per_sec);
+            tokio::time::sleep_until(due.into()).await;
+            client.submit_mock(i, asset, &format!("s-{i}")).await
+        })
+        .buffer_unordered(concurrency)
+        .filter(|job| std::future::ready(job.is_some()))
+        .count()
+        .await
+}
+
+/// A JetStream context on `url` that rides out server restarts.
+pub async fn jetstream(url: &str) -> jetstream::Context {
+    let client = heimdex_core::jetstream::connect(url, "faults-checker")
+        .await
+        .expect("connect");
+    heimdex_core::jetstream::context(client, Duration::from_secs(5))
+}
+
+/// Every message of `stream` under `filter` (the last per subject, or all), read with an ordered
+/// consumer until none is pending.
+async fn read_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    filter: String,
+    deliver_policy: consumer::DeliverPolicy,
+) -> Result<Vec<async_nats::jetstream::Message>, String> {
+    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    loop {
+        let message = match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(err))) => return Err(err.to_string()),
+            Ok(None) => return Err("ended early".into()),
+            Err(_) => return Err("stalled".into()),
+        };
+        let pending = message.info().map_err(|e| e.to_string())?.pending;
+        out.push(message);
+        if pending == 0 {
+            return Ok(out);
+        }
+    }
+}
+
+/// The org's job statuses, straight from the projection bucket.
+pub async fn statuses(
+    js: &jetstream::Context,
+    org: Uuid,
+) -> Result<HashMap<Uuid, JobStatus>, String> {
+    let messages = read_stream(
+        js,
+        &format!("KV_{STATUS_BUCKET}"),
+        format!("$KV.{STATUS_BUCKET}.{org}.*"),
+        consumer::DeliverPolicy::LastPerSubject,
+    )
+    .await?;
+    Ok(messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<JobStatus>(&m.payload).ok())
+        .map(|status| (status.job_id, status))
+        .collect())
+}
+
+/// Polls the projection until every accepted job is SUCCEEDED or FAILED, or `timeout` passes.
+/// Returns the statuses and how long it took.
+pub async fn wait_terminal(
+    js: &jetstream::Context,
+    ledger: &Ledger,
+    timeout: Duration,
+) -> (HashMap<Uuid, JobStatus>, Duration) {
+    let started = Instant::now();
+    let jobs = ledger.jobs();
+    loop {
+        let current = statuses(js, ledger.org).await.unwrap_or_default();
+        let done = jobs
+            .iter()
+            .all(|job| current.get(job).is_some_and(|s| s.status.is_terminal()));
+        if done || started.elapsed() > timeout {
+            return (current, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Watches every status change of one org's jobs as it is written and records any that moves
+/// backwards: an earlier round, an earlier stage within a round, an older event, or one terminal
+/// status replaced by another within a round. Rides out NATS restarts by resuming after the
+/// last revision it saw.
+pub struct StatusWatch {
+    violations: Arc<Mutex<Vec<String>>>,
+    changes: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn rank(status: Status) -> u8 {
+    match status {
+        Status::Queued => 0,
+        Status::Running => 1,
+        Status::Succeeded | Status::Failed => 2,
+    }
+}
+
+impl StatusWatch {
+    pub async fn start(nats_url: &str, org: Uuid) -> Self {
+        let violations = Arc::new(Mutex::new(Vec::new()));
+        let changes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let js = jetstream(nats_url).await;
+        let task = tokio::spawn({
+            let (violations, changes) = (violations.clone(), changes.clone());
+            async move {
+                let mut last: HashMap<Uuid, JobStatus> = HashMap::new();
+                let mut revision = 0u64;
+                loop {
+                    let Ok(bucket) = js.get_key_value(STATUS_BUCKET).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    let Ok(mut watch) = bucket
+                        .watch_from_revision(format!("{org}.*"), revision + 1)
+                        .await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    while let Some(Ok(entry)) = watch.next().await {
+                        revision = revision.max(entry.revision);
+                        let Ok(new) = serde_json::from_slice::<JobStatus>(&entry.value) else {
+                            continue;
+                        };
+                        changes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if let Some(old) = last.get(&new.job_id) {
+                            let backwards = (new.retries, rank(new.status))
+                                < (old.retries, rank(old.status))
+                                || new.last_event_seq < old.last_event_seq
+                                || (new.retries == old.retries
+                                    && old.status.is_terminal()
+                                    && new.status != old.status);
+                            if backwards {
+                                violations.lock().unwrap().push(format!(
+                                    "{}: {:?}/round {} (seq {}) -> {:?}/round {} (seq {})",
+                                    new.job_id,
+                                    old.status,
+                                    old.retries,
+                                    old.last_event_seq,
+                                    new.status,
+                                    new.retries,
+                                    new.last_event_seq
+                                ));
+                            }
+                        }
+                        last.insert(new.job_id, new);
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+        Self {
+            violations,
+            changes,
+            task,
+        }
+    }
+
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap().clone()
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How many events of each kind every job of the org has in the stream.
+pub async fn event_tally(
+    js: &jetstream::Context,
+    org: Uuid,
+) -> HashMap<Uuid, BTreeMap<String, u32>> {
+    let messages = read_stream(
+        js,
+        JOBS_STREAM,
+        format!("heimdex.jobs.{org}.>"),
+        consumer::DeliverPolicy::All,
+    )
+    .await
+    .expect("read the job stream");
+    let mut tally: HashMap<Uuid, BTreeMap<String, u32>> = HashMap::new();
+    for message in messages {
+        let mut parts = message.subject.split('.').skip(3);
+        let (Some(job), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(job) = job.parse() else { continue };
+        *tally
+            .entry(job)
+            .or_default()
+            .entry(kind.to_owned())
+            .or_default() += 1;
+    }
+    tally
+}
+
+/// The figures of one scenario: what the issue's "nothing lost" means, counted.
+#[derive(Default)]
+pub struct Outcome {
+    pub scenario: String,
+    pub accepted: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    /// Accepted jobs that never reached SUCCEEDED or FAILED.
+    pub not_terminal: usize,
+    /// Jobs that should have failed but succeeded, or the other way round.
+    pub wrong_outcome: usize,
+    /// Expected points not in the store.
+    pub missing_points: usize,
+    /// Points in the store that no succeeded job accounts for.
+    pub extra_points: usize,
+    /// Points held twice (by two stores, or twice in a scroll), and filtered count ≠ scroll.
+    pub duplicate_points: usize,
+    /// A job with two `requested` events, or two terminal events in one round.
+    pub duplicate_events: usize,
+    pub status_regressions: Vec<String>,
+    pub status_changes_seen: u64,
+    /// From the end of the last fault until every accepted job was terminal.
+    pub recovery: Duration,
+    pub refusals: BTreeMap<String, u64>,
+    /// Free-form figures of the scenario (kills, 503s during the outage...).
+    pub notes: Vec<String>,
+    /// The points the succeeded jobs must have left.
+    expected: HashSet<Uuid>,
+    org: Uuid,
+}
+
+impl Outcome {
+    pub fn lost(&self) -> usize {
+        self.not_terminal + self.missing_points + self.wrong_outcome
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.extra_points + self.duplicate_points + self.duplicate_events
+    }
+
+    fn details(&self) -> String {
+        format!(
+            "{}: accepted {}, succeeded {}, failed {}, not terminal {}, wrong outcome {}, \
+             missing points {}, extra points {}, duplicate points {}, duplicate events {}, \
+             status changes seen {}, regressions {}",
+            self.scenario,
+            self.accepted,
+            self.succeeded,
+            self.failed,
+            self.not_terminal,
+            self.wrong_outcome,
+            self.missing_points,
+            self.extra_points,
+            self.duplicate_points,
+            self.duplicate_events,
+            self.status_changes_seen,
+            self.status_regressions.len()
+        )
+    }
+
+    pub fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+
+    /// Prints the figures (and appends them to `$HEIMDEX_FAULTS_REPORT` when set, which is how
+    /// `deploy/faults.sh` collects the RELIABILITY.md table), then asserts nothing was lost or
+    /// duplicated and no status moved backwards.
+    pub fn report_and_assert(&self, logs: &[&Heimdex]) {
+        let refusals = self
+            .refusals
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let line = format!(
+            "| {} | {} | {} | {} | {} | {} | {:.1} s | {} | {} |",
+            self.scenario,
+            self.accepted,
+            self.succeeded,
+            self.failed,
+            self.lost(),
+            self.duplicates(),
+            self.recovery.as_secs_f64(),
+            if refusals.is_empty() {
+                "none".into()
+            } else {
+                refusals
+            },
+            self.notes.join("; ")
+        );
+        println!("RELIABILITY {line}");
+        println!("  {}", self.details());
+        if let Ok(path) = std::env::var("HEIMDEX_FAULTS_REPORT") {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("report file");
+            writeln!(file, "{line}").expect("report written");
+        }
+        let ok = self.lost() == 0 && self.duplicates() == 0 && self.status_regressions.is_empty();
+        if !ok {
+            for process in logs {
+                eprintln!("{}", process.log_tail());
+            }
+        }
+        assert_eq!(self.lost(), 0, "lost: {}", self.details());
+        assert_eq!(self.duplicates(), 0, "duplicated: {}", self.details());
+        assert!(
+            self.status_regressions.is_empty(),
+            "statuses moved backwards: {:?}",
+            self.status_regressions
+        );
+    }
+}
+
+/// Counts the jobs' side of [`Outcome`] for the ledger's org: statuses from the projection,
+/// events from the stream, status regressions from `watch`. The points are counted by
+/// [`Outcome::count_points`], which may need the processes stopped first (an embedded store).
+pub async fn tally_jobs(
+    scenario: &str,
+    ledger: &Ledger,
+    statuses: &HashMap<Uuid, JobStatus>,
+    js: &jetstream::Context,
+    watch: Option<&StatusWatch>,
+) -> Outcome {
+    let mut outcome = Outcome {
+        scenario: scenario.to_owned(),
+        refusals: ledger.refusals(),
+        org: ledger.org,
+        ..Default::default()
+    };
+    let (jobs, must_fail) = {
+        let inner = ledger.inner.lock().unwrap();
+        (inner.jobs.clone(), inner.must_fail.clone())
+    };
+    outcome.accepted = jobs.len();
+    for (job, points) in &jobs {
+        match statuses.get(job).map(|s| s.status) {
+            Some(Status::Succeeded) => {
+                outcome.succeeded += 1;
+                outcome.wrong_outcome += usize::from(must_fail.contains(job));
+                outcome.expected.extend(points.iter().copied());
+            }
+            Some(Status::Failed) => {
+                outcome.failed += 1;
+                outcome.wrong_outcome += usize::from(!must_fail.contains(job));
+            }
+            Some(Status::Queued | Status::Running) | None => outcome.not_terminal += 1,
+        }
+    }
+
+    let events = event_tally(js, ledger.org).await;
+    for job in jobs.keys() {
+        let kinds = events.get(job).cloned().unwrap_or_default();
+        let n = |kind: &str| kinds.get(kind).copied().unwrap_or(0);
+        let rounds = 1 + n("retried");
+        if n("requested") != 1 || n("succeeded") > 1 || n("failed") > rounds {
+            outcome.duplicate_events += 1;
+        }
+    }
+
+    let redelivered = statuses.values().filter(|s| s.attempts > 1).count();
+    if redelivered > 0 {
+        outcome.note(format!("{redelivered} jobs delivered more than once"));
+    }
+    if let Some(watch) = watch {
+        outcome.status_regressions = watch.violations();
+        outcome.status_changes_seen = watch.changes();
+    }
+    outcome
+}
+
+impl Outcome {
+    /// The points' side: `stores` (one per worker when each has its own embedded store) must
+    /// together hold exactly the expected points, none of them in two stores, and each store's
+    /// filtered count must equal its filtered scroll.
+    pub async fn count_points(&mut self, stores: &[Arc<dyn VectorStore>]) {
+        let mut held: HashMap<Uuid, usize> = HashMap::new();
+        for store in stores {
+            let ids = store
+                .scroll_ids(self.org, Default::default())
+                .await
+                .expect("scroll");
+            let count = store
+                .count(self.org, Default::default())
+                .await
+                .expect("count");
+            self.duplicate_points += (count as usize).abs_diff(ids.len());
+            for id in ids {
+                *held.entry(id).or_default() += 1;
+            }
+        }
+        self.duplicate_points += held.values().map(|n| n - 1).sum::<usize>();
+        self.missing_points = self
+            .expected
+            .iter()
+            .filter(|id| !held.contains_key(id))
+            .count();
+        self.extra_points = held.keys().filter(|id| !self.expected.contains(id)).count();
+    }
+}
+
+/// Opens the embedded vector store a stopped `heimdex` process left in `data_dir`.
+pub async fn open_embedded_store(data_dir: &Path) -> Arc<dyn VectorStore> {
+    heimdex_store::open(heimdex_store::StoreConfig {
+        backend: heimdex_store::Backend::Embedded {
+            path: data_dir.join("qdrant"),
+        },
+        collection: "embeddings".into(),
+        vector_size: 384,
+    })
+    .await
+    .expect("open the store")
+}

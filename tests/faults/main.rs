@@ -1,0 +1,10 @@
+//! The fault-injection suite: real `heimdex` and `nats-server` processes, broken on purpose
+//! while jobs flow, each scenario ending with the same check: every job that got a 2xx is
+//! SUCCEEDED or FAILED, the store holds exactly the expected points (none missing, extra or
+//! duplicated; a filtered count equals a filtered scroll) and no status moved backwards.
+//!
+//! CI runs every scenario at a reduced size; `HEIMDEX_FAULTS=full` (`deploy/faults.sh`) runs
+//! them at the size docs/RELIABILITY.md reports. Each prints a `RELIABILITY | ... |` row.
+
+mod harness;
+mod kill9;
