@@ -56,9 +56,28 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start(store_dir: PathBuf, extra_args: Vec<String>) -> Self {
+        Self::start_with_config(store_dir, extra_args, None).await
+    }
+
+    /// With `jetstream_conf`, the server reads `jetstream { <jetstream_conf> }` from a config
+    /// file of the test's (e.g. a `max_file_store` limit) instead of heimdex's default sync
+    /// setting.
+    pub async fn start_with_config(
+        store_dir: PathBuf,
+        mut extra_args: Vec<String>,
+        jetstream_conf: Option<&str>,
+    ) -> Self {
         let mut listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
         listen.set_port(free_port());
         let defaults = heimdex_core::Settings::from_vars(&HashMap::new()).expect("defaults");
+        let mut sync_interval = Some(defaults.nats.sync_interval);
+        if let Some(conf) = jetstream_conf {
+            std::fs::create_dir_all(&store_dir).expect("store dir");
+            let file = store_dir.with_extension("conf");
+            std::fs::write(&file, format!("jetstream {{\n  {conf}\n}}\n")).expect("config");
+            extra_args.extend(["--config".to_owned(), file.display().to_string()]);
+            sync_interval = None;
+        }
         let config = NatsServerConfig {
             bin: nats_server::find_binary(None)
                 .expect("nats-server: run ./deploy/setup.sh or set NATS_SERVER_BIN"),
@@ -66,7 +85,7 @@ impl Nats {
             listen,
             extra_args,
             // What `heimdex serve` gives its own server.
-            sync_interval: Some(defaults.nats.sync_interval),
+            sync_interval,
         };
         let mut nats = Self {
             server: None,
@@ -74,6 +93,12 @@ impl Nats {
         };
         nats.start_again().await;
         nats
+    }
+
+    /// Changes the `jetstream { }` config block used by the next [`Nats::start_again`].
+    pub fn set_jetstream_config(&self, conf: &str) {
+        let file = self.config.store_dir.with_extension("conf");
+        std::fs::write(&file, format!("jetstream {{\n  {conf}\n}}\n")).expect("config");
     }
 
     pub fn url(&self) -> String {
@@ -668,6 +693,8 @@ pub struct Outcome {
     /// The points the succeeded jobs must have left.
     expected: HashSet<Uuid>,
     org: Uuid,
+    /// The processes' last log lines, shown when the scenario fails.
+    logs: Vec<String>,
 }
 
 impl Outcome {
@@ -699,6 +726,11 @@ impl Outcome {
         )
     }
 
+    /// Keeps the processes' last log lines for the failure message.
+    pub fn attach_logs(&mut self, processes: &[&Heimdex]) {
+        self.logs.extend(processes.iter().map(|p| p.log_tail()));
+    }
+
     pub fn note(&mut self, note: impl Into<String>) {
         self.notes.push(note.into());
     }
@@ -706,7 +738,7 @@ impl Outcome {
     /// Prints the figures (and appends them to `$HEIMDEX_FAULTS_REPORT` when set, which is how
     /// `deploy/faults.sh` collects the RELIABILITY.md table), then asserts nothing was lost or
     /// duplicated and no status moved backwards.
-    pub fn report_and_assert(&self, logs: &[&Heimdex]) {
+    pub fn report_and_assert(&self) {
         let refusals = self
             .refusals
             .iter()
@@ -742,8 +774,8 @@ impl Outcome {
         }
         let ok = self.lost() == 0 && self.duplicates() == 0 && self.status_regressions.is_empty();
         if !ok {
-            for process in logs {
-                eprintln!("{}", process.log_tail());
+            for log in &self.logs {
+                eprintln!("{log}");
             }
         }
         assert_eq!(self.lost(), 0, "lost: {}", self.details());
@@ -854,4 +886,193 @@ pub async fn open_embedded_store(data_dir: &Path) -> Arc<dyn VectorStore> {
     })
     .await
     .expect("open the store")
+}
+
+/// `heimdex serve` (API, worker and projector in one process, Qdrant Edge in its data dir)
+/// against a nats-server process of the scenario's own, which the scenario may break; plus the
+/// client, ledger and status watch of one org.
+pub struct Deployment {
+    pub nats: Nats,
+    pub serve: Heimdex,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub ledger: Arc<Ledger>,
+    pub client: Client,
+    pub watch: StatusWatch,
+    pub js: jetstream::Context,
+}
+
+impl Deployment {
+    pub async fn start(root: &Path, env: &[(&str, &str)], nats_args: Vec<String>) -> Self {
+        Self::start_on(root, env, Nats::start(root.join("nats"), nats_args).await).await
+    }
+
+    /// On a nats-server the scenario started itself.
+    pub async fn start_on(root: &Path, env: &[(&str, &str)], nats: Nats) -> Self {
+        let api_port = free_port();
+        let data_dir = root.join("data");
+        let mut serve_env = heimdex_env(&data_dir, Some(&nats.url()));
+        set_env(
+            &mut serve_env,
+            "HEIMDEX_API_ADDR",
+            format!("127.0.0.1:{api_port}"),
+        );
+        for (k, v) in env {
+            set_env(&mut serve_env, k, *v);
+        }
+        let serve = Heimdex::spawn("serve", &["serve"], serve_env, root);
+        let base = format!("http://127.0.0.1:{api_port}");
+        let ledger = Ledger::new(Uuid::new_v4());
+        let client = Client::new(vec![base.clone()], ledger.clone());
+        wait_ready(&client.http, &base, Duration::from_secs(60)).await;
+        let watch = StatusWatch::start(&nats.url(), ledger.org).await;
+        let js = jetstream(&nats.url()).await;
+        Self {
+            nats,
+            serve,
+            base,
+            data_dir,
+            ledger,
+            client,
+            watch,
+            js,
+        }
+    }
+
+    /// Waits until every accepted job is terminal (recovery is counted from `fault_over`),
+    /// stops `serve` gracefully and counts everything.
+    pub async fn finish(mut self, scenario: &str, fault_over: Instant) -> Outcome {
+        let (statuses, _) = wait_terminal(&self.js, &self.ledger, Duration::from_secs(240)).await;
+        let recovery = fault_over.elapsed();
+        let mut outcome = tally_jobs(
+            scenario,
+            &self.ledger,
+            &statuses,
+            &self.js,
+            Some(&self.watch),
+        )
+        .await;
+        outcome.recovery = recovery;
+        let exit = self.serve.terminate().await;
+        outcome.attach_logs(&[&self.serve]);
+        assert!(exit.success(), "serve exits 0 on SIGTERM, got {exit}");
+        outcome
+            .count_points(&[open_embedded_store(&self.data_dir).await])
+            .await;
+        self.nats.stop().await;
+        outcome
+    }
+}
+
+/// The roles as separate processes, `heimdex api`, `heimdex projector` and `heimdex worker`
+/// (the worker with Qdrant Edge in its own data dir), against a nats-server of the scenario's
+/// own; so that one role can be killed while the others run on.
+pub struct Split {
+    pub nats: Nats,
+    pub api: Heimdex,
+    pub projector: Heimdex,
+    pub worker: Heimdex,
+    worker_dir: PathBuf,
+    pub base: String,
+    pub ledger: Arc<Ledger>,
+    pub client: Client,
+    pub watch: StatusWatch,
+    pub js: jetstream::Context,
+}
+
+impl Split {
+    /// `env` goes to every process.
+    pub async fn start(root: &Path, env: &[(&str, &str)]) -> Self {
+        let nats = Nats::start(root.join("nats"), Vec::new()).await;
+        let role_env = |name: &str| {
+            let mut vars = heimdex_env(&root.join(name), Some(&nats.url()));
+            for (k, v) in env {
+                set_env(&mut vars, k, *v);
+            }
+            vars
+        };
+        let api_port = free_port();
+        let mut api_env = role_env("api");
+        set_env(
+            &mut api_env,
+            "HEIMDEX_API_ADDR",
+            format!("127.0.0.1:{api_port}"),
+        );
+        let api = Heimdex::spawn("api", &["api"], api_env, root);
+        let projector = Heimdex::spawn("projector", &["projector"], role_env("projector"), root);
+        let worker = Heimdex::spawn("worker", &["worker"], role_env("worker"), root);
+        let base = format!("http://127.0.0.1:{api_port}");
+        let ledger = Ledger::new(Uuid::new_v4());
+        let client = Client::new(vec![base.clone()], ledger.clone());
+        wait_ready(&client.http, &base, Duration::from_secs(60)).await;
+        let watch = StatusWatch::start(&nats.url(), ledger.org).await;
+        let js = jetstream(&nats.url()).await;
+        Self {
+            nats,
+            api,
+            projector,
+            worker,
+            worker_dir: root.join("worker"),
+            base,
+            ledger,
+            client,
+            watch,
+            js,
+        }
+    }
+
+    /// Waits until every accepted job is terminal (recovery counted from `fault_over`), stops
+    /// every process gracefully and counts everything.
+    pub async fn finish(mut self, scenario: &str, fault_over: Instant) -> Outcome {
+        let (statuses, _) = wait_terminal(&self.js, &self.ledger, Duration::from_secs(240)).await;
+        let recovery = fault_over.elapsed();
+        let mut outcome = tally_jobs(
+            scenario,
+            &self.ledger,
+            &statuses,
+            &self.js,
+            Some(&self.watch),
+        )
+        .await;
+        outcome.recovery = recovery;
+        let exits = [
+            self.worker.terminate().await,
+            self.api.terminate().await,
+            self.projector.terminate().await,
+        ];
+        outcome.attach_logs(&[&self.api, &self.projector, &self.worker]);
+        assert!(
+            exits.iter().all(ExitStatus::success),
+            "graceful exits: {exits:?}"
+        );
+        outcome
+            .count_points(&[open_embedded_store(&self.worker_dir).await])
+            .await;
+        self.nats.stop().await;
+        outcome
+    }
+}
+
+/// Waits until the durable consumer `name` has nothing pending and nothing unacknowledged
+/// (for the projector: the projection has caught up with the stream). Returns how long it took.
+pub async fn wait_consumer_drained(
+    js: &jetstream::Context,
+    name: &str,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    heimdex_tests::eventually(timeout, || async {
+        let mut consumer: consumer::PullConsumer = js
+            .get_stream(JOBS_STREAM)
+            .await
+            .ok()?
+            .get_consumer(name)
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("consumer {name} still busy after {timeout:?}"));
+    started.elapsed()
 }

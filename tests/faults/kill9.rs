@@ -17,62 +17,29 @@ fn ack_wait_ms() -> &'static str {
 async fn worker_kill_9_repeatedly_loses_nothing() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let nats = Nats::start(root.join("nats"), Vec::new()).await;
-    let api_port = free_port();
-    let mut api_env = heimdex_env(&root.join("api"), Some(&nats.url()));
-    set_env(
-        &mut api_env,
-        "HEIMDEX_API_ADDR",
-        format!("127.0.0.1:{api_port}"),
-    );
-    set_env(&mut api_env, "NATS_WORKER_ACK_WAIT_MS", ack_wait_ms());
-    let mut worker_env = heimdex_env(&root.join("worker"), Some(&nats.url()));
-    set_env(&mut worker_env, "NATS_WORKER_ACK_WAIT_MS", ack_wait_ms());
-    let mut api = Heimdex::spawn("api", &["api"], api_env, root);
-    let mut projector = Heimdex::spawn(
-        "projector",
-        &["projector"],
-        heimdex_env(&root.join("projector"), Some(&nats.url())),
-        root,
-    );
-    let mut worker = Heimdex::spawn("worker", &["worker"], worker_env, root);
-    let base = format!("http://127.0.0.1:{api_port}");
-    let ledger = Ledger::new(Uuid::new_v4());
-    let client = Client::new(vec![base.clone()], ledger.clone());
-    wait_ready(&client.http, &base, Duration::from_secs(60)).await;
-    let watch = StatusWatch::start(&nats.url(), ledger.org).await;
-    let js = jetstream(&nats.url()).await;
+    let mut split = Split::start(dir.path(), &[("NATS_WORKER_ACK_WAIT_MS", ack_wait_ms())]).await;
 
     let (jobs, kills, rate) = scale((2_000, 2, 400.0), (10_000, 5, 700.0));
     let submitting = tokio::spawn({
-        let client = client.clone();
+        let client = split.client.clone();
         async move { submit_mock_jobs(&client, "kill-worker", jobs, 32, rate).await }
     });
     let run = Duration::from_secs_f64(jobs as f64 / rate);
     for _ in 0..kills {
         tokio::time::sleep(run / (kills + 1)).await;
-        worker.kill9().await;
+        split.worker.kill9().await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        worker.start();
+        split.worker.start();
     }
     let fault_over = Instant::now();
     assert_eq!(submitting.await.unwrap(), jobs, "every job accepted");
-    let (statuses, _) = wait_terminal(&js, &ledger, Duration::from_secs(180)).await;
-    let recovery = fault_over.elapsed();
 
-    assert!(worker.terminate().await.success());
-    let store = open_embedded_store(&root.join("worker")).await;
-    let mut outcome = tally_jobs("kill -9 worker", &ledger, &statuses, &js, Some(&watch)).await;
-    outcome.count_points(&[store]).await;
-    outcome.recovery = recovery;
+    let mut outcome = split.finish("kill -9 worker", fault_over).await;
     outcome.note(format!(
         "{kills} kills over {jobs} jobs; ack wait {} ms",
         ack_wait_ms()
     ));
-    assert!(api.terminate().await.success());
-    assert!(projector.terminate().await.success());
-    outcome.report_and_assert(&[&api, &projector, &worker]);
+    outcome.report_and_assert();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -128,5 +95,6 @@ async fn serve_kill_9_repeatedly_loses_nothing() {
     outcome.note(format!(
         "{kills} kills (API, worker, projector and their nats-server) over {jobs} jobs"
     ));
-    outcome.report_and_assert(&[&serve]);
+    outcome.attach_logs(&[&serve]);
+    outcome.report_and_assert();
 }

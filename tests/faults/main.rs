@@ -6,5 +6,13 @@
 //! CI runs every scenario at a reduced size; `HEIMDEX_FAULTS=full` (`deploy/faults.sh`) runs
 //! them at the size docs/RELIABILITY.md reports. Each prints a `RELIABILITY | ... |` row.
 
+#[allow(dead_code)] // shared with the integration tests; this binary uses part of it
+#[path = "../integration/common.rs"]
+mod common;
+mod duplicates;
+mod full_disk;
 mod harness;
 mod kill9;
+mod nats_faults;
+mod poison;
+mod projector;

@@ -221,6 +221,7 @@ pub async fn build_projector(nats: &Nats) -> anyhow::Result<heimdex_projector::P
         heimdex_projector::ProjectorDeps {
             status: nats.status.clone(),
             consumer,
+            jobs: nats.stream.clone(),
         },
     ))
 }

@@ -4,6 +4,12 @@
 //! when newer than the status's `last_event_seq`, and status never moves backwards (see
 //! [`heimdex_core::jobs::JobStatus::apply`]), so replays and redeliveries are harmless.
 //!
+//! A durable consumer does not deliver in order after a crash: events the projector had pulled
+//! but not acknowledged come back only after the ack wait, while newer events of the same job
+//! flow on. So an event older than the status's `last_event_seq` may never have been applied
+//! (a `requested` overtaken by its `succeeded`, say). When one arrives, the job is refolded from
+//! its events in the stream, in order, and the result replaces the status.
+//!
 //! Messages are handled in batches: the events of one job within a batch are folded together
 //! and written once, and the revisions of jobs still in progress are cached, so the common case
 //! is one CAS write per job per batch and no read.
@@ -13,8 +19,9 @@ pub mod rebuild;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::consumer::{self, PullConsumer};
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::{AckKind, Message};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -30,6 +37,9 @@ use heimdex_core::shutdown::CancellationToken;
 const CACHE_LIMIT: usize = 200_000;
 /// CAS attempts per key before the batch is retried later.
 const CAS_ATTEMPTS: usize = 16;
+/// How long a refold waits for the next event of the job before giving up (and retrying the
+/// batch later).
+const REFOLD_STALL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
@@ -43,6 +53,8 @@ pub enum ProjectError {
 pub struct ProjectorDeps {
     pub status: kv::Store,
     pub consumer: PullConsumer,
+    /// The job stream, read when a job must be refolded from its events.
+    pub jobs: Stream,
 }
 
 pub struct Projector {
@@ -133,7 +145,7 @@ impl Projector {
                 .push((seq, event));
         }
 
-        let status = &self.deps.status;
+        let (status, stream) = (&self.deps.status, &self.deps.jobs);
         let jobs: Vec<_> = order
             .into_iter()
             .map(|key| {
@@ -143,7 +155,7 @@ impl Projector {
             })
             .collect();
         let results = join_all(jobs.into_iter().map(|(key, cached, events)| async move {
-            let result = project(status, &key, cached, &events).await;
+            let result = project(status, stream, &key, cached, &events).await;
             (key, result)
         }))
         .await;
@@ -197,6 +209,7 @@ fn decode(message: &Message) -> Option<(u64, JobEvent)> {
 /// revision and status (`None` if nothing changed and nothing was read).
 async fn project(
     bucket: &kv::Store,
+    stream: &Stream,
     key: &str,
     mut cached: Option<(u64, JobStatus)>,
     events: &[(u64, JobEvent)],
@@ -215,8 +228,18 @@ async fn project(
             None => (None, empty()),
         };
         let mut changed = false;
+        let mut out_of_order = false;
         for (seq, event) in events {
+            out_of_order |= *seq < status.last_event_seq;
             changed |= status.apply(event, *seq) == Applied::Changed;
+        }
+        if out_of_order {
+            let refolded = refold(stream, first.org_id, first.job_id).await?;
+            // The stream holds at least what was applied; a refold never moves backwards.
+            if refolded.last_event_seq >= status.last_event_seq {
+                changed |= refolded != status;
+                status = refolded;
+            }
         }
         let Some(revision) = revision else {
             let value = encode(&status);
@@ -236,6 +259,44 @@ async fn project(
         }
     }
     Err(ProjectError::Contention(key.to_owned()))
+}
+
+/// The job's status folded from all its events in the stream, in stream order.
+async fn refold(
+    stream: &Stream,
+    org_id: uuid::Uuid,
+    job_id: uuid::Uuid,
+) -> Result<JobStatus, ProjectError> {
+    let unavailable = |err: &dyn std::fmt::Display| ProjectError::Unavailable(err.to_string());
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: events::job_subjects(org_id, job_id),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| unavailable(&err))?;
+    let mut status: Option<JobStatus> = None;
+    if consumer.cached_info().num_pending > 0 {
+        let mut messages = consumer.messages().await.map_err(|err| unavailable(&err))?;
+        loop {
+            let message = match tokio::time::timeout(REFOLD_STALL, messages.next()).await {
+                Ok(Some(Ok(message))) => message,
+                Ok(Some(Err(err))) => return Err(unavailable(&err)),
+                Ok(None) | Err(_) => return Err(unavailable(&"refold read stalled")),
+            };
+            let pending = message.info().map_err(|err| unavailable(&err))?.pending;
+            if let Some((seq, event)) = decode(&message) {
+                status
+                    .get_or_insert_with(|| JobStatus::empty(org_id, job_id, event.time))
+                    .apply(&event, seq);
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+    }
+    status.ok_or_else(|| unavailable(&format!("no events for job {job_id}")))
 }
 
 /// The key's revision and status; a status that cannot be decoded is `None` (the revision is
