@@ -2,6 +2,8 @@
 //! drop) and, when it needs one, the whole service running in-process on port 0 with Qdrant
 //! Edge in a temp dir. Helpers speak to it over HTTP exactly as a client would.
 
+pub mod proxy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
