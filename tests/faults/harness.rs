@@ -875,6 +875,20 @@ impl Outcome {
     }
 }
 
+/// The remote-Qdrant adapter on `url`.
+pub async fn open_remote_store(url: &str) -> Arc<dyn VectorStore> {
+    heimdex_store::open(heimdex_store::StoreConfig {
+        backend: heimdex_store::Backend::Remote {
+            url: url.to_owned(),
+            api_key: None,
+        },
+        collection: "embeddings".into(),
+        vector_size: 384,
+    })
+    .await
+    .expect("open the remote store")
+}
+
 /// Opens the embedded vector store a stopped `heimdex` process left in `data_dir`.
 pub async fn open_embedded_store(data_dir: &Path) -> Arc<dyn VectorStore> {
     heimdex_store::open(heimdex_store::StoreConfig {
@@ -900,6 +914,8 @@ pub struct Deployment {
     pub client: Client,
     pub watch: StatusWatch,
     pub js: jetstream::Context,
+    /// `QDRANT_URL` when the scenario gave one; else the store is Qdrant Edge in `data_dir`.
+    qdrant_url: Option<String>,
 }
 
 impl Deployment {
@@ -920,6 +936,10 @@ impl Deployment {
         for (k, v) in env {
             set_env(&mut serve_env, k, *v);
         }
+        let qdrant_url = serve_env
+            .iter()
+            .find(|(k, _)| k == "QDRANT_URL")
+            .map(|(_, v)| v.clone());
         let serve = Heimdex::spawn("serve", &["serve"], serve_env, root);
         let base = format!("http://127.0.0.1:{api_port}");
         let ledger = Ledger::new(Uuid::new_v4());
@@ -936,6 +956,7 @@ impl Deployment {
             client,
             watch,
             js,
+            qdrant_url,
         }
     }
 
@@ -956,9 +977,11 @@ impl Deployment {
         let exit = self.serve.terminate().await;
         outcome.attach_logs(&[&self.serve]);
         assert!(exit.success(), "serve exits 0 on SIGTERM, got {exit}");
-        outcome
-            .count_points(&[open_embedded_store(&self.data_dir).await])
-            .await;
+        let store = match &self.qdrant_url {
+            Some(url) => open_remote_store(url).await,
+            None => open_embedded_store(&self.data_dir).await,
+        };
+        outcome.count_points(&[store]).await;
         self.nats.stop().await;
         outcome
     }
@@ -1023,7 +1046,17 @@ impl Split {
 
     /// Waits until every accepted job is terminal (recovery counted from `fault_over`), stops
     /// every process gracefully and counts everything.
-    pub async fn finish(mut self, scenario: &str, fault_over: Instant) -> Outcome {
+    pub async fn finish(self, scenario: &str, fault_over: Instant) -> Outcome {
+        self.finish_with(scenario, fault_over, &[]).await
+    }
+
+    /// [`Split::finish`], counting the points of more workers' stores (already stopped) too.
+    pub async fn finish_with(
+        mut self,
+        scenario: &str,
+        fault_over: Instant,
+        more_stores: &[Arc<dyn VectorStore>],
+    ) -> Outcome {
         let (statuses, _) = wait_terminal(&self.js, &self.ledger, Duration::from_secs(240)).await;
         let recovery = fault_over.elapsed();
         let mut outcome = tally_jobs(
@@ -1045,9 +1078,9 @@ impl Split {
             exits.iter().all(ExitStatus::success),
             "graceful exits: {exits:?}"
         );
-        outcome
-            .count_points(&[open_embedded_store(&self.worker_dir).await])
-            .await;
+        let mut stores = vec![open_embedded_store(&self.worker_dir).await];
+        stores.extend(more_stores.iter().cloned());
+        outcome.count_points(&stores).await;
         self.nats.stop().await;
         outcome
     }

@@ -16,3 +16,5 @@ mod kill9;
 mod nats_faults;
 mod poison;
 mod projector;
+mod slow_worker;
+mod store_proxy;
