@@ -56,8 +56,13 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start(store_dir: PathBuf, extra_args: Vec<String>) -> Self {
+        Self::start_on(free_port(), store_dir, extra_args).await
+    }
+
+    /// On a port chosen beforehand: the members of a cluster name each other before any starts.
+    pub async fn start_on(port: u16, store_dir: PathBuf, extra_args: Vec<String>) -> Self {
         let mut listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
-        listen.set_port(free_port());
+        listen.set_port(port);
         let defaults = heimdex_core::Settings::from_vars(&HashMap::new()).expect("defaults");
         let config = NatsServerConfig {
             bin: nats_server::find_binary(None)
@@ -654,8 +659,12 @@ pub struct Outcome {
     pub missing_points: usize,
     /// Points in the store that no succeeded job accounts for.
     pub extra_points: usize,
-    /// Points held twice (by two stores, or twice in a scroll), and filtered count ≠ scroll.
+    /// Points held twice (by two stores without a redelivery to explain it, or twice in a
+    /// scroll), and filtered count ≠ scroll.
     pub duplicate_points: usize,
+    /// Points held by two workers' own stores because their job was delivered to both (see
+    /// [`Outcome::count_points`]); not a duplicate within any store.
+    pub copies_across_stores: usize,
     /// A job with two `requested` events, or two terminal events in one round.
     pub duplicate_events: usize,
     pub status_regressions: Vec<String>,
@@ -667,6 +676,8 @@ pub struct Outcome {
     pub notes: Vec<String>,
     /// The points the succeeded jobs must have left.
     expected: HashSet<Uuid>,
+    /// How many times each expected point's job was delivered to a worker.
+    deliveries: HashMap<Uuid, u32>,
     org: Uuid,
 }
 
@@ -682,8 +693,8 @@ impl Outcome {
     fn details(&self) -> String {
         format!(
             "{}: accepted {}, succeeded {}, failed {}, not terminal {}, wrong outcome {}, \
-             missing points {}, extra points {}, duplicate points {}, duplicate events {}, \
-             status changes seen {}, regressions {}",
+             missing points {}, extra points {}, duplicate points {}, copies across stores {}, \
+             duplicate events {}, status changes seen {}, regressions {}",
             self.scenario,
             self.accepted,
             self.succeeded,
@@ -693,6 +704,7 @@ impl Outcome {
             self.missing_points,
             self.extra_points,
             self.duplicate_points,
+            self.copies_across_stores,
             self.duplicate_events,
             self.status_changes_seen,
             self.status_regressions.len()
@@ -783,6 +795,10 @@ pub async fn tally_jobs(
                 outcome.succeeded += 1;
                 outcome.wrong_outcome += usize::from(must_fail.contains(job));
                 outcome.expected.extend(points.iter().copied());
+                let attempts = statuses[job].attempts;
+                outcome
+                    .deliveries
+                    .extend(points.iter().map(|point| (*point, attempts)));
             }
             Some(Status::Failed) => {
                 outcome.failed += 1;
@@ -815,8 +831,12 @@ pub async fn tally_jobs(
 
 impl Outcome {
     /// The points' side: `stores` (one per worker when each has its own embedded store) must
-    /// together hold exactly the expected points, none of them in two stores, and each store's
-    /// filtered count must equal its filtered scroll.
+    /// together hold exactly the expected points, and each store's filtered count must equal
+    /// its filtered scroll. A point may be in several stores only if its job was delivered at
+    /// least that many times: a worker that upserted and then lost its NATS server before its
+    /// `succeeded` event or ack was stored leaves the job to be redelivered, perhaps to another
+    /// worker. One shared store absorbs that second upsert (same point id); separate stores
+    /// each keep a copy, counted as `copies_across_stores`. Any other second copy is a duplicate.
     pub async fn count_points(&mut self, stores: &[Arc<dyn VectorStore>]) {
         let mut held: HashMap<Uuid, usize> = HashMap::new();
         for store in stores {
@@ -833,7 +853,20 @@ impl Outcome {
                 *held.entry(id).or_default() += 1;
             }
         }
-        self.duplicate_points += held.values().map(|n| n - 1).sum::<usize>();
+        for (point, n) in &held {
+            let delivered = self.deliveries.get(point).copied().unwrap_or(1) as usize;
+            if *n <= delivered {
+                self.copies_across_stores += n - 1;
+            } else {
+                self.duplicate_points += n - 1;
+            }
+        }
+        if self.copies_across_stores > 0 {
+            self.note(format!(
+                "{} points also in a second worker's store (their jobs were redelivered)",
+                self.copies_across_stores
+            ));
+        }
         self.missing_points = self
             .expected
             .iter()
@@ -854,4 +887,17 @@ pub async fn open_embedded_store(data_dir: &Path) -> Arc<dyn VectorStore> {
     })
     .await
     .expect("open the store")
+}
+
+/// Opens the Qdrant server at `url` every process of a scenario shares, with the same
+/// `QDRANT_*` settings (API key, collection) the processes read from the environment.
+pub async fn open_remote_store(url: &str) -> Arc<dyn VectorStore> {
+    let mut vars: HashMap<String, String> = std::env::vars()
+        .filter(|(key, _)| key.starts_with("QDRANT_"))
+        .collect();
+    vars.insert("QDRANT_URL".into(), url.to_owned());
+    let settings = heimdex_core::Settings::from_vars(&vars).expect("QDRANT_* settings");
+    heimdex::infra::open_store(&settings)
+        .await
+        .expect("open the store")
 }

@@ -6,5 +6,6 @@
 //! CI runs every scenario at a reduced size; `HEIMDEX_FAULTS=full` (`deploy/faults.sh`) runs
 //! them at the size docs/RELIABILITY.md reports. Each prints a `RELIABILITY | ... |` row.
 
+mod cluster;
 mod harness;
 mod kill9;
