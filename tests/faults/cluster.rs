@@ -107,14 +107,15 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node named {name}"))
     }
 
-    /// What node `i` itself stores of `stream`: (messages, last sequence), from its own
-    /// monitoring endpoint, so a follower's copy is read, not the leader's answer.
-    async fn local_state(&self, i: usize, stream: &str) -> Option<(u64, u64)> {
+    /// Node `i`'s own view of `stream` (its copy's state, the leader it follows), from its
+    /// monitoring endpoint: a follower's copy is read, not the leader's answer.
+    async fn stream_detail(&self, i: usize, stream: &str) -> Option<Value> {
         let url = format!(
             "http://127.0.0.1:{}/jsz?accounts=true&streams=true",
             self.nodes[i].monitor_port
         );
-        let jsz: Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
+        let response = self.http.get(url).timeout(Duration::from_secs(2));
+        let jsz: Value = response.send().await.ok()?.json().await.ok()?;
         jsz["account_details"]
             .as_array()?
             .iter()
@@ -125,13 +126,27 @@ impl Cluster {
                     .unwrap_or_default()
             })
             .find(|detail| detail["name"] == stream)
-            .map(|detail| {
-                let state = &detail["state"];
-                (
-                    state["messages"].as_u64().unwrap_or(0),
-                    state["last_seq"].as_u64().unwrap_or(0),
-                )
-            })
+    }
+
+    /// What node `i` itself stores of `stream`: (messages, last sequence).
+    async fn local_state(&self, i: usize, stream: &str) -> Option<(u64, u64)> {
+        let detail = self.stream_detail(i, stream).await?;
+        let state = &detail["state"];
+        Some((state["messages"].as_u64()?, state["last_seq"].as_u64()?))
+    }
+
+    /// The leader of `stream` that a running node other than `not` follows, once there is one.
+    async fn new_leader(&self, stream: &str, not: &str) -> Option<String> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.name == not || !node.nats.is_running() {
+                continue;
+            }
+            let detail = self.stream_detail(i, stream).await?;
+            if let Some(leader) = detail["cluster"]["leader"].as_str().filter(|l| *l != not) {
+                return Some(leader.to_owned());
+            }
+        }
+        None
     }
 }
 
@@ -239,10 +254,10 @@ async fn cluster_stream_leader_kill_9_loses_nothing() {
     let js = jetstream(&url).await;
     let kv_stream = format!("KV_{STATUS_BUCKET}");
 
-    // Down for longer than a leader election takes (about 5 s), so that the service is seen
+    // Down for longer than a leader election takes (5 to 8 s here), so that the service is seen
     // serving on two nodes, and back before the submissions end.
     let (jobs, rate, outage) = scale(
-        (1_500, 100.0, Duration::from_secs(8)),
+        (1_500, 100.0, Duration::from_secs(10)),
         (10_000, 300.0, Duration::from_secs(20)),
     );
     let run = Duration::from_secs_f64(jobs as f64 / rate);
@@ -260,10 +275,8 @@ async fn cluster_stream_leader_kill_9_loses_nothing() {
     let accepted_at_kill = ledger.accepted();
     let killed = Instant::now();
     cluster.nodes[victim].nats.kill9().await;
-    let elected = heimdex_tests::eventually(Duration::from_secs(60), || async {
-        leader(&js, JOBS_STREAM)
-            .await
-            .filter(|name| *name != victim_name)
+    let elected = heimdex_tests::eventually(Duration::from_secs(60), || {
+        cluster.new_leader(JOBS_STREAM, &victim_name)
     })
     .await
     .expect("a new stream leader");
