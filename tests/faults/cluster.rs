@@ -212,7 +212,7 @@ impl AcceptGap {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_stream_leader_kill_9_loses_nothing() {
     let _serial = serial().await;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path();
     let mut cluster = Cluster::start(root, 3).await;
     let url = cluster.url();
@@ -296,7 +296,11 @@ async fn cluster_stream_leader_kill_9_loses_nothing() {
     .unwrap_or_else(|| panic!("{victim_name} did not catch up within 120 s"));
     let catch_up = restarted.elapsed();
 
-    assert_eq!(submitting.await.unwrap(), jobs, "every job accepted");
+    assert_eq!(
+        submitting.await.expect("submitter"),
+        jobs,
+        "every job accepted"
+    );
     let longest_pause = gap.longest().await;
     let (statuses, _) = wait_terminal(&js, &ledger, Duration::from_secs(180)).await;
     let recovery = restarted.elapsed();
