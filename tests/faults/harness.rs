@@ -56,7 +56,12 @@ pub struct Nats {
 
 impl Nats {
     pub async fn start(store_dir: PathBuf, extra_args: Vec<String>) -> Self {
-        Self::start_with_config(store_dir, extra_args, None).await
+        Self::start_on(free_port(), store_dir, extra_args).await
+    }
+
+    /// On a port chosen beforehand: the members of a cluster name each other before any starts.
+    pub async fn start_on(port: u16, store_dir: PathBuf, extra_args: Vec<String>) -> Self {
+        Self::launch(port, store_dir, extra_args, None).await
     }
 
     /// With `jetstream_conf`, the server reads `jetstream { <jetstream_conf> }` from a config
@@ -64,11 +69,20 @@ impl Nats {
     /// setting.
     pub async fn start_with_config(
         store_dir: PathBuf,
+        extra_args: Vec<String>,
+        jetstream_conf: Option<&str>,
+    ) -> Self {
+        Self::launch(free_port(), store_dir, extra_args, jetstream_conf).await
+    }
+
+    async fn launch(
+        port: u16,
+        store_dir: PathBuf,
         mut extra_args: Vec<String>,
         jetstream_conf: Option<&str>,
     ) -> Self {
         let mut listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
-        listen.set_port(free_port());
+        listen.set_port(port);
         let defaults = heimdex_core::Settings::from_vars(&HashMap::new()).expect("defaults");
         let mut sync_interval = Some(defaults.nats.sync_interval);
         if let Some(conf) = jetstream_conf {
@@ -103,14 +117,6 @@ impl Nats {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.config.listen.port())
-    }
-
-    pub fn port(&self) -> u16 {
-        self.config.listen.port()
-    }
-
-    pub fn store_dir(&self) -> &Path {
-        &self.config.store_dir
     }
 
     pub fn is_running(&self) -> bool {
@@ -216,10 +222,6 @@ impl Heimdex {
             .kill_on_drop(true);
         self.child = Some(command.spawn().expect("heimdex starts"));
         self.starts += 1;
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
     }
 
     /// SIGKILL: no shutdown hook runs, nothing is flushed or acked.
@@ -679,8 +681,12 @@ pub struct Outcome {
     pub missing_points: usize,
     /// Points in the store that no succeeded job accounts for.
     pub extra_points: usize,
-    /// Points held twice (by two stores, or twice in a scroll), and filtered count ≠ scroll.
+    /// Points held twice (by two stores without a redelivery to explain it, or twice in a
+    /// scroll), and filtered count ≠ scroll.
     pub duplicate_points: usize,
+    /// Points held by two workers' own stores because their job was delivered to both (see
+    /// [`Outcome::count_points`]); not a duplicate within any store.
+    pub copies_across_stores: usize,
     /// A job with two `requested` events, or two terminal events in one round.
     pub duplicate_events: usize,
     pub status_regressions: Vec<String>,
@@ -688,10 +694,14 @@ pub struct Outcome {
     /// From the end of the last fault until every accepted job was terminal.
     pub recovery: Duration,
     pub refusals: BTreeMap<String, u64>,
+    /// 503s and 429s that came without a `Retry-After`.
+    pub refusals_without_retry_after: u64,
     /// Free-form figures of the scenario (kills, 503s during the outage...).
     pub notes: Vec<String>,
     /// The points the succeeded jobs must have left.
     expected: HashSet<Uuid>,
+    /// How many times each expected point's job was delivered to a worker.
+    deliveries: HashMap<Uuid, u32>,
     org: Uuid,
     /// The processes' last log lines, shown when the scenario fails.
     logs: Vec<String>,
@@ -709,8 +719,8 @@ impl Outcome {
     fn details(&self) -> String {
         format!(
             "{}: accepted {}, succeeded {}, failed {}, not terminal {}, wrong outcome {}, \
-             missing points {}, extra points {}, duplicate points {}, duplicate events {}, \
-             status changes seen {}, regressions {}",
+             missing points {}, extra points {}, duplicate points {}, copies across stores {}, \
+             duplicate events {}, status changes seen {}, regressions {}",
             self.scenario,
             self.accepted,
             self.succeeded,
@@ -720,6 +730,7 @@ impl Outcome {
             self.missing_points,
             self.extra_points,
             self.duplicate_points,
+            self.copies_across_stores,
             self.duplicate_events,
             self.status_changes_seen,
             self.status_regressions.len()
@@ -780,6 +791,10 @@ impl Outcome {
         }
         assert_eq!(self.lost(), 0, "lost: {}", self.details());
         assert_eq!(self.duplicates(), 0, "duplicated: {}", self.details());
+        assert_eq!(
+            self.refusals_without_retry_after, 0,
+            "every 503 and 429 carries Retry-After"
+        );
         assert!(
             self.status_regressions.is_empty(),
             "statuses moved backwards: {:?}",
@@ -801,6 +816,7 @@ pub async fn tally_jobs(
     let mut outcome = Outcome {
         scenario: scenario.to_owned(),
         refusals: ledger.refusals(),
+        refusals_without_retry_after: ledger.refusals_without_retry_after(),
         org: ledger.org,
         ..Default::default()
     };
@@ -815,6 +831,10 @@ pub async fn tally_jobs(
                 outcome.succeeded += 1;
                 outcome.wrong_outcome += usize::from(must_fail.contains(job));
                 outcome.expected.extend(points.iter().copied());
+                let attempts = statuses[job].attempts;
+                outcome
+                    .deliveries
+                    .extend(points.iter().map(|point| (*point, attempts)));
             }
             Some(Status::Failed) => {
                 outcome.failed += 1;
@@ -847,8 +867,12 @@ pub async fn tally_jobs(
 
 impl Outcome {
     /// The points' side: `stores` (one per worker when each has its own embedded store) must
-    /// together hold exactly the expected points, none of them in two stores, and each store's
-    /// filtered count must equal its filtered scroll.
+    /// together hold exactly the expected points, and each store's filtered count must equal
+    /// its filtered scroll. A point may be in several stores only if its job was delivered at
+    /// least that many times: a worker that upserted and then lost its NATS server before its
+    /// `succeeded` event or ack was stored leaves the job to be redelivered, perhaps to another
+    /// worker. One shared store absorbs that second upsert (same point id); separate stores
+    /// each keep a copy, counted as `copies_across_stores`. Any other second copy is a duplicate.
     pub async fn count_points(&mut self, stores: &[Arc<dyn VectorStore>]) {
         let mut held: HashMap<Uuid, usize> = HashMap::new();
         for store in stores {
@@ -865,7 +889,20 @@ impl Outcome {
                 *held.entry(id).or_default() += 1;
             }
         }
-        self.duplicate_points += held.values().map(|n| n - 1).sum::<usize>();
+        for (point, n) in &held {
+            let delivered = self.deliveries.get(point).copied().unwrap_or(1) as usize;
+            if *n <= delivered {
+                self.copies_across_stores += n - 1;
+            } else {
+                self.duplicate_points += n - 1;
+            }
+        }
+        if self.copies_across_stores > 0 {
+            self.note(format!(
+                "{} points also in a second worker's store (their jobs were redelivered)",
+                self.copies_across_stores
+            ));
+        }
         self.missing_points = self
             .expected
             .iter()
@@ -873,20 +910,6 @@ impl Outcome {
             .count();
         self.extra_points = held.keys().filter(|id| !self.expected.contains(id)).count();
     }
-}
-
-/// The remote-Qdrant adapter on `url`.
-pub async fn open_remote_store(url: &str) -> Arc<dyn VectorStore> {
-    heimdex_store::open(heimdex_store::StoreConfig {
-        backend: heimdex_store::Backend::Remote {
-            url: url.to_owned(),
-            api_key: None,
-        },
-        collection: "embeddings".into(),
-        vector_size: 384,
-    })
-    .await
-    .expect("open the remote store")
 }
 
 /// Opens the embedded vector store a stopped `heimdex` process left in `data_dir`.
@@ -900,6 +923,19 @@ pub async fn open_embedded_store(data_dir: &Path) -> Arc<dyn VectorStore> {
     })
     .await
     .expect("open the store")
+}
+
+/// Opens the Qdrant server at `url` every process of a scenario shares, with the same
+/// `QDRANT_*` settings (API key, collection) the processes read from the environment.
+pub async fn open_remote_store(url: &str) -> Arc<dyn VectorStore> {
+    let mut vars: HashMap<String, String> = std::env::vars()
+        .filter(|(key, _)| key.starts_with("QDRANT_"))
+        .collect();
+    vars.insert("QDRANT_URL".into(), url.to_owned());
+    let settings = heimdex_core::Settings::from_vars(&vars).expect("QDRANT_* settings");
+    heimdex::infra::open_store(&settings)
+        .await
+        .expect("open the store")
 }
 
 /// `heimdex serve` (API, worker and projector in one process, Qdrant Edge in its data dir)
@@ -996,7 +1032,6 @@ pub struct Split {
     pub projector: Heimdex,
     pub worker: Heimdex,
     worker_dir: PathBuf,
-    pub base: String,
     pub ledger: Arc<Ledger>,
     pub client: Client,
     pub watch: StatusWatch,
@@ -1036,7 +1071,6 @@ impl Split {
             projector,
             worker,
             worker_dir: root.join("worker"),
-            base,
             ledger,
             client,
             watch,

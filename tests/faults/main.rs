@@ -6,6 +6,7 @@
 //! CI runs every scenario at a reduced size; `HEIMDEX_FAULTS=full` (`deploy/faults.sh`) runs
 //! them at the size docs/RELIABILITY.md reports. Each prints a `RELIABILITY | ... |` row.
 
+mod cluster;
 #[allow(dead_code)] // shared with the integration tests; this binary uses part of it
 #[path = "../integration/common.rs"]
 mod common;

@@ -75,8 +75,37 @@ fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_str(json).map_err(|err| BootstrapError::Definition(file, err.to_string()))
 }
 
+/// The servers of a `NATS_URL`: one URL or several, comma separated
+/// (`nats://n1:4222,nats://n2:4222,nats://n3:4222`), as the `nats` CLI and the other NATS clients
+/// take them. Naming every member of a cluster lets a process start, and reconnect, while any one
+/// of them is down; async-nats alone parses the whole string as a single address.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, BootstrapError> {
+    let addrs = url
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse::<async_nats::ServerAddr>()
+                .map_err(|err| BootstrapError::Connect {
+                    url: url.to_owned(),
+                    reason: format!("{part:?} is not a NATS server URL: {err}"),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if addrs.is_empty() {
+        return Err(BootstrapError::Connect {
+            url: url.to_owned(),
+            reason: "no server URL".to_owned(),
+        });
+    }
+    Ok(addrs)
+}
+
 /// Connects with reconnects forever: a service outlives NATS restarts and resumes by itself.
+/// `url` may list several servers ([`server_addrs`]); the client picks one and moves to another
+/// when it is lost.
 pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client, BootstrapError> {
+    let servers = server_addrs(url)?;
     async_nats::ConnectOptions::new()
         .name(client_name)
         .retry_on_initial_connect()
@@ -99,7 +128,7 @@ pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client,
                 }
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|err| BootstrapError::Connect {
             url: url.to_owned(),
@@ -378,6 +407,25 @@ mod tests {
             Some(PROJECTOR_CONSUMER)
         );
         assert_eq!(filters(&defs.projector), ["heimdex.jobs.>"]);
+    }
+
+    #[test]
+    fn nats_url_may_list_several_servers() {
+        let one = server_addrs("nats://127.0.0.1:4222").unwrap();
+        assert_eq!(one.len(), 1);
+        let three =
+            server_addrs("nats://10.0.0.1:4222, nats://10.0.0.2:4223,nats://n3:4224,").unwrap();
+        let ports: Vec<u16> = three.iter().map(|addr| addr.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(three[2].host(), "n3");
+        assert!(matches!(
+            server_addrs(" , "),
+            Err(BootstrapError::Connect { .. })
+        ));
+        assert!(matches!(
+            server_addrs("nats://a:4222,http://b:4222"),
+            Err(BootstrapError::Connect { .. })
+        ));
     }
 
     #[test]
