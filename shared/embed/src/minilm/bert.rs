@@ -12,7 +12,7 @@
 //! has them). The weights are the Hugging Face `BertModel` checkpoint, read as f32.
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::kernels::{Attention, Gelu};
@@ -60,13 +60,43 @@ impl Config {
     }
 }
 
+/// A dense layer `x W + b` with `W` stored **input-major** (`[inputs, outputs]`, contiguous),
+/// the transpose of the checkpoint's `[outputs, inputs]`.
+///
+/// candle hands `gemm` a row-major destination, which `gemm` computes transposed, so the weight
+/// becomes gemm's left operand. Stored as in the checkpoint (what `candle_nn::Linear` does), that
+/// operand is row-major and `gemm` repacks the whole weight matrix with a strided gather on
+/// every call: for a short query (a dozen rows) that repacking was most of the forward pass.
+/// Input-major, the operand is column-major with 16-aligned rows, which `gemm` reads in place
+/// for a few rows and packs with contiguous copies for many.
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    /// From the checkpoint's `[outputs, inputs]` weight.
+    fn new(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+}
+
+impl Module for Dense {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
 struct Layer {
     /// `[q | k | v]` projection, `hidden -> 3 * hidden`, q pre-scaled.
-    qkv: Linear,
-    attn_out: Linear,
+    qkv: Dense,
+    attn_out: Dense,
     attn_norm: LayerNorm,
-    intermediate: Linear,
-    out: Linear,
+    intermediate: Dense,
+    out: Dense,
     out_norm: LayerNorm,
 }
 
@@ -90,10 +120,10 @@ fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Laye
     Ok(LayerNorm::new(weight, bias, eps))
 }
 
-fn linear(vb: VarBuilder, inputs: usize, outputs: usize) -> candle_core::Result<Linear> {
+fn dense(vb: VarBuilder, inputs: usize, outputs: usize) -> candle_core::Result<Dense> {
     let weight = vb.get((outputs, inputs), "weight")?;
     let bias = vb.get(outputs, "bias")?;
-    Ok(Linear::new(weight, Some(bias)))
+    Dense::new(&weight, bias)
 }
 
 impl Encoder {
@@ -133,16 +163,16 @@ impl Encoder {
             let (qw, qb) = part("query")?;
             let (kw, kb) = part("key")?;
             let (vw, vb_) = part("value")?;
-            let qkv = Linear::new(
-                Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
-                Some(Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?),
-            );
+            let qkv = Dense::new(
+                &Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
+                Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?,
+            )?;
             layers.push(Layer {
                 qkv,
-                attn_out: linear(l.pp("attention.output.dense"), hidden, hidden)?,
+                attn_out: dense(l.pp("attention.output.dense"), hidden, hidden)?,
                 attn_norm: layer_norm(l.pp("attention.output.LayerNorm"), hidden, eps)?,
-                intermediate: linear(l.pp("intermediate.dense"), hidden, c.intermediate_size)?,
-                out: linear(l.pp("output.dense"), c.intermediate_size, hidden)?,
+                intermediate: dense(l.pp("intermediate.dense"), hidden, c.intermediate_size)?,
+                out: dense(l.pp("output.dense"), c.intermediate_size, hidden)?,
                 out_norm: layer_norm(l.pp("output.LayerNorm"), hidden, eps)?,
             });
         }
