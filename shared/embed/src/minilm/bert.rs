@@ -10,6 +10,9 @@
 //!
 //! Matrix products and LayerNorm are candle's (candle's GEMM runs AVX-512 kernels where the CPU
 //! has them). The weights are the Hugging Face `BertModel` checkpoint, read as f32.
+//!
+//! Passes of at most [`Encoder::SEQUENTIAL_TOKENS`] tokens (a search query) run on one thread,
+//! see [`Encoder::embed_packed`].
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -112,6 +115,8 @@ pub(crate) struct Encoder {
     vocab: usize,
     max_positions: usize,
     device: Device,
+    /// One thread that runs the small passes, see [`Encoder::embed_packed`].
+    sequential: rayon::ThreadPool,
 }
 
 fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<LayerNorm> {
@@ -186,6 +191,11 @@ impl Encoder {
             vocab: c.vocab_size,
             max_positions: c.max_position_embeddings,
             device: vb.device().clone(),
+            sequential: rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "minilm-sequential".to_owned())
+                .build()
+                .map_err(|e| candle_core::Error::Msg(format!("sequential pool: {e}")))?,
         })
     }
 
@@ -193,13 +203,32 @@ impl Encoder {
         self.hidden
     }
 
+    /// Passes of at most this many tokens run on one thread: a search query (5-12 words, about
+    /// 8-20 tokens) takes a few milliseconds, and spreading its tiny matrices over threads cost
+    /// more in hand-offs and wake-ups than it saved (p50 ~1.6x, p99 worse still on a busy
+    /// two-core machine; see docs/BENCHMARKS.md, issue 3 (c)).
+    pub(crate) const SEQUENTIAL_TOKENS: usize = 64;
+
     /// Mean-pooled, L2-normalised embeddings of packed texts: `ids` holds every text's token ids
     /// back to back, `lens` each text's count. One vector per text, in order.
+    ///
+    /// A pass of up to [`Self::SEQUENTIAL_TOKENS`] tokens runs inside a one-thread rayon pool:
+    /// every parallel loop in it (gemm's, candle's LayerNorm, our kernels) then runs inline on
+    /// that thread, so the pass costs one hand-off instead of a few per layer. Larger passes use
+    /// the global pool, op by op.
     pub(crate) fn embed_packed(
         &self,
         ids: &[u32],
         lens: &[usize],
     ) -> candle_core::Result<Vec<Vec<f32>>> {
+        if ids.len() <= Self::SEQUENTIAL_TOKENS {
+            self.sequential.install(|| self.forward(ids, lens))
+        } else {
+            self.forward(ids, lens)
+        }
+    }
+
+    fn forward(&self, ids: &[u32], lens: &[usize]) -> candle_core::Result<Vec<Vec<f32>>> {
         let h = self.hidden;
         let tokens = ids.len();
         if lens.iter().sum::<usize>() != tokens {
