@@ -204,9 +204,10 @@ impl Encoder {
     }
 
     /// Passes of at most this many tokens run on one thread: a search query (5-12 words, about
-    /// 8-20 tokens) takes a few milliseconds, and spreading its tiny matrices over threads cost
-    /// more in hand-offs and wake-ups than it saved (p50 ~1.6x, p99 worse still on a busy
-    /// two-core machine; see docs/BENCHMARKS.md, issue 3 (c)).
+    /// 8-20 tokens) takes a few milliseconds, and spreading its tiny matrices over two threads
+    /// cost more in hand-offs than it saved (query p50 3.3 -> 2.6 ms, p99 7.7 -> 5.8 ms on the
+    /// two-core bench machine; docs/BENCHMARKS.md, "Query embedding"). 64 leaves room for longer
+    /// queries; the break-even length was not measured.
     pub(crate) const SEQUENTIAL_TOKENS: usize = 64;
 
     /// Mean-pooled, L2-normalised embeddings of packed texts: `ids` holds every text's token ids
