@@ -105,3 +105,34 @@ fn token_spans_cover_the_text_without_truncation() {
     assert_eq!(m.max_tokens(), 256);
     assert_eq!(m.special_tokens(), 2);
 }
+
+/// A short pass (up to 64 tokens, a search query) runs on one thread, a longer one on the
+/// rayon pool: the same text must get the same vector either way.
+#[test]
+fn one_thread_path_matches_the_batch_path() {
+    let m = common::load_model();
+    let texts = [
+        "how do I reset my password",
+        "vector search over event-sourced ingestion",
+        "a",
+        "the quick brown fox jumps over the lazy dog while the cat watches from the fence",
+        "semantic search in twelve words or fewer, as a user would type it",
+    ];
+    // Enough repeats that the call is one pass of well over 64 tokens.
+    let many: Vec<&str> = texts
+        .iter()
+        .cycle()
+        .take(texts.len() * 8)
+        .copied()
+        .collect();
+    let batch = m.embed(&many).unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        let alone = m.embed(&[text]).unwrap().pop().unwrap();
+        let diff = alone
+            .iter()
+            .zip(&batch[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-6, "text {i}: max abs difference {diff:e}");
+    }
+}

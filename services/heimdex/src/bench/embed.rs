@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use heimdex_embed::{Embedder, MiniLm};
 
-use super::{corpus, median};
+use super::{corpus, median, percentile};
 
 pub fn run(texts: &Path, repeat: usize, model_dir: Option<PathBuf>) -> anyhow::Result<()> {
     let texts = corpus::read(texts)?;
@@ -40,5 +40,39 @@ pub fn run(texts: &Path, repeat: usize, model_dir: Option<PathBuf>) -> anyhow::R
             "texts_per_s": texts.len() as f64 / median_s,
         })
     );
+    Ok(())
+}
+
+/// Latency of embedding one short query per call: the `queries` texts `bench search` sends
+/// (seed 99, 5-12 words), `repeat` rounds over them, one JSON line per round with p50/p90/p99.
+pub fn queries(queries: usize, repeat: usize, model_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let texts = corpus::texts(queries, 99, 12);
+    let model = match model_dir {
+        Some(dir) => MiniLm::load(dir)?,
+        None => MiniLm::load_default()?,
+    };
+    for text in texts.iter().take(20) {
+        model.embed(&[text.as_str()])?; // warm-up
+    }
+    for round in 1..=repeat {
+        let mut latencies = Vec::with_capacity(texts.len());
+        for text in &texts {
+            let started = Instant::now();
+            model.embed(&[text.as_str()])?;
+            latencies.push(started.elapsed());
+        }
+        latencies.sort();
+        println!(
+            "{}",
+            serde_json::json!({
+                "impl": "heimdex (candle)",
+                "round": round,
+                "queries": texts.len(),
+                "p50_ms": percentile(&latencies, 0.50).as_secs_f64() * 1e3,
+                "p90_ms": percentile(&latencies, 0.90).as_secs_f64() * 1e3,
+                "p99_ms": percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+            })
+        );
+    }
     Ok(())
 }

@@ -50,11 +50,16 @@ pub enum BenchCommand {
         #[arg(long, short)]
         out: PathBuf,
     },
-    /// Time the MiniLM embedder alone on a file of texts; prints one JSON line.
+    /// Time the MiniLM embedder alone on a file of texts; prints one JSON line. With
+    /// `--queries N`, the latency of one short text per call instead (the texts `bench search`
+    /// sends), as p50/p90/p99.
     Embed {
         /// JSON lines `{"text": …}` (or plain lines).
-        #[arg(long)]
-        texts: PathBuf,
+        #[arg(long, required_unless_present = "queries")]
+        texts: Option<PathBuf>,
+        /// Embed N short query texts (5-12 words) one per call and report latency percentiles.
+        #[arg(long, conflicts_with = "texts")]
+        queries: Option<usize>,
         /// Timed runs over all texts (the median is reported).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
@@ -115,9 +120,14 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Corpus { n, seed, out } => corpus::write(&out, n, seed),
         BenchCommand::Embed {
             texts,
+            queries,
             repeat,
             model_dir,
-        } => embed::run(&texts, repeat.max(1), model_dir),
+        } => match (texts, queries) {
+            (_, Some(queries)) => embed::queries(queries.max(1), repeat.max(1), model_dir),
+            (Some(texts), None) => embed::run(&texts, repeat.max(1), model_dir),
+            (None, None) => anyhow::bail!("give --texts or --queries"),
+        },
         BenchCommand::IngestText {
             url,
             n,

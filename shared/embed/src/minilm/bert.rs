@@ -10,9 +10,12 @@
 //!
 //! Matrix products and LayerNorm are candle's (candle's GEMM runs AVX-512 kernels where the CPU
 //! has them). The weights are the Hugging Face `BertModel` checkpoint, read as f32.
+//!
+//! Passes of at most [`Encoder::SEQUENTIAL_TOKENS`] tokens (a search query) run on one thread,
+//! see [`Encoder::embed_packed`].
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::kernels::{Attention, Gelu};
@@ -60,13 +63,43 @@ impl Config {
     }
 }
 
+/// A dense layer `x W + b` with `W` stored **input-major** (`[inputs, outputs]`, contiguous),
+/// the transpose of the checkpoint's `[outputs, inputs]`.
+///
+/// candle hands `gemm` a row-major destination, which `gemm` computes transposed, so the weight
+/// becomes gemm's left operand. Stored as in the checkpoint (what `candle_nn::Linear` does), that
+/// operand is row-major and `gemm` repacks the whole weight matrix with a strided gather on
+/// every call: for a short query (a dozen rows) that repacking was most of the forward pass.
+/// Input-major, the operand is column-major with 16-aligned rows, which `gemm` reads in place
+/// for a few rows and packs with contiguous copies for many.
+struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    /// From the checkpoint's `[outputs, inputs]` weight.
+    fn new(weight: &Tensor, bias: Tensor) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: weight.t()?.contiguous()?,
+            bias,
+        })
+    }
+}
+
+impl Module for Dense {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
 struct Layer {
     /// `[q | k | v]` projection, `hidden -> 3 * hidden`, q pre-scaled.
-    qkv: Linear,
-    attn_out: Linear,
+    qkv: Dense,
+    attn_out: Dense,
     attn_norm: LayerNorm,
-    intermediate: Linear,
-    out: Linear,
+    intermediate: Dense,
+    out: Dense,
     out_norm: LayerNorm,
 }
 
@@ -82,6 +115,8 @@ pub(crate) struct Encoder {
     vocab: usize,
     max_positions: usize,
     device: Device,
+    /// One thread that runs the small passes, see [`Encoder::embed_packed`].
+    sequential: rayon::ThreadPool,
 }
 
 fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<LayerNorm> {
@@ -90,10 +125,10 @@ fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> candle_core::Result<Laye
     Ok(LayerNorm::new(weight, bias, eps))
 }
 
-fn linear(vb: VarBuilder, inputs: usize, outputs: usize) -> candle_core::Result<Linear> {
+fn dense(vb: VarBuilder, inputs: usize, outputs: usize) -> candle_core::Result<Dense> {
     let weight = vb.get((outputs, inputs), "weight")?;
     let bias = vb.get(outputs, "bias")?;
-    Ok(Linear::new(weight, Some(bias)))
+    Dense::new(&weight, bias)
 }
 
 impl Encoder {
@@ -133,16 +168,16 @@ impl Encoder {
             let (qw, qb) = part("query")?;
             let (kw, kb) = part("key")?;
             let (vw, vb_) = part("value")?;
-            let qkv = Linear::new(
-                Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
-                Some(Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?),
-            );
+            let qkv = Dense::new(
+                &Tensor::cat(&[(qw * scale)?, kw, vw], 0)?,
+                Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?,
+            )?;
             layers.push(Layer {
                 qkv,
-                attn_out: linear(l.pp("attention.output.dense"), hidden, hidden)?,
+                attn_out: dense(l.pp("attention.output.dense"), hidden, hidden)?,
                 attn_norm: layer_norm(l.pp("attention.output.LayerNorm"), hidden, eps)?,
-                intermediate: linear(l.pp("intermediate.dense"), hidden, c.intermediate_size)?,
-                out: linear(l.pp("output.dense"), c.intermediate_size, hidden)?,
+                intermediate: dense(l.pp("intermediate.dense"), hidden, c.intermediate_size)?,
+                out: dense(l.pp("output.dense"), c.intermediate_size, hidden)?,
                 out_norm: layer_norm(l.pp("output.LayerNorm"), hidden, eps)?,
             });
         }
@@ -156,6 +191,11 @@ impl Encoder {
             vocab: c.vocab_size,
             max_positions: c.max_position_embeddings,
             device: vb.device().clone(),
+            sequential: rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .thread_name(|_| "minilm-sequential".to_owned())
+                .build()
+                .map_err(|e| candle_core::Error::Msg(format!("sequential pool: {e}")))?,
         })
     }
 
@@ -163,13 +203,33 @@ impl Encoder {
         self.hidden
     }
 
+    /// Passes of at most this many tokens run on one thread: a search query (5-12 words, about
+    /// 8-20 tokens) takes a few milliseconds, and spreading its tiny matrices over two threads
+    /// cost more in hand-offs than it saved (query p50 3.3 -> 2.6 ms, p99 7.7 -> 5.8 ms on the
+    /// two-core bench machine; docs/BENCHMARKS.md, "Query embedding"). 64 leaves room for longer
+    /// queries; the break-even length was not measured.
+    pub(crate) const SEQUENTIAL_TOKENS: usize = 64;
+
     /// Mean-pooled, L2-normalised embeddings of packed texts: `ids` holds every text's token ids
     /// back to back, `lens` each text's count. One vector per text, in order.
+    ///
+    /// A pass of up to [`Self::SEQUENTIAL_TOKENS`] tokens runs inside a one-thread rayon pool:
+    /// every parallel loop in it (gemm's, candle's LayerNorm, our kernels) then runs inline on
+    /// that thread, so the pass costs one hand-off instead of a few per layer. Larger passes use
+    /// the global pool, op by op.
     pub(crate) fn embed_packed(
         &self,
         ids: &[u32],
         lens: &[usize],
     ) -> candle_core::Result<Vec<Vec<f32>>> {
+        if ids.len() <= Self::SEQUENTIAL_TOKENS {
+            self.sequential.install(|| self.forward(ids, lens))
+        } else {
+            self.forward(ids, lens)
+        }
+    }
+
+    fn forward(&self, ids: &[u32], lens: &[usize]) -> candle_core::Result<Vec<Vec<f32>>> {
         let h = self.hidden;
         let tokens = ids.len();
         if lens.iter().sum::<usize>() != tokens {
