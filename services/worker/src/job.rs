@@ -99,26 +99,29 @@ pub(crate) async fn process(
     // delivery has not run before, so it skips the read; should a consumer ever be reset,
     // re-running is idempotent anyway. A failed read only costs that idempotent re-work, so it
     // does not stop the job. A status of an earlier round (the projection has not seen this
-    // round's `retried` yet) is not this round's end: the job runs.
-    let statuses = join_all(jobs.iter().map(|job| async move {
+    // round's `retried` yet) is not this round's end: the job runs. The projection can lag the
+    // stream (NATS was away, say, and the ack of the earlier attempt was lost with it), so when
+    // it shows no end, the stream itself is asked for this round's `succeeded` or `failed`.
+    let ended = join_all(jobs.iter().map(|job| async move {
         if job.attempt <= 1 {
-            return None;
+            return false;
         }
-        deps.status
+        let projected = deps
+            .status
             .get(status_key(job.org_id, job.job_id))
             .await
             .ok()
             .flatten()
-    }))
-    .await;
-    let mut live = Vec::with_capacity(jobs.len());
-    for (job, status) in jobs.into_iter().zip(statuses) {
-        let terminal = status
             .and_then(|bytes| serde_json::from_slice::<JobStatus>(&bytes).ok())
             .is_some_and(|status| {
                 status.retries > job.round
                     || (status.retries == job.round && status.status.is_terminal())
             });
+        projected || round_ended_in_stream(deps, job).await
+    }))
+    .await;
+    let mut live = Vec::with_capacity(jobs.len());
+    for (job, terminal) in jobs.into_iter().zip(ended) {
         if terminal {
             tracing::debug!(job_id = %job.job_id, "job already terminal; skipping");
             outcomes[job.index] = Some(outcome(
@@ -282,6 +285,27 @@ impl From<&StoreError> for JobFailure {
 }
 
 /// Reads a delivery; an unusable message is terminated (it can never succeed).
+/// Whether the stream holds a `succeeded` or `failed` event of the job's current round (the
+/// last of each kind is enough: rounds only grow). A failed read counts as "no".
+async fn round_ended_in_stream(deps: &WorkerDeps, job: &Job) -> bool {
+    let Ok(stream) = deps
+        .js
+        .get_stream_no_info(heimdex_core::jetstream::JOBS_STREAM)
+        .await
+    else {
+        return false;
+    };
+    for kind in [events::EventKind::Succeeded, events::EventKind::Failed] {
+        let subject = events::subject(job.org_id, job.job_id, kind);
+        if let Ok(message) = stream.direct_get_last_for_subject(subject).await
+            && JobEvent::decode(&message.payload).is_ok_and(|event| event.data.round() == job.round)
+        {
+            return true;
+        }
+    }
+    false
+}
+
 fn decode(index: usize, message: &Message) -> Result<Job, Outcome> {
     let unusable = |reason: String| {
         tracing::error!(subject = %message.subject, %reason, "unusable job message; terminating");

@@ -32,12 +32,47 @@ use heimdex_store::VectorStore;
 pub use backoff::retry_delay;
 pub use job::{Disposition, Outcome};
 
+/// How long one pull waits for messages before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
+
+/// The messages that have arrived on `pull` (waiting for the first, then taking what is there,
+/// at most `max`), and whether the pull has ended. Stream errors are logged and skipped.
+async fn next_ready(
+    pull: Option<&mut async_nats::jetstream::consumer::pull::Batch>,
+    max: usize,
+) -> (Vec<async_nats::jetstream::Message>, bool) {
+    let Some(pull) = pull else {
+        return (Vec::new(), true);
+    };
+    let mut arrived = Vec::new();
+    loop {
+        match pull.next().await {
+            None => return (arrived, true),
+            Some(Ok(message)) => arrived.push(message),
+            Some(Err(err)) => {
+                tracing::warn!(%err, "worker consumer pull error");
+                continue;
+            }
+        }
+        while arrived.len() < max {
+            match pull.next().now_or_never() {
+                Some(Some(Ok(message))) => arrived.push(message),
+                Some(Some(Err(err))) => tracing::warn!(%err, "worker consumer pull error"),
+                Some(None) => return (arrived, true),
+                None => break,
+            }
+        }
+        return (arrived, false);
+    }
+}
+
 /// Tunables; `from_settings` gives the service defaults.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// Messages pulled per batch (and at most in flight per batch).
+    /// Messages handled together (one `handle_batch`) at most.
     pub batch_size: usize,
-    /// Batches processed at once.
+    /// Batches processed at once; `batch_size × batches_in_flight` messages are the most a
+    /// worker holds.
     pub batches_in_flight: usize,
     /// Deliveries before a job is given up (the consumer's `max_deliver`).
     pub max_deliver: u32,
@@ -113,55 +148,67 @@ impl Worker {
 
     /// Consumes until `shutdown` is cancelled. Batches in flight finish; messages already
     /// pulled but not started are NAKed so another worker takes them at once.
+    ///
+    /// Intake is demand-driven: each pull asks for no more messages than the worker can start at
+    /// once (`batch_size × batches_in_flight` minus those in hand), and every message is started
+    /// the moment it arrives. A message is in the worker's hands only while `handle_batch` is
+    /// sending progress acks for it, so however slow the work, none waits in a buffer until its
+    /// ack wait runs out and is delivered again (to another worker, which would do it twice).
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(batch = self.config.batch_size, "worker consuming");
-        while let Some(messages) = heimdex_core::jetstream::pull_stream(
-            &self.deps.consumer,
-            self.config.batch_size,
-            &shutdown,
-        )
-        .await
-        {
-            self.consume(messages, &shutdown).await;
-        }
-        tracing::info!("worker stopped");
-    }
-
-    async fn consume(
-        &self,
-        messages: async_nats::jetstream::consumer::pull::Stream,
-        shutdown: &CancellationToken,
-    ) {
-        let mut batches = messages.ready_chunks(self.config.batch_size);
+        let capacity = self.config.batch_size * self.config.batches_in_flight;
+        let mut in_hand = 0usize;
         let mut in_flight = FuturesUnordered::new();
+        let mut pull: Option<async_nats::jetstream::consumer::pull::Batch> = None;
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                batch = batches.next(), if in_flight.len() < self.config.batches_in_flight => {
-                    let Some(batch) = batch else { break };
-                    let mut ready = Vec::with_capacity(batch.len());
-                    for message in batch {
-                        match message {
-                            Ok(message) => ready.push(message),
-                            Err(err) => tracing::warn!(%err, "worker consumer stream error"),
+            if pull.is_none() && in_hand < capacity {
+                match self
+                    .deps
+                    .consumer
+                    .fetch()
+                    .max_messages(capacity - in_hand)
+                    .expires(PULL_EXPIRES)
+                    .messages()
+                    .await
+                {
+                    Ok(batch) => pull = Some(batch),
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot pull from the worker consumer; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            () = shutdown.cancelled() => break,
                         }
                     }
-                    if !ready.is_empty() {
-                        in_flight.push(self.handle_batch(ready));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => in_hand -= done,
+                (arrived, ended) = next_ready(pull.as_mut(), self.config.batch_size), if pull.is_some() => {
+                    if ended {
+                        pull = None;
                     }
+                    if arrived.is_empty() {
+                        continue;
+                    }
+                    in_hand += arrived.len();
+                    let size = arrived.len();
+                    let work = self.handle_batch(arrived);
+                    in_flight.push(async move {
+                        work.await;
+                        size
+                    });
                 }
             }
         }
         while in_flight.next().await.is_some() {}
-        if shutdown.is_cancelled() {
-            // Hand back what was pulled but not started.
-            while let Some(Some(batch)) = batches.next().now_or_never() {
-                for message in batch.into_iter().flatten() {
-                    let _ = message.ack_with(AckKind::Nak(None)).await;
-                }
+        // Hand back what arrived but was not started.
+        if let Some(mut pull) = pull {
+            while let Some(Some(Ok(message))) = pull.next().now_or_never() {
+                let _ = message.ack_with(AckKind::Nak(None)).await;
             }
         }
+        tracing::info!("worker stopped");
     }
 
     /// Processes one batch of messages and acknowledges each as its outcome dictates, sending
