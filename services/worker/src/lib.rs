@@ -17,6 +17,7 @@ mod backoff;
 pub mod embedding;
 mod job;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -32,7 +33,7 @@ use heimdex_store::VectorStore;
 pub use backoff::retry_delay;
 pub use job::{Disposition, Outcome};
 
-/// How long one pull waits for messages before it is renewed.
+/// How long one pull waits for messages before it is renewed (when nothing comes).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// The messages that have arrived on `pull` (waiting for the first, then taking what is there,
@@ -149,23 +150,36 @@ impl Worker {
     /// Consumes until `shutdown` is cancelled. Batches in flight finish; messages already
     /// pulled but not started are NAKed so another worker takes them at once.
     ///
-    /// Intake is demand-driven: each pull asks for no more messages than the worker can start at
-    /// once (`batch_size × batches_in_flight` minus those in hand), and every message is started
-    /// the moment it arrives. A message is in the worker's hands only while `handle_batch` is
-    /// sending progress acks for it, so however slow the work, none waits in a buffer until its
-    /// ack wait runs out and is delivered again (to another worker, which would do it twice).
+    /// Intake is demand-driven and every message in hand is kept alive: a pull asks for no more
+    /// than the worker holds at most (`batch_size × batches_in_flight`, minus what it holds),
+    /// messages wait for a free batch slot in a queue of the worker's own (so that, under load,
+    /// batches fill up), and that queue gets a progress ack every third of the ack wait, as
+    /// batches in work do. So however slow the work, no message sits unacknowledged until its
+    /// ack wait runs out and is delivered again, to another worker that would do it twice.
     pub async fn run(self, shutdown: CancellationToken) {
         tracing::info!(batch = self.config.batch_size, "worker consuming");
         let capacity = self.config.batch_size * self.config.batches_in_flight;
         let mut in_hand = 0usize;
+        let mut queued: VecDeque<async_nats::jetstream::Message> = VecDeque::new();
         let mut in_flight = FuturesUnordered::new();
         let mut pull: Option<async_nats::jetstream::consumer::pull::Batch> = None;
+        let mut progress = tokio::time::interval(self.config.ack_wait / 3);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            while in_flight.len() < self.config.batches_in_flight && !queued.is_empty() {
+                let take = queued.len().min(self.config.batch_size);
+                let batch: Vec<_> = queued.drain(..take).collect();
+                let work = self.handle_batch(batch);
+                in_flight.push(async move {
+                    work.await;
+                    take
+                });
+            }
             if pull.is_none() && in_hand < capacity {
                 match self
                     .deps
                     .consumer
-                    .fetch()
+                    .batch()
                     .max_messages(capacity - in_hand)
                     .expires(PULL_EXPIRES)
                     .messages()
@@ -184,29 +198,29 @@ impl Worker {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => in_hand -= done,
-                (arrived, ended) = next_ready(pull.as_mut(), self.config.batch_size), if pull.is_some() => {
+                (arrived, ended) = next_ready(pull.as_mut(), capacity), if pull.is_some() => {
                     if ended {
                         pull = None;
                     }
-                    if arrived.is_empty() {
-                        continue;
-                    }
                     in_hand += arrived.len();
-                    let size = arrived.len();
-                    let work = self.handle_batch(arrived);
-                    in_flight.push(async move {
-                        work.await;
-                        size
-                    });
+                    queued.extend(arrived);
+                }
+                _ = progress.tick(), if !queued.is_empty() => {
+                    for message in &queued {
+                        let _ = message.ack_with(AckKind::Progress).await;
+                    }
                 }
             }
         }
         while in_flight.next().await.is_some() {}
-        // Hand back what arrived but was not started.
+        // Hand back what was pulled but not started.
         if let Some(mut pull) = pull {
             while let Some(Some(Ok(message))) = pull.next().now_or_never() {
-                let _ = message.ack_with(AckKind::Nak(None)).await;
+                queued.push_back(message);
             }
+        }
+        for message in queued {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
         }
         tracing::info!("worker stopped");
     }
