@@ -1,7 +1,9 @@
 //! Workers slower than the ack wait: two `heimdex worker` processes embed long texts with the
 //! real model while the consumer's ack wait is 1 s, far shorter than a job spends queued for and
 //! inside a forward pass. The workers' progress acks must keep every message theirs: no job is
-//! delivered twice, and no point lands in both workers' stores.
+//! delivered twice, and no point lands in both workers' stores. Each worker holds at most 64
+//! messages (`HEIMDEX_WORKER_CONCURRENCY=16`, four batches), so that even the reduced CI run
+//! has many more jobs than the workers hold, the case that once let queued messages expire.
 
 use std::time::{Duration, Instant};
 
@@ -15,9 +17,15 @@ async fn progress_acks_keep_slow_jobs_from_being_redelivered() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let ack_wait = "1000";
-    let split = Split::start(root, &[("NATS_WORKER_ACK_WAIT_MS", ack_wait)]).await;
+    let settings = [
+        ("NATS_WORKER_ACK_WAIT_MS", ack_wait),
+        ("HEIMDEX_WORKER_CONCURRENCY", "16"),
+    ];
+    let split = Split::start(root, &settings).await;
     let mut second_env = heimdex_env(&root.join("worker-2"), Some(&split.nats.url()));
-    set_env(&mut second_env, "NATS_WORKER_ACK_WAIT_MS", ack_wait);
+    for (k, v) in settings {
+        set_env(&mut second_env, k, v);
+    }
     let mut second = Heimdex::spawn("worker-2", &["worker"], second_env, root);
 
     // Segments of ~200 words: near the model's 256-token limit, the slowest kind.
