@@ -19,7 +19,7 @@ pub mod rebuild;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, PullConsumer};
+use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer};
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::stream::Stream;
 use async_nats::jetstream::{AckKind, Message};
@@ -29,7 +29,7 @@ use futures::future::join_all;
 
 use heimdex_core::batching::{Batching, next_batch};
 use heimdex_core::events::{self, JobEvent};
-use heimdex_core::jetstream::status_key;
+use heimdex_core::jetstream::{ReadError, StreamRead, status_key};
 use heimdex_core::jobs::{Applied, JobStatus};
 use heimdex_core::shutdown::CancellationToken;
 
@@ -267,36 +267,24 @@ async fn refold(
     org_id: uuid::Uuid,
     job_id: uuid::Uuid,
 ) -> Result<JobStatus, ProjectError> {
-    let unavailable = |err: &dyn std::fmt::Display| ProjectError::Unavailable(err.to_string());
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: events::job_subjects(org_id, job_id),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|err| unavailable(&err))?;
+    let unavailable = |err: ReadError| ProjectError::Unavailable(err.to_string());
+    let mut read = StreamRead::open(
+        stream,
+        events::job_subjects(org_id, job_id),
+        DeliverPolicy::All,
+        REFOLD_STALL,
+    )
+    .await
+    .map_err(unavailable)?;
     let mut status: Option<JobStatus> = None;
-    if consumer.cached_info().num_pending > 0 {
-        let mut messages = consumer.messages().await.map_err(|err| unavailable(&err))?;
-        loop {
-            let message = match tokio::time::timeout(REFOLD_STALL, messages.next()).await {
-                Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(err))) => return Err(unavailable(&err)),
-                Ok(None) | Err(_) => return Err(unavailable(&"refold read stalled")),
-            };
-            let pending = message.info().map_err(|err| unavailable(&err))?.pending;
-            if let Some((seq, event)) = decode(&message) {
-                status
-                    .get_or_insert_with(|| JobStatus::empty(org_id, job_id, event.time))
-                    .apply(&event, seq);
-            }
-            if pending == 0 {
-                break;
-            }
+    while let Some(message) = read.next().await.map_err(unavailable)? {
+        if let Some((seq, event)) = decode(&message) {
+            status
+                .get_or_insert_with(|| JobStatus::empty(org_id, job_id, event.time))
+                .apply(&event, seq);
         }
     }
-    status.ok_or_else(|| unavailable(&format!("no events for job {job_id}")))
+    status.ok_or_else(|| ProjectError::Unavailable(format!("no events for job {job_id}")))
 }
 
 /// The key's revision and status; a status that cannot be decoded is `None` (the revision is

@@ -101,6 +101,74 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, BootstrapE
     Ok(addrs)
 }
 
+/// Why a [`StreamRead`] could not give the whole slice it was opened on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read the stream: {0}")]
+    Nats(String),
+    #[error("no message for {0:?} before the read caught up")]
+    Stalled(Duration),
+    #[error("the read ended before it caught up")]
+    Ended,
+}
+
+/// One pass over the messages of a stream under a subject filter, in stream order, up to the
+/// last one stored when the pass began: an ordered consumer, read until it has nothing pending.
+/// Every whole-slice read goes through it (a job's history, an org's statuses, a refold), so
+/// none can return a silently truncated slice: a message that does not come within `stall`
+/// is an error.
+pub struct StreamRead {
+    /// `None` once caught up (or when there was nothing to read).
+    messages: Option<consumer::pull::Ordered>,
+    stall: Duration,
+}
+
+impl StreamRead {
+    pub async fn open<I>(
+        stream: &stream::Stream<I>,
+        filter_subject: String,
+        deliver_policy: consumer::DeliverPolicy,
+        stall: Duration,
+    ) -> Result<Self, ReadError> {
+        let nats = |err: &dyn std::fmt::Display| ReadError::Nats(err.to_string());
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| nats(&err))?;
+        let messages = if consumer.cached_info().num_pending > 0 {
+            Some(consumer.messages().await.map_err(|err| nats(&err))?)
+        } else {
+            None
+        };
+        Ok(Self { messages, stall })
+    }
+
+    /// The next message of the slice; `None` once all of it has been read.
+    pub async fn next(&mut self) -> Result<Option<jetstream::Message>, ReadError> {
+        use futures::StreamExt;
+        let Some(messages) = self.messages.as_mut() else {
+            return Ok(None);
+        };
+        let message = match tokio::time::timeout(self.stall, messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(err))) => return Err(ReadError::Nats(err.to_string())),
+            Ok(None) => return Err(ReadError::Ended),
+            Err(_) => return Err(ReadError::Stalled(self.stall)),
+        };
+        let info = message
+            .info()
+            .map_err(|err| ReadError::Nats(err.to_string()))?;
+        if info.pending == 0 {
+            self.messages = None;
+        }
+        Ok(Some(message))
+    }
+}
+
 /// Connects with reconnects forever: a service outlives NATS restarts and resumes by itself.
 /// `url` may list several servers ([`server_addrs`]); the client picks one and moves to another
 /// when it is lost.

@@ -10,7 +10,6 @@ use async_nats::jetstream::consumer;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
@@ -18,7 +17,7 @@ use uuid::Uuid;
 
 use heimdex_core::auth::Principal;
 use heimdex_core::events::{self, EventData, EventKind, JobEvent};
-use heimdex_core::jetstream::{STATUS_BUCKET, status_key};
+use heimdex_core::jetstream::{STATUS_BUCKET, StreamRead, status_key};
 use heimdex_core::jobs::{self, JobStatus};
 
 use crate::AppState;
@@ -33,6 +32,8 @@ pub const MAX_LIST_LIMIT: u32 = 1_000;
 /// A listing whose next status takes longer than this to arrive is abandoned with 503 rather
 /// than answered incomplete.
 const LIST_STALL: Duration = Duration::from_secs(5);
+/// How long reading a job's history waits for its next event.
+const EVENTS_STALL: Duration = Duration::from_secs(2);
 /// Cursors this server issues start with this version tag (inside the base64).
 const CURSOR_V1: &str = "v1:";
 
@@ -389,37 +390,24 @@ impl AppState {
             .get_stream_no_info(format!("KV_{STATUS_BUCKET}"))
             .await
             .map_err(|err| unavailable(&err))?;
-        let consumer = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                // Keys are `<org_id>.<job_id>`: one tenant's keys, and no other's.
-                filter_subject: format!("$KV.{STATUS_BUCKET}.{org_id}.*"),
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| unavailable(&err))?;
+        // Keys are `<org_id>.<job_id>`: one tenant's keys, and no other's.
+        let mut read = StreamRead::open(
+            &stream,
+            format!("$KV.{STATUS_BUCKET}.{org_id}.*"),
+            consumer::DeliverPolicy::LastPerSubject,
+            LIST_STALL,
+        )
+        .await
+        .map_err(|err| unavailable(&err))?;
         let mut page: BTreeMap<Uuid, JobStatus> = BTreeMap::new();
-        if consumer.cached_info().num_pending > 0 {
-            let mut messages = consumer.messages().await.map_err(|err| unavailable(&err))?;
-            loop {
-                let message = match tokio::time::timeout(LIST_STALL, messages.next()).await {
-                    Ok(Some(Ok(message))) => message,
-                    Ok(Some(Err(err))) => return Err(unavailable(&err)),
-                    Ok(None) => return Err(unavailable(&"listing ended early")),
-                    Err(_) => return Err(unavailable(&"listing stalled")),
-                };
-                let pending = message.info().map_err(|err| unavailable(&err))?.pending;
-                if let Some(job) = listed(&message, org_id)
-                    && status.is_none_or(|wanted| job.status == wanted)
-                    && after.is_none_or(|after| job.job_id > after)
-                {
-                    page.insert(job.job_id, job);
-                    if page.len() > limit + 1 {
-                        page.pop_last();
-                    }
-                }
-                if pending == 0 {
-                    break;
+        while let Some(message) = read.next().await.map_err(|err| unavailable(&err))? {
+            if let Some(job) = listed(&message, org_id)
+                && status.is_none_or(|wanted| job.status == wanted)
+                && after.is_none_or(|after| job.job_id > after)
+            {
+                page.insert(job.job_id, job);
+                if page.len() > limit + 1 {
+                    page.pop_last();
                 }
             }
         }
@@ -558,26 +546,20 @@ impl AppState {
         if self.requested_event(org_id, job_id).await?.is_none() {
             return Ok(Vec::new());
         }
-        let consumer = self
-            .jobs_stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: events::job_subjects(org_id, job_id),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| unavailable(&err))?;
-        let mut messages = consumer.messages().await.map_err(|err| unavailable(&err))?;
+        let mut read = StreamRead::open(
+            &self.jobs_stream,
+            events::job_subjects(org_id, job_id),
+            consumer::DeliverPolicy::All,
+            EVENTS_STALL,
+        )
+        .await
+        .map_err(|err| unavailable(&err))?;
         let mut events = Vec::new();
-        loop {
-            let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-            let message = match next {
-                Ok(Some(Ok(message))) => message,
-                Ok(Some(Err(err))) => return Err(unavailable(&err)),
-                Ok(None) | Err(_) => break,
-            };
-            let info = message.info().map_err(|err| unavailable(&err))?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
+        while let Some(message) = read.next().await.map_err(|err| unavailable(&err))? {
+            let seq = message
+                .info()
+                .map_err(|err| unavailable(&err))?
+                .stream_sequence;
             let event = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
             });
@@ -586,7 +568,7 @@ impl AppState {
                 subject: message.subject.to_string(),
                 event,
             });
-            if pending == 0 || events.len() >= MAX_EVENTS {
+            if events.len() >= MAX_EVENTS {
                 break;
             }
         }
