@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use heimdex_core::jetstream::{JOBS_STREAM, STATUS_BUCKET};
+use heimdex_core::jetstream::{JOBS_STREAM, STATUS_BUCKET, StreamRead};
 use heimdex_core::jobs::{JobStatus, Status};
 use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
 use heimdex_store::VectorStore;
@@ -466,8 +466,7 @@ pub async fn jetstream(url: &str) -> jetstream::Context {
     heimdex_core::jetstream::context(client, Duration::from_secs(5))
 }
 
-/// Every message of `stream` under `filter` (the last per subject, or all), read with an ordered
-/// consumer until none is pending.
+/// Every message of `stream` under `filter` (the last per subject, or all), in stream order.
 async fn read_stream(
     js: &jetstream::Context,
     stream: &str,
@@ -475,32 +474,14 @@ async fn read_stream(
     deliver_policy: consumer::DeliverPolicy,
 ) -> Result<Vec<async_nats::jetstream::Message>, String> {
     let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: filter,
-            deliver_policy,
-            ..Default::default()
-        })
+    let mut read = StreamRead::open(&stream, filter, deliver_policy, Duration::from_secs(5))
         .await
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
-    }
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    loop {
-        let message = match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(err))) => return Err(err.to_string()),
-            Ok(None) => return Err("ended early".into()),
-            Err(_) => return Err("stalled".into()),
-        };
-        let pending = message.info().map_err(|e| e.to_string())?.pending;
+    while let Some(message) = read.next().await.map_err(|e| e.to_string())? {
         out.push(message);
-        if pending == 0 {
-            return Ok(out);
-        }
     }
+    Ok(out)
 }
 
 /// The org's job statuses, straight from the projection bucket.
@@ -803,6 +784,22 @@ impl Outcome {
     }
 }
 
+/// Waits (up to 4 minutes) until every accepted job is terminal, then counts the jobs' side of
+/// the outcome ([`tally_jobs`]), with the recovery time counted from `fault_over`.
+pub async fn settle(
+    scenario: &str,
+    ledger: &Ledger,
+    js: &jetstream::Context,
+    watch: &StatusWatch,
+    fault_over: Instant,
+) -> Outcome {
+    let (statuses, _) = wait_terminal(js, ledger, Duration::from_secs(240)).await;
+    let recovery = fault_over.elapsed();
+    let mut outcome = tally_jobs(scenario, ledger, &statuses, js, Some(watch)).await;
+    outcome.recovery = recovery;
+    outcome
+}
+
 /// Counts the jobs' side of [`Outcome`] for the ledger's org: statuses from the projection,
 /// events from the stream, status regressions from `watch`. The points are counted by
 /// [`Outcome::count_points`], which may need the processes stopped first (an embedded store).
@@ -999,17 +996,7 @@ impl Deployment {
     /// Waits until every accepted job is terminal (recovery is counted from `fault_over`),
     /// stops `serve` gracefully and counts everything.
     pub async fn finish(mut self, scenario: &str, fault_over: Instant) -> Outcome {
-        let (statuses, _) = wait_terminal(&self.js, &self.ledger, Duration::from_secs(240)).await;
-        let recovery = fault_over.elapsed();
-        let mut outcome = tally_jobs(
-            scenario,
-            &self.ledger,
-            &statuses,
-            &self.js,
-            Some(&self.watch),
-        )
-        .await;
-        outcome.recovery = recovery;
+        let mut outcome = settle(scenario, &self.ledger, &self.js, &self.watch, fault_over).await;
         let exit = self.serve.terminate().await;
         outcome.attach_logs(&[&self.serve]);
         assert!(exit.success(), "serve exits 0 on SIGTERM, got {exit}");
@@ -1091,17 +1078,7 @@ impl Split {
         fault_over: Instant,
         more_stores: &[Arc<dyn VectorStore>],
     ) -> Outcome {
-        let (statuses, _) = wait_terminal(&self.js, &self.ledger, Duration::from_secs(240)).await;
-        let recovery = fault_over.elapsed();
-        let mut outcome = tally_jobs(
-            scenario,
-            &self.ledger,
-            &statuses,
-            &self.js,
-            Some(&self.watch),
-        )
-        .await;
-        outcome.recovery = recovery;
+        let mut outcome = settle(scenario, &self.ledger, &self.js, &self.watch, fault_over).await;
         let exits = [
             self.worker.terminate().await,
             self.api.terminate().await,

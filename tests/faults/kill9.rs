@@ -83,15 +83,11 @@ async fn serve_kill_9_repeatedly_loses_nothing() {
     }
     let fault_over = Instant::now();
     assert_eq!(submitting.await.unwrap(), jobs, "every job accepted");
-    let (statuses, _) = wait_terminal(&js, &ledger, Duration::from_secs(180)).await;
-    let recovery = fault_over.elapsed();
-
-    let mut outcome = tally_jobs("kill -9 serve", &ledger, &statuses, &js, Some(&watch)).await;
+    let mut outcome = settle("kill -9 serve", &ledger, &js, &watch, fault_over).await;
     assert!(serve.terminate().await.success());
     outcome
         .count_points(&[open_embedded_store(&root.join("data")).await])
         .await;
-    outcome.recovery = recovery;
     outcome.note(format!(
         "{kills} kills (API, worker, projector and their nats-server) over {jobs} jobs"
     ));
