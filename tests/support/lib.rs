@@ -84,7 +84,11 @@ impl TestNats {
     }
 }
 
-/// Settings for a test: its own data dir, port 0, a fixed JWT secret.
+/// The embedder's thread budget every test runs with: two threads, so that batches take the
+/// pool's path (a query's short pass runs on one thread whatever the budget).
+pub const EMBED_THREADS: &str = "2";
+
+/// Settings for a test: its own data dir, port 0, a fixed JWT secret, [`EMBED_THREADS`].
 pub fn settings(data_dir: &std::path::Path, nats_url: &str, extra: &[(&str, &str)]) -> Settings {
     let mut vars: HashMap<String, String> = [
         ("HEIMDEX_DATA_DIR", data_dir.to_str().expect("utf-8 path")),
@@ -93,6 +97,7 @@ pub fn settings(data_dir: &std::path::Path, nats_url: &str, extra: &[(&str, &str
         ("JWT_SECRET", JWT_SECRET),
         ("PROBE_CACHE_SEC", "1"),
         ("NATS_PUBLISH_TIMEOUT_MS", "1500"),
+        ("HEIMDEX_EMBED_THREADS", EMBED_THREADS),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -183,15 +188,27 @@ impl TestApp {
             self.settings.model_dir.clone(),
             self.settings.qdrant.vector_size,
         );
+        let threads = heimdex_embed::ThreadBudget::new(
+            self.settings
+                .embed_threads
+                .expect("tests set HEIMDEX_EMBED_THREADS"),
+        );
         let models = tokio::task::spawn_blocking(move || {
-            heimdex_embed::Registry::load(dir.as_deref(), size)
+            heimdex_embed::Registry::load(dir.as_deref(), size, threads)
         })
         .await
         .expect("models load");
-        let worker =
-            serve::build_worker(&self.settings, &nats, self.store.clone(), Arc::new(models))
-                .await
-                .expect("worker builds");
+        // A worker of its own, as another process would be: its own models and queue.
+        let queue = heimdex_embed::EmbedQueue::start().expect("embedding queue starts");
+        let worker = serve::build_worker(
+            &self.settings,
+            &nats,
+            self.store.clone(),
+            Arc::new(models),
+            queue,
+        )
+        .await
+        .expect("worker builds");
         self.late_workers
             .push(tokio::spawn(worker.run(self.shutdown.clone())));
     }

@@ -59,6 +59,8 @@ pub struct ApiDeps {
     pub store: Arc<dyn VectorStore>,
     /// The models requests may name.
     pub models: Arc<heimdex_embed::Registry>,
+    /// The process's embedding queue: search embeds text queries there, ahead of ingest.
+    pub embeddings: heimdex_embed::EmbedQueue,
     /// NATS URL shown in `/readyz` (no credentials).
     pub nats_url: String,
 }
@@ -71,6 +73,7 @@ pub struct AppState {
     pub jobs_stream: stream::Stream,
     pub store: Arc<dyn VectorStore>,
     pub models: Arc<heimdex_embed::Registry>,
+    pub embeddings: heimdex_embed::EmbedQueue,
     pub nats_url: String,
     pub store_url: Option<String>,
     pub nats_probe: CachedProbe,
@@ -116,6 +119,7 @@ pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError
         jobs_stream: deps.jobs_stream,
         store: deps.store,
         models: deps.models,
+        embeddings: deps.embeddings,
         nats_url: strip_credentials(&deps.nats_url),
         store_url,
         nats_probe: CachedProbe::new(settings.probes.clone()),

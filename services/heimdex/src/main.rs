@@ -78,40 +78,7 @@ enum ProjectorAction {
     },
 }
 
-/// candle's matrix product asks, on every call, how many threads to use; unless
-/// `RAYON_NUM_THREADS` is set, the answer comes from reading and parsing `/proc/cpuinfo`
-/// (`num_cpus::get_physical`). A search query makes 24 matrix products: on the two-core bench
-/// machine a read costs ~40 µs at the median and up to ~4 ms when the other core is busy, so
-/// these reads alone were ~1 ms of a query's embedding and much of its p99.
-///
-/// Setting the variable for the running process needs `unsafe` (Rust 2024), which this workspace
-/// forbids, so when it is unset the binary re-executes itself once, before anything else starts,
-/// with it set to the threads rayon would use anyway (`available_parallelism`). If that fails,
-/// the binary carries on as it is.
-#[cfg(unix)]
-fn pin_thread_count() {
-    use std::os::unix::process::CommandExt;
-
-    const VAR: &str = "RAYON_NUM_THREADS";
-    if std::env::var_os(VAR).is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(VAR, threads.to_string())
-        .exec();
-    eprintln!("heimdex: could not re-execute with {VAR}={threads} ({err}); continuing without");
-}
-
-#[cfg(not(unix))]
-fn pin_thread_count() {}
-
 fn main() -> std::process::ExitCode {
-    pin_thread_count();
     let cli = Cli::parse();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,

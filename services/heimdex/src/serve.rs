@@ -9,7 +9,7 @@ use std::time::Duration;
 use heimdex_core::Settings;
 use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
 use heimdex_core::shutdown::CancellationToken;
-use heimdex_embed::Registry;
+use heimdex_embed::{EmbedQueue, Registry, ThreadBudget};
 use heimdex_store::VectorStore;
 use tokio::task::JoinSet;
 
@@ -129,19 +129,41 @@ pub async fn start(
         None
     };
 
+    // The models and the one embedding queue, shared by the worker and search (queries first).
     let models = if roles.api || roles.worker {
         let dir = settings.model_dir.clone();
         let size = settings.qdrant.vector_size;
-        Some(Arc::new(
-            tokio::task::spawn_blocking(move || Registry::load(dir.as_deref(), size)).await?,
-        ))
+        let threads = settings
+            .embed_threads
+            .map(ThreadBudget::new)
+            .unwrap_or_default();
+        let registry =
+            tokio::task::spawn_blocking(move || Registry::load(dir.as_deref(), size, threads))
+                .await?;
+        Some((Arc::new(registry), EmbedQueue::start()?))
     } else {
         None
     };
+    let (models, embeddings) = match models {
+        Some((models, queue)) => (Some(models), Some(queue)),
+        None => (None, None),
+    };
 
     let mut tasks = JoinSet::new();
-    if let (Some(store), Some(models), true) = (store.as_ref(), models.as_ref(), roles.worker) {
-        let worker = build_worker(settings, &nats, store.clone(), models.clone()).await?;
+    if let (Some(store), Some(models), Some(embeddings), true) = (
+        store.as_ref(),
+        models.as_ref(),
+        embeddings.as_ref(),
+        roles.worker,
+    ) {
+        let worker = build_worker(
+            settings,
+            &nats,
+            store.clone(),
+            models.clone(),
+            embeddings.clone(),
+        )
+        .await?;
         tasks.spawn(worker.run(shutdown.clone()));
         tasks.spawn(heimdex_worker::advisory::run(
             nats.client.clone(),
@@ -154,7 +176,12 @@ pub async fn start(
         tasks.spawn(projector.run(shutdown.clone()));
     }
     let mut api_addr = None;
-    if let (Some(store), Some(models), true) = (store.as_ref(), models.as_ref(), roles.api) {
+    if let (Some(store), Some(models), Some(embeddings), true) = (
+        store.as_ref(),
+        models.as_ref(),
+        embeddings.as_ref(),
+        roles.api,
+    ) {
         if settings.overload.max_backlog > 0 {
             // The backlog bound reads the worker consumer's pending counts: create it (with
             // its checked definition) so jobs are counted before any worker has started.
@@ -169,6 +196,7 @@ pub async fn start(
                 jobs_stream: nats.stream.clone(),
                 store: store.clone(),
                 models: models.clone(),
+                embeddings: embeddings.clone(),
                 nats_url: nats.url.clone(),
             },
         )
@@ -197,6 +225,7 @@ pub async fn build_worker(
     nats: &Nats,
     store: Arc<dyn VectorStore>,
     models: Arc<Registry>,
+    embeddings: EmbedQueue,
 ) -> anyhow::Result<heimdex_worker::Worker> {
     let consumer =
         heimdex_core::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
@@ -208,6 +237,7 @@ pub async fn build_worker(
             consumer,
             store,
             models,
+            embeddings,
         },
     )
     .await?;

@@ -25,11 +25,10 @@ use heimdex_core::jobs::{
     ChunkInfo, DeleteAssetParams, DeletePointParams, EmbedParams, JobError, JobErrorCode,
     JobResult, JobSpec, JobStatus, MockParams,
 };
-use heimdex_embed::{EmbedError, ModelError};
+use heimdex_embed::{EmbedError, EmbedQueue, ModelError, Priority};
 use heimdex_store::{NewPoint, Payload, PointFilter, StoreError};
 
 use crate::backoff::retry_delay;
-use crate::embedding::EmbedQueue;
 use crate::{WorkerConfig, WorkerDeps};
 
 /// What to do with a message once its job has been handled.
@@ -453,8 +452,8 @@ async fn plan(
     work
 }
 
-/// Embeds the texts of `params` (all naming `model`) in one call on the blocking pool. Returns a
-/// vector, or the reason there is none, per input.
+/// Embeds the texts of `params` (all naming `model`) through the embedding queue, as one
+/// request. Returns a vector, or the reason there is none, per input.
 async fn embed(
     deps: &WorkerDeps,
     embeddings: &EmbedQueue,
@@ -488,7 +487,7 @@ async fn embed(
             )))));
         }
     }
-    let vectors = match embeddings.embed(embedder, texts).await {
+    let vectors = match embeddings.embed(embedder, texts, Priority::Bulk).await {
         Ok(vectors) => vectors,
         Err(EmbedError::InvalidInput(message)) => return all(JobFailure::Invalid(message)),
         Err(err) => {

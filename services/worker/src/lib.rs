@@ -5,8 +5,9 @@
 //! with the reason. A `retried` event runs a FAILED job again, as a new round (module `job`).
 //!
 //! Messages are handled in batches (whatever the consumer has ready, up to a bound), so one
-//! vector-store write and its flush serve many jobs, and the texts of every batch in flight are
-//! embedded together ([`embedding`]). Store work runs in stream order within a batch. Input
+//! vector-store write and its flush serve many jobs, and the texts of a batch go to the process's
+//! one embedding queue ([`heimdex_embed::EmbedQueue`], shared with search), which merges the
+//! batches waiting there. Store work runs in stream order within a batch. Input
 //! that can never succeed (blank text, unknown model or version, wrong dimension) fails on its
 //! first attempt; everything else is retried with backoff until the last delivery.
 //! Delivery is at-least-once: a job whose status is already terminal is skipped, point ids are
@@ -14,7 +15,6 @@
 
 pub mod advisory;
 mod backoff;
-pub mod embedding;
 mod job;
 
 use std::collections::VecDeque;
@@ -107,6 +107,8 @@ pub struct WorkerDeps {
     pub store: Arc<dyn VectorStore>,
     /// The models jobs may name.
     pub models: Arc<heimdex_embed::Registry>,
+    /// The process's embedding queue (shared with search, which goes first).
+    pub embeddings: heimdex_embed::EmbedQueue,
 }
 
 #[derive(Clone)]
@@ -115,8 +117,8 @@ pub struct Worker {
     deps: WorkerDeps,
     /// Whether the collection is known to exist; until then each batch tries to create it.
     collection_ready: Arc<AtomicBool>,
-    /// Embeds the texts of every batch in flight, merged.
-    embeddings: embedding::EmbedQueue,
+    /// Embeds the texts of every batch in flight (`deps.embeddings`).
+    embeddings: heimdex_embed::EmbedQueue,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,9 +143,9 @@ impl Worker {
         };
         Ok(Self {
             config: Arc::new(config),
+            embeddings: deps.embeddings.clone(),
             deps,
             collection_ready: Arc::new(AtomicBool::new(ready)),
-            embeddings: embedding::EmbedQueue::start(),
         })
     }
 

@@ -40,6 +40,9 @@ pub struct Settings {
     pub nats: NatsSettings,
     pub qdrant: QdrantSettings,
     pub model_dir: Option<PathBuf>,
+    /// The embedder's thread budget (`HEIMDEX_EMBED_THREADS`); `None`: every core the process
+    /// may use.
+    pub embed_threads: Option<std::num::NonZeroUsize>,
     pub jwt: JwtConfig,
     /// True when no `JWT_SECRET` was given and the public development secret is in use.
     pub jwt_dev_secret: bool,
@@ -276,6 +279,16 @@ impl Settings {
                 enabled: env.parse_bool("ENABLE_QDRANT", true)?,
             },
             model_dir: env.get("HEIMDEX_MODEL_DIR").map(PathBuf::from),
+            embed_threads: match env.get("HEIMDEX_EMBED_THREADS") {
+                None => None,
+                Some(v) => Some(v.parse().map_err(|_| {
+                    invalid(
+                        "HEIMDEX_EMBED_THREADS",
+                        &v,
+                        "expected a whole number of threads, at least 1",
+                    )
+                })?),
+            },
             jwt,
             jwt_dev_secret,
             telemetry: TelemetrySettings {

@@ -1,7 +1,9 @@
 //! Heimdex's embedders.
 //!
-//! [`Embedder`] is the synchronous, CPU-bound interface the service uses (callers run it in
-//! `spawn_blocking`). [`MiniLm`] is sentence-transformers/all-MiniLM-L6-v2 on the CPU:
+//! [`Embedder`] is the synchronous, CPU-bound interface of a model. The service does not call it
+//! directly: every embedding (a worker's batch, a search query) goes through the one
+//! [`EmbedQueue`] of the process, which runs one forward pass at a time and lets queries go
+//! first. [`MiniLm`] is sentence-transformers/all-MiniLM-L6-v2 on the CPU:
 //! 384-d, mean pooling over the attention mask, L2-normalised, truncation at 256 tokens. Weights
 //! come from a local directory in Hugging Face layout (`config.json`, `tokenizer.json`,
 //! `model.safetensors`) that `deploy/setup.sh` fills; nothing is downloaded at run time.
@@ -9,13 +11,16 @@
 mod chunk;
 mod minilm;
 mod mock;
+mod queue;
 mod registry;
 
 pub use chunk::{Chunk, ChunkOptions, chunk};
-pub use minilm::MiniLm;
+pub use minilm::{MiniLm, Products};
 pub use mock::Mock;
+pub use queue::{EmbedQueue, Priority};
 pub use registry::{ModelError, ModelStatus, Registry};
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 /// Environment variable naming the model directory.
@@ -40,11 +45,35 @@ pub enum EmbedError {
     /// The input cannot be embedded (e.g. empty or whitespace-only text).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The embedding queue stopped (or a forward pass panicked) before answering.
+    #[error("the embedding queue stopped before answering")]
+    Stopped,
 }
 
-impl From<candle_core::Error> for EmbedError {
-    fn from(e: candle_core::Error) -> Self {
-        Self::Inference(e.to_string())
+/// The embedder's thread budget: how many threads a forward pass may use, all of them owned by
+/// the model (MiniLM builds its pool of this size once, when it is loaded). The process decides
+/// it once, from its settings (`HEIMDEX_EMBED_THREADS`), before the model is loaded; nothing in
+/// the embedder reads the environment or asks the CPU again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ThreadBudget(NonZeroUsize);
+
+impl ThreadBudget {
+    pub const ONE: Self = Self(NonZeroUsize::MIN);
+
+    pub fn new(threads: NonZeroUsize) -> Self {
+        Self(threads)
+    }
+
+    pub fn get(self) -> usize {
+        self.0.get()
+    }
+}
+
+impl Default for ThreadBudget {
+    /// Every core this process may run on (`available_parallelism`: CPU affinity and cgroup
+    /// quotas included), else one.
+    fn default() -> Self {
+        Self(std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
     }
 }
 
@@ -65,7 +94,18 @@ pub trait Embedder: Send + Sync {
     fn token_spans(&self, text: &str) -> Result<Vec<(usize, usize)>, EmbedError>;
     /// One vector per text, in input order. Empty or whitespace-only text is
     /// [`EmbedError::InvalidInput`].
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError>;
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed_yielding(texts, &mut || {})
+    }
+    /// [`Embedder::embed`], calling `between` on the calling thread at points where no
+    /// computation is in flight and the model's threads are idle: after every step of each
+    /// forward pass. [`EmbedQueue`] runs waiting queries there. A model without passes (the
+    /// mock) calls it once.
+    fn embed_yielding(
+        &self,
+        texts: &[&str],
+        between: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>, EmbedError>;
 }
 
 /// Refuses empty or whitespace-only texts, naming the first.

@@ -78,9 +78,15 @@ impl Embedder for Mock {
         Ok(spans)
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    fn embed_yielding(
+        &self,
+        texts: &[&str],
+        between: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         check_texts(texts)?;
-        Ok(texts.iter().map(|t| self.vector(t)).collect())
+        let vectors = texts.iter().map(|t| self.vector(t)).collect();
+        between();
+        Ok(vectors)
     }
 }
 

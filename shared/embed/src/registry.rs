@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::{DEFAULT_MODEL_SUBDIR, Embedder, MiniLm, Mock, default_model_dir};
+use crate::{DEFAULT_MODEL_SUBDIR, Embedder, MiniLm, Mock, ThreadBudget, default_model_dir};
 
 /// A model's state in the registry.
 #[derive(Clone)]
@@ -46,15 +46,22 @@ impl Registry {
 
     /// `mock` (always available, `vector_size`-d) and `minilm-l6-v2` from `model_dir` (else
     /// [`default_model_dir`]). MiniLM is unavailable, with the reason, when its files are missing
-    /// or the collection's `vector_size` is not its 384.
-    pub fn load(model_dir: Option<&Path>, vector_size: usize) -> Self {
+    /// or the collection's `vector_size` is not its 384. Its forward passes use `threads`.
+    pub fn load(model_dir: Option<&Path>, vector_size: usize, threads: ThreadBudget) -> Self {
         let dir: PathBuf = model_dir
             .map(Path::to_path_buf)
             .or_else(default_model_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_SUBDIR));
-        let minilm = match MiniLm::load(&dir) {
+        let minilm = match MiniLm::load_with(&dir, threads) {
             Ok(m) if m.dim() == vector_size => {
-                tracing::info!(model = MiniLm::NAME, model_ver = m.model_ver(), dir = %dir.display(), "model loaded");
+                tracing::info!(
+                    model = MiniLm::NAME,
+                    model_ver = m.model_ver(),
+                    dir = %dir.display(),
+                    threads = m.threads(),
+                    products = %m.products(),
+                    "model loaded"
+                );
                 ModelStatus::Ready(Arc::new(m))
             }
             Ok(m) => ModelStatus::Unavailable(format!(
@@ -119,7 +126,7 @@ mod tests {
     #[test]
     fn missing_weights_make_minilm_unavailable_with_the_reason() {
         let dir = std::env::temp_dir().join("heimdex-no-such-model-dir");
-        let registry = Registry::load(Some(&dir), 384);
+        let registry = Registry::load(Some(&dir), 384, ThreadBudget::ONE);
         assert!(registry.get(Some("mock")).is_ok());
         match registry.get(None).map(|m| m.model().to_owned()) {
             Err(ModelError::Unavailable { name, reason }) => {

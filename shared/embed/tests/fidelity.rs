@@ -11,7 +11,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use heimdex_embed::Embedder;
+use heimdex_embed::{Embedder, Products, ThreadBudget};
 
 const MIN_COSINE: f64 = 0.9999;
 
@@ -57,44 +57,68 @@ fn golden_cosine_at_least_0_9999() {
     }
     assert!(!texts.is_empty(), "no golden texts in {}", path.display());
 
-    let model = common::load_model();
     let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    // All texts in one call: the batch path (one pass of a few hundred tokens).
-    let batch = model.embed(&inputs).unwrap();
-    // Each text alone: the one-thread path for short passes (a search query), except for the
-    // golden texts too long for it, which take the batch path again.
-    let alone: Vec<Vec<f32>> = inputs
-        .iter()
-        .map(|t| model.embed(&[t]).unwrap().pop().unwrap())
-        .collect();
-    for (name, got) in [("one batch", &batch), ("one text per call", &alone)] {
-        assert_eq!(got.len(), refs.len());
-        let mut min = f64::MAX;
-        let mut worst = 0;
-        let mut sum = 0.0f64;
-        for (i, (v, r)) in got.iter().zip(&refs).enumerate() {
-            assert_eq!(v.len(), r.len(), "dimension of text {i}");
-            let c = cosine(v, r);
-            sum += c;
-            if c < min {
-                min = c;
-                worst = i;
-            }
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let mean = sum / refs.len() as f64;
+    // Every library the large products can run on (BLIS through the FFI module, whatever
+    // kernels it has for this CPU, and the `gemm` crate), with the tests' thread budget, and the
+    // automatic choice with a budget of one thread.
+    let models = [
+        (
+            "BLIS",
+            common::load_model_with_products(common::threads(), Products::Blis),
+        ),
+        (
+            "gemm crate",
+            common::load_model_with_products(common::threads(), Products::GemmCrate),
+        ),
+        (
+            "auto, one thread",
+            common::load_model_with_products(ThreadBudget::ONE, Products::Auto),
+        ),
+    ];
+    for (products, model) in &models {
+        // All texts in one call: the batch path (one pass of a few hundred tokens).
+        let batch = model.embed(&inputs).unwrap();
+        // Each text alone: the one-thread path for short passes (a search query), except for the
+        // golden texts too long for it, which take the batch path again.
+        let alone: Vec<Vec<f32>> = inputs
+            .iter()
+            .map(|t| model.embed(&[t]).unwrap().pop().unwrap())
+            .collect();
         println!(
-            "fidelity ({name}): {} texts, min cosine {min:.9} (text {worst}), mean {mean:.9}, \
+            "{products}: {}, {} threads",
+            model.products(),
+            model.threads()
+        );
+        for (name, got) in [("one batch", &batch), ("one text per call", &alone)] {
+            assert_eq!(got.len(), refs.len());
+            let mut min = f64::MAX;
+            let mut worst = 0;
+            let mut sum = 0.0f64;
+            for (i, (v, r)) in got.iter().zip(&refs).enumerate() {
+                assert_eq!(v.len(), r.len(), "dimension of text {i}");
+                let c = cosine(v, r);
+                sum += c;
+                if c < min {
+                    min = c;
+                    worst = i;
+                }
+            }
+            #[allow(clippy::cast_precision_loss)]
+            let mean = sum / refs.len() as f64;
+            println!(
+                "fidelity ({name}): {} texts, min cosine {min:.9} (text {worst}), mean {mean:.9}, \
              max 1-cos {:.2e}",
-            refs.len(),
-            1.0 - min
-        );
-        assert!(
-            min >= MIN_COSINE,
-            "{name}: min cosine {min} < {MIN_COSINE} for text {worst}: {:?}",
-            texts.get(worst)
-        );
+                refs.len(),
+                1.0 - min
+            );
+            assert!(
+                min >= MIN_COSINE,
+                "{name}: min cosine {min} < {MIN_COSINE} for text {worst}: {:?}",
+                texts.get(worst)
+            );
+        }
     }
+    let model = common::load_model();
 
     // Rough throughput on the golden texts (meaningful in --release only).
     let rounds = 5;

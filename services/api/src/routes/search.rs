@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use tracing::Instrument;
 use uuid::Uuid;
 
+use heimdex_embed::Priority;
 use heimdex_store::{PointFilter, SearchRequest as StoreSearch};
 
 use crate::AppState;
@@ -162,17 +164,16 @@ impl SearchApi {
                     ))
                     .into());
                 }
-                let embedder = embedder.clone();
-                let span = tracing::info_span!("embed.query", model = embedder.model());
-                tokio::task::spawn_blocking(move || {
-                    let _entered = span.enter();
-                    embedder.embed(&[query.as_str()])
-                })
-                .await
-                .map_err(|err| ApiError::Internal(format!("embedding task: {err}")))?
-                .map_err(|err| ApiError::Internal(format!("embedding the query: {err}")))?
-                .pop()
-                .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))?
+                // Through the process's one embedding queue, ahead of any ingest batch: it waits
+                // for at most the step of a forward pass already running.
+                self.state
+                    .embeddings
+                    .embed(embedder.clone(), vec![query], Priority::Query)
+                    .instrument(tracing::info_span!("embed.query", model = embedder.model()))
+                    .await
+                    .map_err(|err| ApiError::Internal(format!("embedding the query: {err}")))?
+                    .pop()
+                    .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))?
             }
         };
 

@@ -1,21 +1,39 @@
 //! `heimdex bench embed`: the embedder's own throughput on a file of texts, in the same JSON
-//! shape as `bench/st_embed.py` prints for sentence-transformers.
+//! shape as `bench/st_embed.py` prints for sentence-transformers, plus the work it did: the
+//! encoder's floating-point operations (counted from the model's shapes and each text's tokens)
+//! and the GFLOP/s achieved, so that `bench/embedder.sh` can put both implementations against the
+//! same count.
 
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use heimdex_embed::{Embedder, MiniLm};
+use heimdex_embed::{Embedder, MiniLm, ThreadBudget};
 
 use super::{corpus, median, percentile};
 
-pub fn run(texts: &Path, repeat: usize, model_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn load(model_dir: Option<PathBuf>, threads: Option<NonZeroUsize>) -> anyhow::Result<MiniLm> {
+    let threads = threads.map(ThreadBudget::new).unwrap_or_default();
+    let dir = model_dir
+        .or_else(heimdex_embed::default_model_dir)
+        .unwrap_or_else(|| PathBuf::from(heimdex_embed::DEFAULT_MODEL_SUBDIR));
+    Ok(MiniLm::load_with(dir, threads)?)
+}
+
+pub fn run(
+    texts: &Path,
+    repeat: usize,
+    model_dir: Option<PathBuf>,
+    threads: Option<NonZeroUsize>,
+) -> anyhow::Result<()> {
     let texts = corpus::read(texts)?;
     anyhow::ensure!(!texts.is_empty(), "no texts");
-    let model = match model_dir {
-        Some(dir) => MiniLm::load(dir)?,
-        None => MiniLm::load_default()?,
-    };
+    let model = load(model_dir, threads)?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut flop = 0.0;
+    for text in &refs {
+        flop += model.flops(text)?;
+    }
     model.embed(&refs[..refs.len().min(32)])?; // warm-up
     let mut runs = Vec::with_capacity(repeat);
     for _ in 0..repeat {
@@ -31,13 +49,17 @@ pub fn run(texts: &Path, repeat: usize, model_dir: Option<PathBuf>) -> anyhow::R
     println!(
         "{}",
         serde_json::json!({
-            "impl": "heimdex (candle)",
+            "impl": "heimdex",
             "model_ver": model.model_ver(),
-            "threads": std::thread::available_parallelism().map(usize::from).unwrap_or(1),
+            "threads": model.threads(),
+            "kernels": MiniLm::kernel_isa(),
+            "products": model.products(),
             "n": texts.len(),
+            "gflop": flop / 1e9,
             "runs_s": runs,
             "median_s": median_s,
             "texts_per_s": texts.len() as f64 / median_s,
+            "gflop_per_s": flop / 1e9 / median_s,
         })
     );
     Ok(())
@@ -45,12 +67,14 @@ pub fn run(texts: &Path, repeat: usize, model_dir: Option<PathBuf>) -> anyhow::R
 
 /// Latency of embedding one short query per call: the `queries` texts `bench search` sends
 /// (seed 99, 5-12 words), `repeat` rounds over them, one JSON line per round with p50/p90/p99.
-pub fn queries(queries: usize, repeat: usize, model_dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn queries(
+    queries: usize,
+    repeat: usize,
+    model_dir: Option<PathBuf>,
+    threads: Option<NonZeroUsize>,
+) -> anyhow::Result<()> {
     let texts = corpus::texts(queries, 99, 12);
-    let model = match model_dir {
-        Some(dir) => MiniLm::load(dir)?,
-        None => MiniLm::load_default()?,
-    };
+    let model = load(model_dir, threads)?;
     for text in texts.iter().take(20) {
         model.embed(&[text.as_str()])?; // warm-up
     }
@@ -65,8 +89,9 @@ pub fn queries(queries: usize, repeat: usize, model_dir: Option<PathBuf>) -> any
         println!(
             "{}",
             serde_json::json!({
-                "impl": "heimdex (candle)",
+                "impl": "heimdex",
                 "round": round,
+                "threads": model.threads(),
                 "queries": texts.len(),
                 "p50_ms": percentile(&latencies, 0.50).as_secs_f64() * 1e3,
                 "p90_ms": percentile(&latencies, 0.90).as_secs_f64() * 1e3,

@@ -66,6 +66,9 @@ pub enum BenchCommand {
         /// Model directory (default: HEIMDEX_MODEL_DIR or .tools/models/all-minilm-l6-v2).
         #[arg(long)]
         model_dir: Option<PathBuf>,
+        /// The embedder's thread budget (default: every core the process may use).
+        #[arg(long)]
+        threads: Option<std::num::NonZeroUsize>,
     },
     /// Ingest N texts through POST /vectors/embed/batch and time them to SUCCEEDED.
     IngestText {
@@ -123,9 +126,10 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             queries,
             repeat,
             model_dir,
+            threads,
         } => match (texts, queries) {
-            (_, Some(queries)) => embed::queries(queries.max(1), repeat.max(1), model_dir),
-            (Some(texts), None) => embed::run(&texts, repeat.max(1), model_dir),
+            (_, Some(queries)) => embed::queries(queries.max(1), repeat.max(1), model_dir, threads),
+            (Some(texts), None) => embed::run(&texts, repeat.max(1), model_dir, threads),
             (None, None) => anyhow::bail!("give --texts or --queries"),
         },
         BenchCommand::IngestText {

@@ -1,21 +1,18 @@
-//! The two CPU kernels candle has no fast path for, as candle custom ops:
+//! The encoder's kernels besides the matrix products, on plain slices:
 //!
-//! * [`Gelu`]: exact (erf) GELU. candle's own calls a scalar `erff` per element, which was about
-//!   a fifth of MiniLM's time; this one uses a branch-free erf approximation (max abs error
-//!   5e-7 in f32, about four ulps near 1) that the compiler vectorises.
-//! * [`Attention`]: multi-head self-attention over *packed* sequences. The rows of the fused
+//! * [`bias_gelu`]: the intermediate layer's bias and exact (erf) GELU in one pass. A scalar
+//!   `erff` per element was about a fifth of MiniLM's time; this uses a branch-free erf
+//!   approximation (max abs error 5e-7 in f32, about four ulps near 1) that the compiler
+//!   vectorises.
+//! * [`add_norm`]: a product's bias, the residual and LayerNorm in one pass over each row.
+//! * [`attend`]: multi-head self-attention over one text of a *packed* pass. The rows of the fused
 //!   `[q | k | v]` projection hold the tokens of several texts back to back, with no padding; each
-//!   text attends only to its own tokens. candle's batched matmul would have run one tiny GEMM
-//!   (with a thread hand-off) per text and head; here each text is one task on rayon's pool and
-//!   every inner loop runs along contiguous memory.
+//!   text attends only to its own tokens, and every inner loop runs along contiguous memory.
 //!
-//! Both are plain safe Rust: the loops are written so the compiler vectorises them, and run under
-//! [`pulp::Arch::dispatch`], which compiles them for AVX-512 or AVX2 and picks the best the CPU
-//! has at run time (the release build itself targets baseline x86-64). The tests pin them against
-//! straightforward reference code.
-
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
-use rayon::prelude::*;
+//! All are plain safe Rust: the loops are written so the compiler vectorises them, and run under
+//! [`pulp::Arch::dispatch`], which compiles them for AVX-512 (with the `avx512` feature) or AVX2
+//! and picks the best the CPU has at run time (the release build itself targets baseline x86-64).
+//! The tests pin them against straightforward reference code.
 
 /// Branch-free `e^x` for `x <= 0` (softmax inputs after subtracting the row maximum): Cody–Waite
 /// range reduction to `r` in [-ln2/2, ln2/2] and a degree-6 Taylor polynomial, relative error
@@ -68,122 +65,121 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// Rows handed to one rayon task by the element-wise kernels.
-const ROWS_PER_TASK: usize = 64;
-
-fn contiguous_f32<'a>(
-    op: &str,
-    storage: &'a CpuStorage,
-    layout: &Layout,
-) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{op}: expected f32 storage");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{op}: expected a contiguous tensor");
-    };
-    data.get(start..end)
-        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: layout out of bounds")))
+/// A per-row kernel over a slice, as a [`pulp::WithSimd`] so it is compiled for each instruction
+/// set (a closure passed to `dispatch` is not reliably inlined into the SIMD-enabled function).
+struct Rows<'a, F> {
+    rows: &'a mut [f32],
+    width: usize,
+    f: F,
 }
 
-/// GELU over a slice, as a [`pulp::WithSimd`] so it is compiled for each instruction set
-/// (a closure passed to `dispatch` is not reliably inlined into the SIMD-enabled function).
-struct GeluSlice<'a> {
-    input: &'a [f32],
-    out: &'a mut [f32],
-}
-
-impl pulp::WithSimd for GeluSlice<'_> {
+impl<F: Fn(usize, &mut [f32])> pulp::WithSimd for Rows<'_, F> {
     type Output = ();
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _: S) {
-        for (o, &i) in self.out.iter_mut().zip(self.input) {
-            *o = gelu(i);
+        for (i, row) in self.rows.chunks_exact_mut(self.width).enumerate() {
+            (self.f)(i, row);
         }
     }
 }
 
-/// Element-wise exact GELU on a contiguous f32 tensor of any shape.
-pub(crate) struct Gelu;
-
-impl CustomOp1 for Gelu {
-    fn name(&self) -> &'static str {
-        "heimdex-gelu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let input = contiguous_f32(self.name(), storage, layout)?;
-        let width = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; input.len()];
-        let arch = pulp::Arch::new();
-        out.par_chunks_mut(width * ROWS_PER_TASK)
-            .zip(input.par_chunks(width * ROWS_PER_TASK))
-            .for_each(|(o, i)| arch.dispatch(GeluSlice { input: i, out: o }));
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
+/// `x = gelu(x + bias)` for every row of `x` (rows as wide as `bias`): the intermediate layer's
+/// bias and activation in one pass over its output.
+pub(crate) fn bias_gelu(arch: pulp::Arch, x: &mut [f32], bias: &[f32]) {
+    arch.dispatch(Rows {
+        rows: x,
+        width: bias.len(),
+        f: |_, row: &mut [f32]| {
+            for (v, &b) in row.iter_mut().zip(bias) {
+                *v = gelu(*v + b);
+            }
+        },
+    });
 }
 
-/// Self-attention over packed texts.
+/// `x = bias + x` for every row of `x`: the bias of a product, before it accumulates.
+pub(crate) fn fill_rows(arch: pulp::Arch, x: &mut [f32], bias: &[f32]) {
+    arch.dispatch(Rows {
+        rows: x,
+        width: bias.len(),
+        f: |_, row: &mut [f32]| row.copy_from_slice(bias),
+    });
+}
+
+/// LayerNorm parameters.
+pub(crate) struct Norm<'a> {
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub eps: f32,
+}
+
+/// The residual step of a BERT layer, row by row: `x = LayerNorm(x + y + bias)`, with the mean
+/// and the variance computed in two passes over the row (as PyTorch does), or `x = LayerNorm(x)`
+/// when `add` is `None` (the embeddings). `y` holds the same rows as `x`.
+pub(crate) fn add_norm(
+    arch: pulp::Arch,
+    x: &mut [f32],
+    add: Option<(&[f32], &[f32])>,
+    norm: &Norm<'_>,
+) {
+    let width = norm.gamma.len();
+    arch.dispatch(Rows {
+        rows: x,
+        width,
+        f: |i, row: &mut [f32]| {
+            if let Some((y, bias)) = add {
+                let y = &y[i * width..(i + 1) * width];
+                for ((v, &y), &b) in row.iter_mut().zip(y).zip(bias) {
+                    *v += y + b;
+                }
+            }
+            let inv_n = 1.0 / width as f32;
+            let mean = sum_f32(row) * inv_n;
+            let var = sum_sq_dev(row, mean) * inv_n;
+            let inv_std = 1.0 / (var + norm.eps).sqrt();
+            for ((v, &g), &b) in row.iter_mut().zip(norm.gamma).zip(norm.beta) {
+                *v = (*v - mean) * inv_std * g + b;
+            }
+        },
+    });
+}
+
+/// Σ (x - mean)² with 16 independent accumulators, so it vectorises.
+#[inline(always)]
+fn sum_sq_dev(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            let d = x - mean;
+            *a += d * d;
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|&x| (x - mean) * (x - mean)).sum::<f32>()
+}
+
+/// Self-attention over packed texts, one text at a time (the caller spreads texts over threads).
 ///
-/// Input: `[tokens, 3 * hidden]` rows of `[q | k | v]`, with `q` already scaled by
-/// `1/sqrt(head_dim)`. `lens` gives each text's token count, in row order (they sum to
-/// `tokens`). Output: `[tokens, hidden]`, every head's context written at `head * head_dim`.
-pub(crate) struct Attention<'a> {
-    pub lens: &'a [usize],
-    pub heads: usize,
-    pub head_dim: usize,
-}
-
-impl CustomOp1 for Attention<'_> {
-    fn name(&self) -> &'static str {
-        "heimdex-packed-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let qkv = contiguous_f32(self.name(), storage, layout)?;
-        let hidden = self.heads * self.head_dim;
-        let tokens: usize = self.lens.iter().sum();
-        if layout.dims() != [tokens, 3 * hidden] {
-            candle_core::bail!(
-                "{}: expected [{tokens}, {}], got {:?}",
-                self.name(),
-                3 * hidden,
-                layout.dims()
-            );
-        }
-        let mut out = vec![0f32; tokens * hidden];
-        // One (input rows, output rows) pair per text.
-        let mut tasks = Vec::with_capacity(self.lens.len());
-        let (mut qkv_rest, mut out_rest) = (qkv, out.as_mut_slice());
-        for &len in self.lens {
-            let (q, qr) = qkv_rest.split_at(len * 3 * hidden);
-            let (o, or) = out_rest.split_at_mut(len * hidden);
-            tasks.push((q, o));
-            (qkv_rest, out_rest) = (qr, or);
-        }
-        let arch = pulp::Arch::new();
-        tasks
-            .into_par_iter()
-            .for_each_init(Scratch::default, |scratch, (q, o)| {
-                arch.dispatch(AttendOne {
-                    qkv: q,
-                    out: o,
-                    heads: self.heads,
-                    head_dim: self.head_dim,
-                    scratch,
-                })
-            });
-        Ok((CpuStorage::F32(out), Shape::from((tokens, hidden))))
-    }
+/// `qkv` holds one text's `[len, 3 * hidden]` rows of `[q | k | v]`, with `q` already scaled by
+/// `1/sqrt(head_dim)`; `out` receives its `[len, hidden]` context rows, every head's context
+/// written at `head * head_dim`.
+pub(crate) fn attend(
+    arch: pulp::Arch,
+    qkv: &[f32],
+    out: &mut [f32],
+    heads: usize,
+    head_dim: usize,
+    scratch: &mut Scratch,
+) {
+    arch.dispatch(AttendOne {
+        qkv,
+        out,
+        heads,
+        head_dim,
+        scratch,
+    });
 }
 
 /// Keys are processed in blocks of this many lanes (one AVX-512 register of f32).
@@ -191,7 +187,7 @@ const LANES: usize = 16;
 
 /// Per-thread buffers reused across texts.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     /// One head's keys in blocks of [`LANES`] keys: element `[block * head_dim + d][t]` is
     /// dimension `d` of key `block * LANES + t` (zero past the last key).
     keys: Vec<[f32; LANES]>,
@@ -322,7 +318,6 @@ fn sum_f32(xs: &[f32]) -> f32 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
 
     #[test]
     fn exp_matches_f64_within_3e_7_relative() {
@@ -350,18 +345,68 @@ mod tests {
     }
 
     #[test]
-    fn gelu_op_matches_the_exact_formula() {
+    fn bias_gelu_matches_the_exact_formula() {
         let xs: Vec<f32> = (-3000..3000).map(|i| i as f32 / 500.0).collect();
-        let t = Tensor::from_vec(xs.clone(), (60, 100), &Device::Cpu).unwrap();
-        let got = t.apply_op1_no_bwd(&Gelu).unwrap().flatten_all().unwrap();
-        let got = got.to_vec1::<f32>().unwrap();
-        for (x, g) in xs.iter().zip(got) {
-            let x = *x as f64;
+        let bias: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) / 1000.0).collect();
+        let mut got = xs.clone();
+        bias_gelu(pulp::Arch::new(), &mut got, &bias);
+        for (i, (x, g)) in xs.iter().zip(got).enumerate() {
+            let x = f64::from(*x) + f64::from(bias[i % 100]);
             let want = 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
             assert!(
-                (g as f64 - want).abs() < 1e-6,
+                (f64::from(g) - want).abs() < 1e-6,
                 "gelu({x}) = {g}, want {want}"
             );
+        }
+    }
+
+    #[test]
+    fn add_norm_matches_a_two_pass_layer_norm_in_f64() {
+        let width = 48;
+        let rows = 5;
+        let x: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 37 % 101) as f32 / 20.0) - 2.5)
+            .collect();
+        let y: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 53 % 89) as f32 / 30.0) - 1.5)
+            .collect();
+        let bias: Vec<f32> = (0..width).map(|i| i as f32 / 100.0).collect();
+        let gamma: Vec<f32> = (0..width).map(|i| 1.0 + i as f32 / 50.0).collect();
+        let beta: Vec<f32> = (0..width).map(|i| i as f32 / -70.0).collect();
+        let norm = Norm {
+            gamma: &gamma,
+            beta: &beta,
+            eps: 1e-12,
+        };
+        for residual in [true, false] {
+            let mut got = x.clone();
+            add_norm(
+                pulp::Arch::new(),
+                &mut got,
+                residual.then_some((&y[..], &bias[..])),
+                &norm,
+            );
+            for r in 0..rows {
+                let v: Vec<f64> = (0..width)
+                    .map(|j| {
+                        let i = r * width + j;
+                        let add = if residual {
+                            f64::from(y[i]) + f64::from(bias[j])
+                        } else {
+                            0.0
+                        };
+                        f64::from(x[i]) + add
+                    })
+                    .collect();
+                let mean = v.iter().sum::<f64>() / width as f64;
+                let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / width as f64;
+                for j in 0..width {
+                    let want = (v[j] - mean) / (var + 1e-12).sqrt() * f64::from(gamma[j])
+                        + f64::from(beta[j]);
+                    let g = f64::from(got[r * width + j]);
+                    assert!((g - want).abs() < 1e-5, "row {r} col {j}: {g} vs {want}");
+                }
+            }
         }
     }
 
@@ -393,48 +438,25 @@ mod tests {
     }
 
     #[test]
-    fn packed_attention_matches_per_text_reference() {
+    fn attention_matches_per_text_reference() {
         let (heads, hd) = (3, 8);
         let hidden = heads * hd;
-        let lens = [5usize, 1, 17, 2];
-        let tokens: usize = lens.iter().sum();
-        // Deterministic values in [-2, 2).
-        let qkv: Vec<f32> = (0..tokens * 3 * hidden)
-            .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
-            .collect();
-        let t = Tensor::from_vec(qkv.clone(), (tokens, 3 * hidden), &Device::Cpu).unwrap();
-        let op = Attention {
-            lens: &lens,
-            heads,
-            head_dim: hd,
-        };
-        let got = t.apply_op1_no_bwd(&op).unwrap().to_vec2::<f32>().unwrap();
-        let mut row = 0;
-        for &len in &lens {
-            let want = reference(
-                &qkv[row * 3 * hidden..(row + len) * 3 * hidden],
-                len,
-                heads,
-                hd,
-            );
-            for i in 0..len {
-                for c in 0..hidden {
-                    let (g, w) = (got[row + i][c] as f64, want[i * hidden + c]);
-                    assert!((g - w).abs() < 1e-5, "text row {i} col {c}: {g} vs {w}");
-                }
+        let mut scratch = Scratch::default();
+        // Lengths around the 16-key blocks, reusing one scratch as the encoder does.
+        for len in [5usize, 1, 17, 2, 16, 33] {
+            // Deterministic values in [-2, 2).
+            let qkv: Vec<f32> = (0..len * 3 * hidden)
+                .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
+                .collect();
+            let mut got = vec![0f32; len * hidden];
+            attend(pulp::Arch::new(), &qkv, &mut got, heads, hd, &mut scratch);
+            let want = reference(&qkv, len, heads, hd);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (f64::from(*g) - w).abs() < 1e-5,
+                    "len {len} [{i}]: {g} vs {w}"
+                );
             }
-            row += len;
         }
-    }
-
-    #[test]
-    fn attention_refuses_a_shape_that_does_not_match_the_lengths() {
-        let t = Tensor::zeros((4, 3 * 6), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let op = Attention {
-            lens: &[2, 3],
-            heads: 2,
-            head_dim: 3,
-        };
-        assert!(t.apply_op1_no_bwd(&op).is_err());
     }
 }

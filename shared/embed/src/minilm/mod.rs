@@ -1,16 +1,19 @@
 //! sentence-transformers/all-MiniLM-L6-v2 on the CPU: tokenizer, encoder, pooling.
 
 mod bert;
+mod gemm;
 mod kernels;
+
+pub use gemm::Products;
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use sha2::{Digest, Sha256};
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 
-use crate::{DEFAULT_MODEL_SUBDIR, EmbedError, Embedder, check_texts, default_model_dir};
+use crate::{
+    DEFAULT_MODEL_SUBDIR, EmbedError, Embedder, ThreadBudget, check_texts, default_model_dir,
+};
 use bert::{Config, Encoder};
 
 /// sentence-transformers/all-MiniLM-L6-v2 on the CPU.
@@ -23,6 +26,7 @@ use bert::{Config, Encoder};
 ///   [`MiniLm::TOKENS_PER_PASS`] tokens (a longer single text still gets its own pass), so a
 ///   batch costs what its tokens cost, whatever the mix of lengths. Results come back in input
 ///   order.
+/// * Threads: the [`ThreadBudget`] given at load, as the encoder's own pool; nothing else.
 pub struct MiniLm {
     encoder: Encoder,
     tokenizer: Tokenizer,
@@ -49,8 +53,24 @@ impl MiniLm {
     /// product, small enough that a pass's activations stay in cache-friendly sizes.
     pub const TOKENS_PER_PASS: usize = 2048;
 
-    /// Loads the model from a Hugging Face layout directory.
+    /// Loads the model from a Hugging Face layout directory, with the default [`ThreadBudget`]
+    /// (every core the process may use).
     pub fn load(dir: impl AsRef<Path>) -> Result<Self, EmbedError> {
+        Self::load_with(dir, ThreadBudget::default())
+    }
+
+    /// Loads the model from a Hugging Face layout directory; its forward passes use `threads`.
+    pub fn load_with(dir: impl AsRef<Path>, threads: ThreadBudget) -> Result<Self, EmbedError> {
+        Self::load_with_products(dir, threads, Products::Auto)
+    }
+
+    /// [`MiniLm::load_with`], with the library for the large matrix products named (the
+    /// fidelity suite checks each).
+    pub fn load_with_products(
+        dir: impl AsRef<Path>,
+        threads: ThreadBudget,
+        products: Products,
+    ) -> Result<Self, EmbedError> {
         let dir = dir.as_ref();
         let file = |name: &str| -> Result<PathBuf, EmbedError> {
             let p = dir.join(name);
@@ -91,9 +111,7 @@ impl MiniLm {
         let digest = hex::encode(Sha256::digest(&weights));
         let model_ver = format!("st-v1-{}", &digest[..8]);
 
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)?;
-        let encoder = Encoder::load(vb, &config)
-            .map_err(|e| EmbedError::Inference(format!("{}: {e}", dir.display())))?;
+        let encoder = Encoder::load(&weights, &config, threads.get(), products.resolve())?;
         Ok(Self {
             encoder,
             tokenizer,
@@ -106,6 +124,44 @@ impl MiniLm {
     pub fn load_default() -> Result<Self, EmbedError> {
         let dir = default_model_dir().unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_SUBDIR));
         Self::load(dir)
+    }
+
+    /// The instruction set the encoder's own kernels (GELU, LayerNorm, attention) run with on
+    /// this CPU and build: `avx512`, `avx2` or `scalar`.
+    pub fn kernel_isa() -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[cfg(feature = "avx512")]
+            if pulp::x86::V4::try_new().is_some() {
+                return "avx512";
+            }
+            if pulp::x86::V3::try_new().is_some() {
+                return "avx2";
+            }
+        }
+        "scalar"
+    }
+
+    /// Threads a forward pass may use.
+    pub fn threads(&self) -> usize {
+        self.encoder.threads()
+    }
+
+    /// Which library runs the large matrix products, and with which kernels (for logs and
+    /// benchmarks), e.g. `BLIS 0.9.0 (haswell kernels)`.
+    pub fn products(&self) -> String {
+        self.encoder.large().describe()
+    }
+
+    /// Floating-point operations the encoder performs for `text` (after truncation): its
+    /// matrix products, counted from the model's shapes and the text's tokens. What benchmarks
+    /// divide by time to get GFLOP/s.
+    pub fn flops(&self, text: &str) -> Result<f64, EmbedError> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        Ok(self.encoder.flops(&[encoding.get_ids().len()]))
     }
 }
 
@@ -138,7 +194,11 @@ impl Embedder for MiniLm {
         Ok(encoding.get_offsets().to_vec())
     }
 
-    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    fn embed_yielding(
+        &self,
+        texts: &[&str],
+        between: &mut dyn FnMut(),
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
         check_texts(texts)?;
         let mut out = Vec::with_capacity(texts.len());
         let (mut ids, mut lens) = (Vec::new(), Vec::new());
@@ -149,7 +209,7 @@ impl Embedder for MiniLm {
                 .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
             let text_ids = encoding.get_ids();
             if !lens.is_empty() && ids.len() + text_ids.len() > Self::TOKENS_PER_PASS {
-                out.extend(self.encoder.embed_packed(&ids, &lens)?);
+                out.extend(self.encoder.embed_packed(&ids, &lens, between)?);
                 ids.clear();
                 lens.clear();
             }
@@ -157,7 +217,7 @@ impl Embedder for MiniLm {
             lens.push(text_ids.len());
         }
         if !lens.is_empty() {
-            out.extend(self.encoder.embed_packed(&ids, &lens)?);
+            out.extend(self.encoder.embed_packed(&ids, &lens, between)?);
         }
         Ok(out)
     }

@@ -1,17 +1,39 @@
 //! Shared test helpers: the real weights are required (deploy/setup.sh installs them).
 
-use heimdex_embed::{MiniLm, default_model_dir};
+use std::num::NonZeroUsize;
 
-/// Loads the real model, or fails the test with instructions.
-#[allow(clippy::panic)]
+use heimdex_embed::{MiniLm, Products, ThreadBudget, default_model_dir};
+
+/// The thread budget these tests run with: two, so that a batch takes the pool's path (a pass of
+/// up to 64 tokens runs on the calling thread whatever the budget).
+pub const THREADS: NonZeroUsize = NonZeroUsize::new(2).expect("non-zero");
+
+/// Loads the real model with [`THREADS`], or fails the test with instructions.
 pub fn load_model() -> MiniLm {
+    load_model_with(ThreadBudget::new(THREADS))
+}
+
+/// [`THREADS`] as a budget.
+#[allow(dead_code)] // not every test file uses every helper
+pub fn threads() -> ThreadBudget {
+    ThreadBudget::new(THREADS)
+}
+
+/// Loads the real model with `threads`, or fails the test with instructions.
+pub fn load_model_with(threads: ThreadBudget) -> MiniLm {
+    load_model_with_products(threads, Products::Auto)
+}
+
+/// Loads the real model with `threads` and `products`, or fails the test with instructions.
+#[allow(clippy::panic)]
+pub fn load_model_with_products(threads: ThreadBudget, products: Products) -> MiniLm {
     let Some(dir) = default_model_dir() else {
         panic!(
             "all-MiniLM-L6-v2 weights not found (HEIMDEX_MODEL_DIR unset and no \
              .tools/models/all-minilm-l6-v2 in the current dir or its parents): run ./deploy/setup.sh"
         );
     };
-    match MiniLm::load(&dir) {
+    match MiniLm::load_with_products(&dir, threads, products) {
         Ok(m) => m,
         Err(e) => panic!(
             "cannot load all-MiniLM-L6-v2 from {}: {e}; run ./deploy/setup.sh",
