@@ -6,6 +6,7 @@
 
 mod corpus;
 mod embed;
+mod lengths;
 mod mock;
 pub mod quality;
 mod search;
@@ -109,6 +110,13 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
+    /// Chunk lengths as BM25 counts them, for text files cut as `POST /vectors/documents`
+    /// cuts them: the measurement behind BM25's `avg_len`.
+    Lengths {
+        /// Text files (each one document).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Retrieval quality on a test collection in SMART format (e.g. ../shared/eval/cacm):
     /// ingests it through the API, runs every query in every mode, prints nDCG@10, Recall@100
     /// and MRR@10 per mode.
@@ -147,6 +155,7 @@ pub enum BenchCommand {
 
 pub async fn run(command: BenchCommand, jwt: &JwtConfig) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Lengths { files } => lengths::run(&files),
         BenchCommand::Quality {
             dir,
             docs,
@@ -159,7 +168,6 @@ pub async fn run(command: BenchCommand, jwt: &JwtConfig) -> anyhow::Result<()> {
             skip_ingest,
             concurrency,
         } => {
-            let settings = heimdex_core::Settings::from_env()?;
             quality::run(
                 quality::Options {
                     dir,
@@ -175,7 +183,7 @@ pub async fn run(command: BenchCommand, jwt: &JwtConfig) -> anyhow::Result<()> {
                     skip_ingest,
                     concurrency,
                 },
-                &settings,
+                jwt,
             )
             .await
         }

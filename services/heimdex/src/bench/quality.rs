@@ -32,7 +32,7 @@ use anyhow::Context as _;
 use futures::StreamExt;
 use serde_json::json;
 
-use heimdex_core::Settings;
+use heimdex_api::auth::JwtConfig;
 
 use crate::client::{Client, Connection};
 
@@ -73,7 +73,7 @@ pub struct Scores {
     pub mrr10: f64,
 }
 
-pub async fn run(o: Options, settings: &Settings) -> anyhow::Result<()> {
+pub async fn run(o: Options, jwt: &JwtConfig) -> anyhow::Result<()> {
     let collection = Collection::load(&o)?;
     let judged: Vec<&(String, String)> = collection
         .queries
@@ -81,7 +81,7 @@ pub async fn run(o: Options, settings: &Settings) -> anyhow::Result<()> {
         .filter(|(id, _)| collection.qrels.get(id).is_some_and(|r| !r.is_empty()))
         .collect();
     anyhow::ensure!(!judged.is_empty(), "no query has a relevant document");
-    let client = Client::new(&o.connection, settings)?;
+    let client = Client::with_jwt(&o.connection, jwt)?;
     let name = o.dir.file_name().map_or_else(
         || o.dir.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -362,12 +362,12 @@ pub fn parse_records(text: &str) -> Vec<(String, HashMap<String, String>)> {
     let mut records: Vec<(String, HashMap<String, String>)> = Vec::new();
     let mut field: Option<String> = None;
     for line in text.lines() {
-        if let Some(id) = line.strip_prefix(".I") {
-            if id.is_empty() || id.starts_with(char::is_whitespace) {
-                records.push((id.trim().to_owned(), HashMap::new()));
-                field = None;
-                continue;
-            }
+        if let Some(id) = line.strip_prefix(".I")
+            && (id.is_empty() || id.starts_with(char::is_whitespace))
+        {
+            records.push((id.trim().to_owned(), HashMap::new()));
+            field = None;
+            continue;
         }
         let marker = line
             .strip_prefix('.')

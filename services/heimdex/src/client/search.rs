@@ -90,10 +90,7 @@ pub async fn run(args: SearchArgs, settings: &Settings) -> anyhow::Result<()> {
     }
     let results = answer["results"].as_array().cloned().unwrap_or_default();
     if results.is_empty() {
-        println!(
-            "no results ({} search)",
-            answer["mode"].as_str().unwrap_or("?")
-        );
+        println!("no results");
         return Ok(());
     }
     print!("{}", table(&results, args.explain));
