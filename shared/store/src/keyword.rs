@@ -21,18 +21,19 @@
 //!
 //! * `k1 = 1.2`, `b = 0.75`: the standard BM25 parameters (Robertson & Zaragoza), not tuned to
 //!   any collection.
-//! * `avg_len = 100` BM25 tokens ([`AVG_LEN`]). BM25 wants the corpus's average document
+//! * `avg_len = 84` BM25 tokens ([`AVG_LEN`]). BM25 wants the corpus's average document
 //!   length, but in `EdgeBm25` it is a fixed parameter baked into every stored vector, not a
 //!   statistic the engine keeps. Heimdex indexes *chunks*, and the chunker bounds them:
-//!   `POST /vectors/documents` cuts at 256 model (WordPiece) tokens, special tokens included.
-//!   English prose runs at about 0.4 BM25 tokens per WordPiece token (about 0.75 words per
-//!   WordPiece token, of which stop words are roughly 45 %): measured on the synthetic bench
-//!   corpus and on CACM alike (docs/BENCHMARKS.md). A full chunk is therefore about
-//!   `254 × 0.4 ≈ 100` BM25 tokens, and a long document is mostly full chunks, so 100 is the
-//!   average a chunked corpus converges to. Shorter texts (a single short segment, the last
-//!   chunk of a document) are scored as shorter than average, which is what BM25 does with
-//!   short documents anyway. Changing it would make existing vectors inconsistent with new
-//!   ones, so it is a constant; a new value would need a new vector name and a backfill (see
+//!   `POST /vectors/documents` cuts at 256 model (WordPiece) tokens, special tokens included,
+//!   at a sentence end where it can. A long document is mostly full chunks, so the length of a
+//!   full chunk is the average a chunked corpus converges to, whatever its documents' lengths:
+//!   `heimdex bench lengths` measures it on English prose (this project's design notes, README
+//!   and benchmark write-ups, and the Python service's write-up: 205 full chunks of 225 model
+//!   tokens and 83.6 BM25 tokens on average, 0.37 BM25 tokens per model token; figures in
+//!   docs/BENCHMARKS.md). Shorter texts (a single short segment, the last chunk of a
+//!   document) are scored as shorter than average, which is what BM25 does with short
+//!   documents anyway. Changing the value would make existing vectors inconsistent with new
+//!   ones, so it is a constant; a new value needs a new vector name and a backfill (see
 //!   [`crate::upgrade`]).
 
 use std::sync::OnceLock;
@@ -48,7 +49,7 @@ pub const K1: f64 = 1.2;
 /// BM25 length normalisation.
 pub const B: f64 = 0.75;
 /// The average length, in BM25 tokens, documents are normalised against (module docs).
-pub const AVG_LEN: f64 = 100.0;
+pub const AVG_LEN: f64 = 84.0;
 
 /// A sparse vector: token ids (sorted, unique) and their weights.
 #[derive(Clone, Debug, Default, PartialEq)]
