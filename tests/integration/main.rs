@@ -13,6 +13,7 @@ mod common;
 mod crash;
 mod deletes;
 mod fuzz;
+mod hybrid;
 mod idempotency;
 mod isolation;
 mod nats_outage;

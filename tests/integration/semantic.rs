@@ -215,7 +215,7 @@ async fn an_embedded_segment_holds_the_models_vector() {
     let results = app
         .search(
             &token,
-            &json!({"vector": expected, "limit": 1, "with_vector": true}),
+            &json!({"vector": expected, "limit": 1, "with_vector": true, "mode": "dense"}),
         )
         .await;
     assert_eq!(results["results"][0]["point_id"], point);

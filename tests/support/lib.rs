@@ -144,9 +144,17 @@ impl TestApp {
         .await
     }
 
+    /// The whole service on a data dir the test prepared (e.g. one an older version wrote).
+    pub async fn spawn_in(data: TempDir, extra: &[(&str, &str)]) -> Self {
+        Self::spawn_roles_in(data, extra, Roles::ALL).await
+    }
+
     async fn spawn_roles(extra: &[(&str, &str)], roles: Roles) -> Self {
+        Self::spawn_roles_in(tempfile::tempdir().expect("temp dir"), extra, roles).await
+    }
+
+    async fn spawn_roles_in(data: TempDir, extra: &[(&str, &str)], roles: Roles) -> Self {
         let nats = TestNats::start().await;
-        let data = tempfile::tempdir().expect("temp dir");
         let settings = settings(data.path(), &nats.url(), extra);
         let shutdown = CancellationToken::new();
         let running = serve::start(&settings, roles, &nats.url(), shutdown.clone())

@@ -18,20 +18,28 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::collections::HashMap;
+
+use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, CountRequest, CreateIndex, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
-    EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter, JsonPath,
-    KeywordIndexParams, Match, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams,
-    PointId, PointInsertOperations, PointOperations, PointStructPersisted, QueryEnum, QueryRequest,
-    ScoringQuery, ScrollRequest, UpdateOperation, VectorInternal, VectorStructInternal,
-    VectorStructPersisted, WithPayloadInterface, WithVector,
+    Condition, CountRequest, CreateIndex, CreateVectorName, DEFAULT_VECTOR_NAME, Distance,
+    EdgeConfig, EdgeShard, EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder, FieldCondition,
+    FieldIndexOperations, Filter, HasVectorCondition, JsonPath, KeywordIndexParams, Match,
+    Modifier, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams, PointId,
+    PointInsertOperations, PointOperations, PointStructPersisted, PointVectorsPersisted, Prefetch,
+    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, SparseVectorConfig, UpdateOperation,
+    UpdateVectorsOp, VectorInternal, VectorNameConfig, VectorNameOperations, VectorOperations,
+    VectorPersisted, VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
+use crate::keyword::{KEYWORD_VECTOR, SparseVector};
+use crate::query::{self, Fusion, Leg, Node, Scoring};
+use crate::upgrade::{self, Backfill};
 use crate::{
     ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY,
     ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore,
-    check_collection_name, check_vector, payload_from_json, prepare_points,
+    check_collection_name, finish_hits, payload_from_json, prepare_points,
 };
 
 /// File Qdrant Edge writes when a shard is created; its presence means "load, don't create".
@@ -95,9 +103,50 @@ impl EmbeddedStore {
             dir,
             vector_size,
         };
+        // A shard made before keyword search: add the sparse vector, then give every point
+        // one. Nothing else writes while `open` holds the directory lock.
+        store.ensure_keyword_vector().await?;
+        let report = upgrade::backfill(&store).await?;
+        store.wrote(report.points as usize);
         // Whatever the last run left unindexed (it may have stopped mid-way) is indexed now.
         store.optimize_in_background();
         Ok(store)
+    }
+
+    /// Adds the keyword sparse vector (IDF) to a shard that has none; checks it otherwise.
+    async fn ensure_keyword_vector(&self) -> Result<(), StoreError> {
+        let dir = self.dir.clone();
+        self.write(move |shard| {
+            let modifier = shard
+                .config()
+                .sparse_vectors
+                .get(KEYWORD_VECTOR)
+                .map(|params| params.modifier);
+            match modifier {
+                Some(Some(Modifier::Idf)) => Ok(((), false)),
+                Some(other) => Err(StoreError::InvalidInput(format!(
+                    "edge shard {} has a sparse vector `{KEYWORD_VECTOR}` with modifier {other:?}, \
+                     expected Idf",
+                    dir.display()
+                ))),
+                None => {
+                    tracing::info!(dir = %dir.display(), "adding the keyword vector to a shard made before hybrid search");
+                    shard
+                        .update(UpdateOperation::VectorNameOperation(
+                            VectorNameOperations::CreateVectorName(CreateVectorName {
+                                vector_name: KEYWORD_VECTOR.to_owned(),
+                                config: VectorNameConfig::sparse(SparseVectorConfig {
+                                    modifier: Some(Modifier::Idf),
+                                    datatype: None,
+                                }),
+                            }),
+                        ))
+                        .map_err(map_err)?;
+                    Ok(((), true))
+                }
+            }
+        })
+        .await
     }
 
     /// Runs Qdrant's optimizers (HNSW indexing of large segments, merging, vacuum of deleted
@@ -205,6 +254,12 @@ fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {
             DEFAULT_VECTOR_NAME,
             EdgeVectorParamsBuilder::new(vector_size, Distance::Cosine).build(),
         )
+        .sparse_vector(
+            KEYWORD_VECTOR,
+            EdgeSparseVectorParamsBuilder::new()
+                .modifier(Modifier::Idf)
+                .build(),
+        )
         .build();
     let try_open = || {
         if dir.join(EDGE_CONFIG_FILE).exists() {
@@ -212,8 +267,10 @@ fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {
         } else {
             match EdgeShard::new(dir, config.clone()) {
                 Ok(shard) => Ok(shard),
-                // Segments without a config file (config lost): load them, checked against ours.
-                Err(_) => EdgeShard::load(dir, Some(config.clone())),
+                // Segments without a config file (config lost): load them with the config
+                // their segments imply; the dense vector is checked below, and a missing
+                // keyword vector is added by the upgrade.
+                Err(_) => EdgeShard::load(dir, None),
             }
         }
     };
@@ -320,18 +377,27 @@ impl VectorStore for EmbeddedStore {
     }
 
     async fn upsert(&self, points: Vec<NewPoint>) -> Result<(), StoreError> {
-        let payloads = prepare_points(&points, self.vector_size)?;
+        let prepared = prepare_points(&points, self.vector_size)?;
         if points.is_empty() {
             return Ok(());
         }
         let count = points.len();
         let points: Vec<PointStructPersisted> = points
             .into_iter()
-            .zip(payloads)
-            .map(|(p, payload)| PointStructPersisted {
+            .zip(prepared)
+            .map(|(p, prepared)| PointStructPersisted {
                 id: PointId::Uuid(p.id),
-                vector: VectorStructPersisted::Single(p.vector),
-                payload: Some(qdrant_edge::Payload(payload)),
+                vector: VectorStructPersisted::Named(HashMap::from([
+                    (
+                        DEFAULT_VECTOR_NAME.to_owned(),
+                        VectorPersisted::Dense(p.vector),
+                    ),
+                    (
+                        KEYWORD_VECTOR.to_owned(),
+                        VectorPersisted::Sparse(sparse_in(prepared.keyword)),
+                    ),
+                ])),
+                payload: Some(qdrant_edge::Payload(prepared.payload)),
             })
             .collect();
         self.write(move |shard| {
@@ -379,37 +445,31 @@ impl VectorStore for EmbeddedStore {
     }
 
     async fn search(&self, req: SearchRequest) -> Result<Vec<ScoredPoint>, StoreError> {
-        check_vector(&req.vector, self.vector_size, "search")?;
         if req.limit == 0 {
             return Ok(Vec::new());
         }
+        let plan = query::plan(&req, self.vector_size)?;
         let filter = build_filter(req.org_id, &req.filter, None)?;
-        let (offset, limit) = (req.offset, req.limit);
-        let request = QueryRequest {
-            prefetches: Vec::new(),
-            query: Some(ScoringQuery::Vector(QueryEnum::Nearest(NamedQuery {
-                query: VectorInternal::Dense(req.vector),
-                using: None,
-            }))),
-            filter: Some(filter),
-            score_threshold: req
-                .score_threshold
-                .map(qdrant_edge::external::ordered_float::OrderedFloat),
-            // Edge's `query` returns the top `offset + limit` without dropping the first
-            // `offset` (the server applies offsets above the shard level), so page here.
-            limit: req.offset.saturating_add(req.limit),
-            offset: 0,
-            params: None,
-            with_vector: WithVector::Bool(req.with_vector),
-            with_payload: WithPayloadInterface::Bool(true),
-        };
+        let threshold = req.score_threshold.map(OrderedFloat);
+        let with_vector = req.with_vector;
         self.read(move |shard| {
-            shard
-                .query(request)
+            let (prefetches, scoring) = node_in(&plan.root);
+            let hits = shard
+                .query(QueryRequest {
+                    prefetches,
+                    query: Some(scoring),
+                    filter: Some(filter.clone()),
+                    score_threshold: threshold,
+                    // Edge answers the top `offset + limit` without dropping the first `offset`
+                    // (the server applies offsets above the shard level): `finish_hits` does.
+                    limit: plan.root.limit,
+                    offset: 0,
+                    params: None,
+                    with_vector: WithVector::Bool(with_vector),
+                    with_payload: WithPayloadInterface::Bool(true),
+                })
                 .map_err(map_err)?
                 .into_iter()
-                .skip(offset)
-                .take(limit)
                 .map(|p| {
                     let id = uuid_of(p.id)?;
                     Ok(ScoredPoint {
@@ -417,9 +477,32 @@ impl VectorStore for EmbeddedStore {
                         score: p.score,
                         payload: payload_from_json(id, p.payload.unwrap_or_default().0)?,
                         vector: p.vector.map(dense_of).transpose()?,
+                        explain: None,
                     })
                 })
-                .collect()
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let mut legs = Vec::with_capacity(plan.explain.len());
+            for (kind, node) in &plan.explain {
+                let (prefetches, scoring) = node_in(node);
+                let list = shard
+                    .query(QueryRequest {
+                        prefetches,
+                        query: Some(scoring),
+                        filter: Some(filter.clone()),
+                        score_threshold: None,
+                        limit: node.limit,
+                        offset: 0,
+                        params: None,
+                        with_vector: WithVector::Bool(false),
+                        with_payload: WithPayloadInterface::Bool(false),
+                    })
+                    .map_err(map_err)?
+                    .into_iter()
+                    .map(|p| Ok((uuid_of(p.id)?, p.score)))
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                legs.push((*kind, list));
+            }
+            Ok(finish_hits(hits, &plan, legs))
         })
         .await
     }
@@ -488,6 +571,152 @@ impl VectorStore for EmbeddedStore {
             .map(drop)
         })
         .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Backfill for EmbeddedStore {
+    async fn without_keyword(
+        &self,
+        from: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<(Uuid, Option<String>)>, Option<Uuid>), StoreError> {
+        self.read(move |shard| {
+            let (records, next) = shard
+                .scroll(ScrollRequest {
+                    offset: from.map(PointId::Uuid),
+                    limit: Some(limit),
+                    filter: Some(Filter {
+                        should: None,
+                        min_should: None,
+                        must: None,
+                        must_not: Some(vec![Condition::HasVector(HasVectorCondition::from(
+                            KEYWORD_VECTOR.to_owned(),
+                        ))]),
+                    }),
+                    with_payload: Some(WithPayloadInterface::Bool(true)),
+                    with_vector: WithVector::Bool(false),
+                    order_by: None,
+                })
+                .map_err(map_err)?;
+            let page = records
+                .into_iter()
+                .map(|r| {
+                    let text = r
+                        .payload
+                        .as_ref()
+                        .and_then(|p| p.0.get("text"))
+                        .and_then(|t| t.as_str())
+                        .map(str::to_owned);
+                    Ok((uuid_of(r.id)?, text))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok((page, next.map(uuid_of).transpose()?))
+        })
+        .await
+    }
+
+    async fn set_keyword(&self, vectors: Vec<(Uuid, SparseVector)>) -> Result<(), StoreError> {
+        let points: Vec<PointVectorsPersisted> = vectors
+            .into_iter()
+            .map(|(id, v)| PointVectorsPersisted {
+                id: PointId::Uuid(id),
+                vector: VectorStructPersisted::Named(HashMap::from([(
+                    KEYWORD_VECTOR.to_owned(),
+                    VectorPersisted::Sparse(sparse_in(v)),
+                )])),
+            })
+            .collect();
+        self.write(move |shard| {
+            shard
+                .update(UpdateOperation::VectorOperation(
+                    VectorOperations::UpdateVectors(UpdateVectorsOp {
+                        points,
+                        // Only points that still have none.
+                        update_filter: Some(Filter {
+                            should: None,
+                            min_should: None,
+                            must: None,
+                            must_not: Some(vec![Condition::HasVector(HasVectorCondition::from(
+                                KEYWORD_VECTOR.to_owned(),
+                            ))]),
+                        }),
+                    }),
+                ))
+                .map_err(map_err)?;
+            Ok(((), true))
+        })
+        .await
+    }
+
+    fn name(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// The engine's form of a query tree node: its prefetches and its scoring.
+fn node_in(node: &Node) -> (Vec<Prefetch>, ScoringQuery) {
+    let prefetches = node
+        .prefetch
+        .iter()
+        .map(|child| {
+            let (prefetches, scoring) = node_in(child);
+            Prefetch {
+                prefetches,
+                query: Some(scoring),
+                limit: child.limit,
+                params: None,
+                filter: None,
+                score_threshold: None,
+            }
+        })
+        .collect();
+    (prefetches, scoring_in(&node.scoring))
+}
+
+fn scoring_in(scoring: &Scoring) -> ScoringQuery {
+    let nearest = |leg: &Leg| {
+        let (query, using) = match leg {
+            Leg::Dense(v) => (VectorInternal::Dense(v.clone()), None),
+            Leg::Keyword(v) => (
+                VectorInternal::Sparse(sparse_in(v.clone())),
+                Some(KEYWORD_VECTOR.to_owned()),
+            ),
+        };
+        QueryEnum::Nearest(NamedQuery { query, using })
+    };
+    match scoring {
+        Scoring::Nearest(leg) => ScoringQuery::Vector(nearest(leg)),
+        Scoring::Fusion(Fusion::Rrf {
+            k,
+            dense_weight,
+            keyword_weight,
+        }) => ScoringQuery::Fusion(qdrant_edge::Fusion::Rrf {
+            k: Fusion::engine_k(*k) as usize,
+            weights: Some(vec![
+                OrderedFloat(*dense_weight),
+                OrderedFloat(*keyword_weight),
+            ]),
+        }),
+        Scoring::Fusion(Fusion::Dbsf) => ScoringQuery::Fusion(qdrant_edge::Fusion::Dbsf),
+        Scoring::Mmr {
+            vector,
+            diversity,
+            candidates,
+        } => ScoringQuery::Mmr(qdrant_edge::Mmr {
+            vector: VectorInternal::Dense(vector.clone()),
+            using: DEFAULT_VECTOR_NAME.to_owned(),
+            // Qdrant's API takes `diversity` and turns it into `lambda` the same way.
+            lambda: OrderedFloat(1.0 - diversity),
+            candidates_limit: *candidates,
+        }),
+    }
+}
+
+fn sparse_in(v: SparseVector) -> qdrant_edge::SparseVector {
+    qdrant_edge::SparseVector {
+        indices: v.indices,
+        values: v.values,
     }
 }
 

@@ -26,11 +26,22 @@
 //!   vectors L2-normalised: a vector read back (`with_vector`) is `v / |v|`, not the input `v`
 //!   (see [`l2_normalized`]). Scores are cosine similarities in `[-1, 1]`, higher is better.
 //! * **Ids** are UUIDs used as-is (no version bits rewritten).
+//! * **Two vectors per point.** The unnamed dense vector (cosine), and a BM25 sparse vector
+//!   named [`KEYWORD_VECTOR`] computed from the payload's `text` by [`keyword`] (empty when
+//!   there is no text), with Qdrant's IDF modifier. A search ranks by either or fuses both
+//!   ([`SearchMode`]); fusion and MMR run in the engine's query API, planned once in
+//!   [`query`] for both adapters.
+//! * **Old collections are upgraded when opened** ([`upgrade`]): a collection made before
+//!   keyword search (one unnamed dense vector) gains the sparse vector, and every point that
+//!   lacks it gets it from its stored text. Nothing else is touched.
 
 #![forbid(unsafe_code)]
 
 mod embedded;
+pub mod keyword;
+pub mod query;
 mod remote;
+pub mod upgrade;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -41,6 +52,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use embedded::EmbeddedStore;
+pub use keyword::{KEYWORD_VECTOR, SparseVector};
+pub use query::{Fusion, Mmr, SearchMode};
 pub use remote::RemoteStore;
 
 /// Payload field names that are stored as first-class fields of [`Payload`]. They may not
@@ -139,11 +152,31 @@ pub struct StoredPoint {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ScoredPoint {
     pub id: Uuid,
-    /// Cosine similarity, higher is better.
+    /// Higher is better. What it measures depends on the search: cosine similarity (dense
+    /// mode, and any search with MMR), the BM25 score (keyword mode) or the fused score
+    /// (hybrid mode: RRF or DBSF).
     pub score: f32,
     pub payload: Payload,
-    /// The stored (L2-normalised) vector, when requested.
+    /// The stored (L2-normalised) dense vector, when requested.
     pub vector: Option<Vec<f32>>,
+    /// Where the point ranks in each list, when the search asked to `explain`.
+    pub explain: Option<Explanation>,
+}
+
+/// Why a point ranks where it does: its place in the dense and in the keyword ranking (each as
+/// deep as a hybrid search's legs). `None` where the list was not run (no input for it) or the
+/// point is not in it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Explanation {
+    pub dense: Option<Ranked>,
+    pub keyword: Option<Ranked>,
+}
+
+/// A point's score and rank (from 1) in one list.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ranked {
+    pub score: f32,
+    pub rank: usize,
 }
 
 /// Optional extra conditions, AND-ed with the mandatory `org_id` condition.
@@ -157,17 +190,67 @@ pub struct PointFilter {
     pub model_ver: Option<String>,
 }
 
-/// A nearest-neighbour query, always scoped to one org.
+/// A search, always scoped to one org. See [`SearchMode`] for what each mode needs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SearchRequest {
     pub org_id: Uuid,
-    pub vector: Vec<f32>,
+    /// The dense query vector: needed by `dense` and `hybrid`, and by MMR.
+    pub vector: Option<Vec<f32>>,
+    /// The query text: needed by `keyword` and by `hybrid`'s keyword side.
+    pub text: Option<String>,
+    pub mode: SearchMode,
+    /// How `hybrid` merges its lists (ignored by the other modes).
+    pub fusion: Fusion,
+    /// Re-rank for diversity.
+    pub mmr: Option<Mmr>,
+    /// Fill [`ScoredPoint::explain`].
+    pub explain: bool,
     pub limit: usize,
     pub offset: usize,
     pub filter: PointFilter,
-    /// Only return hits with `score >= score_threshold`.
+    /// Only return hits with `score >= score_threshold`, compared with the score the hits
+    /// carry (see [`ScoredPoint::score`]).
     pub score_threshold: Option<f32>,
     pub with_vector: bool,
+}
+
+impl SearchRequest {
+    /// Nearest neighbours of `vector` by cosine similarity, the first `limit`.
+    pub fn dense(org_id: Uuid, vector: Vec<f32>, limit: usize) -> Self {
+        Self {
+            org_id,
+            vector: Some(vector),
+            text: None,
+            mode: SearchMode::Dense,
+            fusion: Fusion::default(),
+            mmr: None,
+            explain: false,
+            limit,
+            offset: 0,
+            filter: PointFilter::default(),
+            score_threshold: None,
+            with_vector: false,
+        }
+    }
+
+    /// Best BM25 matches of `text`, the first `limit`.
+    pub fn keyword(org_id: Uuid, text: impl Into<String>, limit: usize) -> Self {
+        Self {
+            vector: None,
+            text: Some(text.into()),
+            mode: SearchMode::Keyword,
+            ..Self::dense(org_id, Vec::new(), limit)
+        }
+    }
+
+    /// `vector` and `text` fused (reciprocal rank fusion, k = 60), the first `limit`.
+    pub fn hybrid(org_id: Uuid, vector: Vec<f32>, text: impl Into<String>, limit: usize) -> Self {
+        Self {
+            text: Some(text.into()),
+            mode: SearchMode::Hybrid,
+            ..Self::dense(org_id, vector, limit)
+        }
+    }
 }
 
 /// Which adapter a store is.
@@ -204,7 +287,7 @@ pub trait VectorStore: Send + Sync + 'static {
         with_vector: bool,
     ) -> Result<Option<StoredPoint>, StoreError>;
 
-    /// Nearest neighbours of `req.vector` among `req.org_id`'s points, best first.
+    /// `req.org_id`'s points ranked as `req.mode` says, best first.
     async fn search(&self, req: SearchRequest) -> Result<Vec<ScoredPoint>, StoreError>;
 
     /// Exact number of points of `org_id` matching `filter`.
@@ -307,18 +390,76 @@ fn check_vector(vector: &[f32], vector_size: usize, what: &str) -> Result<(), St
     Ok(())
 }
 
-/// Validate a batch and turn each payload into a JSON object.
+/// A point checked and ready to write: its payload as a JSON object and its keyword vector.
+struct PreparedPoint {
+    payload: serde_json::Map<String, serde_json::Value>,
+    keyword: SparseVector,
+}
+
+/// Validate a batch, turn each payload into a JSON object and compute each keyword vector.
 fn prepare_points(
     points: &[NewPoint],
     vector_size: usize,
-) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, StoreError> {
+) -> Result<Vec<PreparedPoint>, StoreError> {
     points
         .iter()
         .map(|p| {
             check_vector(&p.vector, vector_size, &format!("point {}", p.id))?;
-            payload_to_json(&p.payload)
+            Ok(PreparedPoint {
+                payload: payload_to_json(&p.payload)?,
+                keyword: keyword::document(p.payload.text.as_deref().unwrap_or("")),
+            })
         })
         .collect()
+}
+
+/// Orders equal scores by point id (see [`query::TIE_SLACK`]), drops the first `offset` hits
+/// (the engine answers from the top) and fills in the explanation from the legs' own rankings.
+fn finish_hits(
+    mut hits: Vec<ScoredPoint>,
+    plan: &query::Plan,
+    legs: Vec<(query::LegKind, Vec<(Uuid, f32)>)>,
+) -> Vec<ScoredPoint> {
+    if plan.ordered_by_score {
+        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    }
+    let mut hits: Vec<ScoredPoint> = hits
+        .into_iter()
+        .skip(plan.offset)
+        .take(plan.limit)
+        .collect();
+    if plan.explain.is_empty() {
+        return hits;
+    }
+    let ranks = |list: &[(Uuid, f32)]| -> std::collections::HashMap<Uuid, Ranked> {
+        list.iter()
+            .enumerate()
+            .map(|(i, (id, score))| {
+                (
+                    *id,
+                    Ranked {
+                        score: *score,
+                        rank: i + 1,
+                    },
+                )
+            })
+            .collect()
+    };
+    let mut dense = None;
+    let mut keyword = None;
+    for (kind, list) in &legs {
+        match kind {
+            query::LegKind::Dense => dense = Some(ranks(list)),
+            query::LegKind::Keyword => keyword = Some(ranks(list)),
+        }
+    }
+    for hit in &mut hits {
+        hit.explain = Some(Explanation {
+            dense: dense.as_ref().and_then(|m| m.get(&hit.id).copied()),
+            keyword: keyword.as_ref().and_then(|m| m.get(&hit.id).copied()),
+        });
+    }
+    hits
 }
 
 fn payload_to_json(

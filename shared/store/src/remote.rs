@@ -9,19 +9,27 @@ use std::time::Duration;
 
 use qdrant_client::qdrant::value::Kind;
 use qdrant_client::qdrant::vector_output::Vector as OutVector;
+use qdrant_client::qdrant::vectors_output::VectorsOptions as OutVectors;
 use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
-    DeletePointsBuilder, Distance, FieldType, Filter, KeywordIndexParamsBuilder, ListValue,
-    PointId, PointStruct, QueryPointsBuilder, ScrollPointsBuilder, Struct, UpsertPointsBuilder,
-    Value, VectorParamsBuilder, VectorsOutput, point_id::PointIdOptions, vectors_config,
+    CreateVectorNameRequest, DeletePointsBuilder, Distance, FieldType, Filter,
+    KeywordIndexParamsBuilder, ListValue, Modifier, NamedVectors, PointId, PointStruct,
+    PointVectors, PrefetchQuery, Query, QueryBatchPoints, QueryPoints, ScrollPointsBuilder,
+    SparseVectorConfig, SparseVectorCreationConfig, SparseVectorParams, Struct, UpdatePointVectors,
+    UpsertPointsBuilder, Value, Vector, VectorInput, VectorParamsBuilder, Vectors, VectorsOutput,
+    WithPayloadSelector, WithVectorsSelector, create_vector_name_request, point_id::PointIdOptions,
+    query as grpc_query, vectors_config,
 };
 use qdrant_client::{Qdrant, QdrantError};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
+use crate::keyword::{KEYWORD_VECTOR, SparseVector};
+use crate::query::{self, Fusion, Leg, Node, Scoring};
+use crate::upgrade::{self, Backfill};
 use crate::{
     ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY,
-    ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore, check_vector,
+    ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore, finish_hits,
     payload_from_json, prepare_points,
 };
 
@@ -77,35 +85,77 @@ impl RemoteStore {
         })
     }
 
-    /// Check that an existing collection has our vector size and cosine distance.
-    async fn check_collection_params(&self) -> Result<(), StoreError> {
+    /// Checks that an existing collection has our dense vector (size, cosine), and says
+    /// whether it has the keyword vector (with IDF) yet.
+    async fn check_collection_params(&self) -> Result<bool, StoreError> {
         let info = self
             .client
             .collection_info(&self.collection)
             .await
             .map_err(map_err)?;
-        let config = info
-            .result
-            .and_then(|i| i.config)
-            .and_then(|c| c.params)
-            .and_then(|p| p.vectors_config)
+        let params = info.result.and_then(|i| i.config).and_then(|c| c.params);
+        let dense = params
+            .as_ref()
+            .and_then(|p| p.vectors_config.clone())
             .and_then(|v| v.config);
-        match config {
+        match dense {
             Some(vectors_config::Config::Params(p))
-                if p.size == self.vector_size as u64 && p.distance == Distance::Cosine as i32 =>
-            {
-                Ok(())
+                if p.size == self.vector_size as u64 && p.distance == Distance::Cosine as i32 => {}
+            Some(vectors_config::Config::Params(p)) => {
+                return Err(StoreError::InvalidInput(format!(
+                    "collection {} has vectors of size {} / distance {}, configured {} / Cosine",
+                    self.collection, p.size, p.distance, self.vector_size
+                )));
             }
-            Some(vectors_config::Config::Params(p)) => Err(StoreError::InvalidInput(format!(
-                "collection {} has vectors of size {} / distance {}, configured {} / Cosine",
-                self.collection, p.size, p.distance, self.vector_size
-            ))),
             Some(vectors_config::Config::ParamsMap(_)) | None => {
-                Err(StoreError::InvalidInput(format!(
+                return Err(StoreError::InvalidInput(format!(
                     "collection {} has no single unnamed dense vector",
                     self.collection
-                )))
+                )));
             }
+        }
+        let keyword = params
+            .and_then(|p| p.sparse_vectors_config)
+            .and_then(|mut s| s.map.remove(KEYWORD_VECTOR));
+        match keyword {
+            None => Ok(false),
+            Some(p) if p.modifier == Some(Modifier::Idf as i32) => Ok(true),
+            Some(p) => Err(StoreError::InvalidInput(format!(
+                "collection {} has a sparse vector `{KEYWORD_VECTOR}` with modifier {:?}, \
+                 expected Idf",
+                self.collection, p.modifier
+            ))),
+        }
+    }
+
+    /// Adds the keyword vector to a collection made before hybrid search. Needs a Qdrant
+    /// server of 1.18 or later (the first with `CreateVectorName`).
+    async fn add_keyword_vector(&self) -> Result<(), StoreError> {
+        tracing::info!(collection = %self.collection, "adding the keyword vector to a collection made before hybrid search");
+        let added = self
+            .client
+            .create_vector_name(CreateVectorNameRequest {
+                collection_name: self.collection.clone(),
+                wait: Some(true),
+                vector_name: KEYWORD_VECTOR.to_owned(),
+                timeout: None,
+                ordering: None,
+                vector_config: Some(create_vector_name_request::VectorConfig::SparseConfig(
+                    SparseVectorCreationConfig {
+                        modifier: Some(Modifier::Idf as i32),
+                        datatype: None,
+                    },
+                )),
+            })
+            .await;
+        match added {
+            Ok(_) => Ok(()),
+            // Another process added it meanwhile: fine if it is ours.
+            Err(e) if self.check_collection_params().await? => {
+                tracing::debug!(error = %e, "keyword vector added concurrently");
+                Ok(())
+            }
+            Err(e) => Err(map_err(e)),
         }
     }
 
@@ -161,9 +211,20 @@ impl VectorStore for RemoteStore {
             let created = self
                 .client
                 .create_collection(
-                    CreateCollectionBuilder::new(&self.collection).vectors_config(
-                        VectorParamsBuilder::new(self.vector_size as u64, Distance::Cosine),
-                    ),
+                    CreateCollectionBuilder::new(&self.collection)
+                        .vectors_config(VectorParamsBuilder::new(
+                            self.vector_size as u64,
+                            Distance::Cosine,
+                        ))
+                        .sparse_vectors_config(SparseVectorConfig {
+                            map: HashMap::from([(
+                                KEYWORD_VECTOR.to_owned(),
+                                SparseVectorParams {
+                                    index: None,
+                                    modifier: Some(Modifier::Idf as i32),
+                                },
+                            )]),
+                        }),
                 )
                 .await;
             if let Err(e) = created {
@@ -179,7 +240,9 @@ impl VectorStore for RemoteStore {
                 tracing::debug!(collection = %self.collection, "collection created concurrently");
             }
         }
-        self.check_collection_params().await?;
+        if !self.check_collection_params().await? {
+            self.add_keyword_vector().await?;
+        }
         // Creating an existing index with the same schema is a no-op on the server.
         for (key, tenant) in [
             (ORG_ID_KEY, true),
@@ -204,23 +267,32 @@ impl VectorStore for RemoteStore {
                 .await
                 .map_err(map_err)?;
         }
+        // Points written before the keyword vector existed get theirs (a no-op scan once done).
+        upgrade::backfill(self).await?;
         Ok(())
     }
 
     async fn upsert(&self, points: Vec<NewPoint>) -> Result<(), StoreError> {
-        let payloads = prepare_points(&points, self.vector_size)?;
+        let prepared = prepare_points(&points, self.vector_size)?;
         if points.is_empty() {
             return Ok(());
         }
         let points: Vec<PointStruct> = points
             .into_iter()
-            .zip(payloads)
-            .map(|(p, payload)| {
-                let payload: HashMap<String, Value> = payload
+            .zip(prepared)
+            .map(|(p, prepared)| {
+                let payload: HashMap<String, Value> = prepared
+                    .payload
                     .into_iter()
                     .map(|(k, v)| (k, json_to_value(v)))
                     .collect();
-                PointStruct::new(p.id.to_string(), p.vector, payload)
+                let vectors = NamedVectors {
+                    vectors: HashMap::from([
+                        (String::new(), Vector::new_dense(p.vector)),
+                        (KEYWORD_VECTOR.to_owned(), sparse_vector(prepared.keyword)),
+                    ]),
+                };
+                PointStruct::new(p.id.to_string(), Vectors::from(vectors), payload)
             })
             .collect();
         self.client
@@ -260,22 +332,67 @@ impl VectorStore for RemoteStore {
     }
 
     async fn search(&self, req: SearchRequest) -> Result<Vec<ScoredPoint>, StoreError> {
-        check_vector(&req.vector, self.vector_size, "search")?;
         if req.limit == 0 {
             return Ok(Vec::new());
         }
-        let mut query = QueryPointsBuilder::new(&self.collection)
-            .query(req.vector)
-            .filter(build_filter(req.org_id, &req.filter, None))
-            .limit(req.limit as u64)
-            .offset(req.offset as u64)
-            .with_payload(true)
-            .with_vectors(req.with_vector);
-        if let Some(threshold) = req.score_threshold {
-            query = query.score_threshold(threshold);
-        }
-        let res = self.client.query(query).await.map_err(map_err)?;
-        res.result
+        let plan = query::plan(&req, self.vector_size)?;
+        let filter = build_filter(req.org_id, &req.filter, None);
+        let request = |node: &Node, with_payload: bool, with_vectors: bool, threshold| {
+            let (prefetch, query, using) = node_out(node);
+            QueryPoints {
+                collection_name: self.collection.clone(),
+                prefetch,
+                query: Some(query),
+                using,
+                filter: Some(filter.clone()),
+                score_threshold: threshold,
+                // The first `offset` are dropped by `finish_hits`, as for the embedded store.
+                limit: Some(node.limit as u64),
+                offset: None,
+                with_payload: Some(WithPayloadSelector::from(with_payload)),
+                with_vectors: Some(WithVectorsSelector::from(with_vectors)),
+                ..QueryPoints::default()
+            }
+        };
+        let main = request(&plan.root, true, req.with_vector, req.score_threshold);
+        let (hits, legs) = if plan.explain.is_empty() {
+            let res = self.client.query(main).await.map_err(map_err)?;
+            (res.result, Vec::new())
+        } else {
+            // One round trip: the search itself and each list on its own.
+            let mut batch = vec![main];
+            batch.extend(
+                plan.explain
+                    .iter()
+                    .map(|(_, node)| request(node, false, false, None)),
+            );
+            let res = self
+                .client
+                .query_batch(QueryBatchPoints {
+                    collection_name: self.collection.clone(),
+                    query_points: batch,
+                    read_consistency: None,
+                    timeout: None,
+                })
+                .await
+                .map_err(map_err)?;
+            let mut results = res.result.into_iter().map(|r| r.result);
+            let hits = results.next().unwrap_or_default();
+            let legs = plan
+                .explain
+                .iter()
+                .zip(results)
+                .map(|((kind, _), list)| {
+                    let list = list
+                        .into_iter()
+                        .map(|p| Ok((uuid_of(p.id)?, p.score)))
+                        .collect::<Result<Vec<_>, StoreError>>()?;
+                    Ok((*kind, list))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            (hits, legs)
+        };
+        let hits = hits
             .into_iter()
             .map(|p| {
                 let id = uuid_of(p.id)?;
@@ -284,9 +401,11 @@ impl VectorStore for RemoteStore {
                     score: p.score,
                     payload: payload_from_json(id, payload_to_json(p.payload))?,
                     vector: vector_of(p.vectors, req.with_vector)?,
+                    explain: None,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(finish_hits(hits, &plan, legs))
     }
 
     async fn count(&self, org_id: Uuid, filter: PointFilter) -> Result<u64, StoreError> {
@@ -336,6 +455,143 @@ impl VectorStore for RemoteStore {
     }
 }
 
+#[async_trait::async_trait]
+impl Backfill for RemoteStore {
+    async fn without_keyword(
+        &self,
+        from: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<(Uuid, Option<String>)>, Option<Uuid>), StoreError> {
+        let mut req = ScrollPointsBuilder::new(&self.collection)
+            .filter(Filter::must_not([Condition::has_vector(KEYWORD_VECTOR)]))
+            .limit(u32::try_from(limit).unwrap_or(u32::MAX))
+            .with_payload(true)
+            .with_vectors(false);
+        if let Some(from) = from {
+            req = req.offset(PointId::from(from.to_string()));
+        }
+        let res = self.client.scroll(req).await.map_err(map_err)?;
+        let page = res
+            .result
+            .into_iter()
+            .map(|p| {
+                let text = p.payload.get("text").and_then(|v| match &v.kind {
+                    Some(Kind::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                });
+                Ok((uuid_of(p.id)?, text))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let next = res
+            .next_page_offset
+            .map(|id| uuid_of(Some(id)))
+            .transpose()?;
+        Ok((page, next))
+    }
+
+    async fn set_keyword(&self, vectors: Vec<(Uuid, SparseVector)>) -> Result<(), StoreError> {
+        let points = vectors
+            .into_iter()
+            .map(|(id, v)| PointVectors {
+                id: Some(PointId::from(id.to_string())),
+                vectors: Some(Vectors::from(NamedVectors {
+                    vectors: HashMap::from([(KEYWORD_VECTOR.to_owned(), sparse_vector(v))]),
+                })),
+            })
+            .collect();
+        self.client
+            .update_vectors(UpdatePointVectors {
+                collection_name: self.collection.clone(),
+                wait: Some(true),
+                points,
+                // Only points that still have none: a point rewritten meanwhile keeps the
+                // vector that came with its new text.
+                update_filter: Some(Filter::must_not([Condition::has_vector(KEYWORD_VECTOR)])),
+                ..UpdatePointVectors::default()
+            })
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    fn name(&self) -> String {
+        format!("collection {}", self.collection)
+    }
+}
+
+/// A node of the query tree as gRPC: its prefetches, its query and the vector it uses.
+fn node_out(node: &Node) -> (Vec<PrefetchQuery>, Query, Option<String>) {
+    let prefetch = node
+        .prefetch
+        .iter()
+        .map(|child| {
+            let (prefetch, query, using) = node_out(child);
+            PrefetchQuery {
+                prefetch,
+                query: Some(query),
+                using,
+                limit: Some(child.limit as u64),
+                ..PrefetchQuery::default()
+            }
+        })
+        .collect();
+    let dense = |v: &[f32]| VectorInput::from(v.to_vec());
+    let (variant, using) = match &node.scoring {
+        Scoring::Nearest(Leg::Dense(v)) => (grpc_query::Variant::Nearest(dense(v)), None),
+        Scoring::Nearest(Leg::Keyword(v)) => (
+            grpc_query::Variant::Nearest(VectorInput {
+                variant: Some(qdrant_client::qdrant::vector_input::Variant::Sparse(
+                    qdrant_client::qdrant::SparseVector {
+                        values: v.values.clone(),
+                        indices: v.indices.clone(),
+                    },
+                )),
+            }),
+            Some(KEYWORD_VECTOR.to_owned()),
+        ),
+        Scoring::Fusion(Fusion::Rrf {
+            k,
+            dense_weight,
+            keyword_weight,
+        }) => (
+            grpc_query::Variant::Rrf(qdrant_client::qdrant::Rrf {
+                k: Some(Fusion::engine_k(*k)),
+                weights: vec![*dense_weight, *keyword_weight],
+            }),
+            None,
+        ),
+        Scoring::Fusion(Fusion::Dbsf) => (
+            grpc_query::Variant::Fusion(qdrant_client::qdrant::Fusion::Dbsf as i32),
+            None,
+        ),
+        Scoring::Mmr {
+            vector,
+            diversity,
+            candidates,
+        } => (
+            grpc_query::Variant::NearestWithMmr(qdrant_client::qdrant::NearestInputWithMmr {
+                nearest: Some(dense(vector)),
+                mmr: Some(qdrant_client::qdrant::Mmr {
+                    diversity: Some(*diversity),
+                    candidates_limit: Some(u32::try_from(*candidates).unwrap_or(u32::MAX)),
+                }),
+            }),
+            None,
+        ),
+    };
+    (
+        prefetch,
+        Query {
+            variant: Some(variant),
+        },
+        using,
+    )
+}
+
+fn sparse_vector(v: SparseVector) -> Vector {
+    Vector::new_sparse(v.indices, v.values)
+}
+
 /// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]`.
 fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Filter {
     let mut must = vec![Condition::matches(ORG_ID_KEY, org_id.to_string())];
@@ -377,7 +633,13 @@ fn vector_of(
     if !requested {
         return Ok(None);
     }
-    match vectors.and_then(|v| v.get_vector()) {
+    // The dense vector is the unnamed one: alone, or under "" beside the keyword vector.
+    let dense = vectors.and_then(|v| match v.vectors_options {
+        Some(OutVectors::Vector(v)) => Some(v.into_vector()),
+        Some(OutVectors::Vectors(mut named)) => named.vectors.remove("").map(|v| v.into_vector()),
+        None => None,
+    });
+    match dense {
         Some(OutVector::Dense(d)) => Ok(Some(d.data)),
         Some(OutVector::Sparse(_) | OutVector::MultiDense(_)) | None => Err(StoreError::Internal(
             "server returned no single dense vector".into(),

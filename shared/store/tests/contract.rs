@@ -1,19 +1,25 @@
 //! Contract suite for every `VectorStore` adapter.
 //!
-//! Each `contract::*` function is run against the embedded adapter (fresh tempdir) and against
-//! the remote adapter, in a fresh collection `heimdex_contract_<uuid>` that is dropped
-//! afterwards. The remote adapter talks to the Qdrant server at `QDRANT_URL` (optionally
-//! `QDRANT_API_KEY`) when that is set, and otherwise to a `heimdex-qdrant-standin` of the
-//! test's own (Qdrant's gRPC API over the Qdrant engine, random port, temp dir), so the remote
-//! adapter is exercised in every run. Embedded-only tests (durability across restart and crash,
-//! shard config checks) follow.
+//! Each `contract::*` function is run three times, each in a fresh store:
+//! * `embedded`: the embedded adapter in a temp dir;
+//! * `remote`: the remote adapter against the Qdrant server at `QDRANT_URL` (optionally
+//!   `QDRANT_API_KEY`) when that is set, and otherwise against a `heimdex-qdrant-standin` of the
+//!   test's own (Qdrant's gRPC API over the Qdrant engine, random port, temp dir), so the remote
+//!   adapter is exercised in every run;
+//! * `server`: the remote adapter against a real Qdrant server: `QDRANT_URL`, or the binary
+//!   `../shared/tools/qdrant` started for the test. Without either it prints that it skipped.
+//!
+//! Remote stores use a fresh collection `heimdex_contract_<uuid>`, dropped afterwards.
+//! `ranking::*` loads one corpus into every adapter at hand and checks that each search ranks
+//! alike everywhere. Embedded-only tests (durability across restart and crash, shard config
+//! checks, the upgrade of an old shard) and remote upgrade tests follow.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use heimdex_store::{
-    Backend, NewPoint, Payload, PointFilter, SearchRequest, StoreConfig, StoreError, StoreKind,
-    VectorStore, l2_normalized, open,
+    Backend, Fusion, Mmr, NewPoint, Payload, PointFilter, ScoredPoint, SearchMode, SearchRequest,
+    StoreConfig, StoreError, StoreKind, VectorStore, l2_normalized, open,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -41,15 +47,7 @@ fn point(org_id: Uuid, asset_id: &str, segment_id: &str, vector: [f32; DIM]) -> 
 }
 
 fn search_req(org_id: Uuid, vector: [f32; DIM], limit: usize) -> SearchRequest {
-    SearchRequest {
-        org_id,
-        vector: vector.to_vec(),
-        limit,
-        offset: 0,
-        filter: PointFilter::default(),
-        score_threshold: None,
-        with_vector: false,
-    }
+    SearchRequest::dense(org_id, vector.to_vec(), limit)
 }
 
 fn asset(a: &str) -> PointFilter {
@@ -77,20 +75,114 @@ struct Harness {
     store: Arc<dyn VectorStore>,
     /// The stand-in server when `QDRANT_URL` is unset; stopped before `_dir` goes.
     standin: Option<heimdex_qdrant_standin::Standin>,
+    /// A real Qdrant server started for the test (killed on drop).
+    _server: Option<heimdex_qdrant_standin::real::RealQdrant>,
     _dir: Option<tempfile::TempDir>,
     /// (url, api key, collection) to drop at the end of a remote test.
     remote: Option<(String, Option<String>, String)>,
 }
 
+fn fresh_collection() -> String {
+    format!("heimdex_contract_{}", Uuid::new_v4().simple())
+}
+
+/// A Qdrant server for the remote adapter, and what keeps it running.
+struct QdrantAt {
+    url: String,
+    api_key: Option<String>,
+    standin: Option<heimdex_qdrant_standin::Standin>,
+    server: Option<heimdex_qdrant_standin::real::RealQdrant>,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl QdrantAt {
+    async fn start(source: Remote) -> Option<Self> {
+        let api_key = std::env::var("QDRANT_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty());
+        match source {
+            Remote::RealServer => {
+                let server = heimdex_qdrant_standin::real::RealQdrant::start().await?;
+                Some(Self {
+                    url: server.url().to_owned(),
+                    api_key,
+                    standin: None,
+                    server: Some(server),
+                    dir: None,
+                })
+            }
+            Remote::UrlOrStandin => {
+                match std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty()) {
+                    Some(url) => Some(Self {
+                        url,
+                        api_key,
+                        standin: None,
+                        server: None,
+                        dir: None,
+                    }),
+                    None => {
+                        let dir = tempfile::tempdir().expect("tempdir");
+                        let standin = heimdex_qdrant_standin::Standin::start(
+                            dir.path(),
+                            "127.0.0.1:0".parse().expect("address"),
+                        )
+                        .await
+                        .expect("start qdrant stand-in");
+                        Some(Self {
+                            url: standin.url(),
+                            api_key,
+                            standin: Some(standin),
+                            server: None,
+                            dir: Some(dir),
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// A real server, or `None` after saying the test skipped it.
+    async fn start_real(test: &str) -> Option<Self> {
+        let qdrant = Self::start(Remote::RealServer).await;
+        if qdrant.is_none() {
+            eprintln!(
+                "{test}: skipped against a real Qdrant server: set QDRANT_URL or put the binary \
+                 at ../shared/tools/qdrant"
+            );
+        }
+        qdrant
+    }
+
+    fn client(&self) -> qdrant_client::Qdrant {
+        qdrant_client::Qdrant::from_url(&self.url)
+            .api_key(self.api_key.clone())
+            .skip_compatibility_check()
+            .build()
+            .expect("client")
+    }
+}
+
+/// Where a remote harness's Qdrant comes from.
+enum Remote {
+    /// `QDRANT_URL` if set, else a stand-in.
+    UrlOrStandin,
+    /// A real server (`QDRANT_URL`, or `../shared/tools/qdrant`), if there is one.
+    RealServer,
+}
+
 impl Harness {
     async fn embedded() -> Self {
+        Self::embedded_with(DIM).await
+    }
+
+    async fn embedded_with(vector_size: usize) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = open(StoreConfig {
             backend: Backend::Embedded {
                 path: dir.path().join("qdrant"),
             },
             collection: "chunks".to_owned(),
-            vector_size: DIM,
+            vector_size,
         })
         .await
         .expect("open embedded store");
@@ -99,36 +191,34 @@ impl Harness {
         Self {
             store,
             standin: None,
+            _server: None,
             _dir: Some(dir),
             remote: None,
         }
     }
 
     async fn remote() -> Self {
-        let (url, standin, dir) = match std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty()) {
-            Some(url) => (url, None, None),
-            None => {
-                let dir = tempfile::tempdir().expect("tempdir");
-                let standin = heimdex_qdrant_standin::Standin::start(
-                    dir.path(),
-                    "127.0.0.1:0".parse().expect("address"),
-                )
-                .await
-                .expect("start qdrant stand-in");
-                (standin.url(), Some(standin), Some(dir))
-            }
-        };
-        let api_key = std::env::var("QDRANT_API_KEY")
-            .ok()
-            .filter(|k| !k.is_empty());
-        let collection = format!("heimdex_contract_{}", Uuid::new_v4().simple());
+        let qdrant = QdrantAt::start(Remote::UrlOrStandin)
+            .await
+            .expect("a stand-in is always available");
+        Self::on(qdrant, fresh_collection(), DIM).await
+    }
+
+    /// A real Qdrant server, or `None` (after saying so) when there is none.
+    async fn server(test: &str) -> Option<Self> {
+        let qdrant = QdrantAt::start_real(test).await?;
+        Some(Self::on(qdrant, fresh_collection(), DIM).await)
+    }
+
+    /// The remote adapter on `qdrant`'s `collection` (which may exist already).
+    async fn on(qdrant: QdrantAt, collection: String, vector_size: usize) -> Self {
         let store = open(StoreConfig {
             backend: Backend::Remote {
-                url: url.clone(),
-                api_key: api_key.clone().map(secrecy::SecretString::from),
+                url: qdrant.url.clone(),
+                api_key: qdrant.api_key.clone().map(secrecy::SecretString::from),
             },
             collection: collection.clone(),
-            vector_size: DIM,
+            vector_size,
         })
         .await
         .expect("open remote store");
@@ -136,9 +226,10 @@ impl Harness {
         store.ensure_collection().await.expect("ensure_collection");
         Self {
             store,
-            standin,
-            _dir: dir,
-            remote: Some((url, api_key, collection)),
+            standin: qdrant.standin,
+            _server: qdrant.server,
+            _dir: qdrant.dir,
+            remote: Some((qdrant.url, qdrant.api_key, collection)),
         }
     }
 
@@ -181,6 +272,18 @@ macro_rules! contract_tests {
                 }
             )*
         }
+        mod server {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(h) = super::Harness::server(stringify!($name)).await else {
+                        return;
+                    };
+                    super::contract::$name(h.store.clone()).await;
+                    h.cleanup().await;
+                }
+            )*
+        }
     };
 }
 
@@ -196,6 +299,13 @@ contract_tests!(
     count_matches_scroll,
     concurrent_upserts,
     probe_and_metadata,
+    keyword_search_ranks_by_bm25,
+    hybrid_fuses_both_lists,
+    fusion_choices,
+    mmr_diversifies_near_duplicates,
+    explain_shows_each_list,
+    tenant_isolation_in_every_mode,
+    invalid_searches_are_rejected,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -365,7 +475,7 @@ mod contract {
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
 
         let mut req = search_req(org, [1.0, 0.0, 0.0, 0.0], 10);
-        req.vector.push(0.0);
+        req.vector.as_mut().expect("vector").push(0.0);
         let err = store.search(req).await.expect_err("wrong query dimension");
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
 
@@ -830,6 +940,919 @@ mod contract {
         store.probe().await.expect("probe");
         assert_eq!(store.vector_size(), DIM);
     }
+
+    // -----------------------------------------------------------------------------------------
+    // Keyword and hybrid search, MMR, explain.
+
+    /// A point with text.
+    fn doc(org: Uuid, segment: &str, text: &str, vector: [f32; DIM]) -> NewPoint {
+        let mut p = point(org, "docs", segment, vector);
+        p.payload.text = Some(text.to_owned());
+        p
+    }
+
+    fn ids(hits: &[ScoredPoint]) -> Vec<Uuid> {
+        hits.iter().map(|h| h.id).collect()
+    }
+
+    /// Six documents about three topics; the query "thread scheduling" with the vector of
+    /// `memory`'s topic.
+    struct Library {
+        kernel: NewPoint,
+        disk: NewPoint,
+        compiler: NewPoint,
+        parser: NewPoint,
+        memory: NewPoint,
+        sorting: NewPoint,
+    }
+
+    async fn library(store: &Arc<dyn VectorStore>, org: Uuid) -> Library {
+        let lib = Library {
+            // Distinct similarities to QUERY_VECTOR, so the dense ranking has no ties.
+            kernel: doc(
+                org,
+                "kernel",
+                "Kernel thread scheduling in operating systems",
+                [1.0, 0.0, 0.1, 0.0],
+            ),
+            disk: doc(
+                org,
+                "disk",
+                "Scheduling of disk requests",
+                [0.9, 0.1, 0.05, 0.0],
+            ),
+            compiler: doc(
+                org,
+                "compiler",
+                "A compiler for algebraic languages",
+                [0.0, 1.0, 0.02, 0.0],
+            ),
+            parser: doc(
+                org,
+                "parser",
+                "Parsing algebraic expressions with a compiler",
+                [0.0, 0.9, 0.3, 0.0],
+            ),
+            memory: doc(
+                org,
+                "memory",
+                "Memory paging and thread scheduling",
+                [0.0, 0.0, 1.0, 0.0],
+            ),
+            sorting: doc(org, "sorting", "Sorting algorithms", [0.0, 0.0, -0.1, 1.0]),
+        };
+        store
+            .upsert(vec![
+                lib.kernel.clone(),
+                lib.disk.clone(),
+                lib.compiler.clone(),
+                lib.parser.clone(),
+                lib.memory.clone(),
+                lib.sorting.clone(),
+            ])
+            .await
+            .expect("upsert");
+        lib
+    }
+
+    const QUERY_VECTOR: [f32; DIM] = [0.0, 0.0, 1.0, 0.0];
+    const QUERY_TEXT: &str = "thread scheduling";
+
+    pub async fn keyword_search_ranks_by_bm25(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        let lib = library(&store, org).await;
+        let hits = store
+            .search(SearchRequest::keyword(org, QUERY_TEXT, 10))
+            .await
+            .expect("keyword search");
+        // Both terms, shortest text first (BM25's length normalisation), then the document
+        // with only the commoner term ("scheduling" is in three texts, "thread" in two).
+        assert_eq!(ids(&hits), vec![lib.memory.id, lib.kernel.id, lib.disk.id]);
+        assert!(hits.windows(2).all(|w| w[0].score > w[1].score), "{hits:?}");
+        assert!(hits.iter().all(|h| h.explain.is_none()));
+        assert_eq!(hits[0].payload, lib.memory.payload);
+
+        // Stemming: "threads scheduled" finds the same texts.
+        let hits = store
+            .search(SearchRequest::keyword(org, "Threads SCHEDULED", 10))
+            .await
+            .expect("keyword search");
+        assert_eq!(ids(&hits), vec![lib.memory.id, lib.kernel.id, lib.disk.id]);
+
+        // Only stop words: nothing to match.
+        let hits = store
+            .search(SearchRequest::keyword(org, "the of and", 10))
+            .await
+            .expect("keyword search");
+        assert!(hits.is_empty());
+
+        // The threshold compares BM25 scores; filters apply; paging by offset.
+        let all = store
+            .search(SearchRequest::keyword(org, QUERY_TEXT, 10))
+            .await
+            .expect("search");
+        let mut req = SearchRequest::keyword(org, QUERY_TEXT, 10);
+        req.score_threshold = Some((all[1].score + all[2].score) / 2.0);
+        assert_eq!(
+            ids(&store.search(req).await.expect("search")),
+            ids(&all[..2])
+        );
+        let mut req = SearchRequest::keyword(org, QUERY_TEXT, 10);
+        req.filter = PointFilter {
+            segment_id: Some("disk".to_owned()),
+            ..PointFilter::default()
+        };
+        assert_eq!(
+            ids(&store.search(req).await.expect("search")),
+            vec![lib.disk.id]
+        );
+        let mut req = SearchRequest::keyword(org, QUERY_TEXT, 1);
+        req.offset = 1;
+        assert_eq!(
+            ids(&store.search(req).await.expect("search")),
+            vec![lib.kernel.id]
+        );
+
+        // A point rewritten with other text is found by its new text only.
+        let mut rewritten = lib.disk.clone();
+        rewritten.payload.text = Some("Sorting disk blocks".to_owned());
+        store.upsert(vec![rewritten]).await.expect("upsert");
+        let hits = store
+            .search(SearchRequest::keyword(org, QUERY_TEXT, 10))
+            .await
+            .expect("search");
+        assert_eq!(ids(&hits), vec![lib.memory.id, lib.kernel.id]);
+        let hits = store
+            .search(SearchRequest::keyword(org, "sorting", 10))
+            .await
+            .expect("search");
+        assert_eq!(set(ids(&hits)), set([lib.disk.id, lib.sorting.id]));
+    }
+
+    pub async fn hybrid_fuses_both_lists(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        let lib = library(&store, org).await;
+        let mut req = SearchRequest::hybrid(org, QUERY_VECTOR.to_vec(), QUERY_TEXT, 10);
+        req.explain = true;
+        let hits = store.search(req).await.expect("hybrid search");
+        // First in both lists, so first fused; every point is in the dense list.
+        assert_eq!(hits[0].id, lib.memory.id);
+        assert_eq!(set(ids(&hits)), set(ids(&all_points(&lib))));
+        for hit in &hits {
+            let explain = hit.explain.expect("explain");
+            // RRF, k = 60: each list a point is in adds 1 / (60 + rank).
+            let expected: f32 = [explain.dense, explain.keyword]
+                .iter()
+                .flatten()
+                .map(|r| 1.0 / (60.0 + r.rank as f32))
+                .sum();
+            assert!((hit.score - expected).abs() < 1e-6, "{hit:?}");
+        }
+        assert!(
+            hits.windows(2).all(|w| w[0].score >= w[1].score),
+            "{hits:?}"
+        );
+
+        // Without query text, hybrid is dense.
+        let req = SearchRequest {
+            mode: SearchMode::Hybrid,
+            ..SearchRequest::dense(org, QUERY_VECTOR.to_vec(), 10)
+        };
+        assert_eq!(req.effective_mode(), SearchMode::Dense);
+        let hybrid = store.search(req).await.expect("hybrid, vector only");
+        let dense = store
+            .search(SearchRequest::dense(org, QUERY_VECTOR.to_vec(), 10))
+            .await
+            .expect("dense");
+        assert_eq!(hybrid, dense);
+        assert!((dense[0].score - 1.0).abs() < 1e-5);
+
+        // Paging through a fused ranking neither repeats nor skips a point.
+        let mut paged = Vec::new();
+        for offset in 0..6 {
+            let mut req = SearchRequest::hybrid(org, QUERY_VECTOR.to_vec(), QUERY_TEXT, 1);
+            req.offset = offset;
+            paged.extend(ids(&store.search(req).await.expect("page")));
+        }
+        assert_eq!(paged, ids(&hits));
+
+        // The threshold compares fused scores.
+        let mut req = SearchRequest::hybrid(org, QUERY_VECTOR.to_vec(), QUERY_TEXT, 10);
+        req.score_threshold = Some(hits[2].score);
+        let above = store.search(req).await.expect("threshold");
+        assert!(above.len() >= 3 && above.iter().all(|h| h.score >= hits[2].score));
+    }
+
+    fn all_points(lib: &Library) -> Vec<ScoredPoint> {
+        [
+            &lib.kernel,
+            &lib.disk,
+            &lib.compiler,
+            &lib.parser,
+            &lib.memory,
+            &lib.sorting,
+        ]
+        .into_iter()
+        .map(|p| ScoredPoint {
+            id: p.id,
+            score: 0.0,
+            payload: p.payload.clone(),
+            vector: None,
+            explain: None,
+        })
+        .collect()
+    }
+
+    pub async fn fusion_choices(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        let lib = library(&store, org).await;
+        let hybrid = |fusion: Fusion| {
+            let mut req = SearchRequest::hybrid(org, QUERY_VECTOR.to_vec(), QUERY_TEXT, 10);
+            req.fusion = fusion;
+            req.explain = true;
+            let store = Arc::clone(&store);
+            async move { store.search(req).await.expect("hybrid search") }
+        };
+        let dense = store
+            .search(SearchRequest::dense(org, QUERY_VECTOR.to_vec(), 10))
+            .await
+            .expect("dense");
+        let keyword = store
+            .search(SearchRequest::keyword(org, QUERY_TEXT, 10))
+            .await
+            .expect("keyword");
+
+        // Weight 0 on one side: the other side's order (points only on the muted side last).
+        let dense_only = hybrid(Fusion::Rrf {
+            k: 60,
+            dense_weight: 1.0,
+            keyword_weight: 0.0,
+        })
+        .await;
+        assert_eq!(ids(&dense_only), ids(&dense));
+        let keyword_only = hybrid(Fusion::Rrf {
+            k: 60,
+            dense_weight: 0.0,
+            keyword_weight: 1.0,
+        })
+        .await;
+        assert_eq!(ids(&keyword_only[..3]), ids(&keyword));
+
+        // Weights scale ranks: with the keyword list weighted 3, a keyword rank r counts as
+        // rank r / 3.
+        let weighted = hybrid(Fusion::Rrf {
+            k: 60,
+            dense_weight: 1.0,
+            keyword_weight: 3.0,
+        })
+        .await;
+        for hit in &weighted {
+            let explain = hit.explain.expect("explain");
+            let expected = explain.dense.map_or(0.0, |r| 1.0 / (60.0 + r.rank as f32))
+                + explain
+                    .keyword
+                    .map_or(0.0, |r| 1.0 / (60.0 + r.rank as f32 / 3.0));
+            assert!((hit.score - expected).abs() < 1e-6, "{hit:?}");
+        }
+        // A small k makes the top ranks count for more.
+        let small_k = hybrid(Fusion::Rrf {
+            k: 1,
+            dense_weight: 1.0,
+            keyword_weight: 1.0,
+        })
+        .await;
+        assert!((small_k[0].score - 1.0).abs() < 1e-6, "{small_k:?}");
+        assert_eq!(small_k[0].id, lib.memory.id);
+
+        // DBSF: each list scaled into [0, 1] by its mean ± 3 sigma, then summed.
+        let dbsf = hybrid(Fusion::Dbsf).await;
+        assert_eq!(dbsf[0].id, lib.memory.id);
+        assert!(
+            dbsf.iter().all(|h| (0.0..=2.0).contains(&h.score)),
+            "{dbsf:?}"
+        );
+        assert!(dbsf.windows(2).all(|w| w[0].score >= w[1].score));
+        assert_eq!(set(ids(&dbsf)), set(ids(&dense)));
+    }
+
+    pub async fn mmr_diversifies_near_duplicates(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        let text = "thread scheduling for kernels";
+        let twins = [
+            doc(org, "twin-1", text, [1.0, 0.0, 0.0, 0.0]),
+            doc(org, "twin-2", text, [1.0, 0.02, 0.0, 0.0]),
+            doc(org, "twin-3", text, [1.0, 0.0, 0.02, 0.0]),
+        ];
+        let pools = doc(org, "pools", "thread pools", [0.8, 0.6, 0.0, 0.0]);
+        let queues = doc(org, "queues", "scheduling queues", [0.8, 0.0, 0.0, 0.6]);
+        let mut all = twins.to_vec();
+        all.extend([pools.clone(), queues.clone()]);
+        store.upsert(all).await.expect("upsert");
+        let twin_ids = set(twins.iter().map(|t| t.id));
+        let q = [1.0, 0.0, 0.0, 0.0];
+
+        for mode in [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid] {
+            let mut req = SearchRequest::hybrid(org, q.to_vec(), "thread scheduling", 3);
+            req.mode = mode;
+            let plain = store.search(req.clone()).await.expect("search");
+            if mode != SearchMode::Keyword {
+                // Without MMR the three near-duplicates fill the page.
+                assert_eq!(set(ids(&plain)), twin_ids, "{mode:?}");
+            }
+            req.mmr = Some(Mmr {
+                diversity: 0.8,
+                candidates: 5,
+            });
+            let diverse = store.search(req.clone()).await.expect("mmr search");
+            assert_eq!(diverse.len(), 3, "{mode:?}");
+            let dups = diverse.iter().filter(|h| twin_ids.contains(&h.id)).count();
+            assert_eq!(
+                dups, 1,
+                "{mode:?}: one twin, then the two distinct texts: {diverse:?}"
+            );
+            assert!(
+                twin_ids.contains(&diverse[0].id),
+                "{mode:?}: most relevant first"
+            );
+            assert_eq!(
+                set(ids(&diverse[1..])),
+                set([pools.id, queues.id]),
+                "{mode:?}"
+            );
+            // MMR reports each hit's similarity to the query vector.
+            assert!((diverse[0].score - 1.0).abs() < 1e-3, "{diverse:?}");
+
+            // No diversity: relevance order, the twins again.
+            req.mmr = Some(Mmr {
+                diversity: 0.0,
+                candidates: 5,
+            });
+            let relevant = store.search(req).await.expect("mmr search");
+            assert_eq!(set(ids(&relevant)), twin_ids, "{mode:?}");
+        }
+    }
+
+    pub async fn explain_shows_each_list(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        let lib = library(&store, org).await;
+        let dense = store
+            .search(SearchRequest::dense(org, QUERY_VECTOR.to_vec(), 10))
+            .await
+            .expect("dense");
+        let keyword = store
+            .search(SearchRequest::keyword(org, QUERY_TEXT, 10))
+            .await
+            .expect("keyword");
+        for mode in [SearchMode::Hybrid, SearchMode::Dense, SearchMode::Keyword] {
+            let mut req = SearchRequest::hybrid(org, QUERY_VECTOR.to_vec(), QUERY_TEXT, 10);
+            req.mode = mode;
+            req.explain = true;
+            let hits = store.search(req).await.expect("search");
+            assert!(!hits.is_empty());
+            for hit in &hits {
+                let explain = hit.explain.expect("explain");
+                let in_list = |list: &[ScoredPoint]| {
+                    list.iter()
+                        .position(|h| h.id == hit.id)
+                        .map(|i| (i + 1, list[i].score))
+                };
+                assert_eq!(
+                    explain.dense.map(|r| (r.rank, r.score)),
+                    in_list(&dense),
+                    "{mode:?} {hit:?}"
+                );
+                assert_eq!(
+                    explain.keyword.map(|r| (r.rank, r.score)),
+                    in_list(&keyword),
+                    "{mode:?} {hit:?}"
+                );
+            }
+        }
+        // `compiler` has none of the query's words: no keyword rank.
+        let mut req = SearchRequest::hybrid(org, QUERY_VECTOR.to_vec(), QUERY_TEXT, 10);
+        req.explain = true;
+        let hits = store.search(req).await.expect("search");
+        let compiler = hits
+            .iter()
+            .find(|h| h.id == lib.compiler.id)
+            .expect("in dense list");
+        assert!(compiler.explain.expect("explain").keyword.is_none());
+        assert!(compiler.explain.expect("explain").dense.is_some());
+        // Keyword mode without a vector has no dense list to explain with.
+        let mut req = SearchRequest::keyword(org, QUERY_TEXT, 10);
+        req.explain = true;
+        let hits = store.search(req).await.expect("search");
+        assert!(
+            hits.iter()
+                .all(|h| h.explain.expect("explain").dense.is_none())
+        );
+    }
+
+    pub async fn tenant_isolation_in_every_mode(store: Arc<dyn VectorStore>) {
+        let (org_a, org_b) = (Uuid::new_v4(), Uuid::new_v4());
+        let secret = doc(
+            org_a,
+            "a",
+            "Confidential merger of Initech and Globex",
+            [1.0, 0.0, 0.0, 0.0],
+        );
+        let twin = doc(
+            org_a,
+            "a2",
+            "Confidential merger of Initech and Globex",
+            [1.0, 0.01, 0.0, 0.0],
+        );
+        let mine = doc(org_b, "b", "Quarterly merger report", [0.0, 1.0, 0.0, 0.0]);
+        store
+            .upsert(vec![secret.clone(), twin.clone(), mine.clone()])
+            .await
+            .expect("upsert");
+        let query = "confidential merger Initech Globex";
+        for mode in [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid] {
+            for fusion in [Fusion::default(), Fusion::Dbsf] {
+                for mmr in [
+                    None,
+                    Some(Mmr {
+                        diversity: 0.5,
+                        candidates: 10,
+                    }),
+                ] {
+                    let mut req = SearchRequest::hybrid(org_b, vec![1.0, 0.0, 0.0, 0.0], query, 10);
+                    req.mode = mode;
+                    req.fusion = fusion;
+                    req.mmr = mmr;
+                    req.explain = true;
+                    let hits = store.search(req).await.expect("search");
+                    let seen = ids(&hits);
+                    assert!(
+                        seen.iter().all(|id| *id == mine.id),
+                        "{mode:?} {fusion:?} {mmr:?}: org B saw {seen:?}"
+                    );
+                    assert!(hits.iter().all(|h| h.payload.org_id == org_b));
+                    // Org A's own search does find them.
+                    let mut req = SearchRequest::hybrid(org_a, vec![1.0, 0.0, 0.0, 0.0], query, 10);
+                    req.mode = mode;
+                    req.fusion = fusion;
+                    req.mmr = mmr;
+                    let hits = store.search(req).await.expect("search");
+                    assert!(ids(&hits).contains(&secret.id), "{mode:?}");
+                    assert!(!ids(&hits).contains(&mine.id), "{mode:?}");
+                }
+            }
+        }
+        // A tenant with no points finds nothing in any mode.
+        let nobody = Uuid::new_v4();
+        for mode in [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid] {
+            let mut req = SearchRequest::hybrid(nobody, vec![1.0, 0.0, 0.0, 0.0], query, 10);
+            req.mode = mode;
+            assert!(store.search(req).await.expect("search").is_empty());
+        }
+    }
+
+    pub async fn invalid_searches_are_rejected(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        library(&store, org).await;
+        let invalid = |req: SearchRequest| {
+            let store = Arc::clone(&store);
+            async move {
+                let err = store.search(req.clone()).await.expect_err("invalid");
+                assert!(
+                    matches!(err, StoreError::InvalidInput(_)),
+                    "{req:?}: {err:?}"
+                );
+            }
+        };
+        // Keyword search needs text; dense and hybrid need a vector.
+        let mut req = SearchRequest::dense(org, QUERY_VECTOR.to_vec(), 10);
+        req.mode = SearchMode::Keyword;
+        invalid(req).await;
+        let mut req = SearchRequest::keyword(org, QUERY_TEXT, 10);
+        req.mode = SearchMode::Hybrid;
+        invalid(req.clone()).await;
+        req.mode = SearchMode::Dense;
+        invalid(req).await;
+        // MMR needs a vector and a diversity in 0..1, and enough candidates for the page.
+        let mut req = SearchRequest::keyword(org, QUERY_TEXT, 10);
+        req.mmr = Some(Mmr {
+            diversity: 0.5,
+            candidates: 10,
+        });
+        invalid(req).await;
+        for mmr in [
+            Mmr {
+                diversity: 1.5,
+                candidates: 10,
+            },
+            Mmr {
+                diversity: -0.1,
+                candidates: 10,
+            },
+            Mmr {
+                diversity: 0.5,
+                candidates: 5,
+            },
+        ] {
+            let mut req = SearchRequest::hybrid(org, QUERY_VECTOR.to_vec(), QUERY_TEXT, 10);
+            req.mmr = Some(mmr);
+            invalid(req).await;
+        }
+        let mut req = SearchRequest::hybrid(org, QUERY_VECTOR.to_vec(), QUERY_TEXT, 10);
+        req.fusion = Fusion::Rrf {
+            k: 0,
+            dense_weight: 1.0,
+            keyword_weight: 1.0,
+        };
+        invalid(req).await;
+        let mut req = SearchRequest::hybrid(org, vec![1.0, 0.0], QUERY_TEXT, 10);
+        req.mode = SearchMode::Hybrid;
+        invalid(req).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The adapters rank alike: one corpus in every store at hand, every kind of search compared.
+
+mod ranking {
+    use super::*;
+
+    const D: usize = 8;
+    const DOCS: usize = 200;
+    const WORDS: [&str; 40] = [
+        "kernel", "thread", "schedule", "memory", "page", "disk", "compiler", "parser", "algebra",
+        "language", "sort", "search", "index", "query", "network", "packet", "protocol", "graph",
+        "matrix", "vector", "storage", "cache", "lock", "process", "signal", "file", "system",
+        "time", "sharing", "program", "loop", "array", "list", "tree", "hash", "table", "record",
+        "report", "user", "terminal",
+    ];
+
+    /// xorshift64*: deterministic and dependency-free.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        /// Skewed towards the first words, as word frequencies are.
+        fn word(&mut self) -> &'static str {
+            let a = self.next() % WORDS.len() as u64;
+            let b = self.next() % WORDS.len() as u64;
+            WORDS[a.min(b) as usize]
+        }
+
+        fn unit(&mut self) -> f32 {
+            (self.next() % 20_001) as f32 / 10_000.0 - 1.0
+        }
+
+        fn vector(&mut self) -> Vec<f32> {
+            (0..D).map(|_| self.unit()).collect()
+        }
+    }
+
+    /// Every document has its own length, so no two BM25 scores tie (a tie would leave the
+    /// order of the tied points to each engine's internals).
+    fn corpus(org: Uuid) -> Vec<NewPoint> {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        (0..DOCS)
+            .map(|i| {
+                let text = (0..6 + i).map(|_| rng.word()).collect::<Vec<_>>().join(" ");
+                let mut payload = payload(org, &format!("asset-{}", i % 7), &format!("s-{i}"));
+                payload.text = Some(text);
+                NewPoint {
+                    id: Uuid::from_u128(0x1000 + i as u128),
+                    vector: rng.vector(),
+                    payload,
+                }
+            })
+            .collect()
+    }
+
+    fn searches(org: Uuid) -> Vec<SearchRequest> {
+        let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+        let mut out = Vec::new();
+        for q in 0..8 {
+            let text = (0..2 + q % 3)
+                .map(|_| rng.word())
+                .collect::<Vec<_>>()
+                .join(" ");
+            let vector = rng.vector();
+            let base = SearchRequest {
+                explain: true,
+                ..SearchRequest::hybrid(org, vector, text, 10)
+            };
+            let rrf_weighted = Fusion::Rrf {
+                k: 10,
+                dense_weight: 2.0,
+                keyword_weight: 0.5,
+            };
+            for (mode, fusion) in [
+                (SearchMode::Dense, Fusion::default()),
+                (SearchMode::Keyword, Fusion::default()),
+                (SearchMode::Hybrid, Fusion::default()),
+                (SearchMode::Hybrid, rrf_weighted),
+                (SearchMode::Hybrid, Fusion::Dbsf),
+            ] {
+                for mmr in [
+                    None,
+                    Some(Mmr {
+                        diversity: 0.5,
+                        candidates: 40,
+                    }),
+                ] {
+                    out.push(SearchRequest {
+                        mode,
+                        fusion,
+                        mmr,
+                        ..base.clone()
+                    });
+                }
+                // A later page, and a filter.
+                out.push(SearchRequest {
+                    mode,
+                    fusion,
+                    offset: 7,
+                    filter: PointFilter {
+                        asset_id: Some(format!("asset-{}", q % 7)),
+                        ..PointFilter::default()
+                    },
+                    ..base.clone()
+                });
+            }
+        }
+        out
+    }
+
+    async fn answers(store: &Arc<dyn VectorStore>, org: Uuid) -> Vec<Vec<ScoredPoint>> {
+        store.upsert(corpus(org)).await.expect("upsert corpus");
+        let mut out = Vec::new();
+        for mut req in searches(org) {
+            if let (SearchMode::Hybrid, Some(mut mmr)) = (req.mode, req.mmr) {
+                // Qdrant's fusion leaves equal fused scores in no fixed order, so which of two
+                // equally fused points at the edge of MMR's candidate list make it in is the
+                // engine's choice. Cut the list where the scores differ (the same place for
+                // every adapter, if they rank alike).
+                let fused = store
+                    .search(SearchRequest {
+                        mmr: None,
+                        explain: false,
+                        limit: 100,
+                        ..req.clone()
+                    })
+                    .await
+                    .expect("search");
+                mmr.candidates = (mmr.candidates..fused.len())
+                    .find(|&c| fused[c - 1].score != fused[c].score)
+                    .unwrap_or(fused.len());
+                req.mmr = Some(mmr);
+            }
+            out.push(store.search(req).await.expect("search"));
+        }
+        out
+    }
+
+    fn assert_alike(what: &str, expected: &[Vec<ScoredPoint>], actual: &[Vec<ScoredPoint>]) {
+        let requests = searches(Uuid::nil());
+        assert_eq!(expected.len(), actual.len());
+        for ((want, got), req) in expected.iter().zip(actual).zip(&requests) {
+            let context = format!(
+                "{what}: {:?} {:?} mmr={:?} offset={}",
+                req.mode, req.fusion, req.mmr, req.offset
+            );
+            assert!(!want.is_empty(), "{context}: no results to compare");
+            assert_eq!(ids(want), ids(got), "{context}");
+            for (w, g) in want.iter().zip(got) {
+                assert!(
+                    (w.score - g.score).abs() <= 1e-4 * w.score.abs().max(1.0),
+                    "{context}: score {} vs {}",
+                    w.score,
+                    g.score
+                );
+                let ranks = |h: &ScoredPoint| {
+                    h.explain
+                        .map(|e| (e.dense.map(|r| r.rank), e.keyword.map(|r| r.rank)))
+                };
+                assert_eq!(ranks(w), ranks(g), "{context}");
+                assert_eq!(w.payload, g.payload, "{context}");
+            }
+        }
+    }
+
+    fn ids(hits: &[ScoredPoint]) -> Vec<Uuid> {
+        hits.iter().map(|h| h.id).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_and_remote_adapters_rank_alike() {
+        let org = Uuid::new_v4();
+        let embedded = Harness::embedded_with(D).await;
+        let expected = answers(&embedded.store, org).await;
+        embedded.cleanup().await;
+
+        let standin = QdrantAt::start(Remote::UrlOrStandin)
+            .await
+            .expect("stand-in");
+        let remote = Harness::on(standin, fresh_collection(), D).await;
+        let actual = answers(&remote.store, org).await;
+        remote.cleanup().await;
+        assert_alike("remote (QDRANT_URL or stand-in)", &expected, &actual);
+
+        let Some(server) = QdrantAt::start_real("embedded_and_remote_adapters_rank_alike").await
+        else {
+            return;
+        };
+        let remote = Harness::on(server, fresh_collection(), D).await;
+        let actual = answers(&remote.store, org).await;
+        remote.cleanup().await;
+        assert_alike("real Qdrant server", &expected, &actual);
+        eprintln!(
+            "{} searches ranked alike by the embedded store and a real Qdrant server",
+            expected.len()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrading a collection made before keyword search (one unnamed dense vector).
+
+mod upgrade {
+    use super::*;
+    use qdrant_client::qdrant::{
+        CreateCollectionBuilder, Distance, PointStruct, UpsertPointsBuilder, Value,
+        VectorParamsBuilder,
+    };
+    use std::collections::HashMap;
+
+    /// Old points: text, no text, and a text of stop words only.
+    pub(super) fn old_points(org: Uuid) -> Vec<NewPoint> {
+        let texts = [
+            Some("Kernel thread scheduling in operating systems"),
+            Some("Memory paging and thread scheduling"),
+            None,
+            Some("the of and"),
+        ];
+        let mut points: Vec<NewPoint> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let mut p = point(org, "old", &format!("s-{i}"), [1.0, i as f32, 0.5, 0.0]);
+                p.id = Uuid::from_u128(0x5000 + i as u128);
+                p.payload.text = text.map(str::to_owned);
+                p
+            })
+            .collect();
+        // More than one backfill page.
+        for i in 0..2_500u128 {
+            let mut p = point(org, "bulk", &format!("b-{i}"), [0.5, 0.5, i as f32, 1.0]);
+            p.id = Uuid::from_u128(0x10_000 + i);
+            p.payload.text = Some(format!("bulk record number {i} about storage"));
+            points.push(p);
+        }
+        points
+    }
+
+    /// What a store must answer after the upgrade: every old point, unchanged, and found by
+    /// keyword and hybrid search.
+    pub(super) async fn check_upgraded(store: &Arc<dyn VectorStore>, org: Uuid, old: &[NewPoint]) {
+        let counted = store.count(org, asset("old")).await.expect("count")
+            + store.count(org, asset("bulk")).await.expect("count");
+        assert_eq!(counted, old.len() as u64, "nothing lost");
+        for p in old.iter().take(4) {
+            let got = store
+                .get(org, p.id, true)
+                .await
+                .expect("get")
+                .expect("old point still there");
+            assert_eq!(got.payload, p.payload);
+            assert_close(&got.vector.expect("vector"), &l2_normalized(&p.vector));
+        }
+        let hits = store
+            .search(SearchRequest::keyword(org, "thread scheduling", 10))
+            .await
+            .expect("keyword search over upgraded points");
+        assert_eq!(
+            set(hits.iter().map(|h| h.id)),
+            set([old[0].id, old[1].id]),
+            "{hits:?}"
+        );
+        let hits = store
+            .search(SearchRequest::keyword(org, "storage record 2499", 5))
+            .await
+            .expect("keyword search");
+        assert_eq!(hits[0].id, old.last().expect("bulk").id, "{hits:?}");
+        let hits = store
+            .search(SearchRequest::hybrid(
+                org,
+                old[1].vector.clone(),
+                "memory paging",
+                3,
+            ))
+            .await
+            .expect("hybrid search");
+        assert_eq!(hits[0].id, old[1].id);
+        let hits = store
+            .search(SearchRequest::dense(org, old[0].vector.clone(), 1))
+            .await
+            .expect("dense search");
+        assert_eq!(hits[0].id, old[0].id);
+        assert!((hits[0].score - 1.0).abs() < 1e-5);
+        // New writes carry keyword vectors at once.
+        let mut new = doc_point(org, "new", "Freshly written compiler notes");
+        new.id = Uuid::from_u128(0x9_0000);
+        store.upsert(vec![new.clone()]).await.expect("upsert");
+        let hits = store
+            .search(SearchRequest::keyword(org, "freshly", 10))
+            .await
+            .expect("search");
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), vec![new.id]);
+    }
+
+    fn doc_point(org: Uuid, segment: &str, text: &str) -> NewPoint {
+        let mut p = point(org, "new", segment, [0.0, 0.0, 0.0, 1.0]);
+        p.payload.text = Some(text.to_owned());
+        p
+    }
+
+    /// Makes a collection the way Heimdex did before keyword search: one unnamed dense
+    /// vector, the payload indexes, points with a dense vector only.
+    async fn old_collection(qdrant: &QdrantAt, collection: &str, points: &[NewPoint]) {
+        let client = qdrant.client();
+        client
+            .create_collection(
+                CreateCollectionBuilder::new(collection)
+                    .vectors_config(VectorParamsBuilder::new(DIM as u64, Distance::Cosine)),
+            )
+            .await
+            .expect("create old collection");
+        for batch in points.chunks(500) {
+            let batch: Vec<PointStruct> = batch
+                .iter()
+                .map(|p| {
+                    let serde_json::Value::Object(payload) =
+                        serde_json::to_value(&p.payload).expect("payload")
+                    else {
+                        panic!("payload is an object");
+                    };
+                    let payload: HashMap<String, Value> = payload
+                        .into_iter()
+                        .map(|(k, v)| (k, json_value(v)))
+                        .collect();
+                    PointStruct::new(p.id.to_string(), p.vector.clone(), payload)
+                })
+                .collect();
+            client
+                .upsert_points(UpsertPointsBuilder::new(collection, batch).wait(true))
+                .await
+                .expect("upsert old points");
+        }
+    }
+
+    fn json_value(v: serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::String(s) => Value::from(s),
+            other @ (serde_json::Value::Null
+            | serde_json::Value::Bool(_)
+            | serde_json::Value::Number(_)
+            | serde_json::Value::Array(_)
+            | serde_json::Value::Object(_)) => {
+                panic!("the old payloads hold strings only, not {other}")
+            }
+        }
+    }
+
+    async fn old_collection_is_upgraded(qdrant: QdrantAt) {
+        let org = Uuid::new_v4();
+        let collection = fresh_collection();
+        let old = old_points(org);
+        old_collection(&qdrant, &collection, &old).await;
+        // `Harness::on` opens the store and ensures the collection: that is the upgrade.
+        let h = Harness::on(qdrant, collection, DIM).await;
+        check_upgraded(&h.store, org, &old).await;
+        // A second start finds nothing to do and changes nothing.
+        h.store.ensure_collection().await.expect("ensure again");
+        check_upgraded(&h.store, org, &old).await;
+        h.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_remote_collection_is_upgraded() {
+        let qdrant = QdrantAt::start(Remote::UrlOrStandin)
+            .await
+            .expect("stand-in");
+        old_collection_is_upgraded(qdrant).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_collection_on_a_real_server_is_upgraded() {
+        let Some(qdrant) =
+            QdrantAt::start_real("old_collection_on_a_real_server_is_upgraded").await
+        else {
+            return;
+        };
+        old_collection_is_upgraded(qdrant).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1051,15 +2074,7 @@ mod embedded_only {
                 .collect();
             store.upsert(points).await.expect("upsert");
         }
-        let query = |i: usize| SearchRequest {
-            org_id: org,
-            vector: vector(i),
-            limit: 3,
-            offset: 0,
-            filter: PointFilter::default(),
-            score_threshold: None,
-            with_vector: false,
-        };
+        let query = |i: usize| SearchRequest::dense(org, vector(i), 3);
         let before: Vec<Uuid> = store
             .search(query(1234))
             .await
@@ -1145,6 +2160,292 @@ mod embedded_only {
             .expect("upsert");
         std::fs::remove_dir_all(dir.path()).expect("remove the data dir");
         drop(store);
+    }
+
+    /// Makes `<path>/chunks` the way Heimdex did before keyword search: a shard with one
+    /// unnamed dense vector, the payload indexes, points with a dense vector only. With
+    /// `interrupted`, also what an upgrade killed half-way leaves: the keyword vector added,
+    /// and set on the first `interrupted` points only.
+    fn old_shard(path: &std::path::Path, points: &[NewPoint], interrupted: Option<usize>) {
+        use qdrant_edge::{
+            CreateIndex, CreateVectorName, DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard,
+            EdgeVectorParamsBuilder, FieldIndexOperations, JsonPath, KeywordIndexParams, Modifier,
+            PayloadFieldSchema, PayloadSchemaParams, PointId, PointInsertOperations,
+            PointOperations, PointStructPersisted, PointVectorsPersisted, SparseVectorConfig,
+            UpdateOperation, UpdateVectorsOp, VectorNameConfig, VectorNameOperations,
+            VectorOperations, VectorPersisted, VectorStructPersisted,
+        };
+        let dir = path.join("chunks");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = EdgeConfig::builder()
+            .vector(
+                DEFAULT_VECTOR_NAME,
+                EdgeVectorParamsBuilder::new(DIM, Distance::Cosine).build(),
+            )
+            .build();
+        let shard = EdgeShard::new(&dir, config).expect("old shard");
+        for (key, tenant) in [
+            ("org_id", true),
+            ("asset_id", false),
+            ("model", false),
+            ("model_ver", false),
+        ] {
+            shard
+                .update(UpdateOperation::FieldIndexOperation(
+                    FieldIndexOperations::CreateIndex(CreateIndex {
+                        field_name: JsonPath::try_from(key).expect("path"),
+                        field_schema: Some(PayloadFieldSchema::FieldParams(
+                            PayloadSchemaParams::Keyword(KeywordIndexParams {
+                                is_tenant: tenant.then_some(true),
+                                ..KeywordIndexParams::default()
+                            }),
+                        )),
+                    }),
+                ))
+                .expect("index");
+        }
+        for batch in points.chunks(1_000) {
+            let batch = batch
+                .iter()
+                .map(|p| {
+                    let serde_json::Value::Object(payload) =
+                        serde_json::to_value(&p.payload).expect("payload")
+                    else {
+                        panic!("payload is an object");
+                    };
+                    PointStructPersisted {
+                        id: PointId::Uuid(p.id),
+                        vector: VectorStructPersisted::Single(p.vector.clone()),
+                        payload: Some(qdrant_edge::Payload(payload)),
+                    }
+                })
+                .collect();
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
+                ))
+                .expect("upsert");
+        }
+        if let Some(done) = interrupted {
+            shard
+                .update(UpdateOperation::VectorNameOperation(
+                    VectorNameOperations::CreateVectorName(CreateVectorName {
+                        vector_name: "bm25".to_owned(),
+                        config: VectorNameConfig::sparse(SparseVectorConfig {
+                            modifier: Some(Modifier::Idf),
+                            datatype: None,
+                        }),
+                    }),
+                ))
+                .expect("add keyword vector");
+            let vectors = points[..done]
+                .iter()
+                .map(|p| {
+                    let v =
+                        heimdex_store::keyword::document(p.payload.text.as_deref().unwrap_or(""));
+                    PointVectorsPersisted {
+                        id: PointId::Uuid(p.id),
+                        vector: VectorStructPersisted::Named(
+                            [(
+                                "bm25".to_owned(),
+                                VectorPersisted::Sparse(qdrant_edge::SparseVector {
+                                    indices: v.indices,
+                                    values: v.values,
+                                }),
+                            )]
+                            .into(),
+                        ),
+                    }
+                })
+                .collect();
+            shard
+                .update(UpdateOperation::VectorOperation(
+                    VectorOperations::UpdateVectors(UpdateVectorsOp {
+                        points: vectors,
+                        update_filter: None,
+                    }),
+                ))
+                .expect("partial backfill");
+        }
+        shard.flush();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_shard_is_upgraded_when_opened() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let org = Uuid::new_v4();
+        let old = super::upgrade::old_points(org);
+        old_shard(dir.path(), &old, None);
+        let store = open_at(dir.path(), DIM).await.expect("open old shard");
+        store.ensure_collection().await.expect("ensure");
+        super::upgrade::check_upgraded(&store, org, &old).await;
+        // And after a restart, with nothing left to do.
+        drop(store);
+        let store = heimdex_tests_reopen_at(dir.path(), DIM).await;
+        super::upgrade::check_upgraded(&store, org, &old).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn interrupted_upgrade_resumes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let org = Uuid::new_v4();
+        let old = super::upgrade::old_points(org);
+        old_shard(dir.path(), &old, Some(1_200));
+        let store = open_at(dir.path(), DIM)
+            .await
+            .expect("open half-upgraded shard");
+        super::upgrade::check_upgraded(&store, org, &old).await;
+    }
+
+    /// `cargo test --release -p heimdex-store --test contract upgrade_of_100k -- --ignored
+    /// --nocapture`: how long opening a pre-hybrid shard of 100,000 384-d points with chunk-like
+    /// texts takes (the upgrade), recorded in docs/BENCHMARKS.md.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "timing; run by hand"]
+    async fn upgrade_of_100k_points() {
+        use heimdex_store::EmbeddedStore;
+        const N: usize = 100_000;
+        const D384: usize = 384;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let org = Uuid::new_v4();
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        };
+        let words: Vec<String> = (0..5_000).map(|i| format!("w{i}x")).collect();
+        let points: Vec<NewPoint> = (0..N)
+            .map(|i| {
+                // 40 to 200 words (a chunk of 256 model tokens holds about 190).
+                let len = 40 + (next() % 161) as usize;
+                let text = (0..len)
+                    .map(|_| {
+                        let (a, b) = (next() % 5_000, next() % 5_000);
+                        words[a.min(b) as usize].as_str()
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let mut p = NewPoint {
+                    id: Uuid::from_u128(i as u128 + 1),
+                    vector: (0..D384)
+                        .map(|_| (next() % 2_000) as f32 / 1_000.0 - 1.0)
+                        .collect(),
+                    payload: payload(org, &format!("a-{}", i / 10), &format!("chunk-{}", i % 10)),
+                };
+                p.payload.text = Some(text);
+                p
+            })
+            .collect();
+        let made = std::time::Instant::now();
+        old_shard_sized(dir.path(), &points, D384);
+        let before = dir_size(&dir.path().join("chunks"));
+        eprintln!(
+            "old shard of {N} points made in {:.1} s, {:.1} MiB",
+            made.elapsed().as_secs_f64(),
+            before as f64 / 1_048_576.0
+        );
+        let started = std::time::Instant::now();
+        let store = EmbeddedStore::open(dir.path().to_owned(), "chunks".into(), D384)
+            .await
+            .expect("open = upgrade");
+        let upgraded = started.elapsed();
+        store.optimize().await.expect("optimize");
+        let optimized = started.elapsed();
+        let after = dir_size(&dir.path().join("chunks"));
+        eprintln!(
+            "upgrade (open) of {N} points: {:.1} s; with the optimizer run that follows: {:.1} s; \
+             {:.1} MiB -> {:.1} MiB",
+            upgraded.as_secs_f64(),
+            optimized.as_secs_f64(),
+            before as f64 / 1_048_576.0,
+            after as f64 / 1_048_576.0,
+        );
+        assert_eq!(
+            store
+                .count(org, PointFilter::default())
+                .await
+                .expect("count"),
+            N as u64
+        );
+        let hits = store
+            .search(SearchRequest::keyword(
+                org,
+                points[77].payload.text.clone().expect("text"),
+                1,
+            ))
+            .await
+            .expect("search");
+        assert_eq!(hits[0].id, points[77].id);
+    }
+
+    fn old_shard_sized(path: &std::path::Path, points: &[NewPoint], dim: usize) {
+        use qdrant_edge::{
+            DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard, EdgeVectorParamsBuilder, PointId,
+            PointInsertOperations, PointOperations, PointStructPersisted, UpdateOperation,
+            VectorStructPersisted,
+        };
+        let dir = path.join("chunks");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = EdgeConfig::builder()
+            .vector(
+                DEFAULT_VECTOR_NAME,
+                EdgeVectorParamsBuilder::new(dim, Distance::Cosine).build(),
+            )
+            .build();
+        let shard = EdgeShard::new(&dir, config).expect("old shard");
+        for batch in points.chunks(1_000) {
+            let batch = batch
+                .iter()
+                .map(|p| {
+                    let serde_json::Value::Object(payload) =
+                        serde_json::to_value(&p.payload).expect("payload")
+                    else {
+                        panic!("payload is an object");
+                    };
+                    PointStructPersisted {
+                        id: PointId::Uuid(p.id),
+                        vector: VectorStructPersisted::Single(p.vector.clone()),
+                        payload: Some(qdrant_edge::Payload(payload)),
+                    }
+                })
+                .collect();
+            shard
+                .update(UpdateOperation::PointOperation(
+                    PointOperations::UpsertPoints(PointInsertOperations::PointsList(batch)),
+                ))
+                .expect("upsert");
+        }
+        // As the old store did, the optimizer indexed the segments.
+        shard.optimize().expect("optimize");
+        shard.flush();
+    }
+
+    fn dir_size(path: &std::path::Path) -> u64 {
+        let mut total = 0;
+        for entry in std::fs::read_dir(path).expect("read dir").flatten() {
+            let meta = entry.metadata().expect("metadata");
+            total += if meta.is_dir() {
+                dir_size(&entry.path())
+            } else {
+                meta.len()
+            };
+        }
+        total
+    }
+
+    async fn heimdex_tests_reopen_at(path: &std::path::Path, dim: usize) -> Arc<dyn VectorStore> {
+        for _ in 0..50 {
+            match open_at(path, dim).await {
+                Ok(store) => return store,
+                Err(StoreError::Unavailable(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                }
+                Err(err) => panic!("reopen: {err}"),
+            }
+        }
+        panic!("store still locked");
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! types (`qdrant_edge`), which are the types the Qdrant server itself uses internally.
 //!
 //! Only what the served RPCs need is translated. A request that uses a feature the stand-in
-//! does not translate (geo filters, named or sparse vectors, …) gets `Unimplemented` naming
+//! does not translate (geo filters, multi-dense vectors, …) gets `Unimplemented` naming
 //! that feature, never a silently different answer.
 
 use std::collections::HashMap;
@@ -147,32 +147,74 @@ pub(crate) fn json_path(key: &str) -> Result<edge::JsonPath, Status> {
 // ---------------------------------------------------------------------------------------------
 // Vectors
 
-/// The single unnamed dense vector of a point to upsert.
-pub(crate) fn vector_in(vectors: Option<grpc::Vectors>) -> Result<Vec<f32>, Status> {
+/// A point's vectors: one unnamed dense vector, or named dense and sparse vectors (the
+/// unnamed one under the name `""`).
+pub(crate) fn vectors_in(
+    vectors: Option<grpc::Vectors>,
+) -> Result<edge::VectorStructPersisted, Status> {
     use grpc::vectors::VectorsOptions;
     match vectors.and_then(|v| v.vectors_options) {
-        Some(VectorsOptions::Vector(v)) => dense_in(v),
-        Some(VectorsOptions::Vectors(_)) => Err(unsupported("named vectors")),
+        Some(VectorsOptions::Vector(v)) => match vector_in(v)? {
+            edge::VectorPersisted::Dense(d) => Ok(edge::VectorStructPersisted::Single(d)),
+            edge::VectorPersisted::Sparse(_) | edge::VectorPersisted::MultiDense(_) => Err(
+                Status::invalid_argument("Wrong input: the unnamed vector must be dense"),
+            ),
+        },
+        Some(VectorsOptions::Vectors(named)) => Ok(edge::VectorStructPersisted::Named(
+            named
+                .vectors
+                .into_iter()
+                .map(|(name, v)| Ok((name, vector_in(v)?)))
+                .collect::<Result<_, Status>>()?,
+        )),
         None => Err(Status::invalid_argument("Wrong input: point has no vector")),
     }
 }
 
-fn dense_in(v: grpc::Vector) -> Result<Vec<f32>, Status> {
+fn vector_in(v: grpc::Vector) -> Result<edge::VectorPersisted, Status> {
     use grpc::vector::Vector;
+    #[allow(deprecated)]
     match v.vector {
-        Some(Vector::Dense(d)) => Ok(d.data),
-        // Older clients send the values in the deprecated `data` field (and sparse or
-        // multi-dense vectors with `indices` / `vectors_count` beside it).
-        #[allow(deprecated)]
-        None if v.indices.is_none() && v.vectors_count.is_none() => Ok(v.data),
-        None => Err(unsupported("sparse and multi-dense vectors")),
-        Some(Vector::Sparse(_) | Vector::MultiDense(_)) => {
-            Err(unsupported("sparse and multi-dense vectors"))
-        }
+        Some(Vector::Dense(d)) => Ok(edge::VectorPersisted::Dense(d.data)),
+        Some(Vector::Sparse(s)) => sparse_in(s.indices, s.values),
+        // Older clients send the values in the deprecated `data` field, with `indices` beside
+        // them for a sparse vector (and `vectors_count` for a multi-dense one).
+        None if v.vectors_count.is_none() => match v.indices {
+            None => Ok(edge::VectorPersisted::Dense(v.data)),
+            Some(indices) => sparse_in(indices.data, v.data),
+        },
+        None | Some(Vector::MultiDense(_)) => Err(unsupported("multi-dense vectors")),
         Some(Vector::Document(_) | Vector::Image(_) | Vector::Object(_)) => {
             Err(unsupported("server-side inference"))
         }
     }
+}
+
+fn sparse_in(indices: Vec<u32>, values: Vec<f32>) -> Result<edge::VectorPersisted, Status> {
+    Ok(edge::VectorPersisted::Sparse(sparse_vector_in(
+        indices, values,
+    )?))
+}
+
+/// A sparse vector, checked as the server checks it (as many values as indices, no index
+/// twice).
+pub(crate) fn sparse_vector_in(
+    indices: Vec<u32>,
+    values: Vec<f32>,
+) -> Result<edge::SparseVector, Status> {
+    if indices.len() != values.len() {
+        return Err(Status::invalid_argument(
+            "Wrong input: sparse vector has a different number of indices and values",
+        ));
+    }
+    let mut sorted = indices.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Status::invalid_argument(
+            "Wrong input: sparse vector indices must be unique",
+        ));
+    }
+    Ok(edge::SparseVector { indices, values })
 }
 
 pub(crate) fn vectors_out(v: Option<edge::VectorStructInternal>) -> Option<grpc::VectorsOutput> {
@@ -193,8 +235,8 @@ pub(crate) fn vectors_out(v: Option<edge::VectorStructInternal>) -> Option<grpc:
                         .into_iter()
                         .filter_map(|(name, v)| match v {
                             edge::VectorInternal::Dense(d) => Some((name, dense_out(d))),
-                            edge::VectorInternal::Sparse(_)
-                            | edge::VectorInternal::MultiDense(_) => None,
+                            edge::VectorInternal::Sparse(s) => Some((name, sparse_out(s))),
+                            edge::VectorInternal::MultiDense(_) => None,
                         })
                         .collect(),
                 })
@@ -213,6 +255,148 @@ fn dense_out(data: Vec<f32>) -> grpc::VectorOutput {
         })),
         ..grpc::VectorOutput::default()
     }
+}
+
+fn sparse_out(v: edge::SparseVector) -> grpc::VectorOutput {
+    grpc::VectorOutput {
+        vector: Some(grpc::vector_output::Vector::Sparse(grpc::SparseVector {
+            values: v.values,
+            indices: v.indices,
+        })),
+        ..grpc::VectorOutput::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries (the query API: prefetches, nearest, fusion, MMR)
+
+/// Qdrant's RRF constant when a request names none.
+const DEFAULT_RRF_K: u32 = 2;
+/// Qdrant's MMR diversity when a request names none.
+const DEFAULT_MMR_DIVERSITY: f32 = 0.5;
+
+/// A query (with the vector it uses) as the engine's scoring query. `limit` is the node's own
+/// limit: MMR preselects that many candidates unless told otherwise, as on the server.
+pub(crate) fn query_in(
+    query: Option<grpc::Query>,
+    using: Option<String>,
+    limit: usize,
+) -> Result<Option<edge::ScoringQuery>, Status> {
+    use grpc::query::Variant;
+    let using = using.filter(|u| !u.is_empty());
+    let Some(variant) = query.and_then(|q| q.variant) else {
+        return Ok(None);
+    };
+    let scoring = match variant {
+        Variant::Nearest(input) => {
+            edge::ScoringQuery::Vector(edge::QueryEnum::Nearest(edge::NamedQuery {
+                query: vector_input_in(input)?,
+                using,
+            }))
+        }
+        Variant::Fusion(fusion) => match grpc::Fusion::try_from(fusion) {
+            Ok(grpc::Fusion::Rrf) => edge::ScoringQuery::Fusion(edge::Fusion::Rrf {
+                k: DEFAULT_RRF_K as usize,
+                weights: None,
+            }),
+            Ok(grpc::Fusion::Dbsf) => edge::ScoringQuery::Fusion(edge::Fusion::Dbsf),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "Wrong input: unknown fusion {fusion}"
+                )));
+            }
+        },
+        Variant::Rrf(rrf) => {
+            let k = rrf.k.unwrap_or(DEFAULT_RRF_K);
+            if k == 0 {
+                return Err(Status::invalid_argument(
+                    "Validation error in body: [rrf.k: value 0 invalid, must be 1 or larger]",
+                ));
+            }
+            if rrf.weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+                return Err(Status::invalid_argument(
+                    "Validation error in body: [rrf.weights: must be finite and non-negative]",
+                ));
+            }
+            edge::ScoringQuery::Fusion(edge::Fusion::Rrf {
+                k: k as usize,
+                weights: (!rrf.weights.is_empty())
+                    .then(|| rrf.weights.into_iter().map(OrderedFloat).collect()),
+            })
+        }
+        Variant::NearestWithMmr(input) => {
+            let vector = vector_input_in(input.nearest.ok_or_else(|| {
+                Status::invalid_argument("Wrong input: nearest_with_mmr without a vector")
+            })?)?;
+            let mmr = input.mmr.unwrap_or_default();
+            let diversity = mmr.diversity.unwrap_or(DEFAULT_MMR_DIVERSITY);
+            if !(0.0..=1.0).contains(&diversity) {
+                return Err(Status::invalid_argument(
+                    "Validation error in body: [mmr.diversity: must be between 0 and 1]",
+                ));
+            }
+            edge::ScoringQuery::Mmr(edge::Mmr {
+                vector,
+                using: using.unwrap_or_default(),
+                lambda: OrderedFloat(1.0 - diversity),
+                candidates_limit: mmr.candidates_limit.map_or(limit, |c| c as usize),
+            })
+        }
+        Variant::Recommend(_)
+        | Variant::Discover(_)
+        | Variant::Context(_)
+        | Variant::OrderBy(_)
+        | Variant::Sample(_)
+        | Variant::Formula(_)
+        | Variant::RelevanceFeedback(_)
+        | Variant::Text(_) => {
+            return Err(unsupported(
+                "query types other than nearest, fusion, rrf and nearest_with_mmr",
+            ));
+        }
+    };
+    Ok(Some(scoring))
+}
+
+fn vector_input_in(input: grpc::VectorInput) -> Result<edge::VectorInternal, Status> {
+    use grpc::vector_input::Variant as Input;
+    match input.variant {
+        Some(Input::Dense(d)) => Ok(edge::VectorInternal::Dense(d.data)),
+        Some(Input::Sparse(s)) => Ok(edge::VectorInternal::Sparse(sparse_vector_in(
+            s.indices, s.values,
+        )?)),
+        Some(Input::Id(_)) => Err(unsupported("queries by point id")),
+        Some(Input::MultiDense(_)) => Err(unsupported("multi-dense vectors")),
+        Some(Input::Document(_) | Input::Image(_) | Input::Object(_)) => {
+            Err(unsupported("server-side inference"))
+        }
+        None => Err(Status::invalid_argument("Wrong input: empty query vector")),
+    }
+}
+
+/// Prefetches, recursively. Their filters are AND-ed with the request's by the engine.
+pub(crate) fn prefetches_in(
+    prefetch: Vec<grpc::PrefetchQuery>,
+) -> Result<Vec<edge::Prefetch>, Status> {
+    prefetch
+        .into_iter()
+        .map(|p| {
+            if p.lookup_from.is_some() {
+                return Err(unsupported("lookup_from"));
+            }
+            let limit = p
+                .limit
+                .map_or(10, |l| usize::try_from(l).unwrap_or(usize::MAX));
+            Ok(edge::Prefetch {
+                prefetches: prefetches_in(p.prefetch)?,
+                query: query_in(p.query, p.using, limit)?,
+                limit,
+                params: None,
+                filter: optional_filter_in(p.filter)?,
+                score_threshold: p.score_threshold.map(OrderedFloat),
+            })
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -298,7 +482,9 @@ fn condition_in(c: grpc::Condition) -> Result<edge::Condition, Status> {
         )),
         Some(ConditionOneOf::Filter(f)) => Ok(edge::Condition::Filter(filter_in(f)?)),
         Some(ConditionOneOf::Nested(_)) => Err(unsupported("nested conditions")),
-        Some(ConditionOneOf::HasVector(_)) => Err(unsupported("has_vector conditions")),
+        Some(ConditionOneOf::HasVector(c)) => Ok(edge::Condition::HasVector(
+            edge::HasVectorCondition::from(c.has_vector),
+        )),
         Some(ConditionOneOf::Slice(_)) => Err(unsupported("slice conditions")),
         None => Err(Status::invalid_argument("Wrong input: empty condition")),
     }
@@ -414,15 +600,33 @@ mod tests {
     fn unsupported_conditions_are_unimplemented() {
         let filter = grpc::Filter::must([
             grpc::Condition::is_empty("a"),
+            grpc::Condition::has_vector("bm25"),
             grpc::Condition {
-                condition_one_of: Some(grpc::condition::ConditionOneOf::HasVector(
-                    grpc::HasVectorCondition::default(),
+                condition_one_of: Some(grpc::condition::ConditionOneOf::Slice(
+                    grpc::SliceCondition::default(),
                 )),
             },
         ]);
         assert_eq!(
-            filter_in(filter).expect_err("has_vector").code(),
+            filter_in(filter).expect_err("slice").code(),
             tonic::Code::Unimplemented
+        );
+    }
+
+    #[test]
+    fn sparse_vectors_are_checked() {
+        assert!(sparse_vector_in(vec![3, 1], vec![0.5, 1.0]).is_ok());
+        assert_eq!(
+            sparse_vector_in(vec![1, 1], vec![0.5, 1.0])
+                .expect_err("twice")
+                .code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            sparse_vector_in(vec![1], vec![0.5, 1.0])
+                .expect_err("lengths")
+                .code(),
+            tonic::Code::InvalidArgument
         );
     }
 }

@@ -20,13 +20,21 @@
 //! # What it serves
 //!
 //! Exactly the RPCs Heimdex uses, with Qdrant's semantics: `HealthCheck`; collections `Get`,
-//! `List`, `Create` (one unnamed dense vector), `Delete`, `CollectionExists`; points `Upsert`,
-//! `Delete` (by ids or filter), `Get`, `Scroll`, `Count`, `Search`, `Query` (nearest by dense
-//! vector, or no query = id order), `CreateFieldIndex`, `DeleteFieldIndex`. Filters support
-//! `must` / `should` / `must_not` / `min_should`, nested filters, match (keyword, integer,
-//! bool, text, any, except), range, `has_id`, `is_empty`, `is_null`. Every other RPC, and every
-//! option of a served RPC that is not translated (named or sparse vectors, geo filters, shard
+//! `List`, `Create` (one unnamed dense vector, plus named sparse vectors with or without the
+//! IDF modifier), `Delete`, `CollectionExists`; points `Upsert` (the unnamed vector alone, or
+//! named dense and sparse vectors), `UpdateVectors` (with `update_filter`),
+//! `CreateVectorName`, `Delete` (by ids or filter), `Get`, `Scroll`, `Count`, `Search`,
+//! `Query` and `QueryBatch` (the query API: nearest by a dense or sparse vector with `using`,
+//! nested prefetches, RRF with `k` and weights, DBSF, nearest with MMR, or no query = id
+//! order), `CreateFieldIndex`, `DeleteFieldIndex`. Filters support `must` / `should` /
+//! `must_not` / `min_should`, nested filters, match (keyword, integer, bool, text, any,
+//! except), range, `has_id`, `has_vector`, `is_empty`, `is_null`. Every other RPC, and every
+//! option of a served RPC that is not translated (multi-dense vectors, geo filters, shard
 //! keys, …), answers `Unimplemented` with a message saying so. API keys are not checked.
+//!
+//! The stand-in runs the same engine as Heimdex's embedded store, so it cannot show that a
+//! Qdrant server ranks as the embedded store does; [`real::RealQdrant`] starts a real server
+//! for that when one is at hand.
 //!
 //! # Durability and concurrency
 //!
@@ -39,6 +47,7 @@
 #![forbid(unsafe_code)]
 
 mod convert;
+pub mod real;
 mod registry;
 mod service;
 

@@ -15,7 +15,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use qdrant_edge::{DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard, EdgeVectorParamsBuilder};
+use qdrant_edge::{
+    DEFAULT_VECTOR_NAME, Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParamsBuilder,
+    EdgeVectorParamsBuilder, Modifier,
+};
 use tonic::Status;
 
 use crate::convert::map_edge_err;
@@ -86,9 +89,15 @@ impl Registry {
         names
     }
 
-    /// Creates a collection with one unnamed dense vector. Fails like Qdrant if it exists.
-    /// Blocking.
-    pub(crate) fn create(&self, name: &str, size: usize, distance: Distance) -> Result<(), Status> {
+    /// Creates a collection with one unnamed dense vector and the named sparse vectors
+    /// `sparse` (name, modifier). Fails like Qdrant if it exists. Blocking.
+    pub(crate) fn create(
+        &self,
+        name: &str,
+        size: usize,
+        distance: Distance,
+        sparse: Vec<(String, Option<Modifier>)>,
+    ) -> Result<(), Status> {
         check_collection_name(name)?;
         if size == 0 {
             return Err(Status::invalid_argument(
@@ -101,12 +110,18 @@ impl Registry {
                 "Wrong input: Collection `{name}` already exists!"
             )));
         }
-        let config = EdgeConfig::builder()
-            .vector(
-                DEFAULT_VECTOR_NAME,
-                EdgeVectorParamsBuilder::new(size, distance).build(),
-            )
-            .build();
+        let mut config = EdgeConfig::builder().vector(
+            DEFAULT_VECTOR_NAME,
+            EdgeVectorParamsBuilder::new(size, distance).build(),
+        );
+        for (vector, modifier) in sparse {
+            let mut params = EdgeSparseVectorParamsBuilder::new();
+            if let Some(modifier) = modifier {
+                params = params.modifier(modifier);
+            }
+            config = config.sparse_vector(vector, params.build());
+        }
+        let config = config.build();
         let scratch = self.scratch_dir("creating");
         let dir = self.root.join(name);
         std::fs::create_dir_all(&scratch).map_err(io_err)?;

@@ -15,12 +15,13 @@ use qdrant_client::qdrant::collections_server::Collections;
 use qdrant_client::qdrant::points_server::Points;
 use qdrant_client::qdrant::qdrant_server::Qdrant;
 use qdrant_edge as edge;
+use qdrant_edge::external::ordered_float::OrderedFloat;
 use tonic::{Request, Response, Status};
 
 use crate::convert::{
     filter_in, json_path, map_edge_err, optional_filter_in, payload_in, payload_out, point_id_in,
-    point_id_out, point_ids_in, unsupported, vector_in, vectors_out, with_payload_in,
-    with_vectors_in,
+    point_id_out, point_ids_in, prefetches_in, query_in, unsupported, vectors_in, vectors_out,
+    with_payload_in, with_vectors_in,
 };
 use crate::registry::{Collection, Registry};
 
@@ -179,9 +180,21 @@ impl Collections for Service {
     ) -> Result<Response<grpc::CollectionOperationResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        if req.sparse_vectors_config.is_some() {
-            return Err(unsupported("sparse vectors"));
-        }
+        let sparse = req
+            .sparse_vectors_config
+            .map(|c| {
+                c.map
+                    .into_iter()
+                    .map(|(name, params)| {
+                        if params.index.is_some() {
+                            return Err(unsupported("sparse index parameters"));
+                        }
+                        Ok((name, params.modifier.map(modifier_in).transpose()?))
+                    })
+                    .collect::<Result<Vec<_>, Status>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
         if req.quantization_config.is_some() {
             return Err(unsupported("quantization"));
         }
@@ -199,7 +212,7 @@ impl Collections for Service {
             .map_err(|_| Status::invalid_argument("Wrong input: vector size too large"))?;
         let registry = Arc::clone(&self.registry);
         let name = req.collection_name;
-        blocking(move || registry.create(&name, size, distance)).await?;
+        blocking(move || registry.create(&name, size, distance, sparse)).await?;
         Ok(Response::new(grpc::CollectionOperationResponse {
             result: true,
             time: secs(started),
@@ -257,6 +270,23 @@ fn distance_in(distance: i32) -> Result<edge::Distance, Status> {
     }
 }
 
+fn modifier_in(modifier: i32) -> Result<edge::Modifier, Status> {
+    match grpc::Modifier::try_from(modifier) {
+        Ok(grpc::Modifier::None) => Ok(edge::Modifier::None),
+        Ok(grpc::Modifier::Idf) => Ok(edge::Modifier::Idf),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "Wrong input: unknown modifier {modifier}"
+        ))),
+    }
+}
+
+fn modifier_out(modifier: edge::Modifier) -> grpc::Modifier {
+    match modifier {
+        edge::Modifier::None => grpc::Modifier::None,
+        edge::Modifier::Idf => grpc::Modifier::Idf,
+    }
+}
+
 fn distance_out(distance: edge::Distance) -> grpc::Distance {
     match distance {
         edge::Distance::Cosine => grpc::Distance::Cosine,
@@ -267,16 +297,33 @@ fn distance_out(distance: edge::Distance) -> grpc::Distance {
 }
 
 fn collection_info(shard: &edge::EdgeShard) -> grpc::CollectionInfo {
-    let vectors_config = shard
-        .config()
-        .vectors
-        .get(edge::DEFAULT_VECTOR_NAME)
-        .map(|p| grpc::VectorsConfig {
-            config: Some(grpc::vectors_config::Config::Params(grpc::VectorParams {
-                size: p.size as u64,
-                distance: distance_out(p.distance) as i32,
-                ..grpc::VectorParams::default()
-            })),
+    let config = shard.config();
+    let vectors_config =
+        config
+            .vectors
+            .get(edge::DEFAULT_VECTOR_NAME)
+            .map(|p| grpc::VectorsConfig {
+                config: Some(grpc::vectors_config::Config::Params(grpc::VectorParams {
+                    size: p.size as u64,
+                    distance: distance_out(p.distance) as i32,
+                    ..grpc::VectorParams::default()
+                })),
+            });
+    let sparse_vectors_config =
+        (!config.sparse_vectors.is_empty()).then(|| grpc::SparseVectorConfig {
+            map: config
+                .sparse_vectors
+                .iter()
+                .map(|(name, p)| {
+                    (
+                        name.clone(),
+                        grpc::SparseVectorParams {
+                            index: None,
+                            modifier: p.modifier.map(|m| modifier_out(m) as i32),
+                        },
+                    )
+                })
+                .collect(),
         });
     let info = shard.info();
     let payload_schema = info
@@ -295,6 +342,7 @@ fn collection_info(shard: &edge::EdgeShard) -> grpc::CollectionInfo {
             params: Some(grpc::CollectionParams {
                 shard_number: 1,
                 vectors_config,
+                sparse_vectors_config,
                 replication_factor: Some(1),
                 write_consistency_factor: Some(1),
                 ..grpc::CollectionParams::default()
@@ -362,7 +410,7 @@ impl Points for Service {
             .map(|p| {
                 Ok(edge::PointStructPersisted {
                     id: point_id_in(p.id)?,
-                    vector: edge::VectorStructPersisted::Single(vector_in(p.vectors)?),
+                    vector: vectors_in(p.vectors)?,
                     payload: Some(payload_in(p.payload)),
                 })
             })
@@ -510,17 +558,30 @@ impl Points for Service {
                 "Validation error in body: [limit: value 0 invalid, must be 1 or larger]",
             ));
         }
-        let nearest = NearestQuery {
-            vector: Some(req.vector),
-            filter: optional_filter_in(req.filter)?,
-            score_threshold: req.score_threshold,
-            limit: limit_of(Some(req.limit)),
-            offset: req.offset.map_or(0, usize_of),
-            with_payload: with_payload_in(req.with_payload, false)?,
-            with_vector: with_vectors_in(req.with_vectors),
+        let limit = limit_of(Some(req.limit));
+        let offset = req.offset.map_or(0, usize_of);
+        let query = ShardQuery {
+            request: edge::QueryRequest {
+                prefetches: Vec::new(),
+                query: Some(edge::ScoringQuery::Vector(edge::QueryEnum::Nearest(
+                    edge::NamedQuery {
+                        query: edge::VectorInternal::Dense(req.vector),
+                        using: None,
+                    },
+                ))),
+                filter: optional_filter_in(req.filter)?,
+                score_threshold: req.score_threshold.map(OrderedFloat),
+                limit: offset.saturating_add(limit),
+                offset: 0,
+                params: None,
+                with_vector: with_vectors_in(req.with_vectors),
+                with_payload: with_payload_in(req.with_payload, false)?,
+            },
+            offset,
+            limit,
         };
         let result = self
-            .with_collection(req.collection_name, move |c| c.read(|s| nearest.run(s)))
+            .with_collection(req.collection_name, move |c| c.read(|s| query.run(s)))
             .await?;
         Ok(Response::new(grpc::SearchResponse {
             result,
@@ -533,46 +594,154 @@ impl Points for Service {
         &self,
         request: Request<grpc::QueryPoints>,
     ) -> Result<Response<grpc::QueryResponse>, Status> {
-        use grpc::query::Variant;
-        use grpc::vector_input::Variant as Input;
         let started = Instant::now();
         let req = request.into_inner();
-        if !req.prefetch.is_empty() {
-            return Err(unsupported("prefetch"));
-        }
-        if req.using.as_deref().is_some_and(|n| !n.is_empty()) {
-            return Err(unsupported("named vectors"));
-        }
-        if req.lookup_from.is_some() {
-            return Err(unsupported("lookup_from"));
-        }
-        let vector = match req.query.and_then(|q| q.variant) {
-            None => None,
-            Some(Variant::Nearest(input)) => match input.variant {
-                Some(Input::Dense(d)) => Some(d.data),
-                Some(_) | None => {
-                    return Err(unsupported("nearest queries other than by dense vector"));
-                }
-            },
-            Some(_) => return Err(unsupported("query types other than nearest")),
-        };
-        let nearest = NearestQuery {
-            vector,
-            filter: optional_filter_in(req.filter)?,
-            score_threshold: req.score_threshold,
-            limit: limit_of(req.limit),
-            offset: req.offset.map_or(0, usize_of),
-            with_payload: with_payload_in(req.with_payload, false)?,
-            with_vector: with_vectors_in(req.with_vectors),
-        };
+        let name = req.collection_name.clone();
+        let query = ShardQuery::from_grpc(req)?;
         let result = self
-            .with_collection(req.collection_name, move |c| c.read(|s| nearest.run(s)))
+            .with_collection(name, move |c| c.read(|s| query.run(s)))
             .await?;
         Ok(Response::new(grpc::QueryResponse {
             result,
             time: secs(started),
             usage: None,
         }))
+    }
+
+    async fn query_batch(
+        &self,
+        request: Request<grpc::QueryBatchPoints>,
+    ) -> Result<Response<grpc::QueryBatchResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let queries = req
+            .query_points
+            .into_iter()
+            .map(|q| {
+                if q.collection_name != req.collection_name && !q.collection_name.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "Wrong input: every query of a batch must name the batch's collection",
+                    ));
+                }
+                ShardQuery::from_grpc(q)
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let result = self
+            .with_collection(req.collection_name, move |c| {
+                c.read(|s| {
+                    queries
+                        .into_iter()
+                        .map(|q| Ok(grpc::BatchResult { result: q.run(s)? }))
+                        .collect::<Result<Vec<_>, Status>>()
+                })
+            })
+            .await?;
+        Ok(Response::new(grpc::QueryBatchResponse {
+            result,
+            time: secs(started),
+            usage: None,
+        }))
+    }
+
+    async fn update_vectors(
+        &self,
+        request: Request<grpc::UpdatePointVectors>,
+    ) -> Result<Response<grpc::PointsOperationResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        if req.shard_key_selector.is_some() {
+            return Err(unsupported("shard keys"));
+        }
+        let points = req
+            .points
+            .into_iter()
+            .map(|p| {
+                Ok(edge::PointVectorsPersisted {
+                    id: point_id_in(p.id)?,
+                    vector: vectors_in(p.vectors)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let update_filter = optional_filter_in(req.update_filter)?;
+        self.with_collection(req.collection_name, move |c| {
+            c.write(|shard| {
+                let op = edge::UpdateOperation::VectorOperation(
+                    edge::VectorOperations::UpdateVectors(edge::UpdateVectorsOp {
+                        points,
+                        update_filter,
+                    }),
+                );
+                shard.update(op).map_err(map_edge_err)?;
+                Ok(((), true))
+            })
+        })
+        .await?;
+        Ok(Response::new(completed(started)))
+    }
+
+    async fn create_vector_name(
+        &self,
+        request: Request<grpc::CreateVectorNameRequest>,
+    ) -> Result<Response<grpc::PointsOperationResponse>, Status> {
+        use grpc::create_vector_name_request::VectorConfig;
+        let started = Instant::now();
+        let req = request.into_inner();
+        if req.vector_name.is_empty() {
+            return Err(Status::invalid_argument(
+                "Wrong input: the new vector needs a name",
+            ));
+        }
+        let config = match req.vector_config {
+            Some(VectorConfig::SparseConfig(c)) => {
+                edge::VectorNameConfig::sparse(edge::SparseVectorConfig {
+                    modifier: c.modifier.map(modifier_in).transpose()?,
+                    datatype: None,
+                })
+            }
+            Some(VectorConfig::DenseConfig(c)) => {
+                if c.multivector_config.is_some() || c.datatype.is_some() {
+                    return Err(unsupported("multivectors and datatypes"));
+                }
+                edge::VectorNameConfig::dense(edge::DenseVectorConfig {
+                    size: usize::try_from(c.size).map_err(|_| {
+                        Status::invalid_argument("Wrong input: vector size too large")
+                    })?,
+                    distance: distance_in(c.distance)?,
+                    multivector_config: None,
+                    datatype: None,
+                })
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "Wrong input: no vector configuration",
+                ));
+            }
+        };
+        let vector_name = req.vector_name;
+        self.with_collection(req.collection_name, move |c| {
+            c.write(|shard| {
+                let config_has = |shard: &edge::EdgeShard| {
+                    let config = shard.config();
+                    config.vectors.contains_key(&vector_name)
+                        || config.sparse_vectors.contains_key(&vector_name)
+                };
+                if config_has(shard) {
+                    return Err(Status::invalid_argument(format!(
+                        "Wrong input: Vector with name {vector_name} already exists"
+                    )));
+                }
+                let op = edge::UpdateOperation::VectorNameOperation(
+                    edge::VectorNameOperations::CreateVectorName(edge::CreateVectorName {
+                        vector_name: vector_name.clone(),
+                        config,
+                    }),
+                );
+                shard.update(op).map_err(map_edge_err)?;
+                Ok(((), true))
+            })
+        })
+        .await?;
+        Ok(Response::new(completed(started)))
     }
 
     async fn scroll(
@@ -629,13 +798,11 @@ impl Points for Service {
     }
 
     unimplemented_rpcs! {
-        update_vectors(UpdatePointVectors) -> PointsOperationResponse;
         delete_vectors(DeletePointVectors) -> PointsOperationResponse;
         set_payload(SetPayloadPoints) -> PointsOperationResponse;
         overwrite_payload(SetPayloadPoints) -> PointsOperationResponse;
         delete_payload(DeletePayloadPoints) -> PointsOperationResponse;
         clear_payload(ClearPayloadPoints) -> PointsOperationResponse;
-        create_vector_name(CreateVectorNameRequest) -> PointsOperationResponse;
         delete_vector_name(DeleteVectorNameRequest) -> PointsOperationResponse;
         search_batch(SearchBatchPoints) -> SearchBatchResponse;
         search_groups(SearchPointGroups) -> SearchGroupsResponse;
@@ -645,7 +812,6 @@ impl Points for Service {
         discover(DiscoverPoints) -> DiscoverResponse;
         discover_batch(DiscoverBatchPoints) -> DiscoverBatchResponse;
         update_batch(UpdateBatchPoints) -> UpdateBatchResponse;
-        query_batch(QueryBatchPoints) -> QueryBatchResponse;
         query_groups(QueryPointGroups) -> QueryGroupsResponse;
         facet(FacetCounts) -> FacetResponse;
         search_matrix_pairs(SearchMatrixPoints) -> SearchMatrixPairsResponse;
@@ -653,42 +819,53 @@ impl Points for Service {
     }
 }
 
-/// What `Search` and `Query` have in common: nearest neighbours of a dense vector (or, without
-/// a vector, points in id order), filtered, thresholded and paged.
-struct NearestQuery {
-    vector: Option<Vec<f32>>,
-    filter: Option<edge::Filter>,
-    score_threshold: Option<f32>,
-    limit: usize,
+/// A `Search` or `Query` as the engine runs it, and the page of its answer to return.
+struct ShardQuery {
+    /// Asks for the top `offset + limit` (the offset is applied here, as the server applies
+    /// it above its shards).
+    request: edge::QueryRequest,
     offset: usize,
-    with_payload: edge::WithPayloadInterface,
-    with_vector: edge::WithVector,
+    limit: usize,
 }
 
-impl NearestQuery {
+impl ShardQuery {
+    fn from_grpc(req: grpc::QueryPoints) -> Result<Self, Status> {
+        if req.lookup_from.is_some() {
+            return Err(unsupported("lookup_from"));
+        }
+        if req.shard_key_selector.is_some() {
+            return Err(unsupported("shard keys"));
+        }
+        let limit = limit_of(req.limit);
+        let offset = req.offset.map_or(0, usize_of);
+        let end = offset.saturating_add(limit);
+        let prefetches = prefetches_in(req.prefetch)?;
+        let query = query_in(req.query, req.using, end)?;
+        if !prefetches.is_empty() && query.is_none() {
+            return Err(Status::invalid_argument(
+                "Wrong input: cannot have prefetches without a query",
+            ));
+        }
+        Ok(Self {
+            request: edge::QueryRequest {
+                prefetches,
+                query,
+                filter: optional_filter_in(req.filter)?,
+                score_threshold: req.score_threshold.map(OrderedFloat),
+                limit: end,
+                offset: 0,
+                params: None,
+                with_vector: with_vectors_in(req.with_vectors),
+                with_payload: with_payload_in(req.with_payload, false)?,
+            },
+            offset,
+            limit,
+        })
+    }
+
     fn run(self, shard: &edge::EdgeShard) -> Result<Vec<grpc::ScoredPoint>, Status> {
-        let request = edge::QueryRequest {
-            prefetches: Vec::new(),
-            query: self.vector.map(|v| {
-                edge::ScoringQuery::Vector(edge::QueryEnum::Nearest(edge::NamedQuery {
-                    query: edge::VectorInternal::Dense(v),
-                    using: None,
-                }))
-            }),
-            filter: self.filter,
-            score_threshold: self
-                .score_threshold
-                .map(qdrant_edge::external::ordered_float::OrderedFloat),
-            // A shard answers the top `offset + limit` and leaves the offset to the level
-            // above it (the server's collection), so the offset is applied here.
-            limit: self.offset.saturating_add(self.limit),
-            offset: 0,
-            params: None,
-            with_vector: self.with_vector,
-            with_payload: self.with_payload,
-        };
         Ok(shard
-            .query(request)
+            .query(self.request)
             .map_err(map_edge_err)?
             .into_iter()
             .skip(self.offset)

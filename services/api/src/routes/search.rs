@@ -1,5 +1,8 @@
-//! `POST /vectors/search`: tenant-scoped semantic search, by text (embedded here with the
-//! model) or by vector. Reads the vector store directly; no event is involved.
+//! `POST /vectors/search`: tenant-scoped search by text or by vector, ranked by dense vectors,
+//! by BM25 keywords, or both fused (hybrid, the default), optionally diversified (MMR) and
+//! explained. Reads the vector store directly; no event is involved. The ranking itself runs in
+//! the vector store's query API (`heimdex_store::query`); this route checks the request and
+//! embeds query text when the search needs a vector.
 
 use std::sync::Arc;
 
@@ -9,7 +12,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use heimdex_embed::Priority;
-use heimdex_store::{PointFilter, SearchRequest as StoreSearch};
+use heimdex_store::query::{DEFAULT_DIVERSITY, DEFAULT_RRF_K, MAX_MMR_CANDIDATES, MIN_DEPTH};
+use heimdex_store::{Fusion, Mmr, PointFilter, Ranked, SearchMode, SearchRequest as StoreSearch};
 
 use crate::AppState;
 use crate::auth::BearerAuth;
@@ -39,13 +43,54 @@ pub struct SearchFilter {
     pub segment_id: Option<StrictString>,
 }
 
+/// How `hybrid` merges the dense and the keyword ranking.
+#[derive(Object, Debug, Default)]
+pub struct FusionBody {
+    /// `rrf` (reciprocal rank fusion, the default) or `dbsf` (distribution-based score fusion).
+    pub method: Option<StrictString>,
+    /// RRF only: a point scores `Σ 1 / (k + rank / weight)` over the lists it is in, `rank`
+    /// from 1. At least 1; default 60.
+    pub k: Option<i64>,
+    /// RRF only: each list's weight (default 1 each; 0 mutes a list).
+    pub weights: Option<FusionWeights>,
+}
+
+/// RRF weights per list.
+#[derive(Object, Debug, Default)]
+pub struct FusionWeights {
+    pub dense: Option<f32>,
+    pub keyword: Option<f32>,
+}
+
+/// Maximal marginal relevance: re-rank the mode's best `candidates` so each next result is
+/// relevant to the query (dense cosine) but unlike the results before it.
+#[derive(Object, Debug, Default)]
+pub struct MmrBody {
+    /// 0 = relevance only, 1 = diversity only; default 0.5.
+    pub diversity: Option<f32>,
+    /// How many of the mode's best results are re-ranked: at least `offset + limit`, at most
+    /// 1,000; default `max(100, offset + limit)`.
+    pub candidates: Option<i64>,
+}
+
 /// `POST /vectors/search` body: exactly one of `query` and `vector`.
 #[derive(Object, Debug)]
 pub struct SearchBody {
-    /// Text to search for (embedded with `model`): not blank, at most 4,096 characters.
+    /// Text to search for (embedded with `model` for the dense side): not blank, at most 4,096
+    /// characters.
     pub query: Option<StrictText>,
-    /// A query vector of the model's dimension (384 for `minilm-l6-v2`).
+    /// A query vector of the model's dimension (384 for `minilm-l6-v2`). A vector can only be
+    /// searched densely: `hybrid` with a vector is `dense`, and `keyword` needs `query`.
     pub vector: Option<Vec<f32>>,
+    /// `hybrid` (default): the dense and the keyword ranking fused (see `fusion`); `dense`:
+    /// cosine similarity of the model's vectors; `keyword`: BM25 over the points' text.
+    pub mode: Option<StrictString>,
+    /// How `hybrid` fuses (default: RRF, k = 60, equal weights).
+    pub fusion: Option<FusionBody>,
+    /// Diversify the results (needs the dense side: a `keyword` search embeds its query too).
+    pub mmr: Option<MmrBody>,
+    /// Give each result its rank and score in the dense and in the keyword ranking.
+    pub explain: Option<bool>,
     /// Results to return, 1–100 (default 10).
     pub limit: Option<i64>,
     /// Results to skip, for paging (default 0; `offset + limit` at most 10,000).
@@ -54,7 +99,10 @@ pub struct SearchBody {
     /// are never compared.
     pub model: Option<StrictString>,
     pub filter: Option<SearchFilter>,
-    /// Only results with at least this cosine similarity.
+    /// Only results whose `score` is at least this. The score is what the mode ranks by:
+    /// cosine similarity (`dense`, and every search with `mmr`), the BM25 score (`keyword`:
+    /// unbounded, grows with rare matching terms), or the fused score (`hybrid`: RRF scores are
+    /// at most the sum of `1 / (k + 1/weight)`, about 0.033 by default; DBSF about 0 to 2).
     pub score_threshold: Option<f32>,
     /// Include each result's stored vector.
     pub with_vector: Option<bool>,
@@ -64,11 +112,39 @@ pub struct SearchBody {
 #[derive(Object, Debug)]
 pub struct SearchHit {
     pub point_id: Uuid,
-    /// Cosine similarity, higher is better.
+    /// Higher is better; what it measures depends on the mode (see `score_threshold`).
     pub score: f32,
     pub payload: serde_json::Value,
     #[oai(skip_serializing_if_is_none)]
     pub vector: Option<Vec<f32>>,
+    /// With `explain`: the hit's place in each ranking.
+    #[oai(skip_serializing_if_is_none)]
+    pub explain: Option<HitExplain>,
+}
+
+/// Where a hit ranks in the dense and in the keyword ranking (each as deep as a hybrid
+/// search's own: at least 100). `rank` and `score` are `null` where the hit is not in that
+/// ranking, or the ranking was not run (a `vector` search has no keyword ranking).
+#[derive(Object, Debug)]
+pub struct HitExplain {
+    pub dense: ListRank,
+    pub keyword: ListRank,
+}
+
+/// A rank (from 1) and a score in one ranking.
+#[derive(Object, Debug)]
+pub struct ListRank {
+    pub rank: Option<u64>,
+    pub score: Option<f32>,
+}
+
+impl From<Option<Ranked>> for ListRank {
+    fn from(r: Option<Ranked>) -> Self {
+        Self {
+            rank: r.map(|r| r.rank as u64),
+            score: r.map(|r| r.score),
+        }
+    }
 }
 
 /// Results, best first.
@@ -76,7 +152,100 @@ pub struct SearchHit {
 pub struct SearchResults {
     pub model: String,
     pub model_ver: String,
+    /// The mode that ran: the one asked for, except `hybrid` with a `vector`, which is `dense`.
+    pub mode: String,
     pub results: Vec<SearchHit>,
+}
+
+/// The ranking options of a request, checked.
+struct Ranking {
+    mode: SearchMode,
+    fusion: Fusion,
+    mmr: Option<Mmr>,
+    explain: bool,
+}
+
+fn parse_mode(mode: Option<&str>) -> Result<SearchMode, ApiError> {
+    match mode {
+        None | Some("hybrid") => Ok(SearchMode::Hybrid),
+        Some("dense") => Ok(SearchMode::Dense),
+        Some("keyword") => Ok(SearchMode::Keyword),
+        Some(other) => Err(ApiError::Validation(format!(
+            "mode must be `hybrid`, `dense` or `keyword`, got `{other}`"
+        ))),
+    }
+}
+
+fn parse_fusion(fusion: Option<FusionBody>) -> Result<Fusion, ApiError> {
+    let fusion = fusion.unwrap_or_default();
+    match fusion.method.as_ref().map(|m| m.0.as_str()) {
+        None | Some("rrf") => {
+            let k = fusion.k.unwrap_or(i64::from(DEFAULT_RRF_K));
+            let k = u32::try_from(k)
+                .ok()
+                .filter(|k| (1..=1_000_000).contains(k))
+                .ok_or_else(|| {
+                    ApiError::Validation(format!("fusion.k must be 1 to 1,000,000, got {k}"))
+                })?;
+            let weights = fusion.weights.unwrap_or_default();
+            let weight = |name: &str, w: Option<f32>| -> Result<f32, ApiError> {
+                let w = w.unwrap_or(1.0);
+                if w.is_finite() && (0.0..=1_000.0).contains(&w) {
+                    Ok(w)
+                } else {
+                    Err(ApiError::Validation(format!(
+                        "fusion.weights.{name} must be 0 to 1,000, got {w}"
+                    )))
+                }
+            };
+            let dense_weight = weight("dense", weights.dense)?;
+            let keyword_weight = weight("keyword", weights.keyword)?;
+            if dense_weight == 0.0 && keyword_weight == 0.0 {
+                return Err(ApiError::Validation(
+                    "fusion.weights may not both be 0".into(),
+                ));
+            }
+            Ok(Fusion::Rrf {
+                k,
+                dense_weight,
+                keyword_weight,
+            })
+        }
+        Some("dbsf") => {
+            if fusion.k.is_some() || fusion.weights.is_some() {
+                return Err(ApiError::Validation(
+                    "fusion.k and fusion.weights apply to `rrf` only, not `dbsf`".into(),
+                ));
+            }
+            Ok(Fusion::Dbsf)
+        }
+        Some(other) => Err(ApiError::Validation(format!(
+            "fusion.method must be `rrf` or `dbsf`, got `{other}`"
+        ))),
+    }
+}
+
+fn parse_mmr(mmr: Option<MmrBody>, end: usize) -> Result<Option<Mmr>, ApiError> {
+    let Some(mmr) = mmr else {
+        return Ok(None);
+    };
+    let diversity = mmr.diversity.unwrap_or(DEFAULT_DIVERSITY);
+    if !(0.0..=1.0).contains(&diversity) {
+        return Err(ApiError::Validation(format!(
+            "mmr.diversity must be in 0..1, got {diversity}"
+        )));
+    }
+    let candidates = mmr.candidates.unwrap_or(end.max(MIN_DEPTH) as i64);
+    if candidates < end as i64 || candidates > MAX_MMR_CANDIDATES as i64 {
+        return Err(ApiError::Validation(format!(
+            "mmr.candidates must be at least offset + limit ({end}) and at most \
+             {MAX_MMR_CANDIDATES}, got {candidates}"
+        )));
+    }
+    Ok(Some(Mmr {
+        diversity,
+        candidates: candidates as usize,
+    }))
 }
 
 #[derive(ApiResponse)]
@@ -89,9 +258,11 @@ pub enum SearchResponse {
 impl SearchApi {
     /// Search the caller's points
     ///
-    /// By `query` text (embedded with the model) or by `vector`, never both. Only the caller's
+    /// By `query` text or by `vector`, never both; ranked by `mode`: `hybrid` (default; dense
+    /// and BM25 keyword rankings fused by reciprocal rank fusion, k = 60), `dense` or
+    /// `keyword`. Optionally diversified (`mmr`) and explained (`explain`). Only the caller's
     /// organization's points of the given model and version are searched, optionally narrowed
-    /// by `filter`. Results are best first.
+    /// by `filter`. Results are best first; equal scores are ordered by point id.
     #[oai(path = "/vectors/search", method = "post")]
     async fn search(
         &self,
@@ -124,12 +295,18 @@ impl SearchApi {
         if let Some(segment_id) = &filter.segment_id {
             validate_identifier("filter.segment_id", &segment_id.0)?;
         }
+        let ranking = Ranking {
+            mode: parse_mode(body.mode.as_ref().map(|m| m.0.as_str()))?,
+            fusion: parse_fusion(body.fusion)?,
+            mmr: parse_mmr(body.mmr, (offset + limit) as usize)?,
+            explain: body.explain.unwrap_or(false),
+        };
         let embedder = self
             .state
             .models
             .get(body.model.as_ref().map(|m| m.0.as_str()))?;
 
-        let vector = match (body.query, body.vector) {
+        let (vector, text) = match (body.query, body.vector) {
             (Some(_), Some(_)) => {
                 return Err(
                     ApiError::Validation("give either query or vector, not both".into()).into(),
@@ -139,6 +316,14 @@ impl SearchApi {
                 return Err(ApiError::Validation("give a query or a vector".into()).into());
             }
             (None, Some(vector)) => {
+                if ranking.mode == SearchMode::Keyword {
+                    return Err(ApiError::Validation(
+                        "mode `keyword` ranks by the words of `query`; a `vector` alone cannot \
+                         be searched by keyword"
+                            .into(),
+                    )
+                    .into());
+                }
                 if vector.len() != embedder.dim() {
                     return Err(ApiError::Validation(format!(
                         "vector has dimension {}; model `{}` uses {}",
@@ -148,7 +333,7 @@ impl SearchApi {
                     ))
                     .into());
                 }
-                vector
+                (Some(vector), None)
             }
             (Some(query), None) => {
                 let query = query.0;
@@ -164,36 +349,56 @@ impl SearchApi {
                     ))
                     .into());
                 }
-                // Through the process's one embedding queue, ahead of any ingest batch: it waits
-                // for at most the step of a forward pass already running.
-                self.state
-                    .embeddings
-                    .embed(embedder.clone(), vec![query], Priority::Query)
-                    .instrument(tracing::info_span!("embed.query", model = embedder.model()))
-                    .await
-                    .map_err(|err| ApiError::Internal(format!("embedding the query: {err}")))?
-                    .pop()
-                    .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))?
+                // The dense side needs the query's vector: dense and hybrid ranking, MMR, and
+                // the dense rank of `explain`. A plain keyword search skips the model. The
+                // vector comes through the process's one embedding queue, ahead of any ingest
+                // batch: it waits for at most the step of a forward pass already running.
+                let needs_vector =
+                    ranking.mode != SearchMode::Keyword || ranking.mmr.is_some() || ranking.explain;
+                let vector = if needs_vector {
+                    let vector = self
+                        .state
+                        .embeddings
+                        .embed(embedder.clone(), vec![query.clone()], Priority::Query)
+                        .instrument(tracing::info_span!("embed.query", model = embedder.model()))
+                        .await
+                        .map_err(|err| ApiError::Internal(format!("embedding the query: {err}")))?
+                        .pop()
+                        .ok_or_else(|| {
+                            ApiError::Internal("the embedder returned no vector".into())
+                        })?;
+                    Some(vector)
+                } else {
+                    None
+                };
+                (vector, Some(query))
             }
         };
 
+        let request = StoreSearch {
+            org_id: auth.0.org_id,
+            vector,
+            text,
+            mode: ranking.mode,
+            fusion: ranking.fusion,
+            mmr: ranking.mmr,
+            explain: ranking.explain,
+            limit: limit as usize,
+            offset: offset as usize,
+            filter: PointFilter {
+                asset_id: filter.asset_id.map(|a| a.0),
+                segment_id: filter.segment_id.map(|s| s.0),
+                model: Some(embedder.model().to_owned()),
+                model_ver: Some(embedder.model_ver().to_owned()),
+            },
+            score_threshold: body.score_threshold,
+            with_vector: body.with_vector.unwrap_or(false),
+        };
+        let mode = request.effective_mode();
         let hits = self
             .state
             .store
-            .search(StoreSearch {
-                org_id: auth.0.org_id,
-                vector,
-                limit: limit as usize,
-                offset: offset as usize,
-                filter: PointFilter {
-                    asset_id: filter.asset_id.map(|a| a.0),
-                    segment_id: filter.segment_id.map(|s| s.0),
-                    model: Some(embedder.model().to_owned()),
-                    model_ver: Some(embedder.model_ver().to_owned()),
-                },
-                score_threshold: body.score_threshold,
-                with_vector: body.with_vector.unwrap_or(false),
-            })
+            .search(request)
             .await
             .map_err(ApiError::from)?;
         let mut results = Vec::with_capacity(hits.len());
@@ -204,11 +409,16 @@ impl SearchApi {
                 payload: serde_json::to_value(&hit.payload)
                     .map_err(|err| ApiError::Internal(err.to_string()))?,
                 vector: hit.vector,
+                explain: hit.explain.map(|e| HitExplain {
+                    dense: e.dense.into(),
+                    keyword: e.keyword.into(),
+                }),
             });
         }
         Ok(SearchResponse::Ok(Json(SearchResults {
             model: embedder.model().to_owned(),
             model_ver: embedder.model_ver().to_owned(),
+            mode: mode.as_str().to_owned(),
             results,
         })))
     }

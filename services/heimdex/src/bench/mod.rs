@@ -1,11 +1,14 @@
 //! `heimdex bench …`: measurement harnesses that print figures (recorded in
-//! `docs/BENCHMARKS.md`). `ingest`, `ingest-text` and `search` drive a running service over its
-//! public API; `embed` times the embedder alone; `corpus` writes the shared test texts so that
-//! `bench/embedder.sh` can time sentence-transformers on exactly the same input.
+//! `docs/BENCHMARKS.md`). `ingest`, `ingest-text`, `search` and `quality` drive a running
+//! service over its public API; `embed` times the embedder alone; `corpus` writes the shared
+//! test texts so that `bench/embedder.sh` can time sentence-transformers on exactly the same
+//! input.
 
 mod corpus;
 mod embed;
+mod lengths;
 mod mock;
+pub mod quality;
 mod search;
 mod text_ingest;
 
@@ -96,8 +99,8 @@ pub enum BenchCommand {
         #[arg(long)]
         nats_url: Option<String>,
     },
-    /// Search latency, one request at a time: text queries (embedding included) and vector
-    /// queries, over the tenant's points.
+    /// Search latency, one request at a time: text queries (embedding included) in each mode,
+    /// interleaved, and vector queries, over the tenant's points.
     Search {
         #[arg(long, default_value = "http://127.0.0.1:8000")]
         url: String,
@@ -110,10 +113,83 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
+    /// Chunk lengths as BM25 counts them, for text files cut as `POST /vectors/documents`
+    /// cuts them: the measurement behind BM25's `avg_len`.
+    Lengths {
+        /// Text files (each one document).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Retrieval quality on a test collection in SMART format (e.g. ../shared/eval/cacm):
+    /// ingests it through the API, runs every query in every mode, prints nDCG@10, Recall@100
+    /// and MRR@10 per mode.
+    Quality {
+        /// The collection's directory (documents `*.all`, queries `query.text`, judgements
+        /// `qrels.text`).
+        dir: PathBuf,
+        /// The documents file, if not found by name.
+        #[arg(long)]
+        docs: Option<PathBuf>,
+        /// The queries file, if not found by name.
+        #[arg(long)]
+        queries: Option<PathBuf>,
+        /// The relevance judgements, if not found by name.
+        #[arg(long)]
+        qrels: Option<PathBuf>,
+        #[arg(long, env = "HEIMDEX_URL", default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// Bearer token; without one, a token for `--org` is signed with `JWT_SECRET`.
+        #[arg(long, env = "HEIMDEX_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Tenant to ingest into and search (default: a new one).
+        #[arg(long)]
+        org: Option<uuid::Uuid>,
+        /// Model (default: the service's default).
+        #[arg(long)]
+        model: Option<String>,
+        /// Do not ingest: `--org` already holds the collection from an earlier run.
+        #[arg(long, requires = "org")]
+        skip_ingest: bool,
+        /// Requests in flight.
+        #[arg(long, short, default_value_t = 8)]
+        concurrency: usize,
+    },
 }
 
 pub async fn run(command: BenchCommand, jwt: &JwtConfig) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Lengths { files } => lengths::run(&files),
+        BenchCommand::Quality {
+            dir,
+            docs,
+            queries,
+            qrels,
+            url,
+            token,
+            org,
+            model,
+            skip_ingest,
+            concurrency,
+        } => {
+            quality::run(
+                quality::Options {
+                    dir,
+                    docs,
+                    queries,
+                    qrels,
+                    connection: crate::client::Connection {
+                        url,
+                        token,
+                        org: org.unwrap_or_else(Uuid::new_v4),
+                        model,
+                    },
+                    skip_ingest,
+                    concurrency,
+                },
+                jwt,
+            )
+            .await
+        }
         BenchCommand::Ingest {
             url,
             n,

@@ -1,6 +1,7 @@
 //! `heimdex bench search`: latency of `POST /vectors/search`, one request at a time (the
-//! latency a caller sees, not a throughput test), for text queries (the service embeds them)
-//! and for vector queries (embedded here beforehand), over the tenant's points.
+//! latency a caller sees, not a throughput test), for text queries in each mode (the service
+//! embeds them for the dense and hybrid modes), interleaved, and for vector queries (embedded
+//! here beforehand), over the tenant's points.
 
 use std::time::{Duration, Instant};
 
@@ -53,41 +54,60 @@ pub async fn run(
     }
 
     println!("search: org={org} queries={queries} limit={limit} url={url}");
-    for (kind, bodies) in [
-        (
-            "text query (embedding included)",
-            texts
-                .iter()
-                .map(|t| serde_json::json!({"query": t, "limit": limit}))
-                .collect::<Vec<_>>(),
-        ),
-        (
-            "vector query",
-            vectors
-                .iter()
-                .map(|v| serde_json::json!({"vector": v, "limit": limit}))
-                .collect(),
-        ),
-    ] {
-        let mut latencies = Vec::with_capacity(bodies.len());
-        let mut empty = 0;
-        for body in bodies {
+    // Text queries in every mode, interleaved (each query in each mode, the mode order rotating
+    // from one query to the next) so that the modes share the machine's good and bad moments.
+    const MODES: [&str; 3] = ["dense", "hybrid", "keyword"];
+    let mut by_mode: Vec<Vec<Duration>> = vec![Vec::with_capacity(texts.len()); MODES.len()];
+    let mut short = [0usize; MODES.len()];
+    for (q, text) in texts.iter().enumerate() {
+        for k in 0..MODES.len() {
+            let m = (q + k) % MODES.len();
+            let body = serde_json::json!({"query": text, "limit": limit, "mode": MODES[m]});
             let (latency, hits) = count(body).await?;
-            latencies.push(latency);
+            by_mode[m].push(latency);
             if hits < limit {
-                empty += 1;
+                short[m] += 1;
             }
         }
+    }
+    let mut p99 = [Duration::ZERO; MODES.len()];
+    for (m, latencies) in by_mode.iter_mut().enumerate() {
         latencies.sort();
+        p99[m] = percentile(latencies, 0.99);
         println!(
-            "  {kind}: p50 {} p90 {} p99 {} max {} ({} of {} answered fewer than {limit} hits)",
-            ms(percentile(&latencies, 0.50)),
-            ms(percentile(&latencies, 0.90)),
-            ms(percentile(&latencies, 0.99)),
+            "  text query, {} (embedding included): p50 {} p90 {} p99 {} max {} ({} of {} answered fewer than {limit} hits)",
+            MODES[m],
+            ms(percentile(latencies, 0.50)),
+            ms(percentile(latencies, 0.90)),
+            ms(p99[m]),
             ms(latencies.last().copied().unwrap_or_default()),
-            empty,
+            short[m],
             latencies.len()
         );
     }
+    println!(
+        "  hybrid p99 / dense p99: {:.2}",
+        p99[1].as_secs_f64() / p99[0].as_secs_f64().max(1e-9)
+    );
+
+    let mut latencies = Vec::with_capacity(vectors.len());
+    let mut empty = 0;
+    for vector in &vectors {
+        let (latency, hits) = count(serde_json::json!({"vector": vector, "limit": limit})).await?;
+        latencies.push(latency);
+        if hits < limit {
+            empty += 1;
+        }
+    }
+    latencies.sort();
+    println!(
+        "  vector query (dense): p50 {} p90 {} p99 {} max {} ({} of {} answered fewer than {limit} hits)",
+        ms(percentile(&latencies, 0.50)),
+        ms(percentile(&latencies, 0.90)),
+        ms(percentile(&latencies, 0.99)),
+        ms(latencies.last().copied().unwrap_or_default()),
+        empty,
+        latencies.len()
+    );
     Ok(())
 }

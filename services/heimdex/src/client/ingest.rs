@@ -170,7 +170,7 @@ async fn send(
 
 /// Polls the jobs until each is terminal (or `timeout`): (succeeded, failed with reason,
 /// still pending).
-async fn follow(
+pub(crate) async fn follow(
     client: &Client,
     jobs: &[String],
     timeout: Duration,

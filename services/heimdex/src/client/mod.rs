@@ -42,10 +42,18 @@ pub struct Client {
 
 impl Client {
     pub fn new(connection: &Connection, settings: &Settings) -> anyhow::Result<Self> {
+        Self::with_jwt(connection, &settings.api.jwt)
+    }
+
+    /// As [`Client::new`], signing a token (when the connection has none) with `jwt`.
+    pub fn with_jwt(
+        connection: &Connection,
+        jwt: &heimdex_api::auth::JwtConfig,
+    ) -> anyhow::Result<Self> {
         let token = match &connection.token {
             Some(token) => token.clone(),
             None => heimdex_api::auth::issue_token(
-                &settings.api.jwt,
+                jwt,
                 connection.org,
                 "heimdex-cli",
                 Duration::from_secs(3600),

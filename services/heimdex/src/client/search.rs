@@ -1,6 +1,6 @@
 //! `heimdex search "<query>"`: `POST /vectors/search` and a results table.
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 
 use heimdex::settings::Settings;
@@ -19,13 +19,46 @@ pub struct SearchArgs {
     /// Only this asset.
     #[arg(long)]
     pub asset: Option<String>,
+    /// How to rank (the service's default: hybrid).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Show each hit's rank in the dense and in the keyword ranking.
+    #[arg(long)]
+    pub explain: bool,
+    /// Diversify the results (MMR) with this diversity, 0 (relevance only) to 1.
+    #[arg(long, value_name = "DIVERSITY")]
+    pub mmr: Option<f64>,
+    /// How many of the best results MMR re-ranks (the service's default: 100).
+    #[arg(long, requires = "mmr", value_name = "N")]
+    pub mmr_candidates: Option<u32>,
     /// Print the raw JSON answer instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
-pub async fn run(args: SearchArgs, settings: &Settings) -> anyhow::Result<()> {
-    let client = Client::new(&args.connection, settings)?;
+/// `--mode`: the service's `mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Dense and keyword rankings fused.
+    Hybrid,
+    /// Cosine similarity of the model's vectors.
+    Dense,
+    /// BM25 over the text.
+    Keyword,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hybrid => "hybrid",
+            Mode::Dense => "dense",
+            Mode::Keyword => "keyword",
+        }
+    }
+}
+
+/// The request body for these arguments.
+fn body(args: &SearchArgs) -> Value {
     let mut body = json!({"query": args.query, "limit": args.limit});
     if let Some(model) = &args.connection.model {
         body["model"] = model.as_str().into();
@@ -33,7 +66,24 @@ pub async fn run(args: SearchArgs, settings: &Settings) -> anyhow::Result<()> {
     if let Some(asset) = &args.asset {
         body["filter"] = json!({"asset_id": asset});
     }
-    let answer = client.post("/vectors/search", &body).await?;
+    if let Some(mode) = args.mode {
+        body["mode"] = mode.as_str().into();
+    }
+    if args.explain {
+        body["explain"] = true.into();
+    }
+    if let Some(diversity) = args.mmr {
+        body["mmr"] = json!({"diversity": diversity});
+        if let Some(candidates) = args.mmr_candidates {
+            body["mmr"]["candidates"] = candidates.into();
+        }
+    }
+    body
+}
+
+pub async fn run(args: SearchArgs, settings: &Settings) -> anyhow::Result<()> {
+    let client = Client::new(&args.connection, settings)?;
+    let answer = client.post("/vectors/search", &body(&args)).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
@@ -43,14 +93,20 @@ pub async fn run(args: SearchArgs, settings: &Settings) -> anyhow::Result<()> {
         println!("no results");
         return Ok(());
     }
-    print!("{}", table(&results));
+    print!("{}", table(&results, args.explain));
     Ok(())
 }
 
-/// `#  score  asset  segment  text`, the text on one line and cut to fit.
-fn table(results: &[Value]) -> String {
+/// `#  score  asset  segment  text`, the text on one line and cut to fit; with `explain`, each
+/// hit's dense and keyword rank before the text (`-` where it is not in that ranking).
+fn table(results: &[Value], explain: bool) -> String {
     const TEXT: usize = 72;
-    let rows: Vec<[String; 5]> = results
+    let rank = |r: &Value, list: &str| -> String {
+        r["explain"][list]["rank"]
+            .as_u64()
+            .map_or_else(|| "-".to_owned(), |rank| rank.to_string())
+    };
+    let rows: Vec<Vec<String>> = results
         .iter()
         .enumerate()
         .map(|(i, r)| {
@@ -66,37 +122,45 @@ fn table(results: &[Value]) -> String {
             } else {
                 text
             };
-            [
+            let mut row = vec![
                 (i + 1).to_string(),
                 format!("{:.3}", r["score"].as_f64().unwrap_or(0.0)),
                 p["asset_id"].as_str().unwrap_or("").to_owned(),
                 p["segment_id"].as_str().unwrap_or("").to_owned(),
-                text,
-            ]
+            ];
+            if explain {
+                row.push(rank(r, "dense"));
+                row.push(rank(r, "keyword"));
+            }
+            row.push(text);
+            row
         })
         .collect();
-    let header = ["#", "score", "asset", "segment", "text"];
-    let mut widths = header.map(|h| h.chars().count());
+    let mut header = vec!["#", "score", "asset", "segment"];
+    if explain {
+        header.extend(["dense", "keyword"]);
+    }
+    header.push("text");
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 5]| -> String {
+    let line = |cells: &[&str]| -> String {
         let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(cell);
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            out.push_str(cell);
+            if i + 1 < cells.len() {
                 out.push_str(&" ".repeat(w - cell.chars().count() + 2));
             }
         }
         out.trim_end().to_owned() + "\n"
     };
-    let mut out = line(header);
+    let mut out = line(&header);
     for row in &rows {
-        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        out.push_str(&line(&cells));
     }
     out
 }
@@ -111,7 +175,7 @@ mod tests {
             json!({"score": 0.91234, "payload": {"asset_id": "a.md", "segment_id": "chunk-0", "text": "short\ntext"}}),
             json!({"score": 0.5, "payload": {"asset_id": "longer/b.txt", "segment_id": "chunk-12", "text": "x ".repeat(100)}}),
         ];
-        let t = table(&results);
+        let t = table(&results, false);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("#  score  asset"), "{t}");
@@ -120,5 +184,45 @@ mod tests {
             "{t}"
         );
         assert!(lines[2].ends_with('…'), "{t}");
+    }
+
+    #[test]
+    fn explain_columns_show_ranks() {
+        let results = vec![
+            json!({"score": 0.03, "payload": {"asset_id": "a", "segment_id": "s", "text": "t"},
+                   "explain": {"dense": {"rank": 2, "score": 0.5}, "keyword": {"rank": null, "score": null}}}),
+        ];
+        let t = table(&results, true);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].contains("dense  keyword  text"), "{t}");
+        assert!(lines[1].ends_with("2      -        t"), "{t}");
+    }
+
+    #[test]
+    fn flags_become_the_request() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: SearchArgs,
+        }
+        let cli = Cli::parse_from([
+            "search",
+            "ring planets",
+            "--mode",
+            "keyword",
+            "--explain",
+            "--mmr",
+            "0.3",
+            "--mmr-candidates",
+            "50",
+        ]);
+        assert_eq!(
+            body(&cli.args),
+            json!({"query": "ring planets", "limit": 5, "mode": "keyword", "explain": true,
+                   "mmr": {"diversity": 0.3, "candidates": 50}})
+        );
+        let cli = Cli::parse_from(["search", "q"]);
+        assert_eq!(body(&cli.args), json!({"query": "q", "limit": 5}));
     }
 }
