@@ -256,7 +256,33 @@ fn init_telemetry(settings: &Settings) -> anyhow::Result<heimdex_telemetry::Tele
             heimdex_core::settings::LogFormat::Pretty => heimdex_telemetry::LogFormat::Pretty,
         },
         otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
+        otlp_protocol: settings.telemetry.otlp_protocol,
+        sampler: settings.telemetry.sampler,
         filter: settings.telemetry.filter.clone(),
+        trace_filter: settings.telemetry.trace_filter.clone(),
     };
-    Ok(heimdex_telemetry::init(&config)?)
+    let guard = heimdex_telemetry::init(&config)?;
+    if let Some(endpoint) = &config.otlp_endpoint {
+        let other = match config.otlp_protocol {
+            heimdex_telemetry::OtlpProtocol::Grpc => heimdex_telemetry::OtlpProtocol::HttpProtobuf,
+            heimdex_telemetry::OtlpProtocol::HttpProtobuf => heimdex_telemetry::OtlpProtocol::Grpc,
+        };
+        // The most common mistake: a gRPC port with the HTTP protocol, or the reverse. Export
+        // would fail on every batch, quietly from the service's point of view.
+        if endpoint
+            .trim_end_matches('/')
+            .ends_with(&format!(":{}", other.conventional_port()))
+        {
+            tracing::warn!(
+                endpoint,
+                protocol = %config.otlp_protocol,
+                "OTEL_EXPORTER_OTLP_ENDPOINT uses port {}, the {other} port, but \
+                 OTEL_EXPORTER_OTLP_PROTOCOL is {}: set OTEL_EXPORTER_OTLP_PROTOCOL={other} \
+                 if the collector there speaks {other}",
+                other.conventional_port(),
+                config.otlp_protocol,
+            );
+        }
+    }
+    Ok(guard)
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use heimdex_telemetry::{OtlpProtocol, TraceSampler};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::JwtConfig;
@@ -147,9 +148,17 @@ impl std::fmt::Debug for QdrantSettings {
 #[derive(Clone, Debug)]
 pub struct TelemetrySettings {
     pub service_name: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: the collector's base URL; unset, nothing is exported.
     pub otlp_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `http/protobuf` (the OpenTelemetry default) or `grpc`.
+    pub otlp_protocol: OtlpProtocol,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+    pub sampler: TraceSampler,
     pub log_format: LogFormat,
+    /// `RUST_LOG`: the log lines only.
     pub filter: String,
+    /// `HEIMDEX_TRACE_FILTER`: which spans are exported, whatever `RUST_LOG` says.
+    pub trace_filter: String,
 }
 
 #[derive(Clone, Debug)]
@@ -283,6 +292,22 @@ impl Settings {
                     .get("OTEL_SERVICE_NAME")
                     .unwrap_or_else(|| "heimdex".into()),
                 otlp_endpoint: env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                otlp_protocol: env.parse("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")?,
+                sampler: TraceSampler::parse(
+                    env.get("OTEL_TRACES_SAMPLER").as_deref(),
+                    env.get("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+                )
+                .map_err(|err| {
+                    invalid(
+                        "OTEL_TRACES_SAMPLER",
+                        &format!(
+                            "{} (OTEL_TRACES_SAMPLER_ARG={})",
+                            env.get("OTEL_TRACES_SAMPLER").unwrap_or_default(),
+                            env.get("OTEL_TRACES_SAMPLER_ARG").unwrap_or_default()
+                        ),
+                        &err.to_string(),
+                    )
+                })?,
                 log_format: match env.get("LOG_FORMAT").as_deref() {
                     None | Some("pretty") | Some("text") => LogFormat::Pretty,
                     Some("json") => LogFormat::Json,
@@ -291,6 +316,9 @@ impl Settings {
                     }
                 },
                 filter: env.get("RUST_LOG").unwrap_or_else(|| "info".into()),
+                trace_filter: env
+                    .get("HEIMDEX_TRACE_FILTER")
+                    .unwrap_or_else(|| heimdex_telemetry::DEFAULT_TRACE_FILTER.into()),
             },
             probes: ProbeSettings {
                 timeout: Duration::from_millis(env.parse("PROBE_TIMEOUT_MS", "500")?),
@@ -526,10 +554,41 @@ mod tests {
             ("HEIMDEX_HTTP_HEADER_TIMEOUT_MS", "0"),
             ("HEIMDEX_HTTP_READ_TIMEOUT_MS", "500"),
             ("NATS_WORKER_ACK_WAIT_MS", "100"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
         ] {
             let err = Settings::from_vars(&vars(&[(name, value)])).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn trace_export_follows_the_opentelemetry_variables() {
+        let s = Settings::from_vars(&vars(&[])).unwrap();
+        assert_eq!(s.telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(s.telemetry.sampler, TraceSampler::default());
+        assert_eq!(s.telemetry.trace_filter, "info");
+        let s = Settings::from_vars(&vars(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ("HEIMDEX_TRACE_FILTER", "heimdex_worker=debug"),
+            ("RUST_LOG", "warn"),
+        ]))
+        .unwrap();
+        assert_eq!(s.telemetry.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(
+            s.telemetry.sampler.root,
+            heimdex_telemetry::RootSampler::TraceIdRatio(0.1)
+        );
+        assert_eq!(s.telemetry.trace_filter, "heimdex_worker=debug");
+        assert_eq!(s.telemetry.filter, "warn");
+        let err = Settings::from_vars(&vars(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("OTEL_TRACES_SAMPLER_ARG"), "{err}");
     }
 
     #[test]
