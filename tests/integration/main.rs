@@ -7,6 +7,7 @@ mod auth;
 mod bootstrap;
 mod cli;
 mod common;
+mod connections;
 mod crash;
 mod deletes;
 mod fuzz;

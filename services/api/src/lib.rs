@@ -5,6 +5,7 @@
 //! serves until the token is cancelled, then drains in-flight requests.
 
 pub mod auth;
+pub mod connections;
 pub mod overload;
 pub mod problem;
 pub mod routes;
@@ -27,6 +28,7 @@ use heimdex_core::settings::Settings;
 use heimdex_core::shutdown::CancellationToken;
 use heimdex_store::VectorStore;
 
+use crate::connections::ConnectionLimit;
 use crate::overload::Admission;
 use crate::routes::health::HealthApi;
 use crate::routes::ingest::IngestApi;
@@ -87,10 +89,12 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Key(#[from] heimdex_core::auth::KeyError),
+    #[error(transparent)]
+    Connections(#[from] connections::LimitError),
 }
 
 pub struct Api {
-    acceptor: TimeoutAcceptor<TcpAcceptor>,
+    acceptor: TimeoutAcceptor<ConnectionLimit<TcpAcceptor>>,
     addr: SocketAddr,
     app: poem::endpoint::BoxEndpoint<'static>,
     admission: Arc<Admission>,
@@ -124,6 +128,10 @@ pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError
     });
     let app = routes(state, verifier);
 
+    let max_connections = connections::effective_bound(
+        settings.overload.max_connections,
+        connections::raise_fd_limit(),
+    )?;
     let addr = settings.api_addr;
     let acceptor = TcpListener::bind(addr.to_string())
         .into_acceptor()
@@ -136,7 +144,7 @@ pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError
         .unwrap_or(addr);
     Ok(Api {
         acceptor: TimeoutAcceptor::new(
-            acceptor,
+            ConnectionLimit::new(acceptor, max_connections),
             settings.overload.header_timeout,
             settings.overload.read_timeout,
         ),
@@ -274,7 +282,11 @@ impl Api {
 
     /// Serves until `shutdown` is cancelled, then gives in-flight requests up to 10 s.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        tracing::info!(addr = %self.addr, "API listening");
+        tracing::info!(
+            addr = %self.addr,
+            max_connections = self.acceptor.inner().bound(),
+            "API listening"
+        );
         let maintenance = tokio::spawn(
             self.admission
                 .clone()

@@ -144,6 +144,7 @@ mod tests {
             max_backlog,
             header_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),
+            max_connections: None,
         }
     }
 

@@ -192,6 +192,9 @@ pub struct OverloadSettings {
     /// How long a client may take to send a whole request, headers and body, before the server
     /// answers (`HEIMDEX_HTTP_READ_TIMEOUT_MS`).
     pub read_timeout: Duration,
+    /// Most open HTTP connections (`HEIMDEX_MAX_CONNECTIONS`); more are refused at once. `None`:
+    /// 10,000, or fewer if the process's file-descriptor limit does not allow that many.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -338,6 +341,10 @@ impl Settings {
                 read_timeout: Duration::from_millis(
                     env.parse("HEIMDEX_HTTP_READ_TIMEOUT_MS", "30000")?,
                 ),
+                max_connections: env
+                    .get("HEIMDEX_MAX_CONNECTIONS")
+                    .map(|_| env.parse("HEIMDEX_MAX_CONNECTIONS", ""))
+                    .transpose()?,
             },
         }
         .validated()
@@ -384,6 +391,13 @@ impl Settings {
                 "HEIMDEX_HTTP_READ_TIMEOUT_MS",
                 &self.overload.read_timeout.as_millis().to_string(),
                 "must be at least HEIMDEX_HTTP_HEADER_TIMEOUT_MS",
+            ));
+        }
+        if self.overload.max_connections == Some(0) {
+            return Err(invalid(
+                "HEIMDEX_MAX_CONNECTIONS",
+                "0",
+                "must be at least 1",
             ));
         }
         if self.nats.publish_timeout.is_zero() {
@@ -553,6 +567,8 @@ mod tests {
             ("HEIMDEX_MAX_BACKLOG", "lots"),
             ("HEIMDEX_HTTP_HEADER_TIMEOUT_MS", "0"),
             ("HEIMDEX_HTTP_READ_TIMEOUT_MS", "500"),
+            ("HEIMDEX_MAX_CONNECTIONS", "0"),
+            ("HEIMDEX_MAX_CONNECTIONS", "many"),
             ("NATS_WORKER_ACK_WAIT_MS", "100"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
             ("OTEL_TRACES_SAMPLER", "sometimes"),
@@ -601,6 +617,9 @@ mod tests {
         assert_eq!(s.overload.max_backlog, 100_000);
         assert_eq!(s.overload.header_timeout, Duration::from_secs(10));
         assert_eq!(s.overload.read_timeout, Duration::from_secs(30));
+        assert_eq!(s.overload.max_connections, None);
+        let s = Settings::from_vars(&vars(&[("HEIMDEX_MAX_CONNECTIONS", "5000")])).unwrap();
+        assert_eq!(s.overload.max_connections, Some(5000));
     }
 
     #[test]
