@@ -20,4 +20,5 @@ mod projector;
 mod redrive;
 mod retries;
 mod semantic;
+mod startup;
 mod tenancy;

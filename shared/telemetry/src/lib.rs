@@ -21,15 +21,18 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::FilterExt;
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
 mod export;
+mod noise;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use export::{OtlpProtocol, RootSampler, TraceSampler, traces_url};
+pub use noise::{KNOWN_NOISE, KnownNoise};
 
 /// Re-exported so callers can name `opentelemetry::Context` without their own dependency
 /// (and without risking a second, incompatible `opentelemetry` version).
@@ -202,8 +205,9 @@ pub fn init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync + 'static>;
 
 fn try_init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let log_filter = env_filter(&cfg.filter, DEFAULT_FILTER)?;
-    let trace_filter = env_filter(&cfg.trace_filter, DEFAULT_TRACE_FILTER)?;
+    // Both drop the dependencies' known meaningless warnings (module `noise`).
+    let log_filter = env_filter(&cfg.filter, DEFAULT_FILTER)?.and(KnownNoise);
+    let trace_filter = env_filter(&cfg.trace_filter, DEFAULT_TRACE_FILTER)?.and(KnownNoise);
 
     let provider = match cfg.otlp_endpoint.as_deref() {
         Some(endpoint) => Some(export::otlp_provider(
