@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use heimdex_core::jetstream::{JOBS_STREAM, STATUS_BUCKET};
+use heimdex_event_store::jetstream::{JOBS_STREAM, STATUS_BUCKET};
 use serde_json::Value;
 use uuid::Uuid;
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use heimdex_core::jetstream::{JOBS_STREAM, STATUS_BUCKET, StreamRead};
-use heimdex_core::jobs::{JobStatus, Status};
-use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
+use heimdex_domain::jobs::{JobStatus, Status};
+use heimdex_event_store::jetstream::{JOBS_STREAM, STATUS_BUCKET, StreamRead};
+use heimdex_event_store::nats_server::{self, NatsServer, NatsServerConfig};
 use heimdex_store::VectorStore;
 use heimdex_tests::JWT_SECRET;
 use serde_json::Value;
@@ -83,8 +83,8 @@ impl Nats {
     ) -> Self {
         let mut listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
         listen.set_port(port);
-        let defaults = heimdex_core::Settings::from_vars(&HashMap::new()).expect("defaults");
-        let mut sync_interval = Some(defaults.nats.sync_interval);
+        let defaults = heimdex::settings::Settings::from_vars(&HashMap::new()).expect("defaults");
+        let mut sync_interval = Some(defaults.embedded_nats.sync_interval);
         if let Some(conf) = jetstream_conf {
             std::fs::create_dir_all(&store_dir).expect("store dir");
             let file = store_dir.with_extension("conf");
@@ -257,18 +257,18 @@ impl Heimdex {
 
 /// A token for `org`, signed with the test secret.
 pub fn token(org: Uuid) -> String {
-    let jwt = heimdex_core::auth::JwtConfig {
+    let jwt = heimdex_api::auth::JwtConfig {
         secret: JWT_SECRET.to_owned().into(),
         public_key_pem: None,
         issuer: None,
         audience: None,
     };
-    heimdex_core::auth::issue_token(&jwt, org, "faults", Duration::from_secs(3600)).expect("token")
+    heimdex_api::auth::issue_token(&jwt, org, "faults", Duration::from_secs(3600)).expect("token")
 }
 
 /// What a mock job for `segment` of `asset` stores: one point with a deterministic id.
 pub fn mock_point(org: Uuid, asset: &str, segment: &str) -> Uuid {
-    heimdex_core::ids::point_id(org, asset, segment, "mock", "v1")
+    heimdex_domain::ids::point_id(org, asset, segment, "mock", "v1")
 }
 
 /// Waits until `GET {base}/readyz` answers 200.
@@ -460,10 +460,10 @@ pub async fn submit_mock_jobs(
 
 /// A JetStream context on `url` that rides out server restarts.
 pub async fn jetstream(url: &str) -> jetstream::Context {
-    let client = heimdex_core::jetstream::connect(url, "faults-checker")
+    let client = heimdex_event_store::jetstream::connect(url, "faults-checker")
         .await
         .expect("connect");
-    heimdex_core::jetstream::context(client, Duration::from_secs(5))
+    heimdex_event_store::jetstream::context(client, Duration::from_secs(5))
 }
 
 /// Every message of `stream` under `filter` (the last per subject, or all), in stream order.
@@ -929,7 +929,7 @@ pub async fn open_remote_store(url: &str) -> Arc<dyn VectorStore> {
         .filter(|(key, _)| key.starts_with("QDRANT_"))
         .collect();
     vars.insert("QDRANT_URL".into(), url.to_owned());
-    let settings = heimdex_core::Settings::from_vars(&vars).expect("QDRANT_* settings");
+    let settings = heimdex::settings::Settings::from_vars(&vars).expect("QDRANT_* settings");
     heimdex::infra::open_store(&settings)
         .await
         .expect("open the store")

@@ -6,6 +6,9 @@
 //! CI runs every scenario at a reduced size; `HEIMDEX_FAULTS=full` (`deploy/faults.sh`) runs
 //! them at the size docs/RELIABILITY.md reports. Each prints a `RELIABILITY | ... |` row.
 
+// Test code unwraps: a panic that names its line is the report a failing test wants.
+#![allow(clippy::unwrap_used)]
+
 mod cluster;
 #[allow(dead_code)] // shared with the integration tests; this binary uses part of it
 #[path = "../integration/common.rs"]

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use heimdex_core::jobs::{EmbedParams, JobSpec, Status};
+use heimdex_domain::jobs::{EmbedParams, JobSpec, Status};
 use uuid::Uuid;
 
 use crate::common::publish_requested;
@@ -70,16 +70,16 @@ async fn poison_input_fails_once_with_a_reason() {
     // nothing left pending or unacknowledged (the garbage was terminated, not retried).
     wait_consumer_drained(
         &deployment.js,
-        heimdex_core::jetstream::WORKER_CONSUMER,
+        heimdex_event_store::jetstream::WORKER_CONSUMER,
         Duration::from_secs(30),
     )
     .await;
     let mut consumer: async_nats::jetstream::consumer::PullConsumer = deployment
         .js
-        .get_stream(heimdex_core::jetstream::JOBS_STREAM)
+        .get_stream(heimdex_event_store::jetstream::JOBS_STREAM)
         .await
         .unwrap()
-        .get_consumer(heimdex_core::jetstream::WORKER_CONSUMER)
+        .get_consumer(heimdex_event_store::jetstream::WORKER_CONSUMER)
         .await
         .unwrap();
     let consumer = consumer.info().await.unwrap().clone();

@@ -31,7 +31,7 @@ async fn projector_kill_9_then_rebuild_gives_identical_statuses() {
     // ack wait (30 s): only then has the projection caught up.
     let caught_up = wait_consumer_drained(
         &split.js,
-        heimdex_core::jetstream::PROJECTOR_CONSUMER,
+        heimdex_event_store::jetstream::PROJECTOR_CONSUMER,
         Duration::from_secs(120),
     )
     .await;
@@ -62,7 +62,7 @@ async fn projector_kill_9_then_rebuild_gives_identical_statuses() {
             .await
             .unwrap()
             .expect("rebuilt status");
-        let rebuilt: heimdex_core::jobs::JobStatus = serde_json::from_slice(&entry).unwrap();
+        let rebuilt: heimdex_domain::jobs::JobStatus = serde_json::from_slice(&entry).unwrap();
         if &rebuilt != status {
             differing += 1;
             eprintln!("live:    {status:?}\nrebuilt: {rebuilt:?}");

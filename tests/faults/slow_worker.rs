@@ -69,7 +69,7 @@ async fn progress_acks_keep_slow_jobs_from_being_redelivered() {
             let segment = job["segment_id"].as_str().unwrap();
             split.ledger.accept(
                 job["job_id"].as_str().unwrap().parse().unwrap(),
-                vec![heimdex_core::ids::point_id(
+                vec![heimdex_domain::ids::point_id(
                     split.ledger.org,
                     "slow",
                     segment,

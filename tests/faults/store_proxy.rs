@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use heimdex_core::jobs::Status;
+use heimdex_domain::jobs::Status;
 use heimdex_qdrant_standin::Standin;
 use heimdex_tests::proxy::{Mode, TcpProxy};
 use uuid::Uuid;

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use heimdex::serve::{self, Roles};
-use heimdex_core::shutdown::CancellationToken;
 use heimdex_tests::{TestNats, settings, wait_for_job};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,7 +37,7 @@ async fn max_deliveries_advisory_marks_the_job_failed() {
 
     let http = reqwest::Client::new();
     let token =
-        heimdex_core::auth::issue_token(&s.jwt, Uuid::new_v4(), "t", Duration::from_secs(600))
+        heimdex_api::auth::issue_token(&s.api.jwt, Uuid::new_v4(), "t", Duration::from_secs(600))
             .unwrap();
     let accepted: serde_json::Value = http
         .post(format!("{base}/vectors/mock"))

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
-use heimdex_core::shutdown::CancellationToken;
 use heimdex_tests::{TestNats, settings};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_creates_from_definitions_and_refuses_conflicts() {
@@ -21,7 +21,7 @@ async fn bootstrap_creates_from_definitions_and_refuses_conflicts() {
     let info = stream.info().await.unwrap();
     assert_eq!(info.config.duplicate_window, Duration::from_secs(120));
     assert!(info.config.allow_direct);
-    let worker = heimdex_core::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
+    let worker = heimdex_event_store::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
         .await
         .unwrap();
     assert_eq!(worker.cached_info().config.max_deliver, 4);
@@ -45,7 +45,7 @@ async fn bootstrap_creates_from_definitions_and_refuses_conflicts() {
     let mut edited = n.defs.worker.clone();
     edited.max_deliver = 9;
     n.stream.update_consumer(edited).await.unwrap();
-    let err = heimdex_core::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
+    let err = heimdex_event_store::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("max_deliver"), "{err}");
@@ -67,7 +67,7 @@ async fn a_worker_consumer_from_before_retries_is_widened_in_place() {
     n.stream.delete_consumer("worker").await.ok();
     n.stream.create_consumer(old).await.unwrap();
 
-    let mut worker = heimdex_core::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
+    let mut worker = heimdex_event_store::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
         .await
         .unwrap();
     let mut filters = worker.info().await.unwrap().config.filter_subjects.clone();
@@ -81,7 +81,7 @@ async fn a_worker_consumer_from_before_retries_is_widened_in_place() {
     unrelated.filter_subjects = Vec::new();
     unrelated.filter_subject = "heimdex.jobs.*.*.started".to_owned();
     n.stream.update_consumer(unrelated).await.unwrap();
-    let err = heimdex_core::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
+    let err = heimdex_event_store::jetstream::ensure_consumer(&n.stream, &n.defs.worker)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("filter_subjects"), "{err}");

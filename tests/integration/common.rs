@@ -2,9 +2,9 @@
 //! dependency (so they cannot live in `tests/support`).
 
 use async_nats::jetstream::message::PublishMessage;
-use heimdex_core::events::{EventData, JobEvent, Requested};
-use heimdex_core::ids;
-use heimdex_core::jobs::JobSpec;
+use heimdex_domain::events::{EventData, JobEvent, Requested};
+use heimdex_domain::ids;
+use heimdex_domain::jobs::JobSpec;
 use serde_json::Value;
 use uuid::Uuid;
 

@@ -51,14 +51,14 @@ async fn kill_9_mid_run_loses_nothing_and_duplicates_nothing() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let org = Uuid::new_v4();
-    let jwt = heimdex_core::auth::JwtConfig {
+    let jwt = heimdex_api::auth::JwtConfig {
         secret: JWT_SECRET.to_owned().into(),
         public_key_pem: None,
         issuer: None,
         audience: None,
     };
     let token =
-        heimdex_core::auth::issue_token(&jwt, org, "crash", Duration::from_secs(600)).unwrap();
+        heimdex_api::auth::issue_token(&jwt, org, "crash", Duration::from_secs(600)).unwrap();
 
     let mut serve = spawn_serve(data.path(), port);
     wait_ready(&http, &base).await;
@@ -134,7 +134,7 @@ async fn kill_9_mid_run_loses_nothing_and_duplicates_nothing() {
     .await
     .unwrap();
     let expected: HashSet<Uuid> = (0..JOBS)
-        .map(|i| heimdex_core::ids::point_id(org, "crash", &format!("s-{i}"), "mock", "v1"))
+        .map(|i| heimdex_domain::ids::point_id(org, "crash", &format!("s-{i}"), "mock", "v1"))
         .collect();
     let ids: Vec<Uuid> = store.scroll_ids(org, Default::default()).await.unwrap();
     assert_eq!(ids.len(), JOBS, "no point missing, none extra");

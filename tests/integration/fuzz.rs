@@ -427,14 +427,16 @@ impl Generator<'_> {
                     "ключ",
                 ]))
                 .to_owned();
-                let value: Value = serde_json::from_str(*self.pick(OTHER_TYPES)).expect("json");
+                let value: Value =
+                    serde_json::from_str(self.pick::<&str>(OTHER_TYPES)).expect("json");
                 if let Some(object) = body.as_object_mut() {
                     object.insert(name, value);
                 }
             }
             "wrong type" => {
                 let at = self.any_pointer(&mut body, schema);
-                let value: Value = serde_json::from_str(*self.pick(OTHER_TYPES)).expect("json");
+                let value: Value =
+                    serde_json::from_str(self.pick::<&str>(OTHER_TYPES)).expect("json");
                 *body.pointer_mut(&at).expect("pointer") = value;
             }
             "hostile string" => {
@@ -512,7 +514,11 @@ impl Generator<'_> {
         let value = self.valid(&param.schema, &param.name, 0);
         match value {
             Value::String(s) => s,
-            other => other.to_string(),
+            other @ (Value::Null
+            | Value::Bool(_)
+            | Value::Number(_)
+            | Value::Array(_)
+            | Value::Object(_)) => other.to_string(),
         }
     }
 
@@ -765,13 +771,13 @@ fn service_panics() -> &'static Mutex<Vec<String>> {
         std::panic::set_hook(Box::new(move |info| {
             let location = info.location().map(|l| l.to_string()).unwrap_or_default();
             // Test assertions live under tests/; anything else that panics is the service.
-            if !location.starts_with("tests/") {
-                if let Some(panics) = PANICS.get() {
-                    panics
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(format!("{location}: {info}"));
-                }
+            if !location.starts_with("tests/")
+                && let Some(panics) = PANICS.get()
+            {
+                panics
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(format!("{location}: {info}"));
             }
             previous(info);
         }));

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::common::{job_ids, publish_requested};
 
-use heimdex_core::jobs::{EmbedParams, JobSpec};
+use heimdex_domain::jobs::{EmbedParams, JobSpec};
 use heimdex_store::PointFilter;
 use heimdex_tests::TestApp;
 

@@ -1,6 +1,9 @@
 //! Integration tests: the real service against a real nats-server that each test starts for
 //! itself, with Qdrant Edge in a temp dir. One binary, one module per concern.
 
+// Test code unwraps: a panic that names its line is the report a failing test wants.
+#![allow(clippy::unwrap_used)]
+
 mod advisory;
 mod api_errors;
 mod auth;

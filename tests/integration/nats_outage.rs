@@ -77,15 +77,15 @@ async fn nats_down_answers_503_fast_and_recovers_without_restart() {
 
 /// The job id a `during-i` request would have named (ids are deterministic).
 async fn job_id_of(app: &TestApp, token: &str, i: usize) -> Uuid {
-    let principal = heimdex_core::auth::Verifier::new(&app.settings.jwt)
+    let principal = heimdex_api::auth::Verifier::new(&app.settings.api.jwt)
         .unwrap()
         .verify(token)
         .unwrap();
-    let spec = heimdex_core::jobs::JobSpec::MockEmbedding(heimdex_core::jobs::MockParams::new(
+    let spec = heimdex_domain::jobs::JobSpec::MockEmbedding(heimdex_domain::jobs::MockParams::new(
         "doc",
         format!("during-{i}"),
     ));
-    heimdex_core::ids::job_id(&heimdex_core::ids::job_key(
+    heimdex_domain::ids::job_id(&heimdex_domain::ids::job_key(
         principal.org_id,
         spec.job_type(),
         &spec.params(),

@@ -46,7 +46,7 @@ async fn mock_job_succeeds_with_python_point_id_and_chacha_vector() {
     assert_eq!(point["payload"]["segment_id"], "chunk-0");
     assert_eq!(point["payload"]["model"], "mock");
     // The store keeps cosine vectors normalised: compare with the normalised ChaCha20 vector.
-    let expected = heimdex_store::l2_normalized(&heimdex_core::ids::mock_vector(
+    let expected = heimdex_store::l2_normalized(&heimdex_domain::ids::mock_vector(
         org, "doc-123", "chunk-0", 384,
     ));
     let stored: Vec<f32> = serde_json::from_value(point["vector"].clone()).unwrap();

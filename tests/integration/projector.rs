@@ -29,7 +29,7 @@ async fn rebuild_from_the_stream_yields_identical_statuses() {
 
     let client = async_nats::connect(app.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let defs = heimdex_core::jetstream::Definitions::load(&app.settings.nats).unwrap();
+    let defs = heimdex_event_store::jetstream::Definitions::load(&app.settings.nats).unwrap();
     let report = heimdex_projector::rebuild::rebuild(&js, &defs, "REBUILT")
         .await
         .unwrap();

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use heimdex::serve::{self, Roles};
-use heimdex_core::ids;
-use heimdex_core::jobs::{EmbedParams, JobSpec};
-use heimdex_core::shutdown::CancellationToken;
+use heimdex_domain::ids;
+use heimdex_domain::jobs::{EmbedParams, JobSpec};
 use heimdex_store::VectorStore;
 use heimdex_tests::{TestApp, TestNats, eventually, settings, wait_for_job};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::common::publish_requested;
@@ -97,9 +97,14 @@ async fn failed_jobs_are_listed_per_tenant_and_paginated_exactly_once() {
     app.wait_for_jobs(&token, &failed, "FAILED", WAIT).await;
     app.wait_for_jobs(&token, &succeeded, "SUCCEEDED", WAIT)
         .await;
-    app.wait_for_jobs(&other, &[foreign_failed.clone()], "FAILED", WAIT)
-        .await;
-    app.wait_for_jobs(&other, &[foreign_ok.clone()], "SUCCEEDED", WAIT)
+    app.wait_for_jobs(
+        &other,
+        std::slice::from_ref(&foreign_failed),
+        "FAILED",
+        WAIT,
+    )
+    .await;
+    app.wait_for_jobs(&other, std::slice::from_ref(&foreign_ok), "SUCCEEDED", WAIT)
         .await;
 
     // Every failed job exactly once, across pages of 3, in job id order.
@@ -137,7 +142,7 @@ async fn failed_jobs_are_listed_per_tenant_and_paginated_exactly_once() {
     expected_theirs.sort();
     assert_eq!(theirs, expected_theirs);
     let (theirs_failed, _) = walk(&app, &other, "status=FAILED").await;
-    assert_eq!(theirs_failed, [foreign_failed.clone()]);
+    assert_eq!(theirs_failed, std::slice::from_ref(&foreign_failed));
 
     // Bad parameters are 400 problem+json, never a partial answer.
     for (query, code) in [
@@ -271,7 +276,7 @@ async fn concurrent_retries_record_one_event_and_the_redrive_succeeds_once() {
     let org = Uuid::new_v4();
     let data = tempfile::tempdir().unwrap();
     let s = settings(data.path(), &nats.url(), &[]);
-    let token = heimdex_core::auth::issue_token(&s.jwt, org, "ops", Duration::from_secs(600))
+    let token = heimdex_api::auth::issue_token(&s.api.jwt, org, "ops", Duration::from_secs(600))
         .expect("token");
 
     // 1. The vector store is down: the job fails after its last delivery.
@@ -427,7 +432,7 @@ async fn concurrent_retries_record_one_event_and_the_redrive_succeeds_once() {
 
     // The projection rebuilt from the stream says the same.
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let defs = heimdex_core::jetstream::Definitions::load(&s.nats).unwrap();
+    let defs = heimdex_event_store::jetstream::Definitions::load(&s.nats).unwrap();
     heimdex_projector::rebuild::rebuild(&js, &defs, "REBUILT")
         .await
         .unwrap();
@@ -441,7 +446,7 @@ async fn concurrent_retries_record_one_event_and_the_redrive_succeeds_once() {
     );
     let rebuilt_job: Value = serde_json::from_slice(
         &rebuilt
-            .get(heimdex_core::jetstream::status_key(
+            .get(heimdex_event_store::jetstream::status_key(
                 org,
                 Uuid::parse_str(&job_id).unwrap(),
             ))
@@ -473,7 +478,7 @@ async fn max_deliveries_advisory_ends_a_retried_round() {
     let data = tempfile::tempdir().unwrap();
     let s = settings(data.path(), &nats.url(), &[]);
     let org = Uuid::new_v4();
-    let token = heimdex_core::auth::issue_token(&s.jwt, org, "ops", Duration::from_secs(600))
+    let token = heimdex_api::auth::issue_token(&s.api.jwt, org, "ops", Duration::from_secs(600))
         .expect("token");
     let http = reqwest::Client::new();
     let client = async_nats::connect(nats.url()).await.unwrap();

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use heimdex_core::ids;
-use heimdex_core::jobs::{EmbedParams, JobSpec};
+use heimdex_domain::ids;
+use heimdex_domain::jobs::{EmbedParams, JobSpec};
 use heimdex_embed::Embedder;
 use heimdex_tests::TestApp;
 use serde_json::{Value, json};
@@ -201,7 +201,7 @@ async fn an_embedded_segment_holds_the_models_vector() {
     assert_eq!(stored["payload"]["text"], text);
 
     // The point id is the Python-compatible id over the model and its version.
-    let org = heimdex_core::auth::Verifier::new(&app.settings.jwt)
+    let org = heimdex_api::auth::Verifier::new(&app.settings.api.jwt)
         .unwrap()
         .verify(&token)
         .unwrap()

@@ -15,10 +15,10 @@ use tempfile::TempDir;
 use uuid::Uuid;
 
 use heimdex::serve::{self, Roles};
-use heimdex_core::Settings;
-use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
-use heimdex_core::shutdown::CancellationToken;
+use heimdex::settings::Settings;
+use heimdex_event_store::nats_server::{self, NatsServer, NatsServerConfig};
 use heimdex_store::VectorStore;
+use tokio_util::sync::CancellationToken;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
@@ -181,7 +181,7 @@ impl TestApp {
         .expect("worker connects");
         let (dir, size) = (
             self.settings.model_dir.clone(),
-            self.settings.qdrant.vector_size,
+            self.settings.store.vector_size,
         );
         let models = tokio::task::spawn_blocking(move || {
             heimdex_embed::Registry::load(dir.as_deref(), size)
@@ -208,8 +208,13 @@ impl TestApp {
     }
 
     pub fn token(&self, org: Uuid) -> String {
-        heimdex_core::auth::issue_token(&self.settings.jwt, org, "tester", Duration::from_secs(600))
-            .expect("token")
+        heimdex_api::auth::issue_token(
+            &self.settings.api.jwt,
+            org,
+            "tester",
+            Duration::from_secs(600),
+        )
+        .expect("token")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -460,13 +465,13 @@ impl ServeProcess {
 
     /// A token for `org`, signed with the secret the process was given.
     pub fn token(&self, org: Uuid) -> String {
-        let jwt = heimdex_core::auth::JwtConfig {
+        let jwt = heimdex_api::auth::JwtConfig {
             secret: JWT_SECRET.to_owned().into(),
             public_key_pem: None,
             issuer: None,
             audience: None,
         };
-        heimdex_core::auth::issue_token(&jwt, org, "tester", Duration::from_secs(600))
+        heimdex_api::auth::issue_token(&jwt, org, "tester", Duration::from_secs(600))
             .expect("token")
     }
 

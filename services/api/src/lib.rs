@@ -1,12 +1,13 @@
 //! The Heimdex HTTP API: stateless. It authenticates, validates, appends `requested` events to
 //! JetStream, and reads job status (KV), job history (the stream) and points (the vector store).
 //!
-//! `build(settings, deps)` binds the listener (port 0 works, for tests); `Api::run(shutdown)`
+//! `build(config, deps)` binds the listener (port 0 works, for tests); `Api::run(shutdown)`
 //! serves until the token is cancelled, then drains in-flight requests.
 
 pub mod auth;
 pub mod connections;
 pub mod overload;
+pub mod probes;
 pub mod problem;
 pub mod routes;
 pub mod strict;
@@ -22,14 +23,14 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::{Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
 
-use heimdex_core::auth::Verifier;
-use heimdex_core::probes::CachedProbe;
-use heimdex_core::settings::Settings;
-use heimdex_core::shutdown::CancellationToken;
 use heimdex_store::VectorStore;
+use tokio_util::sync::CancellationToken;
 
+use crate::auth::{JwtConfig, Verifier};
 use crate::connections::ConnectionLimit;
 use crate::overload::Admission;
+use crate::overload::OverloadConfig;
+use crate::probes::{CachedProbe, ProbeConfig};
 use crate::routes::health::HealthApi;
 use crate::routes::ingest::IngestApi;
 use crate::routes::jobs::JobsApi;
@@ -51,6 +52,27 @@ fn body_limit(path: &str) -> usize {
     }
 }
 
+/// The API role's configuration.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Where the API listens (`HEIMDEX_API_ADDR`); port 0 picks a free port.
+    pub addr: SocketAddr,
+    pub jwt: JwtConfig,
+    pub probes: ProbeConfig,
+    /// Whether `/readyz` probes the vector store (`ENABLE_QDRANT`).
+    pub probe_store: bool,
+    pub overload: OverloadConfig,
+    /// How long a client may take to send a request's headers (`HEIMDEX_HTTP_HEADER_TIMEOUT_MS`).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a whole request, headers and body
+    /// (`HEIMDEX_HTTP_READ_TIMEOUT_MS`).
+    pub read_timeout: Duration,
+    /// Most open HTTP connections (`HEIMDEX_MAX_CONNECTIONS`); more are refused at once. `None`:
+    /// [`connections::DEFAULT_MAX_CONNECTIONS`], or fewer if the process's file-descriptor limit
+    /// does not allow that many.
+    pub max_connections: Option<usize>,
+}
+
 /// Connections and stores the API needs; `heimdex serve` shares them with the other services.
 #[derive(Clone)]
 pub struct ApiDeps {
@@ -61,8 +83,10 @@ pub struct ApiDeps {
     pub store: Arc<dyn VectorStore>,
     /// The models requests may name.
     pub models: Arc<heimdex_embed::Registry>,
-    /// NATS URL shown in `/readyz` (no credentials).
+    /// NATS URL shown in `/readyz` (credentials are stripped before it is shown).
     pub nats_url: String,
+    /// Vector store URL shown in `/readyz` (`None`: the embedded store).
+    pub store_url: Option<String>,
 }
 
 /// Shared by every handler.
@@ -88,7 +112,7 @@ pub enum BuildError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Key(#[from] heimdex_core::auth::KeyError),
+    Key(#[from] crate::auth::KeyError),
     #[error(transparent)]
     Connections(#[from] connections::LimitError),
 }
@@ -101,17 +125,15 @@ pub struct Api {
     jobs_stream: stream::Stream,
 }
 
-pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError> {
-    let verifier = Arc::new(Verifier::new(&settings.jwt)?);
+pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError> {
+    let verifier = Arc::new(Verifier::new(&config.jwt)?);
     let store_url = Some(
-        settings
-            .qdrant
-            .url
+        deps.store_url
             .as_deref()
             .map(strip_credentials)
             .unwrap_or_else(|| "embedded".to_owned()),
     );
-    let admission = Arc::new(Admission::new(&settings.overload));
+    let admission = Arc::new(Admission::new(&config.overload));
     let jobs_stream = deps.jobs_stream.clone();
     let state = Arc::new(AppState {
         submitter: Submitter::new(deps.client.clone(), deps.js.clone(), admission.clone()),
@@ -122,17 +144,15 @@ pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError
         models: deps.models,
         nats_url: strip_credentials(&deps.nats_url),
         store_url,
-        nats_probe: CachedProbe::new(settings.probes.clone()),
-        store_probe: CachedProbe::new(settings.probes.clone()),
-        store_probe_enabled: settings.qdrant.enabled,
+        nats_probe: CachedProbe::new(config.probes.clone()),
+        store_probe: CachedProbe::new(config.probes.clone()),
+        store_probe_enabled: config.probe_store,
     });
     let app = routes(state, verifier);
 
-    let max_connections = connections::effective_bound(
-        settings.overload.max_connections,
-        connections::raise_fd_limit(),
-    )?;
-    let addr = settings.api_addr;
+    let max_connections =
+        connections::effective_bound(config.max_connections, connections::raise_fd_limit())?;
+    let addr = config.addr;
     let acceptor = TcpListener::bind(addr.to_string())
         .into_acceptor()
         .await
@@ -145,8 +165,8 @@ pub async fn build(settings: &Settings, deps: ApiDeps) -> Result<Api, BuildError
     Ok(Api {
         acceptor: TimeoutAcceptor::new(
             ConnectionLimit::new(acceptor, max_connections),
-            settings.overload.header_timeout,
-            settings.overload.read_timeout,
+            config.header_timeout,
+            config.read_timeout,
         ),
         addr,
         app,

@@ -12,11 +12,24 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
 use uuid::Uuid;
 
-use heimdex_core::jetstream::WORKER_CONSUMER;
-use heimdex_core::settings::OverloadSettings;
-use heimdex_core::shutdown::CancellationToken;
+use heimdex_event_store::jetstream::WORKER_CONSUMER;
+use tokio_util::sync::CancellationToken;
 
 use crate::problem::ApiError;
+
+/// What the API does when more work arrives than it should take on.
+#[derive(Clone, Debug)]
+pub struct OverloadConfig {
+    /// Per-org token bucket refill rate, in jobs per second (`HEIMDEX_RATE_LIMIT_JOBS_PER_SEC`);
+    /// a request costs one token per job it creates. 0 turns the limit off.
+    pub rate_per_sec: u32,
+    /// Per-org bucket size in jobs (`HEIMDEX_RATE_LIMIT_BURST`): the most jobs an idle org may
+    /// submit at once, and so the largest batch it can send in one request.
+    pub burst: u32,
+    /// Most jobs waiting for or held by workers (the worker consumer's pending + ack-pending)
+    /// before new jobs are refused with 503 (`HEIMDEX_MAX_BACKLOG`). 0 turns the bound off.
+    pub max_backlog: u64,
+}
 
 /// How often the worker consumer's backlog is read from JetStream. Requests read the cached
 /// figure, so the bound costs an atomic load per request; it can be exceeded by what is accepted
@@ -38,7 +51,7 @@ pub struct Admission {
 }
 
 impl Admission {
-    pub fn new(settings: &OverloadSettings) -> Self {
+    pub fn new(settings: &OverloadConfig) -> Self {
         let limiter = match (
             NonZeroU32::new(settings.rate_per_sec),
             NonZeroU32::new(settings.burst),
@@ -137,14 +150,11 @@ impl Admission {
 mod tests {
     use super::*;
 
-    fn settings(rate: u32, burst: u32, max_backlog: u64) -> OverloadSettings {
-        OverloadSettings {
+    fn settings(rate: u32, burst: u32, max_backlog: u64) -> OverloadConfig {
+        OverloadConfig {
             rate_per_sec: rate,
             burst,
             max_backlog,
-            header_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            max_connections: None,
         }
     }
 

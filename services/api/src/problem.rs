@@ -10,7 +10,7 @@ use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
-use heimdex_core::auth::AuthError;
+use crate::auth::AuthError;
 use heimdex_embed::ModelError;
 use heimdex_store::StoreError;
 

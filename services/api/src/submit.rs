@@ -10,10 +10,10 @@ use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use uuid::Uuid;
 
-use heimdex_core::auth::Principal;
-use heimdex_core::events::{EventData, JobEvent, Requested, Retried};
-use heimdex_core::ids;
-use heimdex_core::jobs::JobSpec;
+use crate::auth::Principal;
+use heimdex_domain::events::{EventData, JobEvent, Requested, Retried};
+use heimdex_domain::ids;
+use heimdex_domain::jobs::JobSpec;
 
 use crate::overload::Admission;
 use crate::problem::ApiError;

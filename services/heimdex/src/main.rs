@@ -14,12 +14,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use uuid::Uuid;
 
-use heimdex::{infra, serve};
-use heimdex_core::Settings;
-use heimdex_core::shutdown;
+use heimdex::settings::{self, Settings};
+use heimdex::{infra, serve, shutdown};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +65,26 @@ enum Command {
         #[command(subcommand)]
         action: bench::BenchCommand,
     },
+    /// Print the configuration table (every setting, its variable, flag and default) as
+    /// Markdown: the README's "Configuration" table is this output.
+    Settings,
+}
+
+/// The `heimdex` command: the derived subcommands, and every setting as a global flag.
+fn command() -> clap::Command {
+    Cli::command().args(settings::args())
+}
+
+/// The README's configuration table.
+fn settings_table() -> String {
+    let command = command();
+    let client_args: Vec<&clap::Arg> = command
+        .find_subcommand("search")
+        .into_iter()
+        .flat_map(|search| search.get_arguments())
+        .filter(|arg| arg.get_env().is_some())
+        .collect();
+    settings::markdown_table(&client_args)
 }
 
 #[derive(Subcommand)]
@@ -112,8 +131,16 @@ fn pin_thread_count() {}
 
 fn main() -> std::process::ExitCode {
     pin_thread_count();
-    let cli = Cli::parse();
-    let settings = match Settings::from_env() {
+    if let Err(err) = settings::load_dotenv() {
+        eprintln!("heimdex: configuration error: {err:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let matches = command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    let settings = match Settings::from_vars(&settings::given(&matches)) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("heimdex: configuration error: {err}");
@@ -142,9 +169,13 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
+        Command::Settings => {
+            print!("{}", settings_table());
+            Ok(())
+        }
         Command::Token { org, user, ttl } => {
-            let token = heimdex_core::auth::issue_token(
-                &settings.jwt,
+            let token = heimdex_api::auth::issue_token(
+                &settings.api.jwt,
                 org,
                 &user,
                 Duration::from_secs(ttl),
@@ -152,7 +183,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Bench { action } => bench::run(action).await,
+        Command::Bench { action } => bench::run(action, &settings.api.jwt).await,
         Command::Ingest(args) => client::ingest::run(args, &settings).await,
         Command::Search(args) => client::search::run(args, &settings).await,
         Command::Serve => run_roles(settings, serve::Roles::ALL, "heimdex").await,
@@ -231,12 +262,15 @@ async fn rebuild(settings: Settings, bucket: &str) -> anyhow::Result<()> {
     let rebuilt = nats.js.get_key_value(bucket).await?;
     let differing = heimdex_projector::rebuild::compare(&nats.status, &rebuilt).await?;
     if differing.is_empty() {
-        println!("identical to {}", heimdex_core::jetstream::STATUS_BUCKET);
+        println!(
+            "identical to {}",
+            heimdex_event_store::jetstream::STATUS_BUCKET
+        );
     } else {
         println!(
             "{} statuses differ from {} (the live projection may still be catching up): {}",
             differing.len(),
-            heimdex_core::jetstream::STATUS_BUCKET,
+            heimdex_event_store::jetstream::STATUS_BUCKET,
             differing
                 .iter()
                 .take(10)
@@ -249,40 +283,45 @@ async fn rebuild(settings: Settings, bucket: &str) -> anyhow::Result<()> {
 }
 
 fn init_telemetry(settings: &Settings) -> anyhow::Result<heimdex_telemetry::TelemetryGuard> {
-    let config = heimdex_telemetry::TelemetryConfig {
-        service_name: settings.telemetry.service_name.clone(),
-        log_format: match settings.telemetry.log_format {
-            heimdex_core::settings::LogFormat::Json => heimdex_telemetry::LogFormat::Json,
-            heimdex_core::settings::LogFormat::Pretty => heimdex_telemetry::LogFormat::Pretty,
-        },
-        otlp_endpoint: settings.telemetry.otlp_endpoint.clone(),
-        otlp_protocol: settings.telemetry.otlp_protocol,
-        sampler: settings.telemetry.sampler,
-        filter: settings.telemetry.filter.clone(),
-        trace_filter: settings.telemetry.trace_filter.clone(),
-    };
-    let guard = heimdex_telemetry::init(&config)?;
-    if let Some(endpoint) = &config.otlp_endpoint {
-        let other = match config.otlp_protocol {
-            heimdex_telemetry::OtlpProtocol::Grpc => heimdex_telemetry::OtlpProtocol::HttpProtobuf,
-            heimdex_telemetry::OtlpProtocol::HttpProtobuf => heimdex_telemetry::OtlpProtocol::Grpc,
-        };
-        // The most common mistake: a gRPC port with the HTTP protocol, or the reverse. Export
-        // would fail on every batch, quietly from the service's point of view.
-        if endpoint
-            .trim_end_matches('/')
-            .ends_with(&format!(":{}", other.conventional_port()))
-        {
-            tracing::warn!(
-                endpoint,
-                protocol = %config.otlp_protocol,
-                "OTEL_EXPORTER_OTLP_ENDPOINT uses port {}, the {other} port, but \
-                 OTEL_EXPORTER_OTLP_PROTOCOL is {}: set OTEL_EXPORTER_OTLP_PROTOCOL={other} \
-                 if the collector there speaks {other}",
-                other.conventional_port(),
-                config.otlp_protocol,
+    Ok(heimdex_telemetry::init(&settings.telemetry)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        command().debug_assert();
+    }
+
+    /// The README's "Configuration" table is `heimdex settings`, exactly: a setting added,
+    /// renamed or given another default without the README following fails here.
+    #[test]
+    fn the_readme_lists_every_setting() {
+        let readme = include_str!("../../../README.md");
+        let table = settings_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's configuration table differs from `heimdex settings`; paste this:\n{table}"
+        );
+    }
+
+    /// `deploy/.env.example` shows every setting with its default (commented out).
+    #[test]
+    fn the_env_example_lists_every_setting() {
+        let example = include_str!("../../../deploy/.env.example");
+        for setting in settings::SETTINGS {
+            // A setting without a default may show an example value.
+            let line = format!("# {}={}", setting.var, setting.default.unwrap_or(""));
+            let shown = |l: &str| match setting.default {
+                Some(_) => l == line,
+                None => l.starts_with(&line),
+            };
+            assert!(
+                example.lines().any(shown),
+                "deploy/.env.example lacks the line {line:?}"
             );
         }
     }
-    Ok(guard)
 }

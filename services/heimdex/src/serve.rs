@@ -6,14 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use heimdex_core::Settings;
-use heimdex_core::nats_server::{self, NatsServer, NatsServerConfig};
-use heimdex_core::shutdown::CancellationToken;
+use crate::settings::Settings;
 use heimdex_embed::Registry;
+use heimdex_event_store::nats_server::{self, NatsServer, NatsServerConfig};
 use heimdex_store::VectorStore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-use crate::infra::{self, Nats};
+use crate::infra;
+use heimdex_event_store::EventStore;
 
 /// Which services a process runs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -118,7 +119,7 @@ pub async fn start(
 ) -> anyhow::Result<Running> {
     let nats = infra::connect_nats(settings, nats_url, "heimdex", &shutdown).await?;
     let store: Option<Arc<dyn VectorStore>> = if roles.api || roles.worker {
-        if settings.qdrant.url.is_none() && !(roles.api && roles.worker) {
+        if settings.store_url().is_none() && !(roles.api && roles.worker) {
             tracing::warn!(
                 "the embedded vector store lives in this process only: run api and worker together \
                  (`heimdex serve`) or set QDRANT_URL for scale-out"
@@ -131,7 +132,7 @@ pub async fn start(
 
     let models = if roles.api || roles.worker {
         let dir = settings.model_dir.clone();
-        let size = settings.qdrant.vector_size;
+        let size = settings.store.vector_size;
         Some(Arc::new(
             tokio::task::spawn_blocking(move || Registry::load(dir.as_deref(), size)).await?,
         ))
@@ -155,13 +156,14 @@ pub async fn start(
     }
     let mut api_addr = None;
     if let (Some(store), Some(models), true) = (store.as_ref(), models.as_ref(), roles.api) {
-        if settings.overload.max_backlog > 0 {
+        if settings.api.overload.max_backlog > 0 {
             // The backlog bound reads the worker consumer's pending counts: create it (with
             // its checked definition) so jobs are counted before any worker has started.
-            heimdex_core::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
+            heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker)
+                .await?;
         }
         let api = heimdex_api::build(
-            settings,
+            &settings.api,
             heimdex_api::ApiDeps {
                 client: nats.client.clone(),
                 js: nats.js.clone(),
@@ -170,6 +172,7 @@ pub async fn start(
                 store: store.clone(),
                 models: models.clone(),
                 nats_url: nats.url.clone(),
+                store_url: settings.store_url().map(str::to_owned),
             },
         )
         .await?;
@@ -194,14 +197,14 @@ pub async fn start(
 
 pub async fn build_worker(
     settings: &Settings,
-    nats: &Nats,
+    nats: &EventStore,
     store: Arc<dyn VectorStore>,
     models: Arc<Registry>,
 ) -> anyhow::Result<heimdex_worker::Worker> {
     let consumer =
-        heimdex_core::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
+        heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
     let worker = heimdex_worker::Worker::build(
-        heimdex_worker::WorkerConfig::new(settings, &nats.defs),
+        heimdex_worker::WorkerConfig::new(settings.worker.concurrency, &nats.defs, &settings.store),
         heimdex_worker::WorkerDeps {
             js: nats.js.clone(),
             status: nats.status.clone(),
@@ -214,9 +217,9 @@ pub async fn build_worker(
     Ok(worker)
 }
 
-pub async fn build_projector(nats: &Nats) -> anyhow::Result<heimdex_projector::Projector> {
+pub async fn build_projector(nats: &EventStore) -> anyhow::Result<heimdex_projector::Projector> {
     let consumer =
-        heimdex_core::jetstream::ensure_consumer(&nats.stream, &nats.defs.projector).await?;
+        heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.projector).await?;
     Ok(heimdex_projector::Projector::new(
         heimdex_projector::ProjectorDeps {
             status: nats.status.clone(),
@@ -227,13 +230,14 @@ pub async fn build_projector(nats: &Nats) -> anyhow::Result<heimdex_projector::P
 }
 
 async fn start_embedded_nats(settings: &Settings) -> anyhow::Result<NatsServer> {
-    let bin = nats_server::find_binary(settings.nats.server_bin.as_deref())?;
+    let embedded = &settings.embedded_nats;
+    let bin = nats_server::find_binary(embedded.server_bin.as_deref())?;
     let server = NatsServer::start(NatsServerConfig {
         bin,
         store_dir: settings.nats_store_dir(),
-        listen: settings.nats.embedded_listen,
+        listen: embedded.listen,
         extra_args: Vec::new(),
-        sync_interval: Some(settings.nats.sync_interval),
+        sync_interval: Some(embedded.sync_interval),
     })
     .await?;
     Ok(server)

@@ -2,7 +2,7 @@
 //! only writer and writes with compare-and-set on the key's revision: on a conflict (another
 //! projector instance, or a stale cache) it re-reads and re-applies. Events are applied only
 //! when newer than the status's `last_event_seq`, and status never moves backwards (see
-//! [`heimdex_core::jobs::JobStatus::apply`]), so replays and redeliveries are harmless.
+//! [`heimdex_domain::jobs::JobStatus::apply`]), so replays and redeliveries are harmless.
 //!
 //! A durable consumer does not deliver in order after a crash: events the projector had pulled
 //! but not acknowledged come back only after the ack wait, while newer events of the same job
@@ -27,11 +27,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::join_all;
 
-use heimdex_core::batching::{Batching, next_batch};
-use heimdex_core::events::{self, JobEvent};
-use heimdex_core::jetstream::{ReadError, StreamRead, status_key};
-use heimdex_core::jobs::{Applied, JobStatus};
-use heimdex_core::shutdown::CancellationToken;
+use heimdex_domain::events::{self, JobEvent};
+use heimdex_domain::jobs::{Applied, JobStatus};
+use heimdex_event_store::batching::{Batching, next_batch};
+use heimdex_event_store::jetstream::{ReadError, StreamRead, status_key};
+use tokio_util::sync::CancellationToken;
 
 /// The cache of in-progress jobs is cleared past this many entries.
 const CACHE_LIMIT: usize = 200_000;
@@ -83,9 +83,12 @@ impl Projector {
     /// Projects until `shutdown` is cancelled; the batch being written finishes first.
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!("projector consuming");
-        while let Some(messages) =
-            heimdex_core::jetstream::pull_stream(&self.deps.consumer, self.batch_size, &shutdown)
-                .await
+        while let Some(messages) = heimdex_event_store::jetstream::pull_stream(
+            &self.deps.consumer,
+            self.batch_size,
+            &shutdown,
+        )
+        .await
         {
             let mut batches = messages.ready_chunks(self.batch_size);
             loop {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv};
 use futures::{StreamExt, TryStreamExt};
 
-use heimdex_core::jetstream::{Definitions, JOBS_STREAM, status_key};
-use heimdex_core::jobs::JobStatus;
+use heimdex_domain::jobs::JobStatus;
+use heimdex_event_store::jetstream::{Definitions, JOBS_STREAM, status_key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -39,7 +39,7 @@ pub async fn rebuild(
     defs: &Definitions,
     bucket: &str,
 ) -> Result<RebuildReport, RebuildError> {
-    if bucket == heimdex_core::jetstream::STATUS_BUCKET {
+    if bucket == heimdex_event_store::jetstream::STATUS_BUCKET {
         return Err(RebuildError::LiveBucket(bucket.to_owned()));
     }
     let mut stream = js.get_stream(JOBS_STREAM).await.map_err(nats)?;
@@ -68,7 +68,7 @@ pub async fn rebuild(
                 break;
             }
             events += 1;
-            match heimdex_core::events::JobEvent::decode(&message.payload) {
+            match heimdex_domain::events::JobEvent::decode(&message.payload) {
                 Ok(event) => {
                     statuses
                         .entry(status_key(event.org_id, event.job_id))

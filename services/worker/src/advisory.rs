@@ -13,10 +13,10 @@ use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use serde::Deserialize;
 
-use heimdex_core::events::{EventData, Failed, JobEvent};
-use heimdex_core::jetstream::{JOBS_STREAM, WORKER_CONSUMER};
-use heimdex_core::jobs::{JobError, JobErrorCode};
-use heimdex_core::shutdown::CancellationToken;
+use heimdex_domain::events::{EventData, Failed, JobEvent};
+use heimdex_domain::jobs::{JobError, JobErrorCode};
+use heimdex_event_store::jetstream::{JOBS_STREAM, WORKER_CONSUMER};
+use tokio_util::sync::CancellationToken;
 
 /// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`
 pub fn subject() -> String {

@@ -18,14 +18,14 @@ use futures::future::join_all;
 use tracing::Span;
 use uuid::Uuid;
 
-use heimdex_core::events::{self, EventData, Failed, JobEvent, Started, Succeeded};
-use heimdex_core::ids;
-use heimdex_core::jetstream::status_key;
-use heimdex_core::jobs::{
+use heimdex_domain::events::{self, EventData, Failed, JobEvent, Started, Succeeded};
+use heimdex_domain::ids;
+use heimdex_domain::jobs::{
     ChunkInfo, DeleteAssetParams, DeletePointParams, EmbedParams, JobError, JobErrorCode,
     JobResult, JobSpec, JobStatus, MockParams,
 };
 use heimdex_embed::{EmbedError, ModelError};
+use heimdex_event_store::jetstream::status_key;
 use heimdex_store::{NewPoint, Payload, PointFilter, StoreError};
 
 use crate::backoff::retry_delay;
@@ -304,7 +304,7 @@ impl From<&StoreError> for JobFailure {
 async fn round_ended_in_stream(deps: &WorkerDeps, job: &Job) -> bool {
     let Ok(stream) = deps
         .js
-        .get_stream_no_info(heimdex_core::jetstream::JOBS_STREAM)
+        .get_stream_no_info(heimdex_event_store::jetstream::JOBS_STREAM)
         .await
     else {
         return false;

@@ -27,8 +27,8 @@ use async_nats::jetstream::{AckKind, Context, kv};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
-use heimdex_core::shutdown::CancellationToken;
 use heimdex_store::VectorStore;
+use tokio_util::sync::CancellationToken;
 
 pub use backoff::retry_delay;
 pub use job::{Disposition, Outcome};
@@ -67,7 +67,7 @@ async fn next_ready(
     }
 }
 
-/// Tunables; `from_settings` gives the service defaults.
+/// The worker role's configuration; [`WorkerConfig::new`] gives the service defaults.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     /// Messages handled together (one `handle_batch`) at most.
@@ -84,17 +84,21 @@ pub struct WorkerConfig {
 }
 
 impl WorkerConfig {
+    /// `concurrency` messages per batch (`HEIMDEX_WORKER_CONCURRENCY`, clamped to 1..=1000); the
+    /// delivery settings come from the worker consumer's definition, the collection and vector
+    /// size from the store's configuration.
     pub fn new(
-        settings: &heimdex_core::Settings,
-        definitions: &heimdex_core::jetstream::Definitions,
+        concurrency: usize,
+        definitions: &heimdex_event_store::jetstream::Definitions,
+        store: &heimdex_store::StoreConfig,
     ) -> Self {
         Self {
-            batch_size: settings.worker.concurrency.clamp(1, 1_000),
+            batch_size: concurrency.clamp(1, 1_000),
             batches_in_flight: 4,
             max_deliver: definitions.worker_max_deliver(),
             ack_wait: definitions.worker.ack_wait,
-            collection: settings.qdrant.collection.clone(),
-            vector_size: settings.qdrant.vector_size,
+            collection: store.collection.clone(),
+            vector_size: store.vector_size,
         }
     }
 }

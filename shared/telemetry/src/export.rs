@@ -57,6 +57,18 @@ impl std::str::FromStr for OtlpProtocol {
     }
 }
 
+/// Why `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SamplerError {
+    #[error(
+        "unknown sampler {0:?} (expected always_on, always_off, traceidratio, \
+         parentbased_always_on, parentbased_always_off or parentbased_traceidratio)"
+    )]
+    Unknown(String),
+    #[error("the ratio {0:?} is not a number from 0 to 1")]
+    BadRatio(String),
+}
+
 /// Which traces are recorded: the specification's `OTEL_TRACES_SAMPLER` values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TraceSampler {
@@ -91,13 +103,13 @@ impl TraceSampler {
     /// `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio`; unset:
     /// `parentbased_always_on`) and, for the ratio samplers, `OTEL_TRACES_SAMPLER_ARG` (a
     /// number from 0 to 1; unset: 1).
-    pub fn parse(sampler: Option<&str>, arg: Option<&str>) -> Result<Self, TelemetryError> {
+    pub fn parse(sampler: Option<&str>, arg: Option<&str>) -> Result<Self, SamplerError> {
         let name = sampler.map(|s| s.trim().to_ascii_lowercase());
-        let ratio = || -> Result<f64, TelemetryError> {
+        let ratio = || -> Result<f64, SamplerError> {
             let Some(arg) = arg else { return Ok(1.0) };
             match arg.trim().parse::<f64>() {
                 Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
-                _ => Err(TelemetryError::InvalidSamplerArg(arg.to_owned())),
+                _ => Err(SamplerError::BadRatio(arg.to_owned())),
             }
         };
         let (parent_based, root) = match name.as_deref() {
@@ -108,7 +120,7 @@ impl TraceSampler {
             Some("always_off") => (false, RootSampler::AlwaysOff),
             Some("traceidratio") => (false, RootSampler::TraceIdRatio(ratio()?)),
             Some(_other) => {
-                return Err(TelemetryError::InvalidSampler(
+                return Err(SamplerError::Unknown(
                     sampler.unwrap_or_default().to_owned(),
                 ));
             }
@@ -158,6 +170,27 @@ pub fn traces_url(endpoint: &str, protocol: OtlpProtocol) -> String {
                 format!("{base}/v1/traces")
             }
         }
+    }
+}
+
+/// Warns about the most common mistake: the gRPC port with the HTTP protocol, or the reverse.
+/// Export would then fail on every batch, quietly from the service's point of view.
+pub(crate) fn warn_on_port_mismatch(endpoint: &str, protocol: OtlpProtocol) {
+    let other = match protocol {
+        OtlpProtocol::Grpc => OtlpProtocol::HttpProtobuf,
+        OtlpProtocol::HttpProtobuf => OtlpProtocol::Grpc,
+    };
+    let port = other.conventional_port();
+    let base = endpoint.trim_end_matches('/');
+    let base = base.strip_suffix("/v1/traces").unwrap_or(base);
+    if base.ends_with(&format!(":{port}")) {
+        tracing::warn!(
+            endpoint,
+            %protocol,
+            "OTEL_EXPORTER_OTLP_ENDPOINT uses port {port}, the {other} port, but \
+             OTEL_EXPORTER_OTLP_PROTOCOL is {protocol}: set OTEL_EXPORTER_OTLP_PROTOCOL={other} \
+             if the collector there speaks {other}"
+        );
     }
 }
 
@@ -268,13 +301,13 @@ mod tests {
         );
         assert!(matches!(
             TraceSampler::parse(Some("sometimes"), None),
-            Err(TelemetryError::InvalidSampler(_))
+            Err(SamplerError::Unknown(_))
         ));
         for bad in ["1.5", "-0.1", "half", "NaN"] {
             assert!(
                 matches!(
                     TraceSampler::parse(Some("traceidratio"), Some(bad)),
-                    Err(TelemetryError::InvalidSamplerArg(_))
+                    Err(SamplerError::BadRatio(_))
                 ),
                 "{bad}"
             );

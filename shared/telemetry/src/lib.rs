@@ -31,7 +31,7 @@ mod noise;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use export::{OtlpProtocol, RootSampler, TraceSampler, traces_url};
+pub use export::{OtlpProtocol, RootSampler, SamplerError, TraceSampler, traces_url};
 pub use noise::{KNOWN_NOISE, KnownNoise};
 
 /// Re-exported so callers can name `opentelemetry::Context` without their own dependency
@@ -131,13 +131,6 @@ pub enum TelemetryError {
         "invalid OTLP protocol {0:?} (expected `grpc` or `http/protobuf`; `http/json` is not supported)"
     )]
     InvalidProtocol(String),
-    #[error(
-        "invalid trace sampler {0:?} (expected always_on, always_off, traceidratio, \
-         parentbased_always_on, parentbased_always_off or parentbased_traceidratio)"
-    )]
-    InvalidSampler(String),
-    #[error("invalid trace sampler argument {0:?} (expected a ratio from 0 to 1)")]
-    InvalidSamplerArg(String),
     #[error(
         "OTLP export needs a Tokio runtime: call `init` from inside one (e.g. in `#[tokio::main]`)"
     )]
@@ -253,6 +246,9 @@ fn try_init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
+    }
+    if let Some(endpoint) = &cfg.otlp_endpoint {
+        export::warn_on_port_mismatch(endpoint, cfg.otlp_protocol);
     }
     Ok(TelemetryGuard { provider })
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
-use heimdex_core::probes::ProbeOutcome;
+use crate::probes::ProbeOutcome;
 
 use crate::AppState;
 
@@ -113,7 +113,7 @@ impl HealthApi {
         let nats_probe = state.nats_probe.check(|| async {
             state
                 .js
-                .get_stream(heimdex_core::jetstream::JOBS_STREAM)
+                .get_stream(heimdex_event_store::jetstream::JOBS_STREAM)
                 .await
                 .map(|_| ())
         });

@@ -8,9 +8,9 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
-use heimdex_core::auth::Principal;
-use heimdex_core::ids;
-use heimdex_core::jobs::{ChunkInfo, EmbedParams, JobSpec};
+use crate::auth::Principal;
+use heimdex_domain::ids;
+use heimdex_domain::jobs::{ChunkInfo, EmbedParams, JobSpec};
 use heimdex_embed::{ChunkOptions, Embedder};
 
 use crate::AppState;

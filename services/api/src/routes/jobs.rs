@@ -15,10 +15,10 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
 use uuid::Uuid;
 
-use heimdex_core::auth::Principal;
-use heimdex_core::events::{self, EventData, EventKind, JobEvent};
-use heimdex_core::jetstream::{STATUS_BUCKET, StreamRead, status_key};
-use heimdex_core::jobs::{self, JobStatus};
+use crate::auth::Principal;
+use heimdex_domain::events::{self, EventData, EventKind, JobEvent};
+use heimdex_domain::jobs::{self, JobStatus};
+use heimdex_event_store::jetstream::{STATUS_BUCKET, StreamRead, status_key};
 
 use crate::AppState;
 use crate::auth::BearerAuth;

@@ -7,7 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
-use heimdex_core::jobs::{DeleteAssetParams, DeletePointParams, JobSpec, MockParams};
+use heimdex_domain::jobs::{DeleteAssetParams, DeletePointParams, JobSpec, MockParams};
 
 use crate::AppState;
 use crate::auth::BearerAuth;

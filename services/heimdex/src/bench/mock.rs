@@ -9,21 +9,20 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use heimdex_core::Settings;
+use heimdex_api::auth::JwtConfig;
 
 use super::{await_completions, ms, percentile, send_honouring_retry_after, watch_completions};
 
 pub async fn ingest(
+    jwt: &JwtConfig,
     url: &str,
     n: usize,
     concurrency: usize,
     single: usize,
     nats_url: Option<String>,
 ) -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
     let org = Uuid::new_v4();
-    let token =
-        heimdex_core::auth::issue_token(&settings.jwt, org, "bench", Duration::from_secs(3600))?;
+    let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(3600))?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)

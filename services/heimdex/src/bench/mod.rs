@@ -18,8 +18,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use heimdex_core::jetstream::STATUS_BUCKET;
-use heimdex_core::jobs::{JobStatus, Status};
+use heimdex_api::auth::JwtConfig;
+use heimdex_domain::jobs::{JobStatus, Status};
+use heimdex_event_store::jetstream::STATUS_BUCKET;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -108,7 +109,7 @@ pub enum BenchCommand {
     },
 }
 
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(command: BenchCommand, jwt: &JwtConfig) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest {
             url,
@@ -116,7 +117,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             concurrency,
             single,
             nats_url,
-        } => mock::ingest(&url, n, concurrency.max(1), single, nats_url).await,
+        } => mock::ingest(jwt, &url, n, concurrency.max(1), single, nats_url).await,
         BenchCommand::Corpus { n, seed, out } => corpus::write(&out, n, seed),
         BenchCommand::Embed {
             texts,
@@ -138,16 +139,19 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             max_words,
             nats_url,
         } => {
-            text_ingest::run(text_ingest::Options {
-                url,
-                n,
-                batch: batch.clamp(1, 1_000),
-                concurrency: concurrency.max(1),
-                org,
-                seed,
-                max_words,
-                nats_url,
-            })
+            text_ingest::run(
+                jwt,
+                text_ingest::Options {
+                    url,
+                    n,
+                    batch: batch.clamp(1, 1_000),
+                    concurrency: concurrency.max(1),
+                    org,
+                    seed,
+                    max_words,
+                    nats_url,
+                },
+            )
             .await
         }
         BenchCommand::Search {
@@ -155,7 +159,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
             org,
             queries,
             limit,
-        } => search::run(&url, org, queries.max(1), limit).await,
+        } => search::run(jwt, &url, org, queries.max(1), limit).await,
     }
 }
 

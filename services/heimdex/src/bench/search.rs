@@ -6,15 +6,19 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use heimdex_core::Settings;
+use heimdex_api::auth::JwtConfig;
 use heimdex_embed::{Embedder, MiniLm};
 
 use super::{corpus, ms, percentile};
 
-pub async fn run(url: &str, org: Uuid, queries: usize, limit: usize) -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
-    let token =
-        heimdex_core::auth::issue_token(&settings.jwt, org, "bench", Duration::from_secs(3_600))?;
+pub async fn run(
+    jwt: &JwtConfig,
+    url: &str,
+    org: Uuid,
+    queries: usize,
+    limit: usize,
+) -> anyhow::Result<()> {
+    let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(3_600))?;
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     // Short, query-like texts (a different seed from any ingest).
     let texts: Vec<String> = corpus::texts(queries, 99, 12);

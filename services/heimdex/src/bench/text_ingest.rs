@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use heimdex_core::Settings;
+use heimdex_api::auth::JwtConfig;
 
 use super::{
     await_completions, corpus, ms, percentile, send_honouring_retry_after, watch_completions,
@@ -24,11 +24,9 @@ pub struct Options {
     pub nats_url: Option<String>,
 }
 
-pub async fn run(o: Options) -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
+pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
     let org = o.org.unwrap_or_else(Uuid::new_v4);
-    let token =
-        heimdex_core::auth::issue_token(&settings.jwt, org, "bench", Duration::from_secs(86_400))?;
+    let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(86_400))?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;

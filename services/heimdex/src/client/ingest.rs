@@ -9,7 +9,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
-use heimdex_core::Settings;
+use heimdex::settings::Settings;
 
 use super::{Client, Connection};
 

@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::Value;
 use uuid::Uuid;
 
-use heimdex_core::Settings;
+use heimdex::settings::Settings;
 
 /// The tenant the CLI uses when none is given: the one of the README's tour.
 pub const DEV_ORG: &str = "550e8400-e29b-41d4-a716-446655440000";
@@ -44,8 +44,8 @@ impl Client {
     pub fn new(connection: &Connection, settings: &Settings) -> anyhow::Result<Self> {
         let token = match &connection.token {
             Some(token) => token.clone(),
-            None => heimdex_core::auth::issue_token(
-                &settings.jwt,
+            None => heimdex_api::auth::issue_token(
+                &settings.api.jwt,
                 connection.org,
                 "heimdex-cli",
                 Duration::from_secs(3600),

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::{Value, json};
 
-use heimdex_core::Settings;
+use heimdex::settings::Settings;
 
 use super::{Client, Connection};
 

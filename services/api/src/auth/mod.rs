@@ -8,7 +8,9 @@ use poem::http::StatusCode;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::Bearer;
 
-use heimdex_core::auth::{Principal, Verifier};
+mod jwt;
+
+pub use jwt::{AuthError, JwtConfig, KeyError, MAX_TOKEN_LEN, Principal, Verifier, issue_token};
 
 /// JWT bearer token (HS256 by default) with claims `sub`, `org_id` (UUID) and `exp`.
 #[derive(SecurityScheme)]

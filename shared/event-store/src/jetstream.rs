@@ -8,7 +8,36 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
 
-use crate::settings::NatsSettings;
+use tokio_util::sync::CancellationToken;
+
+/// How a process uses NATS, whichever role it runs.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// One server URL, or several comma separated ([`server_addrs`]). `None`: the process runs
+    /// its own nats-server ([`crate::nats_server`]) and connects to that.
+    pub url: Option<String>,
+    /// How long a publish (and any JetStream request) may wait for its answer.
+    pub publish_timeout: Duration,
+    /// JetStream de-duplication window of the job stream.
+    pub duplicate_window: Duration,
+    /// Replicas of the stream and the KV bucket (1 for one server, 3 for a cluster).
+    pub replicas: usize,
+    /// How long the worker consumer waits for an ack (or a progress ack) before redelivering.
+    pub worker_ack_wait: Duration,
+}
+
+impl NatsConfig {
+    /// The defaults of every setting but the URL.
+    pub fn new(url: Option<String>) -> Self {
+        Self {
+            url,
+            publish_timeout: Duration::from_secs(2),
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+            worker_ack_wait: Duration::from_secs(30),
+        }
+    }
+}
 
 pub const JOBS_STREAM: &str = "HEIMDEX_JOBS";
 pub const STATUS_BUCKET: &str = "HEIMDEX_JOB_STATUS";
@@ -34,6 +63,8 @@ pub enum BootstrapError {
     Conflict { object: String, diffs: String },
     #[error("definition file for {0} is invalid: {1}")]
     Definition(&'static str, String),
+    #[error("shut down while waiting for NATS")]
+    Cancelled,
 }
 
 /// The parsed definition files, with the deployment's overrides applied.
@@ -46,7 +77,7 @@ pub struct Definitions {
 }
 
 impl Definitions {
-    pub fn load(nats: &NatsSettings) -> Result<Self, BootstrapError> {
+    pub fn load(nats: &NatsConfig) -> Result<Self, BootstrapError> {
         let mut stream: stream::Config = parse("stream.HEIMDEX_JOBS.json", STREAM_JSON)?;
         let mut status: stream::Config = parse("kv.HEIMDEX_JOB_STATUS.json", STATUS_JSON)?;
         stream.duplicate_window = nats.duplicate_window;
@@ -406,7 +437,7 @@ fn request_error(object: &str, err: impl std::fmt::Display) -> BootstrapError {
 pub async fn pull_stream(
     consumer: &consumer::PullConsumer,
     batch: usize,
-    shutdown: &crate::shutdown::CancellationToken,
+    shutdown: &CancellationToken,
 ) -> Option<consumer::pull::Stream> {
     loop {
         if shutdown.is_cancelled() {
@@ -447,10 +478,8 @@ pub fn status_key(org_id: uuid::Uuid, job_id: uuid::Uuid) -> String {
 mod tests {
     use super::*;
 
-    fn nats_settings() -> NatsSettings {
-        crate::settings::Settings::from_vars(&Default::default())
-            .unwrap()
-            .nats
+    fn nats_settings() -> NatsConfig {
+        NatsConfig::new(None)
     }
 
     #[test]

@@ -431,11 +431,11 @@ mod tests {
         EncodingKey::from_secret(secret.as_bytes())
     }
 
-    const RSA_PRIVATE: &str = include_str!("../testdata/jwt-rs256-private.pem");
-    const RSA_PUBLIC: &str = include_str!("../testdata/jwt-rs256-public.pem");
-    const EC_PRIVATE: &str = include_str!("../testdata/jwt-es256-private.pem");
-    const EC_PUBLIC: &str = include_str!("../testdata/jwt-es256-public.pem");
-    const ATTACKER_PRIVATE: &str = include_str!("../testdata/jwt-attacker-rs256-private.pem");
+    const RSA_PRIVATE: &str = include_str!("../../testdata/jwt-rs256-private.pem");
+    const RSA_PUBLIC: &str = include_str!("../../testdata/jwt-rs256-public.pem");
+    const EC_PRIVATE: &str = include_str!("../../testdata/jwt-es256-private.pem");
+    const EC_PUBLIC: &str = include_str!("../../testdata/jwt-es256-public.pem");
+    const ATTACKER_PRIVATE: &str = include_str!("../../testdata/jwt-attacker-rs256-private.pem");
 
     fn payload(org: &str) -> String {
         json!({"sub": "a", "org_id": org, "exp": exp()}).to_string()

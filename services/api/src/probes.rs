@@ -9,7 +9,16 @@ use tokio::time::Instant;
 
 use tokio::sync::Mutex;
 
-use crate::settings::ProbeSettings;
+/// How the readiness probes behave (`PROBE_TIMEOUT_MS`, `PROBE_RETRIES`, `PROBE_CACHE_SEC`).
+#[derive(Clone, Debug)]
+pub struct ProbeConfig {
+    /// Timeout of one try.
+    pub timeout: Duration,
+    /// Tries per probe.
+    pub retries: u32,
+    /// How long a successful probe is cached; failures are cached three times as long.
+    pub cache: Duration,
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ProbeOutcome {
@@ -21,12 +30,12 @@ pub struct ProbeOutcome {
 
 /// One dependency's probe and its cached outcome.
 pub struct CachedProbe {
-    settings: ProbeSettings,
+    settings: ProbeConfig,
     cached: Mutex<Option<(Instant, ProbeOutcome)>>,
 }
 
 impl CachedProbe {
-    pub fn new(settings: ProbeSettings) -> Self {
+    pub fn new(settings: ProbeConfig) -> Self {
         Self {
             settings,
             cached: Mutex::new(None),
@@ -104,8 +113,8 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    fn settings() -> ProbeSettings {
-        ProbeSettings {
+    fn settings() -> ProbeConfig {
+        ProbeConfig {
             timeout: Duration::from_millis(50),
             retries: 3,
             cache: Duration::from_secs(10),

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
-use crate::settings::SyncInterval;
-
 /// Environment variable naming the binary explicitly.
 pub const BIN_ENV: &str = "NATS_SERVER_BIN";
 /// Where `deploy/setup.sh` installs the binary, relative to the repository root.
@@ -293,4 +291,53 @@ async fn kill_stale(pid_file: &Path) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+}
+
+/// nats-server's `jetstream { sync_interval }`: when stored messages are fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncInterval {
+    /// fsync after every write: an acknowledged publish survives a power loss or kernel crash.
+    Always,
+    /// fsync on a timer: an acknowledged publish survives a crash of nats-server or heimdex (it
+    /// is in the OS page cache), but the last interval's writes can be lost with the machine.
+    Every(Duration),
+}
+
+impl SyncInterval {
+    /// The value as nats-server's configuration file spells it.
+    pub fn to_nats_conf(self) -> String {
+        match self {
+            SyncInterval::Always => "always".to_owned(),
+            SyncInterval::Every(interval) => format!("\"{}ms\"", interval.as_millis()),
+        }
+    }
+}
+
+impl std::str::FromStr for SyncInterval {
+    type Err = String;
+
+    /// `always`, or a duration: `500ms`, `10s`, `2m`.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let value = value.trim().to_ascii_lowercase();
+        if value == "always" {
+            return Ok(SyncInterval::Always);
+        }
+        let split = value
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(value.len());
+        let (number, unit) = value.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| "expected `always` or a duration such as 500ms, 10s or 2m".to_owned())?;
+        let interval = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number * 60),
+            _ => return Err("expected a unit of ms, s or m (e.g. 10s)".to_owned()),
+        };
+        if interval.is_zero() {
+            return Err("must be positive (use `always` to sync every write)".to_owned());
+        }
+        Ok(SyncInterval::Every(interval))
+    }
 }

@@ -1,0 +1,69 @@
+//! A process's handle on the event store: one connection, the job stream and the status bucket,
+//! created (or checked) from the definition files before anything else runs.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{Context, kv, stream};
+use tokio_util::sync::CancellationToken;
+
+use crate::jetstream::{self, BootstrapError, Definitions, NatsConfig};
+
+/// What every role shares: the connection, the JetStream context (whose requests give up after
+/// the publish timeout), the parsed definitions, the job stream and the status bucket.
+#[derive(Clone)]
+pub struct EventStore {
+    pub client: async_nats::Client,
+    pub js: Context,
+    pub defs: Definitions,
+    pub stream: stream::Stream,
+    pub status: kv::Store,
+    /// The URL connected to (as given: it may carry credentials; strip them before showing it).
+    pub url: String,
+}
+
+impl EventStore {
+    /// Connects to `url` and creates or checks the stream and the bucket. While NATS is
+    /// unreachable it keeps trying (a service started before its NATS server just waits); a
+    /// conflicting definition is fatal, and so is `shutdown`.
+    pub async fn connect(
+        config: &NatsConfig,
+        url: &str,
+        client_name: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, BootstrapError> {
+        let defs = Definitions::load(config)?;
+        let client = jetstream::connect(url, client_name).await?;
+        let js = jetstream::context(client.clone(), config.publish_timeout);
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                let stream = jetstream::ensure_stream(&js, &defs).await?;
+                let status = jetstream::ensure_status_bucket(&js, &defs).await?;
+                Ok::<_, BootstrapError>((stream, status))
+            };
+            match attempt.await {
+                Ok((stream, status)) => {
+                    return Ok(Self {
+                        client,
+                        js,
+                        defs,
+                        stream,
+                        status,
+                        url: url.to_owned(),
+                    });
+                }
+                Err(err @ (BootstrapError::Conflict { .. } | BootstrapError::Definition(..))) => {
+                    return Err(err);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, url, "waiting for NATS JetStream");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => return Err(BootstrapError::Cancelled),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
