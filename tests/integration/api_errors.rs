@@ -370,3 +370,145 @@ async fn bad_embed_and_search_input_gets_a_clear_4xx() {
     assert_eq!(info, 0);
     app.stop().await;
 }
+
+/// A misspelt or made-up field in any JSON body is refused with the same 400 as the other body
+/// errors, naming the field, before anything is stored or searched. The routes come from the
+/// live OpenAPI spec: a new route taking a JSON body fails this test until it has cases here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misspelt_fields_are_refused_on_every_json_body() {
+    let app = TestApp::spawn().await;
+    let token = app.token(Uuid::new_v4());
+    // (route, a valid body, [(the body with a typo, the field the answer must name)])
+    let cases: Vec<(&str, serde_json::Value, Vec<(serde_json::Value, &str)>)> = vec![
+        (
+            "/vectors/mock",
+            json!({"asset_id": "a", "segment_id": "s"}),
+            vec![
+                (json!({"asset_id": "a", "segmnt_id": "s"}), "segmnt_id"),
+                (
+                    json!({"asset_id": "a", "segment_id": "s", "org_id": "x"}),
+                    "org_id",
+                ),
+            ],
+        ),
+        (
+            "/vectors/embed",
+            json!({"asset_id": "a", "segment_id": "s", "text": "hello", "model": "mock"}),
+            vec![
+                (
+                    json!({"asset_id": "a", "segment_id": "s", "text": "hello", "modle": "mock"}),
+                    "modle",
+                ),
+                (
+                    json!({"asset_id": "a", "segment_id": "s", "txt": "hello"}),
+                    "txt",
+                ),
+            ],
+        ),
+        (
+            "/vectors/embed/batch",
+            json!({"asset_id": "a", "segments": [{"segment_id": "s", "text": "hi"}], "model": "mock"}),
+            vec![
+                (
+                    json!({"asset_id": "a", "segments": [{"segment_id": "s", "text": "hi", "metadata": {}}], "model": "mock"}),
+                    "segments[0].metadata",
+                ),
+                (
+                    json!({"asset_id": "a", "segment": [{"segment_id": "s", "text": "hi"}]}),
+                    "segment",
+                ),
+            ],
+        ),
+        (
+            "/vectors/documents",
+            json!({"asset_id": "a", "text": "One sentence. Another.", "model": "mock", "chunk": {"max_tokens": 128}}),
+            vec![
+                (
+                    json!({"asset_id": "a", "text": "One.", "model": "mock", "chunk": {"max_token": 128}}),
+                    "chunk.max_token",
+                ),
+                (
+                    json!({"asset_id": "a", "text": "One.", "model": "mock", "chunks": {"max_tokens": 128}}),
+                    "chunks",
+                ),
+            ],
+        ),
+        (
+            "/vectors/search",
+            json!({"query": "hello", "model": "mock", "filter": {"asset_id": "a"}}),
+            vec![
+                (
+                    json!({"query": "hello", "model": "mock", "filters": {"asset_id": "a"}}),
+                    "filters",
+                ),
+                (
+                    json!({"query": "hello", "model": "mock", "filter": {"asset": "a"}}),
+                    "filter.asset",
+                ),
+                (
+                    json!({"query": "hello", "model": "mock", "top_k": 3}),
+                    "top_k",
+                ),
+            ],
+        ),
+    ];
+
+    // Every operation with a JSON request body has cases, and no case names a route that is
+    // not one.
+    let spec: serde_json::Value = app
+        .http
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut json_routes: Vec<String> = Vec::new();
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let json_body = operation["requestBody"]["content"]
+                .as_object()
+                .is_some_and(|content| content.keys().any(|ct| ct.starts_with("application/json")));
+            if json_body {
+                assert_eq!(method, "post", "{method} {path}: add it to this test");
+                json_routes.push(path.clone());
+            }
+        }
+    }
+    json_routes.sort();
+    let mut covered: Vec<String> = cases
+        .iter()
+        .map(|(route, ..)| (*route).to_owned())
+        .collect();
+    covered.sort();
+    assert_eq!(covered, json_routes, "routes with a JSON body");
+
+    for (route, valid, typos) in cases {
+        let response = app.post_json(&token, route, &valid).await;
+        assert!(
+            response.status().is_success(),
+            "{route}: the valid body is accepted: {}",
+            response.text().await.unwrap()
+        );
+        for (body, field) in typos {
+            let response = app.post_json(&token, route, &body).await;
+            let status = response.status().as_u16();
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json",
+                "{route} {body}"
+            );
+            let problem: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(status, 400, "{route} {body}: {problem}");
+            assert_eq!(problem["code"], "bad_request", "{route} {body}: {problem}");
+            let detail = problem["detail"].as_str().unwrap();
+            assert!(
+                detail.contains(&format!("unknown field `{field}`")),
+                "{route} {body}: {detail}"
+            );
+            eprintln!("{route}: {detail}");
+        }
+    }
+    app.stop().await;
+}

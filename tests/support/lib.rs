@@ -424,3 +424,99 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A port nobody listens on right now, for a child process that must be told its address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port()
+}
+
+/// A real `heimdex serve` child process, with its own embedded nats-server, data dir and API
+/// port, its stderr (the log) kept in a file. Killed on drop.
+pub struct ServeProcess {
+    child: Option<tokio::process::Child>,
+    pub base: String,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl ServeProcess {
+    /// Starts `heimdex serve` with the test JWT secret and `env` on top, and waits until
+    /// `/readyz` answers 200.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let log = dir.path().join("serve.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = tokio::process::Command::new(heimdex_bin())
+            .arg("serve")
+            .env_remove("NATS_URL")
+            .env_remove("QDRANT_URL")
+            .env_remove("RUST_LOG")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env("HEIMDEX_DATA_DIR", dir.path().join("data"))
+            .env("HEIMDEX_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("HEIMDEX_NATS_LISTEN", "127.0.0.1:0")
+            .env("JWT_SECRET", JWT_SECRET)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("heimdex serve starts");
+        let process = Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        };
+        let http = reqwest::Client::new();
+        let ready = eventually(Duration::from_secs(60), || async {
+            let response = http
+                .get(format!("{}/readyz", process.base))
+                .send()
+                .await
+                .ok()?;
+            (response.status() == 200).then_some(())
+        })
+        .await;
+        assert!(ready.is_some(), "serve not ready:\n{}", process.log());
+        process
+    }
+
+    /// A token for `org`, signed with the secret the process was given.
+    pub fn token(&self, org: Uuid) -> String {
+        let jwt = heimdex_api::auth::JwtConfig {
+            secret: JWT_SECRET.to_owned().into(),
+            public_key_pem: None,
+            issuer: None,
+            audience: None,
+        };
+        heimdex_api::auth::issue_token(&jwt, org, "tester", Duration::from_secs(600))
+            .expect("token")
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as an orchestrator stops it, and waits (at most 60 s) for it to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("pid");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits")),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .expect("serve stops within 60 s of SIGTERM")
+            .expect("wait")
+    }
+}

@@ -5,6 +5,7 @@
 //! serves until the token is cancelled, then drains in-flight requests.
 
 pub mod auth;
+pub mod connections;
 pub mod overload;
 pub mod probes;
 pub mod problem;
@@ -19,13 +20,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::{Context, kv, stream};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
 
 use heimdex_store::VectorStore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{JwtConfig, Verifier};
+use crate::connections::ConnectionLimit;
 use crate::overload::Admission;
 use crate::overload::OverloadConfig;
 use crate::probes::{CachedProbe, ProbeConfig};
@@ -65,6 +67,10 @@ pub struct ApiConfig {
     /// How long a client may take to send a whole request, headers and body
     /// (`HEIMDEX_HTTP_READ_TIMEOUT_MS`).
     pub read_timeout: Duration,
+    /// Most open HTTP connections (`HEIMDEX_MAX_CONNECTIONS`); more are refused at once. `None`:
+    /// [`connections::DEFAULT_MAX_CONNECTIONS`], or fewer if the process's file-descriptor limit
+    /// does not allow that many.
+    pub max_connections: Option<usize>,
 }
 
 /// Connections and stores the API needs; `heimdex serve` shares them with the other services.
@@ -110,10 +116,12 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Key(#[from] crate::auth::KeyError),
+    #[error(transparent)]
+    Connections(#[from] connections::LimitError),
 }
 
 pub struct Api {
-    acceptor: TimeoutAcceptor<TcpAcceptor>,
+    acceptor: TimeoutAcceptor<ConnectionLimit<TcpAcceptor>>,
     addr: SocketAddr,
     app: poem::endpoint::BoxEndpoint<'static>,
     admission: Arc<Admission>,
@@ -146,6 +154,8 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
     });
     let app = routes(state, verifier);
 
+    let max_connections =
+        connections::effective_bound(config.max_connections, connections::raise_fd_limit())?;
     let addr = config.addr;
     let acceptor = TcpListener::bind(addr.to_string())
         .into_acceptor()
@@ -157,7 +167,11 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
         .and_then(|local| local.as_socket_addr().copied())
         .unwrap_or(addr);
     Ok(Api {
-        acceptor: TimeoutAcceptor::new(acceptor, config.header_timeout, config.read_timeout),
+        acceptor: TimeoutAcceptor::new(
+            ConnectionLimit::new(acceptor, max_connections),
+            config.header_timeout,
+            config.read_timeout,
+        ),
         addr,
         app,
         admission,
@@ -209,13 +223,21 @@ pub fn routes(
 /// A span per request (the parent of everything the handler does, so traces start here) and
 /// an access log: server errors at ERROR, the rest at DEBUG — an INFO line per request costs
 /// more than the request itself at thousands of requests a second.
+///
+/// The span follows OpenTelemetry's HTTP conventions: a server span named `{method} {route}`
+/// once the route is known (the route's template, `/jobs/:job_id`, never the raw path, so
+/// names stay few), with the route and the status as attributes.
 async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     use tracing::Instrument as _;
+    let method = req.method().clone();
     let span = tracing::info_span!(
         "http.request",
-        method = %req.method(),
-        path = %req.uri().path(),
-        status = tracing::field::Empty,
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %req.uri().path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     heimdex_telemetry::set_parent_from_traceparent(
@@ -226,13 +248,18 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
     async move {
         let started = std::time::Instant::now();
         let result = next.call(req).await.map(IntoResponse::into_response);
-        let status = match &result {
-            Ok(response) => response.status(),
-            Err(err) => err.status(),
+        let (status, route) = match &result {
+            Ok(response) => (response.status(), response.data::<PathPattern>()),
+            Err(err) => (err.status(), err.data::<PathPattern>()),
         };
+        let route = route.map_or(UNMATCHED_ROUTE, |pattern| &*pattern.0);
         let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-        tracing::Span::current().record("status", status.as_u16());
+        let span = tracing::Span::current();
+        span.record("http.route", route);
+        span.record("http.response.status_code", status.as_u16());
+        heimdex_telemetry::set_span_name(&span, format!("{method} {route}"));
         if status.is_server_error() {
+            span.record("otel.status_code", "error");
             tracing::error!(status = status.as_u16(), elapsed_ms, "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), elapsed_ms, "request");
@@ -242,6 +269,10 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
     .instrument(span)
     .await
 }
+
+/// The route named for a request no route matched (a 404): one name for all of them, so a
+/// scan of random paths cannot mint new span names or metric series.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Refuses bodies over the path's limit ([`MAX_BODY_BYTES`], or [`MAX_BULK_BODY_BYTES`] on the
 /// bulk routes) with 413: at once when `Content-Length` says so, and while reading when a
@@ -275,7 +306,11 @@ impl Api {
 
     /// Serves until `shutdown` is cancelled, then gives in-flight requests up to 10 s.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        tracing::info!(addr = %self.addr, "API listening");
+        tracing::info!(
+            addr = %self.addr,
+            max_connections = self.acceptor.inner().bound(),
+            "API listening"
+        );
         let maintenance = tokio::spawn(
             self.admission
                 .clone()

@@ -55,7 +55,20 @@ impl Submitter {
         self.publish(principal, spec).await
     }
 
-    #[tracing::instrument(name = "submit", skip_all, fields(org_id = %principal.org_id, job_type = spec.job_type(), job_id))]
+    /// One `publish` span per job (a producer span, in OpenTelemetry's terms): its context
+    /// travels in the event's headers, so the worker's spans continue this trace.
+    #[tracing::instrument(
+        name = "publish",
+        skip_all,
+        fields(
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name,
+            org_id = %principal.org_id,
+            job_type = spec.job_type(),
+            job_id,
+        )
+    )]
     async fn publish(&self, principal: &Principal, spec: JobSpec) -> Result<Submitted, ApiError> {
         let job_key = ids::job_key(principal.org_id, spec.job_type(), &spec.params());
         let job_id = ids::job_id(&job_key);
@@ -76,6 +89,8 @@ impl Submitter {
                 spec,
             }),
         );
+        let subject = event.subject();
+        tracing::Span::current().record("messaging.destination.name", subject.as_str());
         let mut headers = HeaderMap::new();
         heimdex_telemetry::inject_context(&mut headers);
         let publish = PublishMessage::build()
@@ -84,7 +99,7 @@ impl Submitter {
             .message_id(&job_key)
             .expected_last_subject_sequence(0);
 
-        let ack = match self.js.send_publish(event.subject(), publish).await {
+        let ack = match self.js.send_publish(subject, publish).await {
             Ok(future) => future.await,
             Err(err) => Err(err),
         };
@@ -107,7 +122,18 @@ impl Submitter {
     /// computes the same round) and it expects `last_retried_seq` (0 before the first retry) as
     /// the last sequence on the job's `retried` subject, which holds beyond the duplicate window.
     /// `Ok` means the round's `retried` event is stored, by this call or a concurrent one.
-    #[tracing::instrument(skip_all, fields(org_id = %principal.org_id, %job_id, round))]
+    #[tracing::instrument(
+        name = "publish",
+        skip_all,
+        fields(
+            otel.kind = "producer",
+            messaging.system = "nats",
+            org_id = %principal.org_id,
+            job_type = "retried",
+            %job_id,
+            round,
+        )
+    )]
     pub async fn retry(
         &self,
         principal: &Principal,

@@ -26,7 +26,7 @@ use heimdex_api::probes::ProbeConfig;
 use heimdex_event_store::NatsConfig;
 use heimdex_event_store::nats_server::SyncInterval;
 use heimdex_store::{Backend, StoreConfig};
-use heimdex_telemetry::{LogFormat, TelemetryConfig};
+use heimdex_telemetry::{LogFormat, SamplerError, TelemetryConfig, TraceSampler};
 
 /// The shortest `JWT_SECRET` accepted in production: 32 bytes, the HS256 key size.
 pub const MIN_PROD_SECRET_LEN: usize = 32;
@@ -175,6 +175,13 @@ pub const SETTINGS: &[Setting] = &[
         "a whole request (headers and body) must arrive within this of its first byte, else \
          the connection is closed; at least the header timeout",
     ),
+    unset("HEIMDEX_MAX_CONNECTIONS", "max-connections")
+        .default_doc("`10000`")
+        .help(
+            "most open HTTP connections; more are answered `503 too_many_connections` at once \
+             (`/healthz` still `200`). Unset, it is lowered to the file-descriptor limit minus \
+             1,024; set above that, start-up fails. See [Overload](#overload)",
+        ),
     unset("QDRANT_URL", "qdrant-url").help(
         "unset or `embedded`: Qdrant Edge in-process. `http://host:6334`: a Qdrant server over \
          gRPC",
@@ -210,13 +217,40 @@ pub const SETTINGS: &[Setting] = &[
     unset("JWT_ISSUER", "jwt-issuer").help("checked against `iss` when set"),
     unset("JWT_AUDIENCE", "jwt-audience").help("checked against `aud` when set"),
     unset("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp-endpoint").help(
-        "OTLP/gRPC endpoint for traces, e.g. `http://localhost:4317`. If unset, nothing is \
-         exported",
+        "the OTLP collector's base URL, e.g. `http://localhost:4318`. If unset, nothing is \
+         exported. With `http/protobuf`, `/v1/traces` is appended",
+    ),
+    setting(
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "otlp-protocol",
+        "http/protobuf",
+    )
+    .help(
+        "`http/protobuf` (OTLP over HTTP, port 4318 by convention; the OpenTelemetry default) \
+         or `grpc` (port 4317). `http/json` is refused at start-up",
+    ),
+    setting(
+        "OTEL_TRACES_SAMPLER",
+        "traces-sampler",
+        "parentbased_always_on",
+    )
+    .help(
+        "which traces are kept: `always_on`, `always_off`, `traceidratio`, \
+         `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio`. \
+         Parent-based samplers follow the caller's decision (a client's `traceparent`, or the \
+         API's for the worker)",
+    ),
+    setting("OTEL_TRACES_SAMPLER_ARG", "traces-sampler-arg", "1")
+        .help("the ratio (0 to 1) of the `traceidratio` samplers"),
+    setting("HEIMDEX_TRACE_FILTER", "trace-filter", "info").help(
+        "which spans are exported (`RUST_LOG` syntax), independently of `RUST_LOG`: every \
+         Heimdex span is at INFO, so `RUST_LOG=warn` keeps the logs quiet and the traces whole",
     ),
     unset("OTEL_SERVICE_NAME", "otel-service-name")
         .default_doc("by role")
         .help("`heimdex` (serve), `heimdex-api`, `heimdex-worker`, `heimdex-projector`"),
-    setting("RUST_LOG", "log", "info").help("log filter"),
+    setting("RUST_LOG", "log", "info")
+        .help("log filter (the log lines only; exported spans follow `HEIMDEX_TRACE_FILTER`)"),
     setting("LOG_FORMAT", "log-format", "pretty").help("`pretty` or `json`"),
     setting("PROBE_TIMEOUT_MS", "probe-timeout-ms", "500").help("timeout of one readiness probe"),
     setting("PROBE_RETRIES", "probe-retries", "3").help("retries per readiness probe"),
@@ -466,6 +500,7 @@ impl Settings {
                 },
                 header_timeout: Duration::from_millis(env.parse("HEIMDEX_HTTP_HEADER_TIMEOUT_MS")?),
                 read_timeout: Duration::from_millis(env.parse("HEIMDEX_HTTP_READ_TIMEOUT_MS")?),
+                max_connections: env.parse_opt("HEIMDEX_MAX_CONNECTIONS")?,
             },
             worker: WorkerSettings {
                 concurrency: env.parse("HEIMDEX_WORKER_CONCURRENCY")?,
@@ -486,6 +521,19 @@ impl Settings {
                     .value("OTEL_SERVICE_NAME")
                     .unwrap_or_else(|| "heimdex".into()),
                 otlp_endpoint: env.value("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                otlp_protocol: env.parse("OTEL_EXPORTER_OTLP_PROTOCOL")?,
+                sampler: TraceSampler::parse(
+                    env.value("OTEL_TRACES_SAMPLER").as_deref(),
+                    env.value("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+                )
+                .map_err(|err| match &err {
+                    SamplerError::BadRatio(value) => {
+                        invalid("OTEL_TRACES_SAMPLER_ARG", value, &err.to_string())
+                    }
+                    SamplerError::Unknown(value) => {
+                        invalid("OTEL_TRACES_SAMPLER", value, &err.to_string())
+                    }
+                })?,
                 log_format: match env.value("LOG_FORMAT").as_deref() {
                     Some("pretty") | Some("text") => LogFormat::Pretty,
                     Some("json") => LogFormat::Json,
@@ -498,6 +546,7 @@ impl Settings {
                     }
                 },
                 filter: env.value("RUST_LOG").unwrap_or_default(),
+                trace_filter: env.value("HEIMDEX_TRACE_FILTER").unwrap_or_default(),
             },
             data_dir,
             jwt_dev_secret,
@@ -547,6 +596,13 @@ impl Settings {
                 "HEIMDEX_HTTP_READ_TIMEOUT_MS",
                 &self.api.read_timeout.as_millis().to_string(),
                 "must be at least HEIMDEX_HTTP_HEADER_TIMEOUT_MS",
+            ));
+        }
+        if self.api.max_connections == Some(0) {
+            return Err(invalid(
+                "HEIMDEX_MAX_CONNECTIONS",
+                "0",
+                "must be at least 1",
             ));
         }
         if self.nats.publish_timeout.is_zero() {
@@ -639,6 +695,21 @@ impl Env<'_> {
             .map_err(|err: T::Err| invalid(name, &value, &err.to_string()))
     }
 
+    /// Like [`Env::parse`], for a setting without a default: `None` when it is not given.
+    fn parse_opt<T>(&self, name: &'static str) -> Result<Option<T>, SettingsError>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.value(name)
+            .map(|value| {
+                value
+                    .parse()
+                    .map_err(|err: T::Err| invalid(name, &value, &err.to_string()))
+            })
+            .transpose()
+    }
+
     fn parse_bool(&self, name: &'static str) -> Result<bool, SettingsError> {
         match self.value(name).map(|v| v.to_ascii_lowercase()).as_deref() {
             Some("1" | "true" | "yes" | "on") => Ok(true),
@@ -655,6 +726,7 @@ impl Env<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heimdex_telemetry::{OtlpProtocol, RootSampler};
 
     fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -728,7 +800,11 @@ mod tests {
             ("HEIMDEX_MAX_BACKLOG", "lots"),
             ("HEIMDEX_HTTP_HEADER_TIMEOUT_MS", "0"),
             ("HEIMDEX_HTTP_READ_TIMEOUT_MS", "500"),
+            ("HEIMDEX_MAX_CONNECTIONS", "0"),
+            ("HEIMDEX_MAX_CONNECTIONS", "many"),
             ("NATS_WORKER_ACK_WAIT_MS", "100"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
         ] {
             let err = Settings::from_vars(&vars(&[(name, value)])).unwrap_err();
             assert!(err.to_string().contains(name), "{err}");
@@ -745,6 +821,35 @@ mod tests {
         assert_eq!(s.api.overload.max_backlog, 100_000);
         assert_eq!(s.api.header_timeout, Duration::from_secs(10));
         assert_eq!(s.api.read_timeout, Duration::from_secs(30));
+        assert_eq!(s.api.max_connections, None);
+        let s = Settings::from_vars(&vars(&[("HEIMDEX_MAX_CONNECTIONS", "5000")])).unwrap();
+        assert_eq!(s.api.max_connections, Some(5000));
+    }
+
+    #[test]
+    fn trace_export_follows_the_opentelemetry_variables() {
+        let s = Settings::from_vars(&vars(&[])).unwrap();
+        assert_eq!(s.telemetry.otlp_protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(s.telemetry.sampler, TraceSampler::default());
+        assert_eq!(s.telemetry.trace_filter, "info");
+        let s = Settings::from_vars(&vars(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ("HEIMDEX_TRACE_FILTER", "heimdex_worker=debug"),
+            ("RUST_LOG", "warn"),
+        ]))
+        .unwrap();
+        assert_eq!(s.telemetry.otlp_protocol, OtlpProtocol::Grpc);
+        assert_eq!(s.telemetry.sampler.root, RootSampler::TraceIdRatio(0.1));
+        assert_eq!(s.telemetry.trace_filter, "heimdex_worker=debug");
+        assert_eq!(s.telemetry.filter, "warn");
+        let err = Settings::from_vars(&vars(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("OTEL_TRACES_SAMPLER_ARG"), "{err}");
     }
 
     #[test]

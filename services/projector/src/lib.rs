@@ -111,11 +111,23 @@ impl Projector {
     }
 
     /// Applies a batch and acknowledges it; on failure the batch is NAKed and comes back.
+    ///
+    /// One `projector.apply` span serves the whole batch, many jobs of many traces: it has no
+    /// parent, and a link to each event's trace instead (from the `traceparent` its producer
+    /// put in the headers), so a job's trace leads to the write that folded it.
     pub async fn handle_batch(&mut self, messages: Vec<Message>) {
+        use tracing::Instrument as _;
         if messages.is_empty() {
             return;
         }
-        let disposition = match self.apply_batch(&messages).await {
+        let span = tracing::info_span!(parent: None, "projector.apply", events = messages.len());
+        if !span.is_disabled() {
+            for message in &messages {
+                heimdex_telemetry::add_link_from_headers(&span, message.headers.as_ref());
+            }
+        }
+        let applied = self.apply_batch(&messages).instrument(span).await;
+        let disposition = match applied {
             Ok(()) => AckKind::Ack,
             Err(err) => {
                 tracing::warn!(%err, events = messages.len(), "projection failed; will retry");

@@ -145,7 +145,21 @@ pub(crate) async fn process(
     }))
     .await;
 
+    // Vectors are computed for the whole batch at once (texts of one model embedded together),
+    // so each job's `worker.embed` span covers its batch's work; `batch` says how many shared it.
+    let embed_spans: Vec<Span> = live
+        .iter()
+        .filter_map(|job| {
+            let model = match &job.spec {
+                JobSpec::MockEmbedding(params) => &params.model,
+                JobSpec::Embedding(params) => &params.model,
+                JobSpec::DeletePoint(_) | JobSpec::DeleteAsset(_) => return None,
+            };
+            Some(tracing::info_span!(parent: &job.span, "worker.embed", model = %model, batch = live.len()))
+        })
+        .collect();
     let planned = plan(config, deps, embeddings, &live).await;
+    drop(embed_spans);
 
     let store_spans: Vec<Span> = live
         .iter()
@@ -327,7 +341,17 @@ fn decode(index: usize, message: &Message) -> Result<Job, Outcome> {
             )));
         }
     };
-    let span = tracing::info_span!("worker.job", job_id = %event.job_id, org_id = %event.org_id, round, attempt);
+    // A consumer span continuing the trace the API's `publish` span put in the headers.
+    let span = tracing::info_span!(
+        "worker.consume",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.destination.name = %message.subject,
+        job_id = %event.job_id,
+        org_id = %event.org_id,
+        round,
+        attempt,
+    );
     heimdex_telemetry::set_parent_from_headers(&span, message.headers.as_ref());
     Ok(Job {
         index,

@@ -1,10 +1,12 @@
 //! Heimdex telemetry: one place that wires `tracing` logs and OpenTelemetry traces for every
 //! service (api, worker, projector), and carries W3C trace context across NATS messages.
 //!
-//! * [`init`] installs the process-wide subscriber (env filter + JSON/pretty logs on stderr +
-//!   optional OTLP/gRPC trace export) and returns a [`TelemetryGuard`] that flushes on drop.
+//! * [`init`] installs the process-wide subscriber (JSON/pretty logs on stderr, filtered by
+//!   `RUST_LOG`, and optional OTLP trace export over gRPC or HTTP/protobuf with a filter of its
+//!   own, so traces survive quiet logs) and returns a [`TelemetryGuard`] that flushes on drop.
 //! * [`inject_context`] / [`extract_context`] / [`set_parent_from_headers`] move the current
-//!   trace across NATS headers (`traceparent`, `tracestate`).
+//!   trace across NATS headers (`traceparent`, `tracestate`); [`add_link_from_headers`] links a
+//!   span that serves many messages to each message's trace.
 //! * [`current_trace_id`] returns the current span's trace id as 32 lowercase hex characters.
 //! * `testing` (cargo feature `testing`) collects finished spans in memory for tests.
 
@@ -16,17 +18,21 @@ use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::layer::{Layer, Layered, SubscriberExt};
+use tracing_subscriber::filter::FilterExt;
+use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
+mod export;
+mod noise;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+pub use export::{OtlpProtocol, RootSampler, SamplerError, TraceSampler, traces_url};
+pub use noise::{KNOWN_NOISE, KnownNoise};
 
 /// Re-exported so callers can name `opentelemetry::Context` without their own dependency
 /// (and without risking a second, incompatible `opentelemetry` version).
@@ -36,6 +42,9 @@ pub use tracing_opentelemetry::OpenTelemetrySpanExt as SpanExt;
 
 /// Filter directive used when [`TelemetryConfig::filter`] is empty.
 pub const DEFAULT_FILTER: &str = "info";
+/// Filter directive used when [`TelemetryConfig::trace_filter`] is empty: every span Heimdex
+/// makes is at INFO, so this exports all of them whatever the log level.
+pub const DEFAULT_TRACE_FILTER: &str = "info";
 
 /// How log lines are rendered on stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -61,15 +70,24 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// Telemetry settings shared by all services.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryConfig {
     /// Reported as the OpenTelemetry `service.name` resource attribute.
     pub service_name: String,
     pub log_format: LogFormat,
-    /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317`. `None` disables export.
+    /// OTLP collector endpoint (a base URL, e.g. `http://otel-collector:4318`). `None`
+    /// disables export.
     pub otlp_endpoint: Option<String>,
-    /// `RUST_LOG`-style directives, e.g. `info,heimdex_worker=debug`. Empty means `info`.
+    /// How spans are sent to `otlp_endpoint`.
+    pub otlp_protocol: OtlpProtocol,
+    /// Which traces are kept.
+    pub sampler: TraceSampler,
+    /// `RUST_LOG`-style directives for the log lines on stderr, e.g.
+    /// `info,heimdex_worker=debug`. Empty means `info`. They do not touch exported spans.
     pub filter: String,
+    /// The same kind of directives for exported spans, applied on their own: `RUST_LOG=warn`
+    /// keeps the logs quiet and the traces whole. Empty means `info`.
+    pub trace_filter: String,
 }
 
 impl TelemetryConfig {
@@ -88,7 +106,10 @@ impl Default for TelemetryConfig {
             service_name: "heimdex".to_owned(),
             log_format: LogFormat::default(),
             otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::default(),
+            sampler: TraceSampler::default(),
             filter: DEFAULT_FILTER.to_owned(),
+            trace_filter: DEFAULT_TRACE_FILTER.to_owned(),
         }
     }
 }
@@ -106,6 +127,10 @@ pub enum TelemetryError {
     },
     #[error("invalid log format {0:?} (expected `json` or `pretty`)")]
     InvalidLogFormat(String),
+    #[error(
+        "invalid OTLP protocol {0:?} (expected `grpc` or `http/protobuf`; `http/json` is not supported)"
+    )]
+    InvalidProtocol(String),
     #[error(
         "OTLP export needs a Tokio runtime: call `init` from inside one (e.g. in `#[tokio::main]`)"
     )]
@@ -149,9 +174,13 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// Installs the global tracing subscriber (and, with an OTLP endpoint, the OpenTelemetry
 /// pipeline) and sets the global text-map propagator to W3C TraceContext.
 ///
+/// Each layer has its own filter: the log lines follow `filter` (`RUST_LOG`), the exported
+/// spans follow `trace_filter` and then the sampler, so a quiet log level never empties the
+/// traces, and verbose logs never flood the collector.
+///
 /// Succeeds at most once per process; later calls return [`TelemetryError::AlreadyInitialized`].
-/// A failed call can be retried. With `otlp_endpoint` set it must run inside a Tokio runtime
-/// (the tonic channel is bound to it); spans are exported by a batch span processor.
+/// A failed call can be retried. With gRPC export it must run inside a Tokio runtime (the tonic
+/// channel is bound to it); spans are exported by a batch span processor.
 pub fn init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     if INITIALIZED
         .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -166,37 +195,47 @@ pub fn init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     result
 }
 
-type FmtLayer = Box<dyn Layer<Layered<EnvFilter, Registry>> + Send + Sync + 'static>;
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync + 'static>;
 
 fn try_init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
-    let env_filter = env_filter(&cfg.filter)?;
+    // Both drop the dependencies' known meaningless warnings (module `noise`).
+    let log_filter = env_filter(&cfg.filter, DEFAULT_FILTER)?.and(KnownNoise);
+    let trace_filter = env_filter(&cfg.trace_filter, DEFAULT_TRACE_FILTER)?.and(KnownNoise);
 
     let provider = match cfg.otlp_endpoint.as_deref() {
-        Some(endpoint) => Some(otlp_provider(&cfg.service_name, endpoint)?),
+        Some(endpoint) => Some(export::otlp_provider(
+            &cfg.service_name,
+            endpoint,
+            cfg.otlp_protocol,
+            cfg.sampler,
+        )?),
         None => None,
     };
 
-    let fmt_layer: FmtLayer = match cfg.log_format {
+    let fmt_layer: BoxedLayer = match cfg.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .with_writer(std::io::stderr)
+            .with_filter(log_filter)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
+            .with_filter(log_filter)
             .boxed(),
     };
-    let otel = provider
-        .as_ref()
-        .map(|provider| otel_layer(provider.tracer(tracer_name(&cfg.service_name))));
+    let mut layers = vec![fmt_layer];
+    if let Some(provider) = &provider {
+        layers.push(
+            otel_layer(provider.tracer(tracer_name(&cfg.service_name)))
+                .with_filter(trace_filter)
+                .boxed(),
+        );
+    }
 
-    let installed = tracing_subscriber::registry()
-        .with(env_filter)
-        .with(fmt_layer)
-        .with(otel)
-        .try_init();
+    let installed = tracing_subscriber::registry().with(layers).try_init();
     if let Err(err) = installed {
         if let Some(provider) = provider {
             let _ignored = provider.shutdown();
@@ -208,12 +247,15 @@ fn try_init(cfg: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
     }
+    if let Some(endpoint) = &cfg.otlp_endpoint {
+        export::warn_on_port_mismatch(endpoint, cfg.otlp_protocol);
+    }
     Ok(TelemetryGuard { provider })
 }
 
-fn env_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
+fn env_filter(filter: &str, default: &str) -> Result<EnvFilter, TelemetryError> {
     let directives = if filter.trim().is_empty() {
-        DEFAULT_FILTER
+        default
     } else {
         filter
     };
@@ -221,24 +263,6 @@ fn env_filter(filter: &str) -> Result<EnvFilter, TelemetryError> {
         filter: filter.to_owned(),
         source,
     })
-}
-
-fn otlp_provider(service_name: &str, endpoint: &str) -> Result<SdkTracerProvider, TelemetryError> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Err(TelemetryError::NoTokioRuntime);
-    }
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()?;
-    Ok(SdkTracerProvider::builder()
-        .with_resource(
-            Resource::builder()
-                .with_service_name(service_name.to_owned())
-                .build(),
-        )
-        .with_batch_exporter(exporter)
-        .build())
 }
 
 fn tracer_name(service_name: &str) -> String {
@@ -266,13 +290,15 @@ where
 }
 
 fn is_transport_target(target: &str) -> bool {
-    const TRANSPORT: [&str; 8] = [
+    const TRANSPORT: [&str; 10] = [
         "h2",
         "hyper",
         "hyper_util",
+        "reqwest",
         "tonic",
         "tower",
         "opentelemetry",
+        "opentelemetry_http",
         "opentelemetry_sdk",
         "opentelemetry_otlp",
     ];
@@ -352,6 +378,24 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&HeaderMap>
     if let Err(err) = span.set_parent(cx) {
         tracing::debug!(error = %err, "could not continue trace from NATS headers");
     }
+}
+
+/// Links `span` to the trace context carried in `headers`: for a span that serves many messages
+/// at once (a batch), which has no single parent but belongs to each message's trace. Headers
+/// without a valid context add nothing. The SDK keeps at most 128 links per span.
+pub fn add_link_from_headers(span: &tracing::Span, headers: Option<&HeaderMap>) {
+    let cx = extract_context(headers);
+    let span_context = cx.span().span_context().clone();
+    if span_context.is_valid() {
+        span.add_link(span_context);
+    }
+}
+
+/// Renames `span` in the exported trace (its tracing name is static): for a name known only
+/// once the work is done, such as an HTTP request's route. Does nothing without an
+/// OpenTelemetry layer.
+pub fn set_span_name(span: &tracing::Span, name: impl Into<std::borrow::Cow<'static, str>>) {
+    span.context().span().update_name(name.into());
 }
 
 /// Like [`set_parent_from_headers`], for any transport: makes `span` a child of the W3C trace

@@ -232,10 +232,13 @@ fn config_defaults_and_log_format_parsing() {
     assert_eq!("JSON".parse::<LogFormat>().ok(), Some(LogFormat::Json));
     assert_eq!("pretty".parse::<LogFormat>().ok(), Some(LogFormat::Pretty));
     assert!("yaml".parse::<LogFormat>().is_err());
-    assert!(env_filter("").is_ok());
-    assert!(env_filter("info,heimdex_worker=debug").is_ok());
+    assert_eq!(cfg.trace_filter, "info");
+    assert_eq!(cfg.otlp_protocol, OtlpProtocol::HttpProtobuf);
+    assert_eq!(cfg.sampler, TraceSampler::default());
+    assert!(env_filter("", DEFAULT_FILTER).is_ok());
+    assert!(env_filter("info,heimdex_worker=debug", DEFAULT_FILTER).is_ok());
     assert!(matches!(
-        env_filter("heimdex=[bad"),
+        env_filter("heimdex=[bad", DEFAULT_FILTER),
         Err(TelemetryError::InvalidFilter { .. })
     ));
 }

@@ -1,15 +1,18 @@
 //! `init` installs the global subscriber once; later calls error instead of panicking.
 //! (Own test binary: the global subscriber is per process.)
 
-use heimdex_telemetry::{LogFormat, TelemetryConfig, TelemetryError, current_trace_id, init};
+use heimdex_telemetry::{
+    LogFormat, OtlpProtocol, TelemetryConfig, TelemetryError, current_trace_id, init,
+};
 
 #[test]
 fn init_succeeds_once_then_errors() {
     let mut cfg = TelemetryConfig::new("init-test");
     cfg.log_format = LogFormat::Pretty;
 
-    // OTLP export needs a Tokio runtime; failing here must not consume the one-time init.
+    // OTLP/gRPC export needs a Tokio runtime; failing here must not consume the one-time init.
     cfg.otlp_endpoint = Some("http://127.0.0.1:4317".to_owned());
+    cfg.otlp_protocol = OtlpProtocol::Grpc;
     assert!(matches!(init(&cfg), Err(TelemetryError::NoTokioRuntime)));
     cfg.otlp_endpoint = None;
 
@@ -19,6 +22,12 @@ fn init_succeeds_once_then_errors() {
         Err(TelemetryError::InvalidFilter { .. })
     ));
     cfg.filter = "warn".to_owned();
+    cfg.trace_filter = "heimdex=[bad".to_owned();
+    assert!(matches!(
+        init(&cfg),
+        Err(TelemetryError::InvalidFilter { .. })
+    ));
+    cfg.trace_filter = String::new();
 
     let guard = init(&cfg).expect("first valid init succeeds");
     assert!(!guard.exporting());

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use heimdex_telemetry::{LogFormat, TelemetryConfig, current_trace_id, init};
+use heimdex_telemetry::{LogFormat, OtlpProtocol, TelemetryConfig, current_trace_id, init};
 use tokio::io::AsyncReadExt;
 
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -32,7 +32,8 @@ fn otlp_pipeline_flushes_to_collector_on_guard_drop() {
             service_name: "otlp-test".to_owned(),
             log_format: LogFormat::Json,
             otlp_endpoint: Some(format!("http://{addr}")),
-            filter: "info".to_owned(),
+            otlp_protocol: OtlpProtocol::Grpc,
+            ..TelemetryConfig::default()
         };
         let guard = init(&cfg).expect("init with OTLP inside a runtime");
         assert!(guard.exporting());

@@ -17,7 +17,7 @@ use crate::AppState;
 use crate::auth::BearerAuth;
 use crate::problem::{ApiError, ProblemResponse};
 use crate::routes::validate_identifier;
-use crate::strict::{StrictString, StrictText};
+use crate::strict::{Known, StrictString, StrictText};
 
 /// Most characters in one segment's text. The model reads at most its token limit (256 for
 /// `minilm-l6-v2`, about 1,000 characters of English) and truncates the rest; send long text to
@@ -173,14 +173,14 @@ impl IngestApi {
     async fn embed(
         &self,
         auth: BearerAuth,
-        body: Json<EmbedRequest>,
+        body: Json<Known<EmbedRequest>>,
     ) -> Result<EmbedResponse, ProblemResponse> {
         let EmbedRequest {
             asset_id,
             segment_id,
             text,
             model,
-        } = body.0;
+        } = body.0.0;
         validate_identifier("asset_id", &asset_id.0)?;
         validate_identifier("segment_id", &segment_id.0)?;
         validate_text("text", &text.0)?;
@@ -211,13 +211,13 @@ impl IngestApi {
     async fn embed_batch(
         &self,
         auth: BearerAuth,
-        body: Json<EmbedBatchRequest>,
+        body: Json<Known<EmbedBatchRequest>>,
     ) -> Result<BatchResponse, ProblemResponse> {
         let EmbedBatchRequest {
             asset_id,
             segments,
             model,
-        } = body.0;
+        } = body.0.0;
         validate_identifier("asset_id", &asset_id.0)?;
         if segments.is_empty() {
             return Err(ApiError::Validation("segments must not be empty".into()).into());
@@ -287,14 +287,14 @@ impl IngestApi {
     async fn document(
         &self,
         auth: BearerAuth,
-        body: Json<DocumentRequest>,
+        body: Json<Known<DocumentRequest>>,
     ) -> Result<DocumentResponse, ProblemResponse> {
         let DocumentRequest {
             asset_id,
             text,
             model,
             chunk,
-        } = body.0;
+        } = body.0.0;
         validate_identifier("asset_id", &asset_id.0)?;
         let chars = text.0.chars().count();
         if chars > MAX_DOCUMENT_CHARS {

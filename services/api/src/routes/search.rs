@@ -19,7 +19,7 @@ use crate::AppState;
 use crate::auth::BearerAuth;
 use crate::problem::{ApiError, ProblemResponse};
 use crate::routes::validate_identifier;
-use crate::strict::{StrictString, StrictText};
+use crate::strict::{Known, StrictString, StrictText};
 
 /// Most characters in a text query.
 pub const MAX_QUERY_CHARS: usize = 4_096;
@@ -267,9 +267,9 @@ impl SearchApi {
     async fn search(
         &self,
         auth: BearerAuth,
-        body: Json<SearchBody>,
+        body: Json<Known<SearchBody>>,
     ) -> Result<SearchResponse, ProblemResponse> {
-        let body = body.0;
+        let body = body.0.0;
         let limit = body.limit.unwrap_or(10);
         if !(1..=100).contains(&limit) {
             return Err(

@@ -13,7 +13,7 @@ use crate::AppState;
 use crate::auth::BearerAuth;
 use crate::problem::{ApiError, ProblemResponse};
 use crate::routes::validate_identifier;
-use crate::strict::StrictString;
+use crate::strict::{Known, StrictString};
 
 #[derive(Tags)]
 enum Tag {
@@ -107,9 +107,9 @@ impl VectorsApi {
     async fn create_mock(
         &self,
         auth: BearerAuth,
-        body: Json<MockRequest>,
+        body: Json<Known<MockRequest>>,
     ) -> Result<SubmitResponse, ProblemResponse> {
-        let (asset_id, segment_id) = (body.0.asset_id.0, body.0.segment_id.0);
+        let (asset_id, segment_id) = (body.0.0.asset_id.0, body.0.0.segment_id.0);
         validate_identifier("asset_id", &asset_id)?;
         validate_identifier("segment_id", &segment_id)?;
         let spec = JobSpec::MockEmbedding(MockParams::new(asset_id.clone(), segment_id.clone()));
