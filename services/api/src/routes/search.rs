@@ -7,12 +7,13 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
+use heimdex_domain::{AssetId, SegmentId};
 use heimdex_store::{PointFilter, SearchRequest as StoreSearch};
 
 use crate::AppState;
 use crate::auth::BearerAuth;
 use crate::problem::{ApiError, ProblemResponse};
-use crate::routes::validate_identifier;
+use crate::routes::parse_ident;
 use crate::strict::{StrictString, StrictText};
 
 /// Most characters in a text query.
@@ -117,10 +118,10 @@ impl SearchApi {
         }
         let filter = body.filter.unwrap_or_default();
         if let Some(asset_id) = &filter.asset_id {
-            validate_identifier("filter.asset_id", &asset_id.0)?;
+            parse_ident::<AssetId>("filter.asset_id", asset_id.0.clone())?;
         }
         if let Some(segment_id) = &filter.segment_id {
-            validate_identifier("filter.segment_id", &segment_id.0)?;
+            parse_ident::<SegmentId>("filter.segment_id", segment_id.0.clone())?;
         }
         let embedder = self
             .state
@@ -169,10 +170,10 @@ impl SearchApi {
                     embedder.embed(&[query.as_str()])
                 })
                 .await
-                .map_err(|err| ApiError::Internal(format!("embedding task: {err}")))?
-                .map_err(|err| ApiError::Internal(format!("embedding the query: {err}")))?
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::internal)?
                 .pop()
-                .ok_or_else(|| ApiError::Internal("the embedder returned no vector".into()))?
+                .ok_or_else(|| ApiError::internal("the embedder returned no vector"))?
             }
         };
 
@@ -200,8 +201,7 @@ impl SearchApi {
             results.push(SearchHit {
                 point_id: hit.id,
                 score: hit.score,
-                payload: serde_json::to_value(&hit.payload)
-                    .map_err(|err| ApiError::Internal(err.to_string()))?,
+                payload: serde_json::to_value(&hit.payload).map_err(ApiError::internal)?,
                 vector: hit.vector,
             });
         }
