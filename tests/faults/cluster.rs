@@ -90,7 +90,7 @@ impl Cluster {
             ]
             .map(str::to_owned)
             .to_vec();
-            let nats = Nats::start_on(client[i], root.join(&name), args).await;
+            let nats = start_nats_on(client[i], root.join(&name), args).await;
             nodes.push(Node {
                 name,
                 nats,
@@ -284,7 +284,7 @@ async fn cluster_stream_leader_kill_9_loses_nothing() {
     let victim = cluster.index(&victim_name);
     let accepted_at_kill = ledger.accepted();
     let killed = Instant::now();
-    cluster.nodes[victim].nats.kill9().await;
+    cluster.nodes[victim].nats.kill().await;
     let elected = heimdex_tests::eventually(Duration::from_secs(60), || {
         cluster.new_leader(JOBS_STREAM, &victim_name)
     })
@@ -295,7 +295,11 @@ async fn cluster_stream_leader_kill_9_loses_nothing() {
     let accepted_while_down = ledger.accepted() - accepted_at_kill;
     let down = killed.elapsed();
 
-    cluster.nodes[victim].nats.start_again().await;
+    cluster.nodes[victim]
+        .nats
+        .start_again()
+        .await
+        .expect("nats-server starts again");
     let restarted = Instant::now();
     heimdex_tests::eventually(Duration::from_secs(120), || async {
         (caught_up(&js, JOBS_STREAM, &victim_name).await

@@ -53,8 +53,8 @@ async fn full_disk_refuses_with_503_or_507_and_loses_nothing() {
     let tmpfs = Tmpfs::mount(&store, "16m");
     let limit = "max_file_store: 16MB";
     let nats = match &tmpfs {
-        Some(_) => Nats::start(store.clone(), Vec::new()).await,
-        None => Nats::start_with_config(store.clone(), Vec::new(), Some(limit)).await,
+        Some(_) => start_nats(store.clone(), Vec::new()).await,
+        None => start_nats_with(free_port(), store.clone(), Vec::new(), Some(limit)).await,
     };
     let how = if tmpfs.is_some() {
         "16 MiB tmpfs"
@@ -112,10 +112,14 @@ async fn full_disk_refuses_with_503_or_507_and_loses_nothing() {
     // The operator adds space and restarts nats-server.
     match &tmpfs {
         Some(tmpfs) => tmpfs.grow("512m"),
-        None => deployment.nats.set_jetstream_config("max_file_store: 1GB"),
+        None => deployment.nats.config_mut().jetstream = vec!["max_file_store: 1GB".to_owned()],
     }
     deployment.nats.stop().await;
-    deployment.nats.start_again().await;
+    deployment
+        .nats
+        .start_again()
+        .await
+        .expect("nats-server starts again");
     let fault_over = Instant::now();
     // New work is accepted again.
     let after = deployment.client.submit_mock(0, "full", "after").await;

@@ -47,111 +47,41 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A nats-server process on a fixed port, so that clients reconnect to the same URL after it is
-/// killed and started again on the same store.
-pub struct Nats {
-    server: Option<NatsServer>,
-    config: NatsServerConfig,
+/// The scenarios' nats-server: the same process manager `heimdex serve` uses, on a port that
+/// stays the same across kills and restarts so clients reconnect to the same URL.
+pub type Nats = NatsServer;
+
+pub async fn start_nats(store_dir: PathBuf, extra_args: Vec<String>) -> Nats {
+    start_nats_on(free_port(), store_dir, extra_args).await
 }
 
-impl Nats {
-    pub async fn start(store_dir: PathBuf, extra_args: Vec<String>) -> Self {
-        Self::start_on(free_port(), store_dir, extra_args).await
-    }
+/// On a port chosen beforehand: the members of a cluster name each other before any starts.
+pub async fn start_nats_on(port: u16, store_dir: PathBuf, extra_args: Vec<String>) -> Nats {
+    start_nats_with(port, store_dir, extra_args, None).await
+}
 
-    /// On a port chosen beforehand: the members of a cluster name each other before any starts.
-    pub async fn start_on(port: u16, store_dir: PathBuf, extra_args: Vec<String>) -> Self {
-        Self::launch(port, store_dir, extra_args, None).await
-    }
-
-    /// With `jetstream_conf`, the server reads `jetstream { <jetstream_conf> }` from a config
-    /// file of the test's (e.g. a `max_file_store` limit) instead of heimdex's default sync
-    /// setting.
-    pub async fn start_with_config(
-        store_dir: PathBuf,
-        extra_args: Vec<String>,
-        jetstream_conf: Option<&str>,
-    ) -> Self {
-        Self::launch(free_port(), store_dir, extra_args, jetstream_conf).await
-    }
-
-    async fn launch(
-        port: u16,
-        store_dir: PathBuf,
-        mut extra_args: Vec<String>,
-        jetstream_conf: Option<&str>,
-    ) -> Self {
-        let mut listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
-        listen.set_port(port);
-        let defaults = heimdex::settings::Settings::from_vars(&HashMap::new()).expect("defaults");
-        let mut sync_interval = Some(defaults.embedded_nats.sync_interval);
-        if let Some(conf) = jetstream_conf {
-            std::fs::create_dir_all(&store_dir).expect("store dir");
-            let file = store_dir.with_extension("conf");
-            std::fs::write(&file, format!("jetstream {{\n  {conf}\n}}\n")).expect("config");
-            extra_args.extend(["--config".to_owned(), file.display().to_string()]);
-            sync_interval = None;
-        }
-        let config = NatsServerConfig {
-            bin: nats_server::find_binary(None)
-                .expect("nats-server: run ./deploy/setup.sh or set NATS_SERVER_BIN"),
-            store_dir,
-            listen,
-            extra_args,
-            // What `heimdex serve` gives its own server.
-            sync_interval,
-        };
-        let mut nats = Self {
-            server: None,
-            config,
-        };
-        nats.start_again().await;
-        nats
-    }
-
-    /// Changes the `jetstream { }` config block used by the next [`Nats::start_again`].
-    pub fn set_jetstream_config(&self, conf: &str) {
-        let file = self.config.store_dir.with_extension("conf");
-        std::fs::write(&file, format!("jetstream {{\n  {conf}\n}}\n")).expect("config");
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.config.listen.port())
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.server.is_some()
-    }
-
-    /// SIGKILL, as a crash or the OOM killer would.
-    pub async fn kill9(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.kill().await;
-        }
-    }
-
-    /// SIGTERM: a clean shutdown.
-    pub async fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop().await;
-        }
-    }
-
-    pub async fn start_again(&mut self) {
-        assert!(self.server.is_none(), "nats-server already running");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match NatsServer::start(self.config.clone()).await {
-                Ok(server) => break self.server = Some(server),
-                // The port can linger for a moment after a kill.
-                Err(err) if Instant::now() < deadline => {
-                    eprintln!("nats-server restart: {err}; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(err) => panic!("nats-server does not start again: {err}"),
-            }
-        }
-    }
+/// With `jetstream`, one more line for the server's `jetstream { }` block (a `max_file_store`
+/// limit, say).
+pub async fn start_nats_with(
+    port: u16,
+    store_dir: PathBuf,
+    extra_args: Vec<String>,
+    jetstream: Option<&str>,
+) -> Nats {
+    let mut listen: std::net::SocketAddr = "127.0.0.1:0".parse().expect("address");
+    listen.set_port(port);
+    let defaults = heimdex::settings::Settings::from_vars(&HashMap::new()).expect("defaults");
+    let mut config = NatsServerConfig::new(
+        nats_server::find_binary(None)
+            .expect("nats-server: run ./deploy/setup.sh or set NATS_SERVER_BIN"),
+        store_dir,
+        listen,
+    );
+    config.extra_args = extra_args;
+    // What `heimdex serve` gives its own server.
+    config.sync_interval = Some(defaults.embedded_nats.sync_interval);
+    config.jetstream = jetstream.map(str::to_owned).into_iter().collect();
+    NatsServer::start(config).await.expect("nats-server starts")
 }
 
 /// The environment every `heimdex` process of a scenario gets: its own data dir, the test JWT
@@ -953,14 +883,14 @@ pub struct Deployment {
 
 impl Deployment {
     pub async fn start(root: &Path, env: &[(&str, &str)], nats_args: Vec<String>) -> Self {
-        Self::start_on(root, env, Nats::start(root.join("nats"), nats_args).await).await
+        Self::start_on(root, env, start_nats(root.join("nats"), nats_args).await).await
     }
 
     /// On a nats-server the scenario started itself.
     pub async fn start_on(root: &Path, env: &[(&str, &str)], nats: Nats) -> Self {
         let api_port = free_port();
         let data_dir = root.join("data");
-        let mut serve_env = heimdex_env(&data_dir, Some(&nats.url()));
+        let mut serve_env = heimdex_env(&data_dir, Some(nats.url()));
         set_env(
             &mut serve_env,
             "HEIMDEX_API_ADDR",
@@ -978,8 +908,8 @@ impl Deployment {
         let ledger = Ledger::new(Uuid::new_v4());
         let client = Client::new(vec![base.clone()], ledger.clone());
         wait_ready(&client.http, &base, Duration::from_secs(60)).await;
-        let watch = StatusWatch::start(&nats.url(), ledger.org).await;
-        let js = jetstream(&nats.url()).await;
+        let watch = StatusWatch::start(nats.url(), ledger.org).await;
+        let js = jetstream(nats.url()).await;
         Self {
             nats,
             serve,
@@ -1028,9 +958,9 @@ pub struct Split {
 impl Split {
     /// `env` goes to every process.
     pub async fn start(root: &Path, env: &[(&str, &str)]) -> Self {
-        let nats = Nats::start(root.join("nats"), Vec::new()).await;
+        let nats = start_nats(root.join("nats"), Vec::new()).await;
         let role_env = |name: &str| {
-            let mut vars = heimdex_env(&root.join(name), Some(&nats.url()));
+            let mut vars = heimdex_env(&root.join(name), Some(nats.url()));
             for (k, v) in env {
                 set_env(&mut vars, k, *v);
             }
@@ -1050,8 +980,8 @@ impl Split {
         let ledger = Ledger::new(Uuid::new_v4());
         let client = Client::new(vec![base.clone()], ledger.clone());
         wait_ready(&client.http, &base, Duration::from_secs(60)).await;
-        let watch = StatusWatch::start(&nats.url(), ledger.org).await;
-        let js = jetstream(&nats.url()).await;
+        let watch = StatusWatch::start(nats.url(), ledger.org).await;
+        let js = jetstream(nats.url()).await;
         Self {
             nats,
             api,

@@ -19,10 +19,14 @@ async fn nats_server_kill_9_and_restart_loses_nothing() {
     });
     let run = Duration::from_secs_f64(jobs as f64 / rate);
     tokio::time::sleep(run * 2 / 5).await;
-    deployment.nats.kill9().await;
+    deployment.nats.kill().await;
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    deployment.nats.start_again().await;
+    deployment
+        .nats
+        .start_again()
+        .await
+        .expect("nats-server starts again");
     let down_for = killed.elapsed();
     let fault_over = Instant::now();
     assert_eq!(submitting.await.unwrap(), jobs, "every job accepted");
@@ -101,7 +105,11 @@ async fn nats_server_down_under_load_answers_503_then_completes_everything() {
         slowest < Duration::from_secs(5),
         "a refusal took {slowest:?}"
     );
-    deployment.nats.start_again().await;
+    deployment
+        .nats
+        .start_again()
+        .await
+        .expect("nats-server starts again");
     let fault_over = Instant::now();
     assert_eq!(
         submitting.await.unwrap(),

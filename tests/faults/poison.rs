@@ -30,8 +30,8 @@ async fn poison_input_fails_once_with_a_reason() {
             ("minilm-l6-v2", " \n\t ".to_owned())
         };
         let spec = JobSpec::Embedding(EmbedParams {
-            asset_id: "poison".into(),
-            segment_id: format!("p-{i}"),
+            asset_id: heimdex_domain::AssetId::parse("poison").unwrap(),
+            segment_id: heimdex_domain::SegmentId::parse(format!("p-{i}")).unwrap(),
             model: model.into(),
             model_ver: "1".into(),
             text,

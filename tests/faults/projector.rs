@@ -41,7 +41,7 @@ async fn projector_kill_9_then_rebuild_gives_identical_statuses() {
         .args(["projector", "rebuild", "--bucket", "FAULTS_REBUILD"])
         .envs(heimdex_env(
             &dir.path().join("rebuild"),
-            Some(&split.nats.url()),
+            Some(split.nats.url()),
         ))
         .env_remove("QDRANT_URL")
         .output()
@@ -70,6 +70,36 @@ async fn projector_kill_9_then_rebuild_gives_identical_statuses() {
     }
     assert_eq!(differing, 0, "{said}");
     assert!(said.contains("identical to HEIMDEX_JOB_STATUS"), "{said}");
+
+    // A rebuild is a pure function of the stream: a second one gives the same bucket, and the
+    // live bucket is never a rebuild target.
+    let rebuild = |bucket: &'static str| {
+        tokio::process::Command::new(heimdex_tests::heimdex_bin())
+            .args(["projector", "rebuild", "--bucket", bucket])
+            .envs(heimdex_env(
+                &dir.path().join("rebuild"),
+                Some(split.nats.url()),
+            ))
+            .env_remove("QDRANT_URL")
+            .output()
+    };
+    let again = rebuild("FAULTS_REBUILD").await.expect("rebuild runs");
+    let said_again = String::from_utf8_lossy(&again.stdout).into_owned();
+    assert!(again.status.success(), "{said_again}");
+    assert_eq!(
+        said_again.lines().next(),
+        said.lines().next(),
+        "the same events fold into the same statuses"
+    );
+    assert!(
+        said_again.contains("identical to HEIMDEX_JOB_STATUS"),
+        "{said_again}"
+    );
+    let live_target = rebuild("HEIMDEX_JOB_STATUS").await.expect("rebuild runs");
+    assert!(
+        !live_target.status.success(),
+        "the live bucket is refused as a target"
+    );
 
     let mut outcome = split
         .finish("kill -9 projector + rebuild", fault_over)

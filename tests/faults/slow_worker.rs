@@ -22,7 +22,7 @@ async fn progress_acks_keep_slow_jobs_from_being_redelivered() {
         ("HEIMDEX_WORKER_CONCURRENCY", "16"),
     ];
     let split = Split::start(root, &settings).await;
-    let mut second_env = heimdex_env(&root.join("worker-2"), Some(&split.nats.url()));
+    let mut second_env = heimdex_env(&root.join("worker-2"), Some(split.nats.url()));
     for (k, v) in settings {
         set_env(&mut second_env, k, v);
     }

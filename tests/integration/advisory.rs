@@ -1,7 +1,9 @@
 //! The max-deliveries advisory listener: a job whose worker died on every delivery is recorded
 //! FAILED (code `max_deliveries`) instead of staying QUEUED/RUNNING forever. No worker runs here,
 //! so the job is never processed; the advisory is published in JetStream's documented shape
-//! (`io.nats.jetstream.advisory.v1.max_deliver`) for the job's `requested` message.
+//! (`io.nats.jetstream.advisory.v1.max_deliver`) for the job's `requested` message, while no
+//! listener is running (all workers away, or reconnecting): it must wait in the stream for the
+//! listener that starts later.
 
 use std::time::Duration;
 
@@ -28,12 +30,12 @@ async fn max_deliveries_advisory_marks_the_job_failed() {
     let services = tokio::spawn(running.wait());
 
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(client.clone());
-    let listener = tokio::spawn(heimdex_worker::advisory::run(
-        client.clone(),
-        js.clone(),
-        shutdown.clone(),
-    ));
+    let events = heimdex::infra::connect_nats(&s, &nats.url(), "t", &shutdown)
+        .await
+        .unwrap();
+    // The advisories' stream and consumer exist (as they do once any worker has started), but
+    // no listener consumes them yet.
+    let consumer = heimdex_worker::advisory::consumer(&events).await.unwrap();
 
     let http = reqwest::Client::new();
     let token =
@@ -62,8 +64,6 @@ async fn max_deliveries_advisory_marks_the_job_failed() {
     assert_eq!(queued["status"], "QUEUED");
     let seq = queued["last_event_seq"].as_u64().unwrap();
 
-    // Give the listener's subscription a moment to reach the server, then advise.
-    client.flush().await.unwrap();
     let advisory = serde_json::json!({
         "type": "io.nats.jetstream.advisory.v1.max_deliver",
         "id": "test",
@@ -73,27 +73,51 @@ async fn max_deliveries_advisory_marks_the_job_failed() {
         "stream_seq": seq,
         "deliveries": 4
     });
-    let failed = heimdex_tests::eventually(Duration::from_secs(10), || async {
-        client
-            .publish(
-                heimdex_worker::advisory::subject(),
-                advisory.to_string().into(),
-            )
-            .await
-            .ok()?;
-        let job = wait_for_job(
-            &http,
-            &base,
-            &token,
-            &job_id,
-            "FAILED",
-            Duration::from_millis(500),
+    client
+        .publish(
+            heimdex_worker::advisory::subject(),
+            advisory.to_string().into(),
         )
-        .await;
-        (job["status"] == "FAILED").then_some(job)
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    // Nobody listens: the job stays QUEUED, and the advisory waits in its stream.
+    let js = async_nats::jetstream::new(client.clone());
+    heimdex_tests::eventually(Duration::from_secs(10), || async {
+        let mut stream = js.get_stream("HEIMDEX_ADVISORIES").await.ok()?;
+        (stream.info().await.ok()?.state.messages == 1).then_some(())
     })
     .await
-    .expect("job marked FAILED from the advisory");
+    .expect("the advisory is kept while no listener runs");
+    let job = wait_for_job(
+        &http,
+        &base,
+        &token,
+        &job_id,
+        "QUEUED",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(job["status"], "QUEUED");
+
+    let listener = tokio::spawn(heimdex_worker::advisory::run(
+        events.log.clone(),
+        consumer,
+        shutdown.clone(),
+    ));
+    let failed = wait_for_job(
+        &http,
+        &base,
+        &token,
+        &job_id,
+        "FAILED",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(
+        failed["status"], "FAILED",
+        "job marked FAILED from the advisory"
+    );
     assert_eq!(failed["error"]["code"], "max_deliveries");
     assert_eq!(failed["attempts"], 4);
 

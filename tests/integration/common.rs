@@ -1,11 +1,17 @@
 //! Helpers several integration test modules share and that need the test-only async-nats
 //! dependency (so they cannot live in `tests/support`).
 
+use std::sync::Arc;
+
 use async_nats::jetstream::message::PublishMessage;
+use heimdex::serve::{self, Roles};
 use heimdex_domain::events::{EventData, JobEvent, Requested};
 use heimdex_domain::ids;
-use heimdex_domain::jobs::JobSpec;
+use heimdex_domain::jobs::{EmbedParams, JobSpec};
+use heimdex_store::VectorStore;
+use heimdex_tests::{TestApp, TestNats, settings};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Publishes a job's `requested` event straight to the stream, past the API's checks (for jobs
@@ -63,4 +69,94 @@ pub fn job_ids(value: &Value) -> Vec<String> {
     let mut out = Vec::new();
     walk(value, &mut out);
     out
+}
+
+/// Publishes an embedding job for a model no worker serves, past the API's checks: it fails on
+/// its first attempt with `invalid_input`. Returns its job id.
+pub async fn poison_job(js: &async_nats::jetstream::Context, org: Uuid, segment: &str) -> String {
+    let spec = JobSpec::Embedding(EmbedParams {
+        asset_id: heimdex_domain::AssetId::parse("poison").unwrap(),
+        segment_id: heimdex_domain::SegmentId::parse(segment).unwrap(),
+        model: "no-such-model".into(),
+        model_ver: "v1".into(),
+        text: "some text".into(),
+        chunk: None,
+    });
+    publish_requested(js, org, "test", spec).await.to_string()
+}
+
+pub fn job_id_of(body: &Value) -> String {
+    body["job_id"].as_str().expect("job_id").to_owned()
+}
+
+/// Walks every page of `GET /jobs?<query>` and returns the job ids in order, and the pages.
+pub async fn walk(app: &TestApp, token: &str, query: &str) -> (Vec<String>, usize) {
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/jobs?{query}");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let response = app.get(token, &path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let page: Value = response.json().await.unwrap();
+        pages += 1;
+        ids.extend(page["jobs"].as_array().unwrap().iter().map(job_id_of));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < 100, "pagination does not end");
+    }
+    (ids, pages)
+}
+
+/// Services of one process against a NATS that outlives them, as a restart would see it.
+pub struct Services {
+    pub base: String,
+    pub settings: heimdex::settings::Settings,
+    pub store: Option<Arc<dyn VectorStore>>,
+    pub shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<()>,
+    _data: tempfile::TempDir,
+}
+
+impl Services {
+    pub async fn start(nats: &TestNats, roles: Roles, extra: &[(&str, &str)]) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let s = settings(data.path(), &nats.url(), extra);
+        let shutdown = CancellationToken::new();
+        let running = serve::start(&s, roles, &nats.url(), shutdown.clone())
+            .await
+            .expect("services start");
+        let base = format!("http://{}", running.api_addr.expect("api runs"));
+        let store = running.store.clone();
+        Self {
+            base,
+            settings: s,
+            store,
+            shutdown,
+            running: tokio::spawn(running.wait()),
+            _data: data,
+        }
+    }
+
+    /// A token for `org`, signed with the test secret.
+    pub fn token(&self, org: Uuid) -> String {
+        heimdex_api::auth::issue_token(
+            &self.settings.api.jwt,
+            org,
+            "tester",
+            std::time::Duration::from_secs(600),
+        )
+        .expect("token")
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.running.await;
+        drop(self.store);
+    }
 }

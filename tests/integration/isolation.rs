@@ -148,8 +148,8 @@ async fn publish_poison_job(app: &TestApp, org: Uuid) -> String {
             .expect("nats connects"),
     );
     let spec = JobSpec::Embedding(EmbedParams {
-        asset_id: "iso-a-doc".into(),
-        segment_id: "poison".into(),
+        asset_id: heimdex_domain::AssetId::parse("iso-a-doc").unwrap(),
+        segment_id: heimdex_domain::SegmentId::parse("poison").unwrap(),
         model: "no-such-model".into(),
         model_ver: "v1".into(),
         text: SECRET_TEXT.into(),

@@ -22,65 +22,43 @@ use tokio_util::sync::CancellationToken;
 
 pub const JWT_SECRET: &str = "integration-test-secret-0123456789abcdef";
 
-/// A nats-server of the test's own.
+/// A nats-server of the test's own: [`NatsServer`] (random port, killed on drop) with its store
+/// in a temp dir that lives as long as it does. Stop, kill and start it again through `Deref`.
 pub struct TestNats {
-    server: Option<NatsServer>,
+    server: NatsServer,
     pub dir: TempDir,
 }
 
 impl TestNats {
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let server = NatsServer::start(NatsServerConfig {
-            bin: nats_server::find_binary(None)
+        let server = NatsServer::start(NatsServerConfig::new(
+            nats_server::find_binary(None)
                 .expect("nats-server: run ./deploy/setup.sh or set NATS_SERVER_BIN"),
-            store_dir: dir.path().join("nats"),
-            listen: "127.0.0.1:0".parse().expect("address"),
-            extra_args: Vec::new(),
-            sync_interval: None,
-        })
+            dir.path().join("nats"),
+            "127.0.0.1:0".parse().expect("address"),
+        ))
         .await
         .expect("nats-server starts");
-        Self {
-            server: Some(server),
-            dir,
-        }
+        Self { server, dir }
     }
 
     pub fn url(&self) -> String {
-        self.server().url().to_owned()
+        self.server.url().to_owned()
     }
+}
 
-    pub fn port(&self) -> u16 {
-        self.server().port()
+impl std::ops::Deref for TestNats {
+    type Target = NatsServer;
+
+    fn deref(&self) -> &NatsServer {
+        &self.server
     }
+}
 
-    fn server(&self) -> &NatsServer {
-        self.server.as_ref().expect("nats-server is running")
-    }
-
-    /// Stops the server (keeping its store) until [`TestNats::restart`].
-    pub async fn stop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop().await;
-        }
-    }
-
-    /// Starts the server again on the same port and store.
-    pub async fn restart(&mut self, port: u16) {
-        let mut config = NatsServerConfig {
-            bin: nats_server::find_binary(None).expect("nats-server"),
-            store_dir: self.dir.path().join("nats"),
-            listen: "127.0.0.1:0".parse().expect("address"),
-            extra_args: Vec::new(),
-            sync_interval: None,
-        };
-        config.listen.set_port(port);
-        self.server = Some(
-            NatsServer::start(config)
-                .await
-                .expect("nats-server restarts"),
-        );
+impl std::ops::DerefMut for TestNats {
+    fn deref_mut(&mut self) -> &mut NatsServer {
+        &mut self.server
     }
 }
 

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{Context, kv, stream};
+use heimdex_event_store::{EventStore, JobLog, StatusStore};
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 use poem::{Endpoint, EndpointExt, IntoResponse, PathPattern, Request, Response, Route, Server};
 use poem_openapi::OpenApiService;
@@ -76,17 +76,12 @@ pub struct ApiConfig {
 /// Connections and stores the API needs; `heimdex serve` shares them with the other services.
 #[derive(Clone)]
 pub struct ApiDeps {
-    pub client: async_nats::Client,
-    pub js: Context,
-    pub status: kv::Store,
-    pub jobs_stream: stream::Stream,
+    pub events: EventStore,
     pub store: Arc<dyn VectorStore>,
     /// The models requests may name.
     pub models: Arc<heimdex_embed::Registry>,
     /// The process's embedding queue: search embeds text queries there, ahead of ingest.
     pub embeddings: heimdex_embed::EmbedQueue,
-    /// NATS URL shown in `/readyz` (credentials are stripped before it is shown).
-    pub nats_url: String,
     /// Vector store URL shown in `/readyz` (`None`: the embedded store).
     pub store_url: Option<String>,
 }
@@ -94,9 +89,8 @@ pub struct ApiDeps {
 /// Shared by every handler.
 pub struct AppState {
     pub submitter: Submitter,
-    pub js: Context,
-    pub status: kv::Store,
-    pub jobs_stream: stream::Stream,
+    pub log: JobLog,
+    pub statuses: StatusStore,
     pub store: Arc<dyn VectorStore>,
     pub models: Arc<heimdex_embed::Registry>,
     pub embeddings: heimdex_embed::EmbedQueue,
@@ -125,7 +119,7 @@ pub struct Api {
     addr: SocketAddr,
     app: poem::endpoint::BoxEndpoint<'static>,
     admission: Arc<Admission>,
-    jobs_stream: stream::Stream,
+    log: JobLog,
 }
 
 pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError> {
@@ -137,16 +131,15 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
             .unwrap_or_else(|| "embedded".to_owned()),
     );
     let admission = Arc::new(Admission::new(&config.overload));
-    let jobs_stream = deps.jobs_stream.clone();
+    let events = deps.events;
     let state = Arc::new(AppState {
-        submitter: Submitter::new(deps.client.clone(), deps.js.clone(), admission.clone()),
-        js: deps.js,
-        status: deps.status,
-        jobs_stream: deps.jobs_stream,
+        submitter: Submitter::new(events.log.clone(), admission.clone()),
+        log: events.log.clone(),
+        statuses: events.statuses.clone(),
         store: deps.store,
         models: deps.models,
         embeddings: deps.embeddings,
-        nats_url: strip_credentials(&deps.nats_url),
+        nats_url: strip_credentials(&events.url),
         store_url,
         nats_probe: CachedProbe::new(config.probes.clone()),
         store_probe: CachedProbe::new(config.probes.clone()),
@@ -175,7 +168,7 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
         addr,
         app,
         admission,
-        jobs_stream,
+        log: events.log,
     })
 }
 
@@ -314,7 +307,7 @@ impl Api {
         let maintenance = tokio::spawn(
             self.admission
                 .clone()
-                .maintain(self.jobs_stream.clone(), shutdown.clone()),
+                .maintain(self.log.stream().clone(), shutdown.clone()),
         );
         let served = Server::new_with_acceptor(self.acceptor)
             .idle_timeout(Duration::from_secs(60))

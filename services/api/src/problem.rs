@@ -10,9 +10,16 @@ use poem::{IntoResponse, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
-use crate::auth::AuthError;
 use heimdex_embed::ModelError;
+use heimdex_event_store::log::{AppendError, LogReadError};
+use heimdex_event_store::status::StatusError;
 use heimdex_store::StoreError;
+use heimdex_telemetry::ErrorChain;
+
+use crate::auth::AuthError;
+
+/// A cause kept for the log.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -73,12 +80,18 @@ pub enum ProblemResponse {
     /// Unexpected failure; details are in the server log.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
-    /// A dependency (NATS, the vector store) is unavailable; retry after the given seconds.
+    /// A dependency (NATS, the vector store) is unavailable, or the workers are too far behind;
+    /// retry after the given seconds.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] u64),
-    /// The event store is out of space; nothing was accepted.
+    /// The service cannot do this until an operator acts (say, installs a model's weights):
+    /// retrying will not help, so no `Retry-After`.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    NotServed(Json<Problem>),
+    /// The event store is out of space; nothing was accepted. No `Retry-After`: it takes an
+    /// operator to make room.
     #[oai(status = 507, content_type = "application/problem+json")]
-    InsufficientStorage(Json<Problem>, #[oai(header = "Retry-After")] u64),
+    InsufficientStorage(Json<Problem>),
 }
 
 /// What can go wrong in a handler.
@@ -97,13 +110,16 @@ pub enum ApiError {
     NotFound(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// A dependency failed in a way that retrying may fix.
     #[error("{what} is unavailable")]
     Unavailable {
         what: &'static str,
         retry_after: Duration,
+        #[source]
+        source: Option<BoxError>,
     },
     #[error("the event store is full")]
-    StorageFull,
+    StorageFull(#[source] AppendError),
     /// The caller's organization is over its rate limit.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
@@ -114,18 +130,24 @@ pub enum ApiError {
     #[error("{0}")]
     TooLarge(String),
     /// The model is known but not loaded here (e.g. its weights are not installed).
-    #[error("{0}")]
-    ModelUnavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error(transparent)]
+    ModelUnavailable(ModelError),
+    #[error("internal error")]
+    Internal(#[source] BoxError),
 }
 
 impl ApiError {
-    pub fn nats_unavailable() -> Self {
+    /// NATS failed: the answer is 503 with `Retry-After`, the cause goes to the log.
+    pub fn nats(source: impl Into<BoxError>) -> Self {
         ApiError::Unavailable {
             what: "NATS",
             retry_after: Duration::from_secs(2),
+            source: Some(source.into()),
         }
+    }
+
+    pub fn internal(source: impl Into<BoxError>) -> Self {
+        ApiError::Internal(source.into())
     }
 
     pub fn into_problem(self) -> ProblemResponse {
@@ -152,24 +174,33 @@ impl ApiError {
                 detail,
             ))),
             ApiError::Auth(err) => unauthorized(&err.to_string()),
-            ApiError::Unavailable { what, retry_after } => ProblemResponse::Unavailable(
-                Json(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "Service temporarily unavailable",
-                    format!("{what} is unavailable; nothing was accepted, retry later"),
-                )),
-                retry_after.as_secs().max(1),
-            ),
-            ApiError::StorageFull => ProblemResponse::InsufficientStorage(
-                Json(Problem::new(
+            ApiError::Unavailable {
+                what,
+                retry_after,
+                source,
+            } => {
+                if let Some(source) = &source {
+                    tracing::warn!(error = %ErrorChain(source.as_ref()), "{what} unavailable");
+                }
+                ProblemResponse::Unavailable(
+                    Json(Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "Service temporarily unavailable",
+                        format!("{what} is unavailable; nothing was accepted, retry later"),
+                    )),
+                    retry_after.as_secs().max(1),
+                )
+            }
+            ApiError::StorageFull(source) => {
+                tracing::error!(error = %ErrorChain(&source), "event store full");
+                ProblemResponse::InsufficientStorage(Json(Problem::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     "insufficient_storage",
                     "Event store full",
                     "the event store has no space left; nothing was accepted",
-                )),
-                30,
-            ),
+                )))
+            }
             ApiError::RateLimited { retry_after } => ProblemResponse::TooManyRequests(
                 Json(Problem::new(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -196,17 +227,14 @@ impl ApiError {
                 "Payload too large",
                 detail,
             ))),
-            ApiError::ModelUnavailable(detail) => ProblemResponse::Unavailable(
-                Json(Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "model_unavailable",
-                    "Model unavailable",
-                    format!("{detail}; nothing was accepted"),
-                )),
-                30,
-            ),
-            ApiError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
+            ApiError::ModelUnavailable(err) => ProblemResponse::NotServed(Json(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "model_unavailable",
+                "Model unavailable",
+                format!("{err}; nothing was accepted"),
+            ))),
+            ApiError::Internal(source) => {
+                tracing::error!(error = %ErrorChain(source.as_ref()), "internal error");
                 ProblemResponse::Internal(Json(internal_problem()))
             }
         }
@@ -222,15 +250,53 @@ impl From<ApiError> for ProblemResponse {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
-            StoreError::Unavailable(reason) => {
-                tracing::warn!(%reason, "vector store unavailable");
-                ApiError::Unavailable {
-                    what: "the vector store",
-                    retry_after: Duration::from_secs(2),
-                }
-            }
             StoreError::InvalidInput(detail) => ApiError::Validation(detail),
-            StoreError::Internal(reason) => ApiError::Internal(format!("vector store: {reason}")),
+            err @ StoreError::Unavailable(_) => ApiError::Unavailable {
+                what: "the vector store",
+                retry_after: Duration::from_secs(2),
+                source: Some(err.into()),
+            },
+            err @ StoreError::Internal(_) => ApiError::Internal(err.into()),
+        }
+    }
+}
+
+impl From<AppendError> for ApiError {
+    fn from(err: AppendError) -> Self {
+        match err {
+            err @ AppendError::Full(_) => ApiError::StorageFull(err),
+            err @ (AppendError::Disconnected
+            | AppendError::Unavailable(_)
+            | AppendError::Refused(_)) => ApiError::nats(err),
+        }
+    }
+}
+
+impl From<StatusError> for ApiError {
+    fn from(err: StatusError) -> Self {
+        match err {
+            err @ StatusError::Decode { .. } => ApiError::internal(err),
+            err @ (StatusError::Read(_)
+            | StatusError::Create(_)
+            | StatusError::Update(_)
+            | StatusError::List(_)
+            | StatusError::Subscribe(_)
+            | StatusError::Publish(_)
+            | StatusError::ListStatus(_)
+            | StatusError::ListStalled(_)
+            | StatusError::Index(_)
+            | StatusError::Purge(_)
+            | StatusError::Info(_)
+            | StatusError::Stream(_)) => ApiError::nats(err),
+        }
+    }
+}
+
+impl From<LogReadError> for ApiError {
+    fn from(err: LogReadError) -> Self {
+        match err {
+            err @ LogReadError::Decode { .. } => ApiError::internal(err),
+            err @ (LogReadError::Read(_) | LogReadError::DirectGet(_)) => ApiError::nats(err),
         }
     }
 }
@@ -245,7 +311,7 @@ impl From<ModelError> for ApiError {
     fn from(err: ModelError) -> Self {
         match err {
             ModelError::Unknown { .. } => ApiError::Validation(err.to_string()),
-            ModelError::Unavailable { .. } => ApiError::ModelUnavailable(err.to_string()),
+            ModelError::Unavailable { .. } => ApiError::ModelUnavailable(err),
         }
     }
 }

@@ -5,16 +5,15 @@
 
 use std::sync::Arc;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::message::PublishMessage;
 use uuid::Uuid;
 
-use crate::auth::Principal;
 use heimdex_domain::events::{EventData, JobEvent, Requested, Retried};
 use heimdex_domain::ids;
 use heimdex_domain::jobs::JobSpec;
+use heimdex_event_store::JobLog;
+use heimdex_event_store::log::Appended;
 
+use crate::auth::Principal;
 use crate::overload::Admission;
 use crate::problem::ApiError;
 
@@ -27,22 +26,13 @@ pub struct Submitted {
 
 #[derive(Clone)]
 pub struct Submitter {
-    client: async_nats::Client,
-    js: async_nats::jetstream::Context,
+    log: JobLog,
     admission: Arc<Admission>,
 }
 
 impl Submitter {
-    pub fn new(
-        client: async_nats::Client,
-        js: async_nats::jetstream::Context,
-        admission: Arc<Admission>,
-    ) -> Self {
-        Self {
-            client,
-            js,
-            admission,
-        }
+    pub fn new(log: JobLog, admission: Arc<Admission>) -> Self {
+        Self { log, admission }
     }
 
     /// Submits one job, if the org's rate limit and the backlog bound admit it.
@@ -73,55 +63,26 @@ impl Submitter {
         let job_key = ids::job_key(principal.org_id, spec.job_type(), &spec.params());
         let job_id = ids::job_id(&job_key);
         tracing::Span::current().record("job_id", tracing::field::display(job_id));
-
-        // A disconnected client would buffer the publish until its timeout; answer at once.
-        if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(ApiError::nats_unavailable());
-        }
-
         let event = JobEvent::new(
             principal.org_id,
             job_id,
             EventData::Requested(Requested {
                 job_id,
-                job_key: job_key.clone(),
+                job_key,
                 user_id: principal.user_id.clone(),
                 spec,
             }),
         );
-        let subject = event.subject();
-        tracing::Span::current().record("messaging.destination.name", subject.as_str());
-        let mut headers = HeaderMap::new();
-        heimdex_telemetry::inject_context(&mut headers);
-        let publish = PublishMessage::build()
-            .payload(event.encode().into())
-            .headers(headers)
-            .message_id(&job_key)
-            .expected_last_subject_sequence(0);
-
-        let ack = match self.js.send_publish(subject, publish).await {
-            Ok(future) => future.await,
-            Err(err) => Err(err),
+        tracing::Span::current().record("messaging.destination.name", event.subject().as_str());
+        let created = match self.log.request(&event).await? {
+            Appended::Created => true,
+            Appended::Exists => false,
         };
-        match ack {
-            Ok(ack) => Ok(Submitted {
-                job_id,
-                created: !ack.duplicate,
-            }),
-            // The subject already holds this job's `requested` event: the job exists.
-            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(Submitted {
-                job_id,
-                created: false,
-            }),
-            Err(err) => Err(refused(&err)),
-        }
+        Ok(Submitted { job_id, created })
     }
 
-    /// Appends the `retried` event of round `round` of a FAILED job. It is stored at most once:
-    /// its `Nats-Msg-Id` is `<job_id>:retried:<round>` (every request retrying the same failure
-    /// computes the same round) and it expects `last_retried_seq` (0 before the first retry) as
-    /// the last sequence on the job's `retried` subject, which holds beyond the duplicate window.
-    /// `Ok` means the round's `retried` event is stored, by this call or a concurrent one.
+    /// Appends the `retried` event of round `round` of a FAILED job (see [`JobLog::retry`]):
+    /// `Ok` means the round's event is stored, by this call or a concurrent one.
     #[tracing::instrument(
         name = "publish",
         skip_all,
@@ -142,9 +103,6 @@ impl Submitter {
         spec: JobSpec,
         last_retried_seq: u64,
     ) -> Result<(), ApiError> {
-        if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(ApiError::nats_unavailable());
-        }
         let event = JobEvent::new(
             principal.org_id,
             job_id,
@@ -154,25 +112,7 @@ impl Submitter {
                 spec,
             }),
         );
-        let mut headers = HeaderMap::new();
-        heimdex_telemetry::inject_context(&mut headers);
-        let publish = PublishMessage::build()
-            .payload(event.encode().into())
-            .headers(headers)
-            .message_id(&event.id)
-            .expected_last_subject_sequence(last_retried_seq);
-        let ack = match self.js.send_publish(event.subject(), publish).await {
-            Ok(future) => future.await,
-            Err(err) => Err(err),
-        };
-        match ack {
-            // A duplicate ack: a concurrent request stored this round's event first.
-            Ok(_) => Ok(()),
-            // Another retry was stored since `last_retried_seq` was read: this round's, by a
-            // concurrent request retrying the same failure.
-            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(()),
-            Err(err) => Err(refused(&err)),
-        }
+        Ok(self.log.retry(&event, last_retried_seq).await?)
     }
 
     /// Submits every job concurrently (one publish each, acknowledged together). Admission is
@@ -188,42 +128,4 @@ impl Submitter {
         futures::future::try_join_all(specs.into_iter().map(|spec| self.publish(principal, spec)))
             .await
     }
-}
-
-/// Why a publish that was not stored failed, for the client: NATS unavailable (503) or the
-/// event store full (507). Nothing was accepted either way.
-fn refused(err: &PublishError) -> ApiError {
-    match err.kind() {
-        PublishErrorKind::TimedOut
-        | PublishErrorKind::BrokenPipe
-        | PublishErrorKind::MaxAckPending => {
-            tracing::warn!(%err, "publish not acknowledged");
-            ApiError::nats_unavailable()
-        }
-        PublishErrorKind::StreamNotFound => {
-            tracing::error!(%err, "job stream missing");
-            ApiError::nats_unavailable()
-        }
-        PublishErrorKind::Other if is_storage_full(&err.to_string()) => {
-            tracing::error!(%err, "event store full");
-            ApiError::StorageFull
-        }
-        PublishErrorKind::WrongLastSequence
-        | PublishErrorKind::WrongLastMessageId
-        | PublishErrorKind::MaxPayloadExceeded
-        | PublishErrorKind::Other => {
-            tracing::error!(%err, "publish refused");
-            ApiError::nats_unavailable()
-        }
-    }
-}
-
-/// JetStream reports a full store as "insufficient resources" (10023) or as a stream over its
-/// byte/message limits with `discard: new` ("maximum bytes/messages exceeded").
-fn is_storage_full(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    message.contains("insufficient resources")
-        || message.contains("maximum bytes exceeded")
-        || message.contains("maximum messages exceeded")
-        || message.contains("no space left")
 }

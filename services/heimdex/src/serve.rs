@@ -166,9 +166,10 @@ pub async fn start(
         )
         .await?;
         tasks.spawn(worker.run(shutdown.clone()));
+        let advisories = heimdex_worker::advisory::consumer(&nats).await?;
         tasks.spawn(heimdex_worker::advisory::run(
-            nats.client.clone(),
-            nats.js.clone(),
+            nats.log.clone(),
+            advisories,
             shutdown.clone(),
         ));
     }
@@ -192,14 +193,10 @@ pub async fn start(
         let api = heimdex_api::build(
             &settings.api,
             heimdex_api::ApiDeps {
-                client: nats.client.clone(),
-                js: nats.js.clone(),
-                status: nats.status.clone(),
-                jobs_stream: nats.stream.clone(),
+                events: nats.clone(),
                 store: store.clone(),
                 models: models.clone(),
                 embeddings: embeddings.clone(),
-                nats_url: nats.url.clone(),
                 store_url: settings.store_url().map(str::to_owned),
             },
         )
@@ -235,8 +232,8 @@ pub async fn build_worker(
     let worker = heimdex_worker::Worker::build(
         heimdex_worker::WorkerConfig::new(settings.worker.concurrency, &nats.defs, &settings.store),
         heimdex_worker::WorkerDeps {
-            js: nats.js.clone(),
-            status: nats.status.clone(),
+            log: nats.log.clone(),
+            statuses: nats.statuses.clone(),
             consumer,
             store,
             models,
@@ -252,9 +249,9 @@ pub async fn build_projector(nats: &EventStore) -> anyhow::Result<heimdex_projec
         heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.projector).await?;
     Ok(heimdex_projector::Projector::new(
         heimdex_projector::ProjectorDeps {
-            status: nats.status.clone(),
+            statuses: nats.statuses.clone(),
             consumer,
-            jobs: nats.stream.clone(),
+            log: nats.log.clone(),
         },
     ))
 }
@@ -262,15 +259,9 @@ pub async fn build_projector(nats: &EventStore) -> anyhow::Result<heimdex_projec
 async fn start_embedded_nats(settings: &Settings) -> anyhow::Result<NatsServer> {
     let embedded = &settings.embedded_nats;
     let bin = nats_server::find_binary(embedded.server_bin.as_deref())?;
-    let server = NatsServer::start(NatsServerConfig {
-        bin,
-        store_dir: settings.nats_store_dir(),
-        listen: embedded.listen,
-        extra_args: Vec::new(),
-        sync_interval: Some(embedded.sync_interval),
-    })
-    .await?;
-    Ok(server)
+    let mut config = NatsServerConfig::new(bin, settings.nats_store_dir(), embedded.listen);
+    config.sync_interval = Some(embedded.sync_interval);
+    Ok(NatsServer::start(config).await?)
 }
 
 /// Restarts the embedded nats-server if it dies; stops it when `stop` is cancelled.
@@ -285,16 +276,13 @@ async fn supervise(mut server: NatsServer, stop: CancellationToken) {
             }
             status = server.wait() => {
                 tracing::error!(?status, "embedded nats-server exited; restarting");
-                let mut config = server.config().clone();
-                config.listen.set_port(server.port());
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(delay) => {}
                     }
-                    match NatsServer::start(config.clone()).await {
-                        Ok(restarted) => {
-                            server = restarted;
+                    match server.start_again().await {
+                        Ok(()) => {
                             delay = Duration::from_millis(200);
                             tracing::info!(url = server.url(), "embedded nats-server restarted");
                             break;

@@ -19,18 +19,18 @@ pub mod rebuild;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{DeliverPolicy, PullConsumer};
-use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
-use async_nats::jetstream::stream::Stream;
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
-use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::join_all;
 
 use heimdex_domain::events::{self, JobEvent};
 use heimdex_domain::jobs::{Applied, JobStatus};
 use heimdex_event_store::batching::{Batching, next_batch};
-use heimdex_event_store::jetstream::{ReadError, StreamRead, status_key};
+use heimdex_event_store::log::LogReadError;
+use heimdex_event_store::status::{StatusError, WriteError, status_key};
+use heimdex_event_store::{JobLog, StatusStore};
+use heimdex_telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
 
 /// The cache of in-progress jobs is cleared past this many entries.
@@ -43,18 +43,22 @@ const REFOLD_STALL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
-    #[error("status bucket unavailable: {0}")]
-    Unavailable(String),
+    #[error("status store unavailable")]
+    Status(#[from] StatusError),
+    #[error("job log unavailable")]
+    Log(#[from] LogReadError),
+    #[error("job {0} has no events to refold")]
+    NoEvents(uuid::Uuid),
     #[error("too many revision conflicts on {0}")]
     Contention(String),
 }
 
 #[derive(Clone)]
 pub struct ProjectorDeps {
-    pub status: kv::Store,
+    pub statuses: StatusStore,
     pub consumer: PullConsumer,
-    /// The job stream, read when a job must be refolded from its events.
-    pub jobs: Stream,
+    /// The job log, read when a job must be refolded from its events.
+    pub log: JobLog,
 }
 
 pub struct Projector {
@@ -82,6 +86,7 @@ impl Projector {
 
     /// Projects until `shutdown` is cancelled; the batch being written finishes first.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.backfill_index().await;
         tracing::info!("projector consuming");
         while let Some(messages) = heimdex_event_store::jetstream::pull_stream(
             &self.deps.consumer,
@@ -110,6 +115,24 @@ impl Projector {
         tracing::info!("projector stopped");
     }
 
+    /// A bucket made before the listing index existed gets its entries once (the index is
+    /// empty and the bucket is not). A failure is logged: listings by status then miss jobs
+    /// until their next change, and the next start tries again.
+    async fn backfill_index(&self) {
+        match self.deps.statuses.index_missing().await {
+            Ok(false) => {}
+            Ok(true) => match self.deps.statuses.backfill_index(REFOLD_STALL).await {
+                Ok(written) => {
+                    tracing::info!(written, "listing index built from the status bucket")
+                }
+                Err(err) => tracing::error!(error = %err, "cannot build the listing index"),
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot tell whether the listing index is complete")
+            }
+        }
+    }
+
     /// Applies a batch and acknowledges it; on failure the batch is NAKed and comes back.
     ///
     /// One `projector.apply` span serves the whole batch, many jobs of many traces: it has no
@@ -130,7 +153,7 @@ impl Projector {
         let disposition = match applied {
             Ok(()) => AckKind::Ack,
             Err(err) => {
-                tracing::warn!(%err, events = messages.len(), "projection failed; will retry");
+                tracing::warn!(error = %ErrorChain(&err), events = messages.len(), "projection failed; will retry");
                 self.cache.clear();
                 AckKind::Nak(Some(Duration::from_millis(500)))
             }
@@ -160,7 +183,7 @@ impl Projector {
                 .push((seq, event));
         }
 
-        let (status, stream) = (&self.deps.status, &self.deps.jobs);
+        let (statuses, log) = (&self.deps.statuses, &self.deps.log);
         let jobs: Vec<_> = order
             .into_iter()
             .map(|key| {
@@ -170,7 +193,7 @@ impl Projector {
             })
             .collect();
         let results = join_all(jobs.into_iter().map(|(key, cached, events)| async move {
-            let result = project(status, stream, &key, cached, &events).await;
+            let result = project(statuses, log, &key, cached, &events).await;
             (key, result)
         }))
         .await;
@@ -223,8 +246,8 @@ fn decode(message: &Message) -> Option<(u64, JobEvent)> {
 /// Folds `events` into the job's status and writes it with compare-and-set. Returns the new
 /// revision and status (`None` if nothing changed and nothing was read).
 async fn project(
-    bucket: &kv::Store,
-    stream: &Stream,
+    statuses: &StatusStore,
+    log: &JobLog,
     key: &str,
     mut cached: Option<(u64, JobStatus)>,
     events: &[(u64, JobEvent)],
@@ -235,9 +258,16 @@ async fn project(
     for _ in 0..CAS_ATTEMPTS {
         let current = match cached.take() {
             Some((revision, status)) => Some((revision, Some(status))),
-            None => read(bucket, key).await?,
+            None => statuses
+                .entry(first.org_id, first.job_id)
+                .await?
+                .map(|entry| (entry.revision, entry.status)),
         };
         let empty = || JobStatus::empty(first.org_id, first.job_id, first.time);
+        // What the listing index has the job under now: its stored status, if readable.
+        let previous = current
+            .as_ref()
+            .and_then(|(_, status)| status.as_ref().map(|status| status.status));
         let (revision, mut status) = match current {
             Some((revision, status)) => (Some(revision), status.unwrap_or_else(empty)),
             None => (None, empty()),
@@ -249,80 +279,24 @@ async fn project(
             changed |= status.apply(event, *seq) == Applied::Changed;
         }
         if out_of_order {
-            let refolded = refold(stream, first.org_id, first.job_id).await?;
-            // The stream holds at least what was applied; a refold never moves backwards.
+            let refolded = log
+                .fold(first.org_id, first.job_id, REFOLD_STALL)
+                .await?
+                .ok_or(ProjectError::NoEvents(first.job_id))?;
+            // The log holds at least what was applied; a refold never moves backwards.
             if refolded.last_event_seq >= status.last_event_seq {
                 changed |= refolded != status;
                 status = refolded;
             }
         }
-        let Some(revision) = revision else {
-            let value = encode(&status);
-            match bucket.create(key, value).await {
-                Ok(revision) => return Ok(Some((revision, status))),
-                Err(err) if err.kind() == CreateErrorKind::AlreadyExists => continue,
-                Err(err) => return Err(ProjectError::Unavailable(err.to_string())),
-            }
-        };
-        if !changed {
-            return Ok(Some((revision, status)));
+        if revision.is_some() && !changed {
+            return Ok(revision.map(|revision| (revision, status)));
         }
-        match bucket.update(key, encode(&status), revision).await {
+        match statuses.write(&status, revision, previous).await {
             Ok(revision) => return Ok(Some((revision, status))),
-            Err(err) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
-            Err(err) => return Err(ProjectError::Unavailable(err.to_string())),
+            Err(WriteError::Conflict) => continue,
+            Err(WriteError::Store(err)) => return Err(err.into()),
         }
     }
     Err(ProjectError::Contention(key.to_owned()))
-}
-
-/// The job's status folded from all its events in the stream, in stream order.
-async fn refold(
-    stream: &Stream,
-    org_id: uuid::Uuid,
-    job_id: uuid::Uuid,
-) -> Result<JobStatus, ProjectError> {
-    let unavailable = |err: ReadError| ProjectError::Unavailable(err.to_string());
-    let mut read = StreamRead::open(
-        stream,
-        events::job_subjects(org_id, job_id),
-        DeliverPolicy::All,
-        REFOLD_STALL,
-    )
-    .await
-    .map_err(unavailable)?;
-    let mut status: Option<JobStatus> = None;
-    while let Some(message) = read.next().await.map_err(unavailable)? {
-        if let Some((seq, event)) = decode(&message) {
-            status
-                .get_or_insert_with(|| JobStatus::empty(org_id, job_id, event.time))
-                .apply(&event, seq);
-        }
-    }
-    status.ok_or_else(|| ProjectError::Unavailable(format!("no events for job {job_id}")))
-}
-
-/// The key's revision and status; a status that cannot be decoded is `None` (the revision is
-/// kept so the rewrite is still a compare-and-set).
-async fn read(
-    bucket: &kv::Store,
-    key: &str,
-) -> Result<Option<(u64, Option<JobStatus>)>, ProjectError> {
-    let entry = bucket
-        .entry(key)
-        .await
-        .map_err(|err| ProjectError::Unavailable(err.to_string()))?;
-    Ok(entry.map(|entry| match serde_json::from_slice::<JobStatus>(&entry.value) {
-        Ok(status) => (entry.revision, Some(status)),
-        Err(err) => {
-            tracing::error!(%err, key, "undecodable status in bucket; refolding from this batch");
-            (entry.revision, None)
-        }
-    }))
-}
-
-fn encode(status: &JobStatus) -> Bytes {
-    serde_json::to_vec(status)
-        .expect("job status serializes to JSON")
-        .into()
 }

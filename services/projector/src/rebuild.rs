@@ -9,12 +9,17 @@ use async_nats::jetstream::{self, consumer, kv};
 use futures::{StreamExt, TryStreamExt};
 
 use heimdex_domain::jobs::JobStatus;
-use heimdex_event_store::jetstream::{Definitions, JOBS_STREAM, status_key};
+use heimdex_event_store::jetstream::{Definitions, JOBS_STREAM};
+use heimdex_event_store::status::status_key;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
-    #[error("NATS request failed: {0}")]
-    Nats(String),
+    #[error("NATS request failed")]
+    Nats(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the replay stalled: no event for 10 s")]
+    Stalled,
+    #[error("the replay ended before the stream's last event")]
+    Ended,
     #[error("{0} is the live bucket; rebuild into a fresh one")]
     LiveBucket(String),
 }
@@ -28,8 +33,8 @@ pub struct RebuildReport {
     pub last_seq: u64,
 }
 
-fn nats(err: impl std::fmt::Display) -> RebuildError {
-    RebuildError::Nats(err.to_string())
+fn nats(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> RebuildError {
+    RebuildError::Nats(err.into())
 }
 
 /// Replays `HEIMDEX_JOBS` from sequence 1 into a fresh bucket named `bucket` (deleted first if
@@ -60,8 +65,8 @@ pub async fn rebuild(
         loop {
             let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
                 .await
-                .map_err(|_| RebuildError::Nats("replay stalled".into()))?
-                .ok_or_else(|| RebuildError::Nats("replay ended early".into()))?
+                .map_err(|_| RebuildError::Stalled)?
+                .ok_or(RebuildError::Ended)?
                 .map_err(nats)?;
             let seq = message.info().map_err(nats)?.stream_sequence;
             if seq > last_seq {

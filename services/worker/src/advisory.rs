@@ -1,27 +1,35 @@
 //! Jobs that die without a word: when the worker crashes (or hangs past `ack_wait`) on every
 //! delivery, JetStream gives up after `max_deliver` and publishes a max-deliveries advisory. This
-//! listener turns it into the job's `failed` event, so no job stays RUNNING forever.
+//! loop turns it into the job's `failed` event, so no job stays RUNNING forever.
 //!
-//! Every worker process listens; the `failed` event's id is `<job>:failed:<deliveries>` (in a
+//! The advisories are kept by a stream of their own (`HEIMDEX_ADVISORIES`, work-queue
+//! retention; `nats/`) and read through the durable consumer `advisories`, so one that arrives
+//! while no worker is connected (all are down, or reconnecting) waits for the next worker
+//! instead of being lost, as it would be on a plain subscription. An advisory is acknowledged
+//! once the `failed` event is stored; until then it is delivered again.
+//!
+//! Every worker process consumes; the `failed` event's id is `<job>:failed:<deliveries>` (in a
 //! retried round, `<job>:failed:<round>.<deliveries>`), the same id the worker itself uses on
 //! its last attempt, so duplicates are de-duplicated. The advisory names the exhausted message:
 //! a `requested` event (round 0) or a `retried` one, whose round the `failed` event carries so
 //! it ends that round and no other.
 
-use async_nats::jetstream::context::PublishAckFuture;
-use async_nats::jetstream::message::PublishMessage;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use heimdex_domain::events::{EventData, Failed, JobEvent};
 use heimdex_domain::jobs::{JobError, JobErrorCode};
-use heimdex_event_store::jetstream::{JOBS_STREAM, WORKER_CONSUMER};
-use tokio_util::sync::CancellationToken;
+use heimdex_event_store::jetstream::{self, BootstrapError, JOBS_STREAM, WORKER_CONSUMER};
+use heimdex_event_store::log::{AppendError, LogReadError};
+use heimdex_event_store::{EventStore, JobLog};
 
-/// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`
-pub fn subject() -> String {
-    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKER_CONSUMER}")
-}
+/// How long a failed advisory waits before it is delivered again.
+const RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Deserialize)]
 struct MaxDeliveries {
@@ -29,35 +37,70 @@ struct MaxDeliveries {
     deliveries: u32,
 }
 
-pub async fn run(
-    client: async_nats::Client,
-    js: async_nats::jetstream::Context,
-    shutdown: CancellationToken,
-) {
-    let mut advisories = match client.subscribe(subject()).await {
-        Ok(subscription) => subscription,
-        Err(err) => {
-            tracing::error!(%err, "cannot subscribe to max-deliveries advisories");
-            return;
-        }
-    };
-    loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break,
-            message = advisories.next() => message,
-        };
-        let Some(message) = message else { break };
-        if let Err(err) = handle(&js, &message.payload).await {
-            tracing::error!(%err, "cannot record a job that ran out of deliveries");
+#[derive(Debug, thiserror::Error)]
+enum AdvisoryError {
+    #[error("the advisory is not a max-deliveries advisory")]
+    Decode(#[source] serde_json::Error),
+    #[error("cannot read the exhausted job event")]
+    Read(#[source] LogReadError),
+    #[error("cannot record the job's failure")]
+    Append(#[source] AppendError),
+}
+
+/// `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>` of the worker consumer.
+pub fn subject() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKER_CONSUMER}")
+}
+
+/// The stream that keeps the advisories, and the workers' durable consumer of it, created (or
+/// checked) from their definitions in `nats/`.
+pub async fn consumer(events: &EventStore) -> Result<PullConsumer, BootstrapError> {
+    let stream = jetstream::ensure_advisories(&events.js, &events.defs).await?;
+    jetstream::ensure_consumer(&stream, &events.defs.advisory_consumer).await
+}
+
+/// Consumes advisories until `shutdown`.
+pub async fn run(log: JobLog, consumer: PullConsumer, shutdown: CancellationToken) {
+    while let Some(mut messages) = jetstream::pull_stream(&consumer, 64, &shutdown).await {
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return,
+                message = messages.next() => message,
+            };
+            match message {
+                Some(Ok(message)) => settle(&log, &message).await,
+                Some(Err(err)) => tracing::warn!(%err, "advisory consumer error"),
+                None => break,
+            }
         }
     }
 }
 
-async fn handle(js: &async_nats::jetstream::Context, payload: &[u8]) -> anyhow_like::Result<()> {
-    let advisory: MaxDeliveries = serde_json::from_slice(payload)?;
-    let stream = js.get_stream(JOBS_STREAM).await?;
-    let message = stream.direct_get(advisory.stream_seq).await?;
-    let exhausted = JobEvent::decode(&message.payload)?;
+async fn settle(log: &JobLog, message: &Message) {
+    let ack = match handle(log, &message.payload).await {
+        Ok(()) => AckKind::Ack,
+        // Not an advisory of ours: it can never be handled.
+        Err(err @ AdvisoryError::Decode(_)) => {
+            tracing::error!(error = %err, "unusable advisory dropped");
+            AckKind::Term
+        }
+        Err(err @ (AdvisoryError::Read(_) | AdvisoryError::Append(_))) => {
+            tracing::warn!(error = %err, "cannot record a job that ran out of deliveries; will retry");
+            AckKind::Nak(Some(RETRY))
+        }
+    };
+    if let Err(err) = message.ack_with(ack).await {
+        tracing::warn!(%err, "cannot acknowledge an advisory");
+    }
+}
+
+async fn handle(log: &JobLog, payload: &[u8]) -> Result<(), AdvisoryError> {
+    let advisory: MaxDeliveries = serde_json::from_slice(payload).map_err(AdvisoryError::Decode)?;
+    let exhausted = log
+        .at(advisory.stream_seq)
+        .await
+        .map_err(AdvisoryError::Read)?
+        .event;
     let round = exhausted.data.round();
     let reason = format!(
         "no outcome after {} deliveries (the worker crashed or timed out every time)",
@@ -73,19 +116,10 @@ async fn handle(js: &async_nats::jetstream::Context, payload: &[u8]) -> anyhow_l
             error: JobError::new(JobErrorCode::MaxDeliveries, reason),
         }),
     );
-    let ack: PublishAckFuture = js
-        .send_publish(
-            failed.subject(),
-            PublishMessage::build()
-                .payload(failed.encode().into())
-                .message_id(&failed.id),
-        )
-        .await?;
-    ack.await?;
-    Ok(())
-}
-
-/// Errors here are only logged: a boxed error keeps the handler short.
-mod anyhow_like {
-    pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+    log.send(&failed)
+        .await
+        .map_err(AdvisoryError::Append)?
+        .stored()
+        .await
+        .map_err(AdvisoryError::Append)
 }

@@ -1,6 +1,9 @@
-//! One batch of `requested` (or `retried`) messages: decode → terminal guard → `started` →
-//! vectors → one upsert → `succeeded`/`failed`. Returns what to do with each message; the caller
-//! acknowledges.
+//! One batch of `requested` (or `retried`) messages, as a pipeline each job goes through on its
+//! own: decode → terminal guard → `started` → plan (embed) → store → record its end. Each
+//! [`Job`] carries its state ([`Step`]) from one step to the next; a step does its I/O for the
+//! whole batch at once (one store write for a run of upserts, one forward pass per model, the
+//! events of all jobs in flight together), but what it learns goes back into each job. The
+//! batch ends with each message's [`Outcome`], which decides how it is acknowledged.
 //!
 //! A `retried` message starts round n of a FAILED job: it carries the job's spec, its delivery
 //! count starts again at 1, and the events of the round carry `round: n` (and ids of their own,
@@ -10,271 +13,78 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::Message;
-use async_nats::jetstream::context::{PublishAckFuture, PublishError};
-use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{AckKind, Message};
 use futures::future::join_all;
 use tracing::Span;
 use uuid::Uuid;
 
-use heimdex_domain::events::{self, EventData, Failed, JobEvent, Started, Succeeded};
-use heimdex_domain::ids;
+use heimdex_domain::events::{EventData, EventKind, Failed, JobEvent, Started, Succeeded};
 use heimdex_domain::jobs::{
     ChunkInfo, DeleteAssetParams, DeletePointParams, EmbedParams, JobError, JobErrorCode,
-    JobResult, JobSpec, JobStatus, MockParams,
+    JobResult, JobSpec, MockParams,
 };
+use heimdex_domain::{AssetId, SegmentId, ids};
 use heimdex_embed::{EmbedError, EmbedQueue, ModelError, Priority};
-use heimdex_event_store::jetstream::status_key;
+use heimdex_event_store::log::{AppendError, PendingAppend};
 use heimdex_store::{NewPoint, Payload, PointFilter, StoreError};
 
 use crate::backoff::retry_delay;
 use crate::{WorkerConfig, WorkerDeps};
 
-/// What to do with a message once its job has been handled.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Disposition {
-    Ack,
-    /// NAK with this delay: the job is retried.
-    Retry(Duration),
-    /// Terminate: the job is over (its `failed` event is stored) or the message is unusable.
-    Term,
-    /// Do nothing: NATS failed mid-job, so nothing could be recorded; redelivery after
-    /// `ack_wait` tries again.
-    Abandon,
-}
-
-/// How a message's job ended, for the caller (and tests).
+/// How a message's job ended this time. It decides the message's fate ([`Outcome::ack`]).
 #[derive(Clone, Debug, PartialEq)]
-pub struct Outcome {
-    pub job_id: Option<Uuid>,
-    pub kind: OutcomeKind,
-    pub disposition: Disposition,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum OutcomeKind {
+pub enum Outcome {
+    /// Its `succeeded` event is stored: acknowledged.
     Succeeded,
-    /// The job's status was already terminal: nothing to do.
-    AlreadyTerminal,
-    Retrying,
+    /// Its round had already ended (a redelivery after a crash, or a round a retry
+    /// superseded): nothing was done; acknowledged.
+    AlreadyEnded,
+    /// It failed in a way that may pass (the vector store was down, say): delivered again
+    /// after this delay.
+    Retrying(Duration),
+    /// Its `failed` event is stored, so the round is over: terminated, never delivered again.
     Failed(JobErrorCode),
-    /// Events could not be published; the message will be redelivered.
-    Interrupted,
+    /// The message is not a job event this worker can read: terminated, since no delivery
+    /// could ever succeed.
+    Unusable,
+    /// NATS failed mid-job, so its start or its end could not be recorded: abandoned (left
+    /// unacknowledged), it is delivered again after the ack wait, and the redelivery redoes
+    /// the idempotent work and records it.
+    Unrecorded,
 }
 
-/// A decoded delivery.
-struct Job {
-    index: usize,
-    org_id: Uuid,
-    job_id: Uuid,
-    /// 0 for a `requested` message, n for the n-th `retried`.
-    round: u32,
-    /// Delivery count of this message: attempts within the round.
-    attempt: u32,
-    spec: JobSpec,
-    span: Span,
-}
-
-pub(crate) async fn process(
-    config: &WorkerConfig,
-    deps: &WorkerDeps,
-    embeddings: &EmbedQueue,
-    collection_ready: &AtomicBool,
-    messages: &[Message],
-) -> Vec<Outcome> {
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; messages.len()];
-
-    let mut jobs = Vec::with_capacity(messages.len());
-    for (index, message) in messages.iter().enumerate() {
-        match decode(index, message) {
-            Ok(job) => jobs.push(job),
-            Err(outcome) => outcomes[index] = Some(outcome),
+impl Outcome {
+    /// The acknowledgement this outcome calls for; `None` for [`Outcome::Unrecorded`], whose
+    /// message is deliberately left unacknowledged.
+    pub fn ack(&self) -> Option<AckKind> {
+        match self {
+            Outcome::Succeeded | Outcome::AlreadyEnded => Some(AckKind::Ack),
+            Outcome::Retrying(delay) => Some(AckKind::Nak(Some(*delay))),
+            Outcome::Failed(_) | Outcome::Unusable => Some(AckKind::Term),
+            Outcome::Unrecorded => None,
         }
-    }
-
-    // Terminal guard: skip redelivered jobs whose round already ended (the worker crashed between
-    // its last event and its ack, say), or whose round was superseded by a retry. A first
-    // delivery has not run before, so it skips the read; should a consumer ever be reset,
-    // re-running is idempotent anyway. A failed read only costs that idempotent re-work, so it
-    // does not stop the job. A status of an earlier round (the projection has not seen this
-    // round's `retried` yet) is not this round's end: the job runs. The projection can lag the
-    // stream (NATS was away, say, and the ack of the earlier attempt was lost with it), so when
-    // it shows no end, the stream itself is asked for this round's `succeeded` or `failed`.
-    let ended = join_all(jobs.iter().map(|job| async move {
-        if job.attempt <= 1 {
-            return false;
-        }
-        let projected = deps
-            .status
-            .get(status_key(job.org_id, job.job_id))
-            .await
-            .ok()
-            .flatten()
-            .and_then(|bytes| serde_json::from_slice::<JobStatus>(&bytes).ok())
-            .is_some_and(|status| {
-                status.retries > job.round
-                    || (status.retries == job.round && status.status.is_terminal())
-            });
-        projected || round_ended_in_stream(deps, job).await
-    }))
-    .await;
-    let mut live = Vec::with_capacity(jobs.len());
-    for (job, terminal) in jobs.into_iter().zip(ended) {
-        if terminal {
-            tracing::debug!(job_id = %job.job_id, "job already terminal; skipping");
-            outcomes[job.index] = Some(outcome(
-                &job,
-                OutcomeKind::AlreadyTerminal,
-                Disposition::Ack,
-            ));
-        } else {
-            live.push(job);
-        }
-    }
-
-    let started = join_all(live.iter().map(|job| {
-        publish(
-            deps,
-            job,
-            EventData::Started(Started {
-                attempt: job.attempt,
-                round: job.round,
-            }),
-        )
-    }))
-    .await;
-
-    // Vectors are computed for the whole batch at once (texts of one model embedded together),
-    // so each job's `worker.embed` span covers its batch's work; `batch` says how many shared it.
-    let embed_spans: Vec<Span> = live
-        .iter()
-        .filter_map(|job| {
-            let model = match &job.spec {
-                JobSpec::MockEmbedding(params) => &params.model,
-                JobSpec::Embedding(params) => &params.model,
-                JobSpec::DeletePoint(_) | JobSpec::DeleteAsset(_) => return None,
-            };
-            Some(tracing::info_span!(parent: &job.span, "worker.embed", model = %model, batch = live.len()))
-        })
-        .collect();
-    let planned = plan(config, deps, embeddings, &live).await;
-    drop(embed_spans);
-
-    let store_spans: Vec<Span> = live
-        .iter()
-        .map(|job| match job.spec {
-            JobSpec::MockEmbedding(_) | JobSpec::Embedding(_) => tracing::info_span!(parent: &job.span, "vector_store.upsert", collection = %config.collection),
-            JobSpec::DeletePoint(_) | JobSpec::DeleteAsset(_) => tracing::info_span!(parent: &job.span, "vector_store.delete", collection = %config.collection),
-        })
-        .collect();
-    let (mut stored, started_acks) = tokio::join!(
-        execute(deps, collection_ready, planned),
-        join_all(
-            started
-                .into_iter()
-                .map(|ack| async move { ack?.await.map(|_| ()) })
-        )
-    );
-    drop(store_spans);
-
-    let mut finals = Vec::with_capacity(live.len());
-    for (job, started_ack) in live.into_iter().zip(started_acks) {
-        if let Err(err) = started_ack {
-            tracing::warn!(%err, job_id = %job.job_id, "cannot record `started`");
-            outcomes[job.index] = Some(outcome(
-                &job,
-                OutcomeKind::Interrupted,
-                Disposition::Abandon,
-            ));
-            continue;
-        }
-        let (kind, data, disposition) = match stored.remove(&job.index) {
-            Some(Ok(result)) => (
-                OutcomeKind::Succeeded,
-                Some(EventData::Succeeded(Succeeded {
-                    attempt: job.attempt,
-                    round: job.round,
-                    result,
-                })),
-                Disposition::Ack,
-            ),
-            // Input that can never succeed (empty text, unknown model, wrong dimension, ...)
-            // fails at once. Anything else is retried until the last delivery.
-            Some(Err(JobFailure::Invalid(message))) => (
-                OutcomeKind::Failed(JobErrorCode::InvalidInput),
-                Some(failed(&job, JobErrorCode::InvalidInput, message)),
-                Disposition::Term,
-            ),
-            Some(Err(JobFailure::Retryable(code, message)))
-                if job.attempt >= config.max_deliver =>
-            {
-                (
-                    OutcomeKind::Failed(code),
-                    Some(failed(&job, code, message)),
-                    Disposition::Term,
-                )
-            }
-            Some(Err(JobFailure::Retryable(_, message))) => {
-                tracing::warn!(job_id = %job.job_id, attempt = job.attempt, %message, "job failed; will retry");
-                (
-                    OutcomeKind::Retrying,
-                    None,
-                    Disposition::Retry(retry_delay(job.attempt)),
-                )
-            }
-            None => (OutcomeKind::Interrupted, None, Disposition::Abandon),
-        };
-        let ack = match data {
-            Some(data) => Some(publish(deps, &job, data).await),
-            None => None,
-        };
-        finals.push((job, kind, disposition, ack));
-    }
-
-    let acks = join_all(finals.iter_mut().map(|(_, _, _, ack)| async move {
-        match ack.take() {
-            Some(ack) => ack?.await.map(|_| ()),
-            None => Ok(()),
-        }
-    }))
-    .await;
-    for ((job, kind, disposition, _), ack) in finals.into_iter().zip(acks) {
-        outcomes[job.index] = Some(match ack {
-            Ok(()) => outcome(&job, kind, disposition),
-            Err(err) => {
-                tracing::warn!(%err, job_id = %job.job_id, "cannot record the job's end");
-                outcome(&job, OutcomeKind::Interrupted, Disposition::Abandon)
-            }
-        });
-    }
-
-    outcomes
-        .into_iter()
-        .map(|o| {
-            o.unwrap_or(Outcome {
-                job_id: None,
-                kind: OutcomeKind::Interrupted,
-                disposition: Disposition::Abandon,
-            })
-        })
-        .collect()
-}
-
-fn outcome(job: &Job, kind: OutcomeKind, disposition: Disposition) -> Outcome {
-    Outcome {
-        job_id: Some(job.job_id),
-        kind,
-        disposition,
     }
 }
 
-fn failed(job: &Job, code: JobErrorCode, message: String) -> EventData {
-    EventData::Failed(Failed {
-        attempt: job.attempt,
-        round: job.round,
-        error: JobError::new(code, message),
-    })
+/// Where a job is in the pipeline.
+enum Step {
+    /// Decoded; its round may have ended already (terminal guard next).
+    Received,
+    /// Its start is recorded (or being recorded); its work is to be planned.
+    Started,
+    /// Its store operation is known and not yet applied.
+    Planned(Work),
+    /// Its work is over: the result, or why there is none. Its end is recorded next.
+    Done(Result<JobResult, JobFailure>),
+    /// Nothing more to do.
+    Over(Outcome),
+}
+
+/// What one job does to the store.
+enum Work {
+    Upsert(Box<NewPoint>, JobResult),
+    DeletePoint(Uuid, JobResult),
+    DeleteAsset(AssetId, JobResult),
 }
 
 /// Why a job did not succeed this time.
@@ -297,48 +107,80 @@ impl From<&StoreError> for JobFailure {
     }
 }
 
-/// Reads a delivery; an unusable message is terminated (it can never succeed).
-/// Whether the stream holds a `succeeded` or `failed` event of the job's current round (the
-/// last of each kind is enough: rounds only grow). A failed read counts as "no".
-async fn round_ended_in_stream(deps: &WorkerDeps, job: &Job) -> bool {
-    let Ok(stream) = deps
-        .js
-        .get_stream_no_info(heimdex_event_store::jetstream::JOBS_STREAM)
-        .await
-    else {
-        return false;
-    };
-    for kind in [events::EventKind::Succeeded, events::EventKind::Failed] {
-        let subject = events::subject(job.org_id, job.job_id, kind);
-        if let Ok(message) = stream.direct_get_last_for_subject(subject).await
-            && JobEvent::decode(&message.payload).is_ok_and(|event| event.data.round() == job.round)
-        {
-            return true;
-        }
-    }
-    false
+/// One delivery of a job, and everything the pipeline has learnt about it.
+struct Job<'m> {
+    message: &'m Message,
+    org_id: Uuid,
+    job_id: Uuid,
+    /// 0 for a `requested` message, n for the n-th `retried`.
+    round: u32,
+    /// Delivery count of this message: attempts within the round.
+    attempt: u32,
+    spec: JobSpec,
+    span: Span,
+    /// The `started` event, sent and not yet acknowledged.
+    started: Option<Result<PendingAppend, AppendError>>,
+    step: Step,
 }
 
-fn decode(index: usize, message: &Message) -> Result<Job, Outcome> {
-    let unusable = |reason: String| {
-        tracing::error!(subject = %message.subject, %reason, "unusable job message; terminating");
-        Outcome {
-            job_id: None,
-            kind: OutcomeKind::Failed(JobErrorCode::InvalidInput),
-            disposition: Disposition::Term,
+/// Runs the batch through the pipeline; each message comes back with its outcome, in order.
+pub(crate) async fn process<'m>(
+    config: &WorkerConfig,
+    deps: &WorkerDeps,
+    embeddings: &EmbedQueue,
+    collection_ready: &AtomicBool,
+    messages: &'m [Message],
+) -> Vec<(&'m Message, Outcome)> {
+    let mut unusable = Vec::new();
+    let mut jobs: Vec<Job<'m>> = Vec::with_capacity(messages.len());
+    for message in messages {
+        match decode(message) {
+            Some(job) => jobs.push(job),
+            None => unusable.push(message),
         }
+    }
+    guard(deps, &mut jobs).await;
+    start(deps, &mut jobs).await;
+    plan(config, deps, embeddings, &mut jobs).await;
+    store(config, deps, collection_ready, &mut jobs).await;
+    record(config, deps, &mut jobs).await;
+
+    let mut outcomes: Vec<(&Message, Outcome)> = unusable
+        .into_iter()
+        .map(|message| (message, Outcome::Unusable))
+        .collect();
+    outcomes.extend(jobs.into_iter().map(|job| {
+        let outcome = match job.step {
+            Step::Over(outcome) => outcome,
+            // Every step moves a job on; one left behind did not get its end recorded.
+            Step::Received | Step::Started | Step::Planned(_) | Step::Done(_) => {
+                Outcome::Unrecorded
+            }
+        };
+        (job.message, outcome)
+    }));
+    outcomes
+}
+
+/// Reads a delivery; `None` (logged) when it is not a job this worker can run.
+fn decode(message: &Message) -> Option<Job<'_>> {
+    let unusable = |reason: &dyn std::fmt::Display| {
+        tracing::error!(subject = %message.subject, %reason, "unusable job message; terminating");
     };
-    let info = message.info().map_err(|err| unusable(err.to_string()))?;
+    let info = message.info().map_err(|err| unusable(&err)).ok()?;
     let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
-    let event = JobEvent::decode(&message.payload).map_err(|err| unusable(err.to_string()))?;
+    let event = JobEvent::decode(&message.payload)
+        .map_err(|err| unusable(&err))
+        .ok()?;
     let (round, spec) = match event.data {
         EventData::Requested(requested) => (0, requested.spec),
         EventData::Retried(retried) => (retried.round, retried.spec),
         other @ (EventData::Started(_) | EventData::Succeeded(_) | EventData::Failed(_)) => {
-            return Err(unusable(format!(
+            unusable(&format_args!(
                 "expected a requested or retried event, got {:?}",
                 other.kind()
-            )));
+            ));
+            return None;
         }
     };
     // A consumer span continuing the trace the API's `publish` span put in the headers.
@@ -353,102 +195,140 @@ fn decode(index: usize, message: &Message) -> Result<Job, Outcome> {
         attempt,
     );
     heimdex_telemetry::set_parent_from_headers(&span, message.headers.as_ref());
-    Ok(Job {
-        index,
+    Some(Job {
+        message,
         org_id: event.org_id,
         job_id: event.job_id,
         round,
         attempt,
         spec,
         span,
+        started: None,
+        step: Step::Received,
     })
 }
 
-/// What one job does to the store.
-enum Work {
-    Upsert(Box<NewPoint>, JobResult),
-    DeletePoint(Uuid, Uuid, JobResult),
-    DeleteAsset(Uuid, String, JobResult),
-    /// Decided without touching the store.
-    Done(Result<JobResult, JobFailure>),
+/// Terminal guard: a redelivered job whose round already ended (the worker crashed between its
+/// last event and its ack, say), or whose round a retry superseded, is over. A first delivery
+/// has not run before, so it skips the read; should a consumer ever be reset, re-running is
+/// idempotent anyway. A failed read only costs that idempotent re-work, so it does not stop the
+/// job. A status of an earlier round (the projection has not seen this round's `retried` yet)
+/// is not this round's end. The projection can lag the log (NATS was away, say, and the ack of
+/// the earlier attempt was lost with it), so when it shows no end, the log itself is asked for
+/// this round's `succeeded` or `failed`.
+async fn guard(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+    let ended = join_all(jobs.iter().map(|job| async move {
+        if job.attempt <= 1 {
+            return false;
+        }
+        let projected = deps
+            .statuses
+            .get(job.org_id, job.job_id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|status| {
+                status.retries > job.round
+                    || (status.retries == job.round && status.status.is_terminal())
+            });
+        projected || round_ended_in_log(deps, job).await
+    }))
+    .await;
+    for (job, ended) in jobs.iter_mut().zip(ended) {
+        if ended {
+            tracing::debug!(job_id = %job.job_id, "job already ended; skipping");
+            job.step = Step::Over(Outcome::AlreadyEnded);
+        }
+    }
 }
 
-/// Works out every job's store operation. Texts are embedded together, one call per model, so
-/// one forward pass serves many jobs.
+/// Whether the log holds a `succeeded` or `failed` event of the job's current round (the last
+/// of each kind is enough: rounds only grow). A failed read counts as "no".
+async fn round_ended_in_log(deps: &WorkerDeps, job: &Job<'_>) -> bool {
+    for kind in [EventKind::Succeeded, EventKind::Failed] {
+        if let Ok(Some(stored)) = deps.log.last(job.org_id, job.job_id, kind).await
+            && stored.event.data.round() == job.round
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Sends every live job's `started` event; their acknowledgements are awaited in [`record`],
+/// while the work runs.
+async fn start(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+    let live: Vec<&mut Job<'_>> = jobs
+        .iter_mut()
+        .filter(|job| matches!(job.step, Step::Received))
+        .collect();
+    let sent = join_all(live.iter().map(|job| {
+        let event = JobEvent::new(
+            job.org_id,
+            job.job_id,
+            EventData::Started(Started {
+                attempt: job.attempt,
+                round: job.round,
+            }),
+        );
+        send(deps, job, event)
+    }))
+    .await;
+    for (job, sent) in live.into_iter().zip(sent) {
+        job.started = Some(sent);
+        job.step = Step::Started;
+    }
+}
+
+/// Sends one of the job's events within its span, so the event carries the job's trace.
+async fn send(
+    deps: &WorkerDeps,
+    job: &Job<'_>,
+    event: JobEvent,
+) -> Result<PendingAppend, AppendError> {
+    use tracing::Instrument as _;
+    deps.log.send(&event).instrument(job.span.clone()).await
+}
+
+/// Works out every started job's store operation. The texts of the batch are embedded
+/// together, one call per model, so one forward pass serves many jobs.
 async fn plan(
     config: &WorkerConfig,
     deps: &WorkerDeps,
     embeddings: &EmbedQueue,
-    jobs: &[Job],
-) -> Vec<(usize, Work)> {
-    let mut work: Vec<(usize, Work)> = Vec::with_capacity(jobs.len());
-    // model name -> (jobs' positions in `work`, texts)
-    let mut to_embed: HashMap<&str, (Vec<usize>, Vec<String>)> = HashMap::new();
-    for job in jobs {
-        let item = match &job.spec {
-            JobSpec::MockEmbedding(MockParams {
-                asset_id,
-                segment_id,
-                model,
-                model_ver,
-            }) => {
-                let vector = ids::mock_vector(job.org_id, asset_id, segment_id, config.vector_size);
-                let text = format!("Mock embedding for asset {asset_id}, segment {segment_id}");
-                let payload = payload(
-                    job.org_id, asset_id, segment_id, model, model_ver, text, None,
-                );
-                upsert_work(config, job.org_id, payload, vector)
-            }
-            JobSpec::Embedding(params) => {
-                if params.text.trim().is_empty() {
-                    Work::Done(Err(JobFailure::Invalid(
-                        "text is empty or whitespace-only".to_owned(),
-                    )))
-                } else {
-                    to_embed
-                        .entry(params.model.as_str())
-                        .or_default()
-                        .0
-                        .push(work.len());
-                    // Replaced below once the model's texts are embedded; stays (retryable) only
-                    // if the embedder returned too few vectors.
-                    Work::Done(Err(JobFailure::Retryable(
-                        JobErrorCode::Internal,
-                        "not embedded".to_owned(),
-                    )))
+    jobs: &mut [Job<'_>],
+) {
+    let mut to_embed: HashMap<String, Vec<&mut Job<'_>>> = HashMap::new();
+    for job in jobs
+        .iter_mut()
+        .filter(|job| matches!(job.step, Step::Started))
+    {
+        match plan_without_model(config, job) {
+            Some(step) => job.step = step,
+            None => {
+                if let JobSpec::Embedding(params) = &job.spec {
+                    let model = params.model.clone();
+                    to_embed.entry(model).or_default().push(job);
                 }
             }
-            JobSpec::DeletePoint(DeletePointParams { point_id, .. }) => Work::DeletePoint(
-                job.org_id,
-                *point_id,
-                delete_result(config, vec![*point_id]),
-            ),
-            JobSpec::DeleteAsset(DeleteAssetParams { asset_id, .. }) => Work::DeleteAsset(
-                job.org_id,
-                asset_id.clone(),
-                delete_result(config, Vec::new()),
-            ),
-        };
-        work.push((job.index, item));
+        }
     }
-
-    for (model, (positions, _)) in to_embed {
-        let params: Vec<&EmbedParams> = positions
+    for (model, jobs) in to_embed {
+        // The texts of one model are embedded together, so each job's `worker.embed` span
+        // covers the shared work; `batch` says how many jobs shared it.
+        let spans: Vec<Span> = jobs
             .iter()
-            .filter_map(|&p| jobs.get(p))
-            .filter_map(|job| match &job.spec {
-                JobSpec::Embedding(params) => Some(params),
-                JobSpec::MockEmbedding(_) | JobSpec::DeletePoint(_) | JobSpec::DeleteAsset(_) => {
-                    None
-                }
+            .map(|job| {
+                tracing::info_span!(parent: &job.span, "worker.embed", model = %model, batch = jobs.len())
             })
             .collect();
-        let embedded = embed(deps, embeddings, model, &params).await;
-        for ((&position, params), vector) in positions.iter().zip(&params).zip(embedded) {
-            let (Some(job), Some(slot)) = (jobs.get(position), work.get_mut(position)) else {
+        let vectors = embed(deps, embeddings, &model, &jobs).await;
+        drop(spans);
+        for (job, vector) in jobs.into_iter().zip(vectors) {
+            let JobSpec::Embedding(params) = &job.spec else {
                 continue;
             };
-            slot.1 = match vector {
+            job.step = match vector {
                 Ok(vector) => {
                     let EmbedParams {
                         asset_id,
@@ -467,24 +347,58 @@ async fn plan(
                         text.clone(),
                         *chunk,
                     );
-                    upsert_work(config, job.org_id, payload, vector)
+                    Step::Planned(upsert(config, job.org_id, payload, vector))
                 }
-                Err(failure) => Work::Done(Err(failure)),
+                Err(failure) => Step::Done(Err(failure)),
             };
         }
     }
-    work
 }
 
-/// Embeds the texts of `params` (all naming `model`) through the embedding queue, as one
-/// request. Returns a vector, or the reason there is none, per input.
+/// The step a job's work leads to, when no model is needed to work it out; `None` for a text
+/// to embed.
+fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
+    Some(match &job.spec {
+        JobSpec::MockEmbedding(MockParams {
+            asset_id,
+            segment_id,
+            model,
+            model_ver,
+        }) => {
+            let vector = ids::mock_vector(
+                job.org_id,
+                asset_id.as_str(),
+                segment_id.as_str(),
+                config.vector_size,
+            );
+            let text = format!("Mock embedding for asset {asset_id}, segment {segment_id}");
+            let payload = payload(
+                job.org_id, asset_id, segment_id, model, model_ver, text, None,
+            );
+            Step::Planned(upsert(config, job.org_id, payload, vector))
+        }
+        JobSpec::Embedding(params) if params.text.trim().is_empty() => Step::Done(Err(
+            JobFailure::Invalid("text is empty or whitespace-only".to_owned()),
+        )),
+        JobSpec::Embedding(_) => return None,
+        JobSpec::DeletePoint(DeletePointParams { point_id, .. }) => Step::Planned(
+            Work::DeletePoint(*point_id, delete_result(config, vec![*point_id])),
+        ),
+        JobSpec::DeleteAsset(DeleteAssetParams { asset_id, .. }) => Step::Planned(
+            Work::DeleteAsset(asset_id.clone(), delete_result(config, Vec::new())),
+        ),
+    })
+}
+
+/// Embeds the texts of `jobs` (all naming `model`) in one call. Returns a vector, or the reason
+/// there is none, per job.
 async fn embed(
     deps: &WorkerDeps,
     embeddings: &EmbedQueue,
     model: &str,
-    params: &[&EmbedParams],
+    jobs: &[&mut Job<'_>],
 ) -> Vec<Result<Vec<f32>, JobFailure>> {
-    let all = |failure: JobFailure| vec![Err(failure); params.len()];
+    let all = |failure: JobFailure| vec![Err(failure); jobs.len()];
     let embedder = match deps.models.get(Some(model)) {
         Ok(embedder) => embedder,
         Err(err @ ModelError::Unknown { .. }) => return all(JobFailure::Invalid(err.to_string())),
@@ -497,16 +411,22 @@ async fn embed(
         }
     };
     // The point id already names the version; vectors of another version must not land on it.
-    let mut texts = Vec::with_capacity(params.len());
-    let mut results: Vec<Option<Result<Vec<f32>, JobFailure>>> = Vec::with_capacity(params.len());
-    for p in params {
-        if p.model_ver == embedder.model_ver() {
-            texts.push(p.text.clone());
+    let mut texts = Vec::with_capacity(jobs.len());
+    let mut results: Vec<Option<Result<Vec<f32>, JobFailure>>> = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let JobSpec::Embedding(params) = &job.spec else {
+            results.push(Some(Err(JobFailure::Invalid(
+                "not an embedding job".into(),
+            ))));
+            continue;
+        };
+        if params.model_ver == embedder.model_ver() {
+            texts.push(params.text.clone());
             results.push(None);
         } else {
             results.push(Some(Err(JobFailure::Invalid(format!(
                 "model `{model}` version `{}` is not served here (this worker has `{}`)",
-                p.model_ver,
+                params.model_ver,
                 embedder.model_ver()
             )))));
         }
@@ -538,8 +458,8 @@ async fn embed(
 
 fn payload(
     org_id: Uuid,
-    asset_id: &str,
-    segment_id: &str,
+    asset_id: &AssetId,
+    segment_id: &SegmentId,
     model: &str,
     model_ver: &str,
     text: String,
@@ -558,8 +478,8 @@ fn payload(
     }
     Payload {
         org_id,
-        asset_id: asset_id.to_owned(),
-        segment_id: segment_id.to_owned(),
+        asset_id: asset_id.to_string(),
+        segment_id: segment_id.to_string(),
         model: model.to_owned(),
         model_ver: model_ver.to_owned(),
         text: Some(text),
@@ -567,7 +487,7 @@ fn payload(
     }
 }
 
-fn upsert_work(config: &WorkerConfig, org_id: Uuid, payload: Payload, vector: Vec<f32>) -> Work {
+fn upsert(config: &WorkerConfig, org_id: Uuid, payload: Payload, vector: Vec<f32>) -> Work {
     let id = ids::point_id(
         org_id,
         &payload.asset_id,
@@ -604,59 +524,70 @@ fn delete_result(config: &WorkerConfig, point_ids: Vec<Uuid>) -> JobResult {
     }
 }
 
-/// Applies the batch's work in stream order: runs of upserts are written in one call, and a
+/// Applies the planned work in stream order: runs of upserts are written in one call, and a
 /// delete waits for the upserts before it (so "write, then delete" in one batch ends deleted,
-/// and "delete, then write" ends written). Returns each job's result by message index.
-async fn execute(
+/// and "delete, then write" ends written).
+async fn store(
+    config: &WorkerConfig,
     deps: &WorkerDeps,
     collection_ready: &AtomicBool,
-    work: Vec<(usize, Work)>,
-) -> HashMap<usize, Result<JobResult, JobFailure>> {
-    let mut results = HashMap::with_capacity(work.len());
-    let touches_store = work.iter().any(|(_, w)| !matches!(w, Work::Done(_)));
-    if touches_store && !collection_ready.load(Ordering::Acquire) {
+    jobs: &mut [Job<'_>],
+) {
+    let planned = jobs.iter().any(|job| matches!(job.step, Step::Planned(_)));
+    if !planned {
+        return;
+    }
+    if !collection_ready.load(Ordering::Acquire) {
         match deps.store.ensure_collection().await {
             Ok(()) => collection_ready.store(true, Ordering::Release),
             Err(err) => {
                 let failure = JobFailure::from(&err);
-                for (index, w) in work {
-                    let result = match w {
-                        Work::Done(result) => result,
-                        Work::Upsert(..) | Work::DeletePoint(..) | Work::DeleteAsset(..) => {
-                            Err(failure.clone())
-                        }
-                    };
-                    results.insert(index, result);
+                for job in jobs.iter_mut() {
+                    if matches!(job.step, Step::Planned(_)) {
+                        job.step = Step::Done(Err(failure.clone()));
+                    }
                 }
-                return results;
+                return;
             }
         }
     }
-    let mut pending: Vec<(usize, NewPoint, JobResult)> = Vec::new();
-    for (index, w) in work {
-        match w {
-            Work::Done(result) => {
-                results.insert(index, result);
+    // One span per job for its store operation, children of the job's span, so each job's trace
+    // shows the write that served it.
+    let _spans: Vec<Span> = jobs
+        .iter()
+        .filter_map(|job| match &job.step {
+            Step::Planned(Work::Upsert(..)) => Some(tracing::info_span!(parent: &job.span, "vector_store.upsert", collection = %config.collection)),
+            Step::Planned(Work::DeletePoint(..) | Work::DeleteAsset(..)) => Some(tracing::info_span!(parent: &job.span, "vector_store.delete", collection = %config.collection)),
+            Step::Received | Step::Started | Step::Done(_) | Step::Over(_) => None,
+        })
+        .collect();
+    let mut upserts: Vec<&mut Job<'_>> = Vec::new();
+    for job in jobs.iter_mut() {
+        let step = std::mem::replace(&mut job.step, Step::Received);
+        job.step = match step {
+            Step::Planned(Work::DeletePoint(id, result)) => {
+                write_upserts(deps, std::mem::take(&mut upserts)).await;
+                let deleted = deps.store.delete_points(job.org_id, &[id]).await;
+                Step::Done(finish_delete(result, deleted))
             }
-            Work::Upsert(point, result) => pending.push((index, *point, result)),
-            Work::DeletePoint(org_id, id, result) => {
-                upsert(deps, std::mem::take(&mut pending), &mut results).await;
-                let deleted = deps.store.delete_points(org_id, &[id]).await;
-                results.insert(index, finish_delete(result, deleted));
-            }
-            Work::DeleteAsset(org_id, asset_id, result) => {
-                upsert(deps, std::mem::take(&mut pending), &mut results).await;
+            Step::Planned(Work::DeleteAsset(asset_id, result)) => {
+                write_upserts(deps, std::mem::take(&mut upserts)).await;
                 let filter = PointFilter {
-                    asset_id: Some(asset_id),
+                    asset_id: Some(asset_id.into_inner()),
                     ..PointFilter::default()
                 };
-                let deleted = deps.store.delete_by_filter(org_id, filter).await;
-                results.insert(index, finish_delete(result, deleted));
+                let deleted = deps.store.delete_by_filter(job.org_id, filter).await;
+                Step::Done(finish_delete(result, deleted))
             }
-        }
+            step @ Step::Planned(Work::Upsert(..)) => {
+                job.step = step;
+                upserts.push(job);
+                continue;
+            }
+            other @ (Step::Received | Step::Started | Step::Done(_) | Step::Over(_)) => other,
+        };
     }
-    upsert(deps, pending, &mut results).await;
-    results
+    write_upserts(deps, upserts).await;
 }
 
 fn finish_delete(
@@ -668,60 +599,113 @@ fn finish_delete(
     Ok(result)
 }
 
-/// Writes the points in one call; if that fails for bad input, each point is written alone so
-/// one bad job cannot sink the others.
-async fn upsert(
-    deps: &WorkerDeps,
-    points: Vec<(usize, NewPoint, JobResult)>,
-    results: &mut HashMap<usize, Result<JobResult, JobFailure>>,
-) {
+/// Writes the jobs' points in one call; if that fails for bad input, each point is written
+/// alone so one bad job cannot sink the others.
+async fn write_upserts(deps: &WorkerDeps, jobs: Vec<&mut Job<'_>>) {
+    let points: Vec<NewPoint> = jobs
+        .iter()
+        .filter_map(|job| match &job.step {
+            Step::Planned(Work::Upsert(point, _)) => Some(point.as_ref().clone()),
+            Step::Planned(Work::DeletePoint(..) | Work::DeleteAsset(..))
+            | Step::Received
+            | Step::Started
+            | Step::Done(_)
+            | Step::Over(_) => None,
+        })
+        .collect();
     if points.is_empty() {
         return;
     }
-    let batch: Vec<NewPoint> = points.iter().map(|(_, point, _)| point.clone()).collect();
-    match deps.store.upsert(batch).await {
-        Ok(()) => {
-            for (index, _, result) in points {
-                results.insert(index, Ok(result));
-            }
-        }
-        Err(StoreError::InvalidInput(_)) if points.len() > 1 => {
-            for (index, point, result) in points {
-                let outcome = match deps.store.upsert(vec![point]).await {
-                    Ok(()) => Ok(result),
-                    Err(err) => Err(JobFailure::from(&err)),
-                };
-                results.insert(index, outcome);
-            }
-        }
-        Err(err) => {
-            let failure = JobFailure::from(&err);
-            for (index, _, _) in points {
-                results.insert(index, Err(failure.clone()));
-            }
-        }
+    let written = deps.store.upsert(points).await;
+    let alone = matches!(written, Err(StoreError::InvalidInput(_))) && jobs.len() > 1;
+    for job in jobs {
+        let Step::Planned(Work::Upsert(point, result)) =
+            std::mem::replace(&mut job.step, Step::Received)
+        else {
+            continue;
+        };
+        job.step = Step::Done(match (&written, alone) {
+            (Ok(()), _) => Ok(result),
+            (Err(_), true) => match deps.store.upsert(vec![*point]).await {
+                Ok(()) => Ok(result),
+                Err(err) => Err(JobFailure::from(&err)),
+            },
+            (Err(err), false) => Err(JobFailure::from(err)),
+        });
     }
 }
 
-/// Publishes a later event of the job, continuing the job's trace.
-async fn publish(
-    deps: &WorkerDeps,
-    job: &Job,
-    data: EventData,
-) -> Result<PublishAckFuture, PublishError> {
-    let event = JobEvent::new(job.org_id, job.job_id, data);
-    let mut headers = HeaderMap::new();
-    {
-        let _entered = job.span.enter();
-        heimdex_telemetry::inject_context(&mut headers);
+/// Records each job's end: waits for its `started` event to be stored, then stores its
+/// `succeeded` or `failed` event (or, for a failure that may pass, nothing: it is retried).
+async fn record(config: &WorkerConfig, deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+    let started = join_all(jobs.iter_mut().map(|job| async move {
+        match job.started.take() {
+            Some(Ok(pending)) => pending.stored().await.is_ok(),
+            Some(Err(_)) => false,
+            None => true,
+        }
+    }))
+    .await;
+    let mut ends = Vec::new();
+    for (job, started) in jobs.iter_mut().zip(started) {
+        let Step::Done(result) = std::mem::replace(&mut job.step, Step::Received) else {
+            continue;
+        };
+        if !started {
+            tracing::warn!(job_id = %job.job_id, "cannot record `started`");
+            job.step = Step::Over(Outcome::Unrecorded);
+            continue;
+        }
+        let (outcome, data) = match result {
+            Ok(result) => (
+                Outcome::Succeeded,
+                EventData::Succeeded(Succeeded {
+                    attempt: job.attempt,
+                    round: job.round,
+                    result,
+                }),
+            ),
+            // Input that can never succeed (empty text, unknown model, wrong dimension, ...)
+            // fails at once. Anything else is retried until the last delivery.
+            Err(JobFailure::Invalid(message)) => (
+                Outcome::Failed(JobErrorCode::InvalidInput),
+                failed(job, JobErrorCode::InvalidInput, message),
+            ),
+            Err(JobFailure::Retryable(code, message)) if job.attempt >= config.max_deliver => {
+                (Outcome::Failed(code), failed(job, code, message))
+            }
+            Err(JobFailure::Retryable(_, message)) => {
+                tracing::warn!(job_id = %job.job_id, attempt = job.attempt, %message, "job failed; will retry");
+                job.step = Step::Over(Outcome::Retrying(retry_delay(job.attempt)));
+                continue;
+            }
+        };
+        let event = JobEvent::new(job.org_id, job.job_id, data);
+        let sent = send(deps, job, event).await;
+        ends.push((job, outcome, sent));
     }
-    deps.js
-        .send_publish(
-            events::subject(job.org_id, job.job_id, event.kind()),
-            PublishMessage::build()
-                .payload(event.encode().into())
-                .headers(headers)
-                .message_id(&event.id),
-        )
-        .await
+    let stored = join_all(ends.iter_mut().map(|(_, _, sent)| async move {
+        match std::mem::replace(sent, Err(AppendError::Disconnected)) {
+            Ok(pending) => pending.stored().await,
+            Err(err) => Err(err),
+        }
+    }))
+    .await;
+    for ((job, outcome, _), stored) in ends.into_iter().zip(stored) {
+        job.step = Step::Over(match stored {
+            Ok(()) => outcome,
+            Err(err) => {
+                tracing::warn!(error = %err, job_id = %job.job_id, "cannot record the job's end");
+                Outcome::Unrecorded
+            }
+        });
+    }
+}
+
+fn failed(job: &Job<'_>, code: JobErrorCode, message: String) -> EventData {
+    EventData::Failed(Failed {
+        attempt: job.attempt,
+        round: job.round,
+        error: JobError::new(code, message),
+    })
 }

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::{AckKind, Context, kv};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
@@ -31,7 +31,7 @@ use heimdex_store::VectorStore;
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::retry_delay;
-pub use job::{Disposition, Outcome};
+pub use job::Outcome;
 
 /// How long one pull waits for messages before it is renewed (when nothing comes).
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
@@ -105,8 +105,10 @@ impl WorkerConfig {
 
 #[derive(Clone)]
 pub struct WorkerDeps {
-    pub js: Context,
-    pub status: kv::Store,
+    /// Where the job's events are recorded, and read back by the terminal guard.
+    pub log: heimdex_event_store::JobLog,
+    /// The job-status projection, read by the terminal guard.
+    pub statuses: heimdex_event_store::StatusStore,
     pub consumer: PullConsumer,
     pub store: Arc<dyn VectorStore>,
     /// The models jobs may name.
@@ -255,16 +257,10 @@ impl Worker {
                 }
             }
         };
-        for (message, outcome) in messages.iter().zip(outcomes) {
-            let kind = match outcome.disposition {
-                Disposition::Ack => AckKind::Ack,
-                Disposition::Retry(delay) => AckKind::Nak(Some(delay)),
-                Disposition::Term => AckKind::Term,
-                // Leave unacknowledged: redelivered after `ack_wait` (used when NATS itself
-                // failed mid-job and nothing can be recorded).
-                Disposition::Abandon => continue,
-            };
-            if let Err(err) = message.ack_with(kind).await {
+        for (message, outcome) in outcomes {
+            // `None`: abandoned on purpose, redelivered after the ack wait (see `Outcome`).
+            let Some(ack) = outcome.ack() else { continue };
+            if let Err(err) = message.ack_with(ack).await {
                 tracing::warn!(%err, "cannot acknowledge message");
             }
         }

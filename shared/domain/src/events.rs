@@ -333,7 +333,7 @@ pub fn retried_msg_id(job_id: Uuid, round: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{JobErrorCode, MockParams};
+    use crate::jobs::JobErrorCode;
 
     fn org() -> Uuid {
         Uuid::parse_str("550e8400-e29b-41d4-a716-446655440000").unwrap()
@@ -356,7 +356,10 @@ mod tests {
 
     #[test]
     fn requested_event_is_a_cloudevent_and_round_trips() {
-        let spec = JobSpec::MockEmbedding(MockParams::new("doc-123", "chunk-0"));
+        let spec = JobSpec::MockEmbedding(crate::jobs::MockParams::new(
+            crate::AssetId::parse("doc-123").unwrap(),
+            crate::SegmentId::parse("chunk-0").unwrap(),
+        ));
         let key = crate::ids::job_key(org(), spec.job_type(), &spec.params());
         let job_id = crate::ids::job_id(&key);
         let event = JobEvent::new(
@@ -421,7 +424,10 @@ mod tests {
         let decoded = JobEvent::decode(&started.encode()).unwrap();
         assert_eq!(decoded.data.round(), 2);
 
-        let spec = JobSpec::MockEmbedding(MockParams::new("doc-123", "chunk-0"));
+        let spec = JobSpec::MockEmbedding(crate::jobs::MockParams::new(
+            crate::AssetId::parse("doc-123").unwrap(),
+            crate::SegmentId::parse("chunk-0").unwrap(),
+        ));
         let retried = JobEvent::new(
             org(),
             job,

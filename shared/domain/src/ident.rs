@@ -91,6 +91,12 @@ identifier!(
     SegmentId
 );
 
+identifier!(
+    /// What names a delete request (its `Idempotency-Key`, or a fresh UUID): a retried request
+    /// with the same key is the same job.
+    RequestId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -98,8 +98,10 @@ mod tests {
         // Cross-checked with Python: sha256(f"{org}:mock_embedding:" +
         // json.dumps(params, sort_keys=True, separators=(",", ":"))).
         let org = Uuid::parse_str(ORG).unwrap();
-        let params =
-            crate::jobs::JobSpec::MockEmbedding(crate::jobs::MockParams::new("doc-123", "chunk-0"));
+        let params = crate::jobs::JobSpec::MockEmbedding(crate::jobs::MockParams::new(
+            crate::AssetId::parse("doc-123").unwrap(),
+            crate::SegmentId::parse("chunk-0").unwrap(),
+        ));
         let key = job_key(org, params.job_type(), &params.params());
         assert_eq!(
             key,

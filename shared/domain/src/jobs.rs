@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::events::{EventData, JobEvent};
+use crate::ident::{AssetId, RequestId, SegmentId};
 
 /// Model name and version of the mock embedder (the Python service's contract).
 pub const MOCK_MODEL: &str = "mock";
@@ -56,17 +57,17 @@ impl JobSpec {
 /// `POST /vectors/mock`: the Python service hashed `{asset_id, segment_id, model, model_ver}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MockParams {
-    pub asset_id: String,
-    pub segment_id: String,
+    pub asset_id: AssetId,
+    pub segment_id: SegmentId,
     pub model: String,
     pub model_ver: String,
 }
 
 impl MockParams {
-    pub fn new(asset_id: impl Into<String>, segment_id: impl Into<String>) -> Self {
+    pub fn new(asset_id: AssetId, segment_id: SegmentId) -> Self {
         Self {
-            asset_id: asset_id.into(),
-            segment_id: segment_id.into(),
+            asset_id,
+            segment_id,
             model: MOCK_MODEL.to_owned(),
             model_ver: MOCK_MODEL_VER.to_owned(),
         }
@@ -78,8 +79,8 @@ impl MockParams {
 /// while resending the same text returns the existing job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmbedParams {
-    pub asset_id: String,
-    pub segment_id: String,
+    pub asset_id: AssetId,
+    pub segment_id: SegmentId,
     pub model: String,
     pub model_ver: String,
     pub text: String,
@@ -102,14 +103,14 @@ pub struct ChunkInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeletePointParams {
     pub point_id: Uuid,
-    pub request_id: String,
+    pub request_id: RequestId,
 }
 
 /// `DELETE /assets/{asset_id}`; `request_id` as for [`DeletePointParams`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeleteAssetParams {
-    pub asset_id: String,
-    pub request_id: String,
+    pub asset_id: AssetId,
+    pub request_id: RequestId,
 }
 
 /// What a successful job produced. Embedding jobs fill `point_ids`, `model` and `model_ver`;
@@ -349,6 +350,13 @@ mod tests {
         Uuid::from_u128(0x550e_8400)
     }
 
+    fn mock_params(asset: &str, segment: &str) -> MockParams {
+        MockParams::new(
+            AssetId::parse(asset).unwrap(),
+            SegmentId::parse(segment).unwrap(),
+        )
+    }
+
     fn job() -> Uuid {
         Uuid::from_u128(42)
     }
@@ -362,7 +370,7 @@ mod tests {
             job_id: job(),
             job_key: "k".into(),
             user_id: "alice".into(),
-            spec: JobSpec::MockEmbedding(MockParams::new("doc-123", "chunk-0")),
+            spec: JobSpec::MockEmbedding(mock_params("doc-123", "chunk-0")),
         }))
     }
 
@@ -413,7 +421,7 @@ mod tests {
         event(EventData::Retried(Retried {
             round,
             user_id: "ops".into(),
-            spec: JobSpec::MockEmbedding(MockParams::new("doc-123", "chunk-0")),
+            spec: JobSpec::MockEmbedding(mock_params("doc-123", "chunk-0")),
         }))
     }
 
@@ -499,10 +507,10 @@ mod tests {
     #[test]
     fn every_job_type_round_trips_and_names_itself() {
         let specs = [
-            JobSpec::MockEmbedding(MockParams::new("a", "s")),
+            JobSpec::MockEmbedding(mock_params("a", "s")),
             JobSpec::Embedding(EmbedParams {
-                asset_id: "a".into(),
-                segment_id: "chunk-0".into(),
+                asset_id: AssetId::parse("a").unwrap(),
+                segment_id: SegmentId::parse("chunk-0").unwrap(),
                 model: "minilm-l6-v2".into(),
                 model_ver: "st-v1-53aa5117".into(),
                 text: "hello".into(),
@@ -514,11 +522,11 @@ mod tests {
             }),
             JobSpec::DeletePoint(DeletePointParams {
                 point_id: Uuid::from_u128(7),
-                request_id: "r".into(),
+                request_id: RequestId::parse("r").unwrap(),
             }),
             JobSpec::DeleteAsset(DeleteAssetParams {
-                asset_id: "a".into(),
-                request_id: "r".into(),
+                asset_id: AssetId::parse("a").unwrap(),
+                request_id: RequestId::parse("r").unwrap(),
             }),
         ];
         for spec in specs {

@@ -10,4 +10,4 @@ pub mod ident;
 pub mod ids;
 pub mod jobs;
 
-pub use ident::{AssetId, IdentError, SegmentId};
+pub use ident::{AssetId, IdentError, RequestId, SegmentId};

@@ -7,9 +7,14 @@ use async_nats::jetstream::{Context, kv, stream};
 use tokio_util::sync::CancellationToken;
 
 use crate::jetstream::{self, BootstrapError, Definitions, NatsConfig};
+use crate::log::JobLog;
+use crate::status::StatusStore;
+
+/// How long a listing waits for the next message of its batch before it gives up (503).
+const LIST_STALL: Duration = Duration::from_secs(5);
 
 /// What every role shares: the connection, the JetStream context (whose requests give up after
-/// the publish timeout), the parsed definitions, the job stream and the status bucket.
+/// the publish timeout), the parsed definitions, the job log and the status store.
 #[derive(Clone)]
 pub struct EventStore {
     pub client: async_nats::Client,
@@ -17,6 +22,8 @@ pub struct EventStore {
     pub defs: Definitions,
     pub stream: stream::Stream,
     pub status: kv::Store,
+    pub log: JobLog,
+    pub statuses: StatusStore,
     /// The URL connected to (as given: it may carry credentials; strip them before showing it).
     pub url: String,
 }
@@ -39,11 +46,20 @@ impl EventStore {
             let attempt = async {
                 let stream = jetstream::ensure_stream(&js, &defs).await?;
                 let status = jetstream::ensure_status_bucket(&js, &defs).await?;
-                Ok::<_, BootstrapError>((stream, status))
+                let index = jetstream::ensure_index(&js, &defs).await?;
+                Ok::<_, BootstrapError>((stream, status, index))
             };
             match attempt.await {
-                Ok((stream, status)) => {
+                Ok((stream, status, index)) => {
                     return Ok(Self {
+                        log: JobLog::new(client.clone(), js.clone(), stream.clone()),
+                        statuses: StatusStore::new(
+                            client.clone(),
+                            js.clone(),
+                            status.clone(),
+                            index,
+                            LIST_STALL,
+                        ),
                         client,
                         js,
                         defs,

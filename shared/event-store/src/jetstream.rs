@@ -41,28 +41,44 @@ impl NatsConfig {
 
 pub const JOBS_STREAM: &str = "HEIMDEX_JOBS";
 pub const STATUS_BUCKET: &str = "HEIMDEX_JOB_STATUS";
+pub const INDEX_STREAM: &str = "HEIMDEX_JOB_INDEX";
+pub const ADVISORY_STREAM: &str = "HEIMDEX_ADVISORIES";
 pub const WORKER_CONSUMER: &str = "worker";
 pub const PROJECTOR_CONSUMER: &str = "projector";
 
 const STREAM_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOBS.json");
 const STATUS_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_JOB_STATUS.json");
+const INDEX_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOB_INDEX.json");
+const ADVISORY_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_ADVISORIES.json");
+const ADVISORY_CONSUMER_JSON: &str = include_str!("../../../nats/consumer.advisories.json");
 const WORKER_JSON: &str = include_str!("../../../nats/consumer.worker.json");
 const PROJECTOR_JSON: &str = include_str!("../../../nats/consumer.projector.json");
 
+/// A cause kept for the log.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    #[error("cannot connect to NATS at {url}: {reason}")]
-    Connect { url: String, reason: String },
-    #[error("JetStream request failed for {object}: {reason}")]
-    Request { object: String, reason: String },
+    #[error("cannot connect to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("JetStream request failed for {object}")]
+    Request {
+        object: String,
+        #[source]
+        source: BoxError,
+    },
     #[error(
         "{object} already exists with settings that conflict with nats/: {diffs}. \
          Fix or remove the existing object (e.g. `nats stream edit`/`nats consumer rm`), or align \
          the definition files"
     )]
     Conflict { object: String, diffs: String },
-    #[error("definition file for {0} is invalid: {1}")]
-    Definition(&'static str, String),
+    #[error("definition file for {0} is invalid")]
+    Definition(&'static str, #[source] serde_json::Error),
     #[error("shut down while waiting for NATS")]
     Cancelled,
 }
@@ -72,24 +88,36 @@ pub enum BootstrapError {
 pub struct Definitions {
     pub stream: stream::Config,
     pub status: stream::Config,
+    pub index: stream::Config,
+    pub advisories: stream::Config,
     pub worker: consumer::pull::Config,
     pub projector: consumer::pull::Config,
+    /// The workers' consumer of [`Definitions::advisories`].
+    pub advisory_consumer: consumer::pull::Config,
 }
 
 impl Definitions {
     pub fn load(nats: &NatsConfig) -> Result<Self, BootstrapError> {
         let mut stream: stream::Config = parse("stream.HEIMDEX_JOBS.json", STREAM_JSON)?;
         let mut status: stream::Config = parse("kv.HEIMDEX_JOB_STATUS.json", STATUS_JSON)?;
+        let mut index: stream::Config = parse("stream.HEIMDEX_JOB_INDEX.json", INDEX_JSON)?;
         stream.duplicate_window = nats.duplicate_window;
         stream.num_replicas = nats.replicas;
         status.num_replicas = nats.replicas;
+        index.num_replicas = nats.replicas;
+        let mut advisories: stream::Config =
+            parse("stream.HEIMDEX_ADVISORIES.json", ADVISORY_JSON)?;
+        advisories.num_replicas = nats.replicas;
         let mut worker: consumer::pull::Config = parse("consumer.worker.json", WORKER_JSON)?;
         worker.ack_wait = nats.worker_ack_wait;
         Ok(Self {
             stream,
             status,
+            index,
+            advisories,
             worker,
             projector: parse("consumer.projector.json", PROJECTOR_JSON)?,
+            advisory_consumer: parse("consumer.advisories.json", ADVISORY_CONSUMER_JSON)?,
         })
     }
 
@@ -103,7 +131,7 @@ fn parse<T: serde::de::DeserializeOwned>(
     file: &'static str,
     json: &str,
 ) -> Result<T, BootstrapError> {
-    serde_json::from_str(json).map_err(|err| BootstrapError::Definition(file, err.to_string()))
+    serde_json::from_str(json).map_err(|err| BootstrapError::Definition(file, err))
 }
 
 /// The servers of a `NATS_URL`: one URL or several, comma separated
@@ -119,14 +147,14 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, BootstrapE
             part.parse::<async_nats::ServerAddr>()
                 .map_err(|err| BootstrapError::Connect {
                     url: url.to_owned(),
-                    reason: format!("{part:?} is not a NATS server URL: {err}"),
+                    source: Box::new(err),
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if addrs.is_empty() {
         return Err(BootstrapError::Connect {
             url: url.to_owned(),
-            reason: "no server URL".to_owned(),
+            source: "no server URL".into(),
         });
     }
     Ok(addrs)
@@ -135,8 +163,10 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, BootstrapE
 /// Why a [`StreamRead`] could not give the whole slice it was opened on.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("cannot read the stream: {0}")]
-    Nats(String),
+    #[error("cannot open a read of the stream")]
+    Open(#[source] BoxError),
+    #[error("reading the stream failed")]
+    Read(#[source] BoxError),
     #[error("no message for {0:?} before the read caught up")]
     Stalled(Duration),
     #[error("the read ended before it caught up")]
@@ -161,7 +191,6 @@ impl StreamRead {
         deliver_policy: consumer::DeliverPolicy,
         stall: Duration,
     ) -> Result<Self, ReadError> {
-        let nats = |err: &dyn std::fmt::Display| ReadError::Nats(err.to_string());
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subject,
@@ -169,9 +198,14 @@ impl StreamRead {
                 ..Default::default()
             })
             .await
-            .map_err(|err| nats(&err))?;
+            .map_err(|err| ReadError::Open(Box::new(err)))?;
         let messages = if consumer.cached_info().num_pending > 0 {
-            Some(consumer.messages().await.map_err(|err| nats(&err))?)
+            Some(
+                consumer
+                    .messages()
+                    .await
+                    .map_err(|err| ReadError::Open(Box::new(err)))?,
+            )
         } else {
             None
         };
@@ -186,13 +220,11 @@ impl StreamRead {
         };
         let message = match tokio::time::timeout(self.stall, messages.next()).await {
             Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(err))) => return Err(ReadError::Nats(err.to_string())),
+            Ok(Some(Err(err))) => return Err(ReadError::Read(Box::new(err))),
             Ok(None) => return Err(ReadError::Ended),
             Err(_) => return Err(ReadError::Stalled(self.stall)),
         };
-        let info = message
-            .info()
-            .map_err(|err| ReadError::Nats(err.to_string()))?;
+        let info = message.info().map_err(ReadError::Read)?;
         if info.pending == 0 {
             self.messages = None;
         }
@@ -231,7 +263,7 @@ pub async fn connect(url: &str, client_name: &str) -> Result<async_nats::Client,
         .await
         .map_err(|err| BootstrapError::Connect {
             url: url.to_owned(),
-            reason: err.to_string(),
+            source: Box::new(err),
         })
 }
 
@@ -264,6 +296,22 @@ pub async fn ensure_status_bucket(
         .map_err(|err| request_error(STATUS_BUCKET, err))
 }
 
+/// Creates (or finds) the listing index stream and checks its settings.
+pub async fn ensure_index(
+    js: &jetstream::Context,
+    defs: &Definitions,
+) -> Result<stream::Stream, BootstrapError> {
+    ensure_stream_config(js, &defs.index).await
+}
+
+/// Creates (or finds) the stream that keeps the worker consumer's max-deliveries advisories.
+pub async fn ensure_advisories(
+    js: &jetstream::Context,
+    defs: &Definitions,
+) -> Result<stream::Stream, BootstrapError> {
+    ensure_stream_config(js, &defs.advisories).await
+}
+
 /// Creates (or finds) a durable pull consumer and checks its settings. A consumer whose filter
 /// is a subset of the wanted one (the worker's from before `retried` events existed) is widened
 /// in place: that only adds messages, and keeps the consumer's position and pending deliveries.
@@ -272,7 +320,7 @@ pub async fn ensure_consumer(
     config: &consumer::pull::Config,
 ) -> Result<consumer::PullConsumer, BootstrapError> {
     let name = config.durable_name.clone().unwrap_or_default();
-    let object = format!("consumer {JOBS_STREAM}/{name}");
+    let object = format!("consumer {}/{name}", stream.cached_info().config.name);
     let mut consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(&name, config.clone())
         .await
@@ -425,10 +473,10 @@ fn conflict(object: String, diffs: Vec<String>) -> Result<(), BootstrapError> {
     }
 }
 
-fn request_error(object: &str, err: impl std::fmt::Display) -> BootstrapError {
+fn request_error(object: &str, err: impl Into<BoxError>) -> BootstrapError {
     BootstrapError::Request {
         object: object.to_owned(),
-        reason: err.to_string(),
+        source: err.into(),
     }
 }
 
@@ -469,11 +517,6 @@ pub async fn pull_stream(
     }
 }
 
-/// KV key of a job's status: `<org_id>.<job_id>`.
-pub fn status_key(org_id: uuid::Uuid, job_id: uuid::Uuid) -> String {
-    format!("{org_id}.{job_id}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -492,6 +535,10 @@ mod tests {
         assert_eq!(defs.stream.duplicate_window, Duration::from_secs(120));
         assert!(defs.stream.allow_direct);
         assert_eq!(defs.status.name, format!("KV_{STATUS_BUCKET}"));
+        assert_eq!(defs.index.name, INDEX_STREAM);
+        assert_eq!(defs.index.subjects, vec!["heimdex.index.>".to_owned()]);
+        assert_eq!(defs.index.max_messages_per_subject, 1);
+        assert!(defs.index.allow_direct);
         assert_eq!(defs.worker.durable_name.as_deref(), Some(WORKER_CONSUMER));
         assert_eq!(defs.worker.max_deliver, 4);
         assert_eq!(defs.worker.ack_wait, Duration::from_secs(30));
@@ -535,6 +582,7 @@ mod tests {
         assert_eq!(defs.worker.ack_wait, Duration::from_millis(1500));
         assert_eq!(defs.stream.num_replicas, 3);
         assert_eq!(defs.status.num_replicas, 3);
+        assert_eq!(defs.index.num_replicas, 3);
         assert_eq!(defs.stream.duplicate_window, Duration::from_secs(600));
     }
 }

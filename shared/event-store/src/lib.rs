@@ -1,6 +1,9 @@
 //! Everything Heimdex does with NATS. The services never name a subject, a bucket or a header:
 //!
-//! * [`EventStore`]: a process's connection, job stream and status bucket, ready to use;
+//! * [`EventStore`]: a process's connection, job log and status store, ready to use;
+//! * [`log`]: the job log, `HEIMDEX_JOBS`: appending events idempotently, reading them back;
+//! * [`status`]: the job-status projection and its listing index: reads, compare-and-set
+//!   writes (the projector's), and pages that cost what they hold;
 //! * [`jetstream`]: the stream, the status bucket and the durable consumers, created from the
 //!   definition files in `nats/` and checked at every start; connecting; whole-slice reads
 //!   ([`jetstream::StreamRead`]) and durable pulls;
@@ -11,7 +14,11 @@
 pub mod batching;
 mod connect;
 pub mod jetstream;
+pub mod log;
 pub mod nats_server;
+pub mod status;
 
 pub use connect::EventStore;
 pub use jetstream::NatsConfig;
+pub use log::JobLog;
+pub use status::StatusStore;

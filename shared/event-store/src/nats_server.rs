@@ -77,19 +77,50 @@ pub struct NatsServerConfig {
     /// flag, so it goes into a config file next to the store). `None`: nats-server's own default
     /// (every 2 minutes).
     pub sync_interval: Option<SyncInterval>,
+    /// More lines for the `jetstream { }` block of that file (a test's `max_file_store: 8MB`).
+    pub jetstream: Vec<String>,
 }
 
-/// A running nats-server. Dropping it kills the process.
+impl NatsServerConfig {
+    /// A server on `listen` with its store in `store_dir`, nats-server's defaults otherwise.
+    pub fn new(bin: PathBuf, store_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            bin,
+            store_dir,
+            listen,
+            extra_args: Vec::new(),
+            sync_interval: None,
+            jetstream: Vec::new(),
+        }
+    }
+}
+
+/// A nats-server process that can be stopped, killed and started again on the same port and
+/// store, as `heimdex serve`'s supervisor and the fault tests need. Dropping it kills the
+/// process.
 #[derive(Debug)]
 pub struct NatsServer {
     config: NatsServerConfig,
-    child: Child,
+    /// `None` while stopped.
+    child: Option<Child>,
     url: String,
-    port: u16,
 }
 
 impl NatsServer {
+    /// Starts the server. With port 0 it picks a free port, which every later
+    /// [`NatsServer::start_again`] reuses, so clients reconnect to the same URL.
     pub async fn start(config: NatsServerConfig) -> Result<Self, NatsServerError> {
+        let mut server = Self {
+            config,
+            child: None,
+            url: String::new(),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> Result<(), NatsServerError> {
+        let config = &self.config;
         let run_dir = config.store_dir.join("run");
         create_dir(&run_dir)?;
         kill_stale(&run_dir.join("nats-server.pid")).await;
@@ -116,14 +147,20 @@ impl NatsServer {
             .arg(run_dir.join("nats-server.pid"))
             .arg("--log")
             .arg(&log);
-        if let Some(sync) = config.sync_interval {
+        let mut jetstream: Vec<String> = config
+            .sync_interval
+            .map(|sync| format!("sync_interval: {}", sync.to_nats_conf()))
+            .into_iter()
+            .collect();
+        jetstream.extend(config.jetstream.iter().cloned());
+        if !jetstream.is_empty() {
             let conf = run_dir.join("nats-server.conf");
             write_file(
                 &conf,
                 &format!(
                     "# Written by heimdex on every start; edit NATS_SYNC_INTERVAL instead.\n\
-                     jetstream {{\n  sync_interval: {}\n}}\n",
-                    sync.to_nats_conf()
+                     jetstream {{\n  {}\n}}\n",
+                    jetstream.join("\n  ")
                 ),
             )?;
             command.arg("--config").arg(&conf);
@@ -156,17 +193,12 @@ impl NatsServer {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(config.listen.port());
-        Ok(Self {
-            config,
-            child,
-            url,
-            port,
-        })
+        if let Some(port) = url.rsplit(':').next().and_then(|p| p.parse().ok()) {
+            self.config.listen.set_port(port);
+        }
+        self.url = url;
+        self.child = Some(child);
+        Ok(())
     }
 
     /// `nats://host:port` clients connect to.
@@ -175,50 +207,80 @@ impl NatsServer {
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.config.listen.port()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn config(&self) -> &NatsServerConfig {
         &self.config
     }
 
-    /// Waits for the process to exit on its own (it should not).
-    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.wait().await
+    /// The configuration the next [`NatsServer::start_again`] uses (say, other `jetstream`
+    /// lines); its port stays the one clients know.
+    pub fn config_mut(&mut self) -> &mut NatsServerConfig {
+        &mut self.config
     }
 
-    /// Asks the server to shut down cleanly (SIGTERM), then kills it if it lingers.
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
+    /// Waits for the process to exit on its own (it should not); at once if it is stopped.
+    pub async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let status = match self.child.as_mut() {
+            Some(child) => child.wait().await,
+            None => return Ok(std::process::ExitStatus::default()),
+        };
+        self.child = None;
+        status
+    }
+
+    /// Asks the server to shut down cleanly (SIGTERM), then kills it if it lingers. Its store
+    /// stays, for [`NatsServer::start_again`].
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Some(pid) = child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
                 .await
                 .is_ok()
             {
                 return;
             }
         }
-        let _ = self.child.kill().await;
+        let _ = child.kill().await;
     }
 
-    /// Kills the process at once (SIGKILL), as a crash would.
-    pub async fn kill(mut self) {
-        let _ = self.child.kill().await;
+    /// Kills the process at once (SIGKILL), as a crash or the OOM killer would.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
     }
 
-    /// Starts a new server with the same store and the same port.
-    pub async fn restart(self) -> Result<Self, NatsServerError> {
-        let mut config = self.config.clone();
-        config.listen.set_port(self.port);
+    /// Starts the server again on the same port and store, after a stop, a kill or a crash.
+    /// The port can linger for a moment after a kill, so it keeps trying for up to 30 s.
+    pub async fn start_again(&mut self) -> Result<(), NatsServerError> {
         self.stop().await;
-        Self::start(config).await
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.spawn().await {
+                Ok(()) => return Ok(()),
+                Err(err) if Instant::now() < deadline => {
+                    tracing::debug!(%err, "nats-server does not start yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 }
 

@@ -437,3 +437,19 @@ pub fn current_trace_id() -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// An error and its causes on one line, `outer: inner: root`: how errors are logged, so a log
+/// line carries the whole chain of `#[source]`s and not only the outermost message.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(err) = source {
+            write!(f, ": {err}")?;
+            source = err.source();
+        }
+        Ok(())
+    }
+}

@@ -110,13 +110,9 @@ impl HealthApi {
     #[oai(path = "/readyz", method = "get")]
     async fn readyz(&self) -> ReadyResponse {
         let state = &self.state;
-        let nats_probe = state.nats_probe.check(|| async {
-            state
-                .js
-                .get_stream(heimdex_event_store::jetstream::JOBS_STREAM)
-                .await
-                .map(|_| ())
-        });
+        let nats_probe = state
+            .nats_probe
+            .check(|| async { state.log.stream().clone().info().await.map(|_| ()) });
         let store_probe = async {
             if state.store_probe_enabled {
                 Some(state.store_probe.check(|| state.store.probe()).await)

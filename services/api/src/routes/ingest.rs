@@ -9,14 +9,14 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use heimdex_domain::ids;
 use heimdex_domain::jobs::{ChunkInfo, EmbedParams, JobSpec};
+use heimdex_domain::{AssetId, SegmentId, ids};
 use heimdex_embed::{ChunkOptions, Embedder};
 
 use crate::AppState;
 use crate::auth::BearerAuth;
 use crate::problem::{ApiError, ProblemResponse};
-use crate::routes::validate_identifier;
+use crate::routes::parse_ident;
 use crate::strict::{Known, StrictString, StrictText};
 
 /// Most characters in one segment's text. The model reads at most its token limit (256 for
@@ -181,21 +181,21 @@ impl IngestApi {
             text,
             model,
         } = body.0.0;
-        validate_identifier("asset_id", &asset_id.0)?;
-        validate_identifier("segment_id", &segment_id.0)?;
+        let asset_id: AssetId = parse_ident("asset_id", asset_id.0)?;
+        let segment_id: SegmentId = parse_ident("segment_id", segment_id.0)?;
         validate_text("text", &text.0)?;
         let embedder = self
             .state
             .models
             .get(model.as_ref().map(|m| m.0.as_str()))?;
-        let spec = embed_spec(&*embedder, &asset_id.0, &segment_id.0, text.0, None);
-        let point_id = point_of(&auth.0, &*embedder, &asset_id.0, &segment_id.0);
+        let point_id = point_of(&auth.0, &*embedder, &asset_id, &segment_id);
+        let spec = embed_spec(&*embedder, &asset_id, &segment_id, text.0, None);
         let submitted = self.state.submitter.submit(&auth.0, spec).await?;
         Ok(EmbedResponse::Accepted(Json(EmbedAccepted {
             job_id: submitted.job_id,
             point_id,
-            asset_id: asset_id.0,
-            segment_id: segment_id.0,
+            asset_id: asset_id.into_inner(),
+            segment_id: segment_id.into_inner(),
             model: embedder.model().to_owned(),
             model_ver: embedder.model_ver().to_owned(),
         })))
@@ -218,7 +218,7 @@ impl IngestApi {
             segments,
             model,
         } = body.0.0;
-        validate_identifier("asset_id", &asset_id.0)?;
+        let asset_id: AssetId = parse_ident("asset_id", asset_id.0)?;
         if segments.is_empty() {
             return Err(ApiError::Validation("segments must not be empty".into()).into());
         }
@@ -230,8 +230,12 @@ impl IngestApi {
             .into());
         }
         let mut seen = HashMap::with_capacity(segments.len());
+        let mut segment_ids: Vec<SegmentId> = Vec::with_capacity(segments.len());
         for (i, segment) in segments.iter().enumerate() {
-            validate_identifier(&format!("segments[{i}].segment_id"), &segment.segment_id.0)?;
+            segment_ids.push(parse_ident(
+                &format!("segments[{i}].segment_id"),
+                segment.segment_id.0.clone(),
+            )?);
             validate_text(&format!("segments[{i}].text"), &segment.text.0)?;
             if let Some(first) = seen.insert(segment.segment_id.0.as_str(), i) {
                 return Err(ApiError::Validation(format!(
@@ -246,20 +250,14 @@ impl IngestApi {
             .get(model.as_ref().map(|m| m.0.as_str()))?;
         let mut specs = Vec::with_capacity(segments.len());
         let mut jobs = Vec::with_capacity(segments.len());
-        for SegmentInput { segment_id, text } in segments {
-            specs.push(embed_spec(
-                &*embedder,
-                &asset_id.0,
-                &segment_id.0,
-                text.0,
-                None,
-            ));
-            let point_id = point_of(&auth.0, &*embedder, &asset_id.0, &segment_id.0);
-            jobs.push((segment_id.0, point_id));
+        for (SegmentInput { text, .. }, segment_id) in segments.into_iter().zip(segment_ids) {
+            let point_id = point_of(&auth.0, &*embedder, &asset_id, &segment_id);
+            specs.push(embed_spec(&*embedder, &asset_id, &segment_id, text.0, None));
+            jobs.push((segment_id.into_inner(), point_id));
         }
         let submitted = self.state.submitter.submit_many(&auth.0, specs).await?;
         Ok(BatchResponse::Accepted(Json(BatchAccepted {
-            asset_id: asset_id.0,
+            asset_id: asset_id.into_inner(),
             model: embedder.model().to_owned(),
             model_ver: embedder.model_ver().to_owned(),
             jobs: jobs
@@ -295,7 +293,7 @@ impl IngestApi {
             model,
             chunk,
         } = body.0.0;
-        validate_identifier("asset_id", &asset_id.0)?;
+        let asset_id: AssetId = parse_ident("asset_id", asset_id.0)?;
         let chars = text.0.chars().count();
         if chars > MAX_DOCUMENT_CHARS {
             return Err(ApiError::Validation(format!(
@@ -326,8 +324,8 @@ impl IngestApi {
                 Ok::<_, heimdex_embed::EmbedError>(heimdex_embed::chunk(&document, &spans, options))
             })
             .await
-            .map_err(|err| ApiError::Internal(format!("chunking task: {err}")))?
-            .map_err(|err| ApiError::Internal(format!("tokenizer: {err}")))?
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?
         };
         if chunks.len() > MAX_SEGMENTS {
             return Err(ApiError::Validation(format!(
@@ -341,26 +339,26 @@ impl IngestApi {
         let mut specs = Vec::with_capacity(chunks.len());
         let mut jobs = Vec::with_capacity(chunks.len());
         for c in &chunks {
-            let segment_id = format!("chunk-{}", c.index);
+            let segment_id: SegmentId = parse_ident("segment_id", format!("chunk-{}", c.index))?;
             let info = ChunkInfo {
                 chunk_index: c.index,
                 char_start: c.char_start,
                 char_end: c.char_end,
             };
             let chunk_text = c.text(&document).to_owned();
+            let point_id = point_of(&auth.0, &*embedder, &asset_id, &segment_id);
             specs.push(embed_spec(
                 &*embedder,
-                &asset_id.0,
+                &asset_id,
                 &segment_id,
                 chunk_text,
                 Some(info),
             ));
-            let point_id = point_of(&auth.0, &*embedder, &asset_id.0, &segment_id);
-            jobs.push((segment_id, point_id, info));
+            jobs.push((segment_id.into_inner(), point_id, info));
         }
         let submitted = self.state.submitter.submit_many(&auth.0, specs).await?;
         Ok(DocumentResponse::Accepted(Json(DocumentAccepted {
-            asset_id: asset_id.0,
+            asset_id: asset_id.into_inner(),
             model: embedder.model().to_owned(),
             model_ver: embedder.model_ver().to_owned(),
             chunks: jobs
@@ -381,14 +379,14 @@ impl IngestApi {
 
 fn embed_spec(
     embedder: &dyn Embedder,
-    asset_id: &str,
-    segment_id: &str,
+    asset_id: &AssetId,
+    segment_id: &SegmentId,
     text: String,
     chunk: Option<ChunkInfo>,
 ) -> JobSpec {
     JobSpec::Embedding(EmbedParams {
-        asset_id: asset_id.to_owned(),
-        segment_id: segment_id.to_owned(),
+        asset_id: asset_id.clone(),
+        segment_id: segment_id.clone(),
         model: embedder.model().to_owned(),
         model_ver: embedder.model_ver().to_owned(),
         text,
@@ -399,13 +397,13 @@ fn embed_spec(
 fn point_of(
     principal: &Principal,
     embedder: &dyn Embedder,
-    asset_id: &str,
-    segment_id: &str,
+    asset_id: &AssetId,
+    segment_id: &SegmentId,
 ) -> Uuid {
     ids::point_id(
         principal.org_id,
-        asset_id,
-        segment_id,
+        asset_id.as_str(),
+        segment_id.as_str(),
         embedder.model(),
         embedder.model_ver(),
     )

@@ -4,9 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use async_nats::jetstream::consumer;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -15,10 +12,10 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
 use uuid::Uuid;
 
-use crate::auth::Principal;
-use heimdex_domain::events::{self, EventData, EventKind, JobEvent};
+use heimdex_domain::events::{EventData, EventKind};
 use heimdex_domain::jobs::{self, JobStatus};
-use heimdex_event_store::jetstream::{STATUS_BUCKET, StreamRead, status_key};
+
+use crate::auth::Principal;
 
 use crate::AppState;
 use crate::auth::BearerAuth;
@@ -29,13 +26,11 @@ const MAX_EVENTS: usize = 1_000;
 /// Jobs per page of `GET /jobs` when `limit` is not given, and the most it may ask for.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 pub const MAX_LIST_LIMIT: u32 = 1_000;
-/// A listing whose next status takes longer than this to arrive is abandoned with 503 rather
-/// than answered incomplete.
-const LIST_STALL: Duration = Duration::from_secs(5);
 /// How long reading a job's history waits for its next event.
 const EVENTS_STALL: Duration = Duration::from_secs(2);
-/// Cursors this server issues start with this version tag (inside the base64).
-const CURSOR_V1: &str = "v1:";
+/// Cursors this server issues start with this version tag (inside the base64). `v1` cursors
+/// (a job id) came from the listing in `job_id` order and are refused since it changed.
+const CURSOR_V2: &str = "v2:";
 
 #[derive(Tags)]
 enum Tag {
@@ -192,7 +187,8 @@ impl From<jobs::JobError> for JobErrorView {
 /// One page of jobs.
 #[derive(Object, Debug)]
 pub struct JobPage {
-    /// Ordered by `job_id`.
+    /// Without `status`: in the order of each job's last change, oldest first. With `status`:
+    /// in the order jobs entered that status.
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next page; absent on the last page.
     #[oai(skip_serializing_if_is_none)]
@@ -252,13 +248,16 @@ pub enum RetryResponse {
 impl JobsApi {
     /// List jobs (dead letters with `status=FAILED`)
     ///
-    /// The caller's organization's jobs, from the status projection, ordered by `job_id` and
-    /// paginated with an opaque cursor. `status=FAILED` is the dead-letter view: jobs that ended
-    /// without success and can be redriven with `POST /jobs/{job_id}/retry`. Each page reads
-    /// every status of the organization once (cost grows with its number of jobs, not with
-    /// `limit`); a job whose status changes during a walk may appear on no page or be counted
-    /// under its new status. An unknown `status`, a `limit` outside 1..=1000 or a cursor this
-    /// server did not issue get 400.
+    /// The caller's organization's jobs, from the status projection, paginated with an opaque
+    /// cursor. Without `status`, jobs come in the order of their last change, oldest first: a
+    /// job that changes during a walk is listed again, with its new status, on a later page,
+    /// and none is missed. With `status`, jobs come in the order they entered that status, and
+    /// a job that leaves it during a walk is not listed after. `status=FAILED` is the
+    /// dead-letter view: jobs that ended without success and can be redriven with
+    /// `POST /jobs/{job_id}/retry`. A page costs what it holds, however many jobs the
+    /// organization has; with `status`, a page may hold fewer than `limit` jobs (those that
+    /// left the status while it was read are left out) and still have a `next_cursor`. An unknown `status`, a `limit` outside 1..=1000, or a cursor this
+    /// server did not issue for this listing get 400.
     #[oai(path = "/jobs", method = "get")]
     async fn list_jobs(
         &self,
@@ -271,22 +270,26 @@ impl JobsApi {
         /// The `next_cursor` of the previous page; absent for the first page.
         cursor: Query<Option<String>>,
     ) -> Result<ListResponse, ProblemResponse> {
-        let after = cursor.0.as_deref().map(decode_cursor).transpose()?;
+        let status: Option<jobs::Status> = status.0.map(Into::into);
+        let from = cursor
+            .0
+            .as_deref()
+            .map(|cursor| decode_cursor(cursor, status))
+            .transpose()?
+            .unwrap_or(1);
         let limit = limit
             .0
             .unwrap_or(DEFAULT_LIST_LIMIT)
             .clamp(1, MAX_LIST_LIMIT) as usize;
-        let (statuses, more) = self
+        let page = self
             .state
-            .list_jobs(auth.0.org_id, status.0.map(Into::into), limit, after)
-            .await?;
-        let next_cursor = match (more, statuses.last()) {
-            (true, Some(last)) => Some(encode_cursor(last.job_id)),
-            (true, None) | (false, _) => None,
-        };
+            .statuses
+            .list(auth.0.org_id, status, limit, from)
+            .await
+            .map_err(ApiError::from)?;
         Ok(ListResponse::Ok(Json(JobPage {
-            jobs: statuses.into_iter().map(JobView::from).collect(),
-            next_cursor,
+            jobs: page.jobs.into_iter().map(JobView::from).collect(),
+            next_cursor: page.next.map(|from| encode_cursor(status, from)),
         })))
     }
 
@@ -347,93 +350,63 @@ impl JobsApi {
     }
 }
 
-fn encode_cursor(job_id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_V1}{job_id}"))
+/// `v2:<listing>:<sequence>` in URL-safe base64: where the next page of this listing starts.
+fn encode_cursor(status: Option<jobs::Status>, from: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_V2}{}:{from}", listing(status)))
 }
 
-/// The job id a cursor points after.
-fn decode_cursor(cursor: &str) -> Result<Uuid, ApiError> {
+fn listing(status: Option<jobs::Status>) -> &'static str {
+    match status {
+        None => "all",
+        Some(jobs::Status::Queued) => "QUEUED",
+        Some(jobs::Status::Running) => "RUNNING",
+        Some(jobs::Status::Succeeded) => "SUCCEEDED",
+        Some(jobs::Status::Failed) => "FAILED",
+    }
+}
+
+/// Where the page a cursor names starts; the cursor must come from the same listing.
+fn decode_cursor(cursor: &str, status: Option<jobs::Status>) -> Result<u64, ApiError> {
     URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| {
-            text.strip_prefix(CURSOR_V1)
-                .and_then(|id| Uuid::parse_str(id).ok())
+            let rest = text.strip_prefix(CURSOR_V2)?;
+            let (kind, from) = rest.split_once(':')?;
+            (kind == listing(status)).then_some(())?;
+            from.parse::<u64>().ok().filter(|&from| from > 0)
         })
         .ok_or_else(|| ApiError::BadRequest {
             code: "invalid_cursor",
-            detail: "cursor is not one this server issued: pass `next_cursor` from the previous \
-                     page as it is"
+            detail: "cursor is not one this server issued for this listing: pass `next_cursor` \
+                     from the previous page as it is, with the same `status`"
                 .to_owned(),
         })
 }
 
 impl AppState {
-    /// Up to `limit` of the org's jobs (in `status`, when given) with ids after `after`, in
-    /// `job_id` order, and whether more follow. Reads the last value of every key under
-    /// `<org_id>.` with a short-lived ordered consumer on the bucket's stream, keeping only the
-    /// `limit + 1` smallest matching ids in memory.
-    pub async fn list_jobs(
-        &self,
-        org_id: Uuid,
-        status: Option<jobs::Status>,
-        limit: usize,
-        after: Option<Uuid>,
-    ) -> Result<(Vec<JobStatus>, bool), ApiError> {
-        let unavailable = |err: &dyn std::fmt::Display| {
-            tracing::warn!(%err, "job listing failed");
-            ApiError::nats_unavailable()
-        };
-        let stream = self
-            .js
-            .get_stream_no_info(format!("KV_{STATUS_BUCKET}"))
-            .await
-            .map_err(|err| unavailable(&err))?;
-        // Keys are `<org_id>.<job_id>`: one tenant's keys, and no other's.
-        let mut read = StreamRead::open(
-            &stream,
-            format!("$KV.{STATUS_BUCKET}.{org_id}.*"),
-            consumer::DeliverPolicy::LastPerSubject,
-            LIST_STALL,
-        )
-        .await
-        .map_err(|err| unavailable(&err))?;
-        let mut page: BTreeMap<Uuid, JobStatus> = BTreeMap::new();
-        while let Some(message) = read.next().await.map_err(|err| unavailable(&err))? {
-            if let Some(job) = listed(&message, org_id)
-                && status.is_none_or(|wanted| job.status == wanted)
-                && after.is_none_or(|after| job.job_id > after)
-            {
-                page.insert(job.job_id, job);
-                if page.len() > limit + 1 {
-                    page.pop_last();
-                }
-            }
-        }
-        let more = page.len() > limit;
-        Ok((page.into_values().take(limit).collect(), more))
-    }
-
     /// Records a retry of a FAILED job and returns its round. Idempotent per failure: while the
     /// retry of the current failure is recorded but not yet run to its end, every request gets
     /// that retry's round, and nothing new is stored.
     pub async fn retry_job(&self, principal: &Principal, job_id: Uuid) -> Result<u32, ApiError> {
         let org_id = principal.org_id;
-        let not_found = || ApiError::NotFound(format!("job {job_id} not found"));
         let requested = self
-            .requested_event(org_id, job_id)
+            .log
+            .last(org_id, job_id, EventKind::Requested)
             .await?
-            .ok_or_else(not_found)?;
-        let requested_event = JobEvent::decode(&requested.payload)
-            .map_err(|err| ApiError::Internal(format!("undecodable event: {err}")))?;
-        let EventData::Requested(requested_data) = &requested_event.data else {
-            return Err(ApiError::Internal(
-                "`requested` subject holds another event".into(),
-            ));
+            .ok_or_else(|| ApiError::NotFound(format!("job {job_id} not found")))?;
+        let EventData::Requested(requested) = requested.event.data else {
+            return Err(ApiError::internal(format!(
+                "the `requested` subject of job {job_id} holds another event"
+            )));
         };
         let status = self.job_status(org_id, job_id).await?;
-        let (last_retried_seq, last_round) = self.last_retry(org_id, job_id).await?;
+        let (last_retried_seq, last_round) =
+            match self.log.last(org_id, job_id, EventKind::Retried).await? {
+                Some(retried) => (retried.seq, retried.event.data.round()),
+                None => (0, 0),
+            };
         // Recorded, not projected yet.
         if last_round > status.retries {
             return Ok(last_round);
@@ -443,157 +416,60 @@ impl AppState {
             return Ok(status.retries);
         }
         if status.status != jobs::Status::Failed {
-            let state = serde_json::to_value(status.status)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
             return Err(ApiError::Conflict {
                 code: "job_not_failed",
-                detail: format!("job {job_id} is {state}; only FAILED jobs can be retried"),
+                detail: format!(
+                    "job {job_id} is {}; only FAILED jobs can be retried",
+                    listing(Some(status.status))
+                ),
             });
         }
         let round = status.retries + 1;
         self.submitter
-            .retry(
-                principal,
-                job_id,
-                round,
-                requested_data.spec.clone(),
-                last_retried_seq,
-            )
+            .retry(principal, job_id, round, requested.spec, last_retried_seq)
             .await?;
         Ok(round)
     }
 
-    /// The stream sequence and round of the job's last `retried` event; `(0, 0)` if none.
-    async fn last_retry(&self, org_id: Uuid, job_id: Uuid) -> Result<(u64, u32), ApiError> {
-        use async_nats::jetstream::stream::DirectGetErrorKind;
-        let subject = events::subject(org_id, job_id, EventKind::Retried);
-        match self.jobs_stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => {
-                let event = JobEvent::decode(&message.payload)
-                    .map_err(|err| ApiError::Internal(format!("undecodable event: {err}")))?;
-                Ok((message.sequence, event.data.round()))
-            }
-            Err(err) => match err.kind() {
-                DirectGetErrorKind::NotFound => Ok((0, 0)),
-                DirectGetErrorKind::InvalidSubject
-                | DirectGetErrorKind::TimedOut
-                | DirectGetErrorKind::Request
-                | DirectGetErrorKind::ErrorResponse(..)
-                | DirectGetErrorKind::Other => {
-                    tracing::warn!(%err, "direct get failed");
-                    Err(ApiError::nats_unavailable())
-                }
-            },
-        }
-    }
-
-    /// The job's status: KV first, then the `requested` event itself.
+    /// The job's status: the projection first, then the `requested` event itself (QUEUED), so
+    /// a job accepted a moment ago is never "not found".
     pub async fn job_status(&self, org_id: Uuid, job_id: Uuid) -> Result<JobStatus, ApiError> {
-        let key = status_key(org_id, job_id);
-        match self.status.get(key).await {
-            Ok(Some(bytes)) => {
-                return serde_json::from_slice(&bytes)
-                    .map_err(|err| ApiError::Internal(format!("undecodable status: {err}")));
-            }
-            Ok(None) => {}
-            Err(err) => {
-                tracing::warn!(%err, "status read failed");
-                return Err(ApiError::nats_unavailable());
-            }
+        if let Some(status) = self.statuses.get(org_id, job_id).await? {
+            return Ok(status);
         }
-        let message = self
-            .requested_event(org_id, job_id)
+        let requested = self
+            .log
+            .last(org_id, job_id, EventKind::Requested)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("job {job_id} not found")))?;
-        let event = JobEvent::decode(&message.payload)
-            .map_err(|err| ApiError::Internal(format!("undecodable event: {err}")))?;
-        Ok(JobStatus::from_event(&event, message.sequence))
+        Ok(JobStatus::from_event(&requested.event, requested.seq))
     }
 
-    /// The job's `requested` event, read directly from the stream (`None`: no such job).
-    async fn requested_event(
-        &self,
-        org_id: Uuid,
-        job_id: Uuid,
-    ) -> Result<Option<async_nats::jetstream::message::StreamMessage>, ApiError> {
-        use async_nats::jetstream::stream::DirectGetErrorKind;
-        let subject = events::subject(org_id, job_id, EventKind::Requested);
-        match self.jobs_stream.direct_get_last_for_subject(subject).await {
-            Ok(message) => Ok(Some(message)),
-            Err(err) => match err.kind() {
-                DirectGetErrorKind::NotFound => Ok(None),
-                DirectGetErrorKind::InvalidSubject
-                | DirectGetErrorKind::TimedOut
-                | DirectGetErrorKind::Request
-                | DirectGetErrorKind::ErrorResponse(..)
-                | DirectGetErrorKind::Other => {
-                    tracing::warn!(%err, "direct get failed");
-                    Err(ApiError::nats_unavailable())
-                }
-            },
-        }
-    }
-
-    /// Reads `heimdex.jobs.<org>.<job>.*` with a short-lived ordered consumer.
+    /// The job's history, oldest first (empty for an unknown or foreign job).
     async fn job_events(&self, org_id: Uuid, job_id: Uuid) -> Result<Vec<StoredEvent>, ApiError> {
-        let unavailable = |err: &dyn std::fmt::Display| {
-            tracing::warn!(%err, "event history read failed");
-            ApiError::nats_unavailable()
-        };
-        // Unknown (or foreign) jobs are answered at once, without a consumer that would wait.
-        if self.requested_event(org_id, job_id).await?.is_none() {
+        // Unknown (or foreign) jobs are answered at once, without a read that would wait.
+        if self
+            .log
+            .last(org_id, job_id, EventKind::Requested)
+            .await?
+            .is_none()
+        {
             return Ok(Vec::new());
         }
-        let mut read = StreamRead::open(
-            &self.jobs_stream,
-            events::job_subjects(org_id, job_id),
-            consumer::DeliverPolicy::All,
-            EVENTS_STALL,
-        )
-        .await
-        .map_err(|err| unavailable(&err))?;
-        let mut events = Vec::new();
-        while let Some(message) = read.next().await.map_err(|err| unavailable(&err))? {
-            let seq = message
-                .info()
-                .map_err(|err| unavailable(&err))?
-                .stream_sequence;
-            let event = serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
-                serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
-            });
-            events.push(StoredEvent {
-                seq,
-                subject: message.subject.to_string(),
-                event,
-            });
-            if events.len() >= MAX_EVENTS {
-                break;
-            }
-        }
-        Ok(events)
-    }
-}
-
-/// A status of `org_id` from a message of the bucket's stream; `None` for deletes, purges and
-/// values that do not decode (logged) or name another org.
-fn listed(message: &async_nats::jetstream::Message, org_id: Uuid) -> Option<JobStatus> {
-    let operation = message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get("KV-Operation"))
-        .map(|value| value.as_str().to_owned());
-    if operation.is_some_and(|op| op != "PUT") {
-        return None;
-    }
-    match serde_json::from_slice::<JobStatus>(&message.payload) {
-        Ok(status) if status.org_id == org_id => Some(status),
-        Ok(_) => None,
-        Err(err) => {
-            tracing::error!(%err, subject = %message.subject, "undecodable status skipped in listing");
-            None
-        }
+        let history = self
+            .log
+            .history(org_id, job_id, MAX_EVENTS, EVENTS_STALL)
+            .await?;
+        Ok(history
+            .into_iter()
+            .map(|raw| StoredEvent {
+                seq: raw.seq,
+                subject: raw.subject,
+                event: serde_json::from_slice(&raw.payload).unwrap_or_else(|_| {
+                    serde_json::Value::String(String::from_utf8_lossy(&raw.payload).into_owned())
+                }),
+            })
+            .collect())
     }
 }
 
@@ -603,19 +479,25 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_strangers_are_refused() {
-        let id = Uuid::from_u128(0xfeed);
-        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
-        assert!(!encode_cursor(id).contains(&id.to_string()), "opaque");
-        for bad in [
-            "",
-            "!!",
-            "djE6bm90LWEtdXVpZA",
-            &id.to_string(),
-            "eyJhIjoxfQ",
+        let failed = Some(jobs::Status::Failed);
+        assert_eq!(decode_cursor(&encode_cursor(None, 42), None).unwrap(), 42);
+        assert_eq!(decode_cursor(&encode_cursor(failed, 7), failed).unwrap(), 7);
+        assert!(!encode_cursor(None, 42).contains("42"), "opaque");
+        let v1 = URL_SAFE_NO_PAD.encode(format!("v1:{}", Uuid::from_u128(0xfeed)));
+        for (bad, status) in [
+            ("", None),
+            ("!!", None),
+            ("djE6bm90LWEtdXVpZA", None),
+            ("eyJhIjoxfQ", None),
+            (v1.as_str(), None),
+            // Another listing's cursor.
+            (&encode_cursor(None, 42), failed),
+            (&encode_cursor(failed, 42), None),
+            (&URL_SAFE_NO_PAD.encode("v2:all:0"), None),
         ] {
             assert!(
                 matches!(
-                    decode_cursor(bad),
+                    decode_cursor(bad, status),
                     Err(ApiError::BadRequest {
                         code: "invalid_cursor",
                         ..

@@ -11,6 +11,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use heimdex_domain::{AssetId, SegmentId};
 use heimdex_embed::Priority;
 use heimdex_store::query::{DEFAULT_DIVERSITY, DEFAULT_RRF_K, MAX_MMR_CANDIDATES, MIN_DEPTH};
 use heimdex_store::{Fusion, Mmr, PointFilter, Ranked, SearchMode, SearchRequest as StoreSearch};
@@ -18,7 +19,7 @@ use heimdex_store::{Fusion, Mmr, PointFilter, Ranked, SearchMode, SearchRequest 
 use crate::AppState;
 use crate::auth::BearerAuth;
 use crate::problem::{ApiError, ProblemResponse};
-use crate::routes::validate_identifier;
+use crate::routes::parse_ident;
 use crate::strict::{Known, StrictString, StrictText};
 
 /// Most characters in a text query.
@@ -290,10 +291,10 @@ impl SearchApi {
         }
         let filter = body.filter.unwrap_or_default();
         if let Some(asset_id) = &filter.asset_id {
-            validate_identifier("filter.asset_id", &asset_id.0)?;
+            parse_ident::<AssetId>("filter.asset_id", asset_id.0.clone())?;
         }
         if let Some(segment_id) = &filter.segment_id {
-            validate_identifier("filter.segment_id", &segment_id.0)?;
+            parse_ident::<SegmentId>("filter.segment_id", segment_id.0.clone())?;
         }
         let ranking = Ranking {
             mode: parse_mode(body.mode.as_ref().map(|m| m.0.as_str()))?,
@@ -362,11 +363,9 @@ impl SearchApi {
                         .embed(embedder.clone(), vec![query.clone()], Priority::Query)
                         .instrument(tracing::info_span!("embed.query", model = embedder.model()))
                         .await
-                        .map_err(|err| ApiError::Internal(format!("embedding the query: {err}")))?
+                        .map_err(ApiError::internal)?
                         .pop()
-                        .ok_or_else(|| {
-                            ApiError::Internal("the embedder returned no vector".into())
-                        })?;
+                        .ok_or_else(|| ApiError::internal("the embedder returned no vector"))?;
                     Some(vector)
                 } else {
                     None
@@ -406,8 +405,7 @@ impl SearchApi {
             results.push(SearchHit {
                 point_id: hit.id,
                 score: hit.score,
-                payload: serde_json::to_value(&hit.payload)
-                    .map_err(|err| ApiError::Internal(err.to_string()))?,
+                payload: serde_json::to_value(&hit.payload).map_err(ApiError::internal)?,
                 vector: hit.vector,
                 explain: hit.explain.map(|e| HitExplain {
                     dense: e.dense.into(),

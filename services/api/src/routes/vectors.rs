@@ -8,11 +8,12 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
 use heimdex_domain::jobs::{DeleteAssetParams, DeletePointParams, JobSpec, MockParams};
+use heimdex_domain::{AssetId, RequestId, SegmentId};
 
 use crate::AppState;
 use crate::auth::BearerAuth;
 use crate::problem::{ApiError, ProblemResponse};
-use crate::routes::validate_identifier;
+use crate::routes::parse_ident;
 use crate::strict::{Known, StrictString};
 
 #[derive(Tags)]
@@ -86,14 +87,11 @@ pub enum DeleteResponse {
 
 /// The delete's `request_id`: the client's `Idempotency-Key`, or a fresh id (every delete is a
 /// new job, and deleting twice removes nothing the second time).
-fn request_id(key: Option<String>) -> Result<String, ApiError> {
-    match key {
-        Some(key) => {
-            validate_identifier("Idempotency-Key", &key)?;
-            Ok(key)
-        }
-        None => Ok(Uuid::new_v4().to_string()),
-    }
+fn request_id(key: Option<String>) -> Result<RequestId, ApiError> {
+    parse_ident(
+        "Idempotency-Key",
+        key.unwrap_or_else(|| Uuid::new_v4().to_string()),
+    )
 }
 
 #[OpenApi(tag = "Tag::Vectors")]
@@ -109,15 +107,14 @@ impl VectorsApi {
         auth: BearerAuth,
         body: Json<Known<MockRequest>>,
     ) -> Result<SubmitResponse, ProblemResponse> {
-        let (asset_id, segment_id) = (body.0.0.asset_id.0, body.0.0.segment_id.0);
-        validate_identifier("asset_id", &asset_id)?;
-        validate_identifier("segment_id", &segment_id)?;
+        let asset_id: AssetId = parse_ident("asset_id", body.0.0.asset_id.0)?;
+        let segment_id: SegmentId = parse_ident("segment_id", body.0.0.segment_id.0)?;
         let spec = JobSpec::MockEmbedding(MockParams::new(asset_id.clone(), segment_id.clone()));
         let submitted = self.state.submitter.submit(&auth.0, spec).await?;
         Ok(SubmitResponse::Accepted(Json(JobAccepted {
             job_id: submitted.job_id,
-            asset_id,
-            segment_id,
+            asset_id: asset_id.into_inner(),
+            segment_id: segment_id.into_inner(),
         })))
     }
 
@@ -158,9 +155,8 @@ impl VectorsApi {
         asset_id: Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
     ) -> Result<DeleteResponse, ProblemResponse> {
-        validate_identifier("asset_id", &asset_id.0)?;
         let spec = JobSpec::DeleteAsset(DeleteAssetParams {
-            asset_id: asset_id.0.clone(),
+            asset_id: parse_ident("asset_id", asset_id.0.clone())?,
             request_id: request_id(idempotency_key.0)?,
         });
         let submitted = self.state.submitter.submit(&auth.0, spec).await?;
@@ -191,8 +187,7 @@ impl VectorsApi {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound(format!("point {} not found", point_id.0)))?;
-        let payload = serde_json::to_value(&point.payload)
-            .map_err(|err| ApiError::Internal(err.to_string()))?;
+        let payload = serde_json::to_value(&point.payload).map_err(ApiError::internal)?;
         Ok(PointResponse::Ok(Json(PointView {
             point_id: point.id,
             payload,

@@ -7,6 +7,7 @@
 mod corpus;
 mod embed;
 mod lengths;
+mod list;
 mod mock;
 pub mod quality;
 mod search;
@@ -98,6 +99,27 @@ pub enum BenchCommand {
         max_words: usize,
         #[arg(long)]
         nats_url: Option<String>,
+    },
+    /// What a page of `GET /jobs?limit=10` costs at two organization sizes, in one run (all
+    /// statuses and `status=FAILED`; first page and a page halfway through).
+    List {
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// NATS URL to append the seeded jobs to (default: what /readyz reports).
+        #[arg(long)]
+        nats_url: Option<String>,
+        /// Jobs of the small organization.
+        #[arg(long, default_value_t = 1_000)]
+        small: usize,
+        /// Jobs of the large organization.
+        #[arg(long, default_value_t = 100_000)]
+        large: usize,
+        /// One job in this many fails (the dead letters).
+        #[arg(long, default_value_t = 50)]
+        failed_every: usize,
+        /// Timed requests per listing and page.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
     },
     /// Search latency, one request at a time: text queries (embedding included) in each mode,
     /// interleaved, and vector queries, over the tenant's points.
@@ -234,6 +256,27 @@ pub async fn run(command: BenchCommand, jwt: &JwtConfig) -> anyhow::Result<()> {
             )
             .await
         }
+        BenchCommand::List {
+            url,
+            nats_url,
+            small,
+            large,
+            failed_every,
+            requests,
+        } => {
+            list::run(
+                jwt,
+                list::Options {
+                    url,
+                    nats_url,
+                    small,
+                    large,
+                    failed_every,
+                    requests: requests.max(1),
+                },
+            )
+            .await
+        }
         BenchCommand::Search {
             url,
             org,
@@ -265,6 +308,51 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     }
 }
 
+/// The NATS URL a running service reports in `/readyz`.
+pub(crate) async fn nats_url_of(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let ready: serde_json::Value = http
+        .get(format!("{url}/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(ready["deps"]["nats"]["url"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("/readyz does not report deps.nats.url; pass --nats-url"))?
+        .to_owned())
+}
+
+/// The SIMD flags of this machine's CPU that decide its speed here (printed with every figure,
+/// since machines of the same kind differ: AVX-512 on one, AVX2 only on the next).
+pub(crate) fn cpu_flags() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|f| {
+            [
+                "avx2",
+                "fma",
+                "avx512f",
+                "avx512bw",
+                "avx512_vnni",
+                "avx512vl",
+            ]
+            .contains(f)
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    format!("{model}, {cores} cores, {}", flags.join(" "))
+}
+
 /// Watches the status bucket for `org`'s jobs (at `nats_url`, or the NATS URL `/readyz`
 /// reports) and sends the instant each is first seen SUCCEEDED; FAILED jobs are printed.
 pub(crate) async fn watch_completions(
@@ -279,20 +367,7 @@ pub(crate) async fn watch_completions(
 )> {
     let nats_url = match nats_url {
         Some(url) => url,
-        None => {
-            let ready: serde_json::Value = http
-                .get(format!("{url}/readyz"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            ready["deps"]["nats"]["url"]
-                .as_str()
-                .ok_or_else(|| {
-                    anyhow::anyhow!("/readyz does not report deps.nats.url; pass --nats-url")
-                })?
-                .to_owned()
-        }
+        None => nats_url_of(http, url).await?,
     };
     let client = async_nats::connect(&nats_url).await?;
     let js = async_nats::jetstream::new(client);

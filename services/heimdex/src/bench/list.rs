@@ -1,0 +1,247 @@
+//! `heimdex bench list`: what a page of `GET /jobs` costs as an organization grows. Two orgs are
+//! seeded in the same run, a small one and a large one, with the same share of failed jobs; then
+//! `GET /jobs?limit=10` is timed for both, on the first page and on a page deep in the listing,
+//! for every status and for the dead letters (`status=FAILED`). The figure that matters is the
+//! ratio large / small, measured in one window.
+//!
+//! The jobs are appended to the job log directly (as the API would append them, without HTTP),
+//! so seeding 100,000 jobs takes seconds; the service's worker and projector process them as
+//! usual. A failed job is a `requested` embedding job naming a model no worker serves: it fails
+//! on its first attempt with `invalid_input`.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use uuid::Uuid;
+
+use heimdex_api::auth::JwtConfig;
+use heimdex_domain::events::{EventData, JobEvent, Requested};
+use heimdex_domain::ids;
+use heimdex_domain::jobs::{EmbedParams, JobSpec, MockParams};
+use heimdex_domain::{AssetId, SegmentId};
+use heimdex_event_store::jetstream::{PROJECTOR_CONSUMER, WORKER_CONSUMER};
+use heimdex_event_store::{EventStore, NatsConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::{ms, percentile};
+
+pub struct Options {
+    pub url: String,
+    pub nats_url: Option<String>,
+    pub small: usize,
+    pub large: usize,
+    /// One job in this many fails.
+    pub failed_every: usize,
+    /// Timed requests per listing and page.
+    pub requests: usize,
+}
+
+pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    let nats_url = match o.nats_url.clone() {
+        Some(url) => url,
+        None => super::nats_url_of(&http, &o.url).await?,
+    };
+    let events = EventStore::connect(
+        &NatsConfig::new(Some(nats_url.clone())),
+        &nats_url,
+        "heimdex-bench-list",
+        &CancellationToken::new(),
+    )
+    .await?;
+    println!("cpu: {}", super::cpu_flags());
+    let (small, large) = (Uuid::new_v4(), Uuid::new_v4());
+    for (org, n) in [(small, o.small), (large, o.large)] {
+        let started = Instant::now();
+        seed(&events, org, n, o.failed_every).await?;
+        println!(
+            "seeded org {org}: {n} jobs ({} failing) in {:.1} s",
+            n / o.failed_every.max(1),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let started = Instant::now();
+    settle(&events).await?;
+    println!(
+        "worker and projector caught up in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    println!(
+        "| listing | page | {} jobs p50 | p99 | {} jobs p50 | p99 | ratio (p50) |",
+        o.small, o.large
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for status in [None, Some("FAILED")] {
+        let tokens = [small, large].map(|org| {
+            heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(3_600))
+        });
+        let [Ok(small_token), Ok(large_token)] = tokens else {
+            anyhow::bail!("cannot sign a token");
+        };
+        for deep in [false, true] {
+            let mut p50s = Vec::new();
+            let mut row = Vec::new();
+            for token in [&small_token, &large_token] {
+                let cursor = if deep {
+                    middle_cursor(&http, &o.url, token, status).await?
+                } else {
+                    None
+                };
+                let timings =
+                    time_page(&http, &o.url, token, status, cursor.as_deref(), o.requests).await?;
+                p50s.push(percentile(&timings, 0.5).as_secs_f64());
+                row.push(format!(
+                    "{} | {}",
+                    ms(percentile(&timings, 0.5)),
+                    ms(percentile(&timings, 0.99))
+                ));
+            }
+            println!(
+                "| {} | {} | {} | {:.2} |",
+                status.map_or("all".to_owned(), |s| format!("status={s}")),
+                if deep { "middle" } else { "first" },
+                row.join(" | "),
+                p50s[1] / p50s[0].max(f64::EPSILON)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Appends `n` jobs of `org`: mock jobs, and every `failed_every`-th one a job that fails.
+async fn seed(events: &EventStore, org: Uuid, n: usize, failed_every: usize) -> anyhow::Result<()> {
+    let run = Uuid::new_v4().simple().to_string();
+    let appends = futures::stream::iter(0..n)
+        .map(|i| {
+            let log = events.log.clone();
+            let run = run.clone();
+            async move {
+                let asset = AssetId::parse(format!("list-{run}"))?;
+                let segment = SegmentId::parse(format!("s-{i}"))?;
+                let spec = if failed_every > 0 && i % failed_every == failed_every - 1 {
+                    JobSpec::Embedding(EmbedParams {
+                        asset_id: asset,
+                        segment_id: segment,
+                        model: "no-such-model".into(),
+                        model_ver: "v1".into(),
+                        text: "fails".into(),
+                        chunk: None,
+                    })
+                } else {
+                    JobSpec::MockEmbedding(MockParams::new(asset, segment))
+                };
+                let key = ids::job_key(org, spec.job_type(), &spec.params());
+                let job_id = ids::job_id(&key);
+                let event = JobEvent::new(
+                    org,
+                    job_id,
+                    EventData::Requested(Requested {
+                        job_id,
+                        job_key: key,
+                        user_id: "bench".into(),
+                        spec,
+                    }),
+                );
+                log.request(&event).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(512);
+    futures::pin_mut!(appends);
+    while let Some(appended) = appends.next().await {
+        appended?;
+    }
+    Ok(())
+}
+
+/// Waits until the worker and the projector have nothing pending.
+async fn settle(events: &EventStore) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(1_800);
+    loop {
+        let mut pending = 0;
+        for name in [WORKER_CONSUMER, PROJECTOR_CONSUMER] {
+            let info = events.stream.consumer_info(name).await?;
+            pending += info.num_pending + info.num_ack_pending as u64;
+        }
+        if pending == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{pending} events still pending after 30 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn list_url(base: &str, status: Option<&str>, limit: usize, cursor: Option<&str>) -> String {
+    let mut url = format!("{base}/jobs?limit={limit}");
+    if let Some(status) = status {
+        url.push_str(&format!("&status={status}"));
+    }
+    if let Some(cursor) = cursor {
+        url.push_str(&format!("&cursor={cursor}"));
+    }
+    url
+}
+
+/// The cursor of the page that starts halfway through the listing.
+async fn middle_cursor(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    status: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let mut cursors = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page: serde_json::Value = http
+            .get(list_url(base, status, 1_000, cursor.as_deref()))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        match page["next_cursor"].as_str() {
+            Some(next) => {
+                cursors.push(next.to_owned());
+                cursor = Some(next.to_owned());
+            }
+            None => break,
+        }
+    }
+    Ok(cursors.get(cursors.len() / 2).cloned())
+}
+
+/// `requests` timings of one page, one request at a time.
+async fn time_page(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    status: Option<&str>,
+    cursor: Option<&str>,
+    requests: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let url = list_url(base, status, 10, cursor);
+    let mut timings = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let started = Instant::now();
+        let page: serde_json::Value = http
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        timings.push(started.elapsed());
+        anyhow::ensure!(
+            page["jobs"].as_array().is_some_and(|jobs| !jobs.is_empty()),
+            "an empty page: {page}"
+        );
+    }
+    timings.sort();
+    Ok(timings)
+}

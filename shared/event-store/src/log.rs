@@ -1,0 +1,301 @@
+//! The job log: the stream `HEIMDEX_JOBS`, the source of truth. Events are appended here with
+//! the headers that make them idempotent (`Nats-Msg-Id`, an expected last subject sequence) and
+//! the caller's trace context, and read back whole (a job's history, a refold) or one at a time
+//! (the last event of a kind, by direct get).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::{DirectGetErrorKind, Stream};
+use async_nats::jetstream::{self, ErrorCode, consumer};
+use uuid::Uuid;
+
+use heimdex_domain::events::{self, DecodeError, EventKind, JobEvent};
+use heimdex_domain::jobs::JobStatus;
+
+use crate::jetstream::{ReadError, StreamRead};
+
+/// Why an event was not appended. Nothing was stored in any case.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The client is not connected to NATS right now: nothing was sent.
+    #[error("not connected to NATS")]
+    Disconnected,
+    /// The stream (or the server's storage) is full and refuses new events.
+    #[error("the job log is full")]
+    Full(#[source] PublishError),
+    /// The publish was not acknowledged in time, or the connection broke: try again.
+    #[error("the job log did not acknowledge the event")]
+    Unavailable(#[source] PublishError),
+    /// JetStream refused the event for another reason (a misconfigured stream, say).
+    #[error("the job log refused the event")]
+    Refused(#[source] PublishError),
+}
+
+impl AppendError {
+    fn from_publish(err: PublishError) -> Self {
+        match err.kind() {
+            PublishErrorKind::TimedOut
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::MaxAckPending => Self::Unavailable(err),
+            PublishErrorKind::Other if is_storage_full(&err) => Self::Full(err),
+            PublishErrorKind::StreamNotFound
+            | PublishErrorKind::WrongLastSequence
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::MaxPayloadExceeded
+            | PublishErrorKind::Other => Self::Refused(err),
+        }
+    }
+}
+
+/// Whether JetStream refused a publish for lack of room, by its error code: the stream at its
+/// limits with `discard: new` (10077, "maximum bytes/messages exceeded", also used when the
+/// disk write fails), or the server or account out of storage (10023, 10047, 10002).
+fn is_storage_full(err: &PublishError) -> bool {
+    let code = std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .map(jetstream::Error::error_code);
+    matches!(
+        code,
+        Some(
+            ErrorCode::STREAM_STORE_FAILED
+                | ErrorCode::INSUFFICIENT_RESOURCES
+                | ErrorCode::STORAGE_RESOURCES_EXCEEDED
+                | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED
+        )
+    )
+}
+
+/// Whether a `requested` event was stored by this call or was there already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Appended {
+    Created,
+    /// The job's `requested` event was stored before (a duplicate request).
+    Exists,
+}
+
+/// A stored event: its stream sequence and the event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored<T> {
+    pub seq: u64,
+    pub event: T,
+}
+
+/// An event as stored, undecoded: what `GET /jobs/{id}/events` shows.
+#[derive(Clone, Debug)]
+pub struct RawEvent {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: bytes::Bytes,
+}
+
+/// Why the log could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LogReadError {
+    #[error("cannot read the job log")]
+    Read(#[from] ReadError),
+    #[error("direct get from the job log failed")]
+    DirectGet(#[source] async_nats::jetstream::stream::DirectGetError),
+    #[error("event at sequence {seq} cannot be decoded")]
+    Decode {
+        seq: u64,
+        #[source]
+        source: DecodeError,
+    },
+}
+
+/// An event sent but not yet acknowledged; see [`JobLog::send`].
+pub struct PendingAppend(PublishAckFuture);
+
+impl PendingAppend {
+    /// Waits for the stream's acknowledgement.
+    pub async fn stored(self) -> Result<(), AppendError> {
+        self.0.await.map(|_| ()).map_err(AppendError::from_publish)
+    }
+}
+
+#[derive(Clone)]
+pub struct JobLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: Stream,
+}
+
+impl JobLog {
+    pub fn new(client: async_nats::Client, js: jetstream::Context, stream: Stream) -> Self {
+        Self { client, js, stream }
+    }
+
+    /// The stream itself, for the consumers' bootstrap and the backlog probe.
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// Appends a job's `requested` event, exactly once per job: its `Nats-Msg-Id` is the job key
+    /// and it expects its subject to be empty, so a duplicate is refused by the server inside
+    /// and beyond the duplicate window. Measured on nats-server 2.15.1: the expected-sequence
+    /// check runs before de-duplication, so a duplicate comes back as "wrong last sequence"
+    /// (10071) rather than a duplicate ack; both mean the job exists.
+    pub async fn request(&self, event: &JobEvent) -> Result<Appended, AppendError> {
+        self.connected()?;
+        let publish = message(event).expected_last_subject_sequence(0);
+        match self.publish(event, publish).await {
+            Ok(ack) if ack.duplicate => Ok(Appended::Exists),
+            Ok(_) => Ok(Appended::Created),
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(Appended::Exists),
+            Err(err) => Err(AppendError::from_publish(err)),
+        }
+    }
+
+    /// Appends a `retried` event, at most once per round: its id is `<job>:retried:<round>` and it
+    /// expects `last_retried_seq` (0 before the first retry) as the last sequence on the job's
+    /// `retried` subject. `Ok` means the round's event is stored, by this call or a concurrent
+    /// one retrying the same failure.
+    pub async fn retry(&self, event: &JobEvent, last_retried_seq: u64) -> Result<(), AppendError> {
+        self.connected()?;
+        let publish = message(event).expected_last_subject_sequence(last_retried_seq);
+        match self.publish(event, publish).await {
+            Ok(_) => Ok(()),
+            Err(err) if err.kind() == PublishErrorKind::WrongLastSequence => Ok(()),
+            Err(err) => Err(AppendError::from_publish(err)),
+        }
+    }
+
+    /// Sends a later event of a job (`started`, `succeeded`, `failed`) without waiting for its
+    /// acknowledgement, so that a batch's events share round trips. Its id (`<job>:<event>:...`)
+    /// makes a repeat a duplicate.
+    pub async fn send(&self, event: &JobEvent) -> Result<PendingAppend, AppendError> {
+        self.js
+            .send_publish(event.subject(), message(event))
+            .await
+            .map(PendingAppend)
+            .map_err(AppendError::from_publish)
+    }
+
+    async fn publish(
+        &self,
+        event: &JobEvent,
+        publish: PublishMessage,
+    ) -> Result<jetstream::publish::PublishAck, PublishError> {
+        self.js.send_publish(event.subject(), publish).await?.await
+    }
+
+    /// A disconnected client would buffer a publish until its timeout: refuse at once instead.
+    fn connected(&self) -> Result<(), AppendError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            async_nats::connection::State::Disconnected
+            | async_nats::connection::State::Pending => Err(AppendError::Disconnected),
+        }
+    }
+
+    /// The last event of `kind` of the job, by direct get; `None` if it has none.
+    pub async fn last(
+        &self,
+        org_id: Uuid,
+        job_id: Uuid,
+        kind: EventKind,
+    ) -> Result<Option<Stored<JobEvent>>, LogReadError> {
+        let subject = events::subject(org_id, job_id, kind);
+        match self.stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => decode(message.sequence, &message.payload).map(Some),
+            Err(err) => match err.kind() {
+                DirectGetErrorKind::NotFound => Ok(None),
+                DirectGetErrorKind::InvalidSubject
+                | DirectGetErrorKind::TimedOut
+                | DirectGetErrorKind::Request
+                | DirectGetErrorKind::ErrorResponse(..)
+                | DirectGetErrorKind::Other => Err(LogReadError::DirectGet(err)),
+            },
+        }
+    }
+
+    /// The event stored at `seq`.
+    pub async fn at(&self, seq: u64) -> Result<Stored<JobEvent>, LogReadError> {
+        let message = self
+            .stream
+            .direct_get(seq)
+            .await
+            .map_err(LogReadError::DirectGet)?;
+        decode(seq, &message.payload)
+    }
+
+    /// The job's events as stored, oldest first, at most `max` of them; a read that stalls for
+    /// `stall` is an error, never a truncated history.
+    pub async fn history(
+        &self,
+        org_id: Uuid,
+        job_id: Uuid,
+        max: usize,
+        stall: Duration,
+    ) -> Result<Vec<RawEvent>, LogReadError> {
+        let mut read = StreamRead::open(
+            &self.stream,
+            events::job_subjects(org_id, job_id),
+            consumer::DeliverPolicy::All,
+            stall,
+        )
+        .await?;
+        let mut events = Vec::new();
+        while let Some(message) = read.next().await? {
+            let seq = message.info().map_err(ReadError::Read)?.stream_sequence;
+            events.push(RawEvent {
+                seq,
+                subject: message.subject.to_string(),
+                payload: message.payload.clone(),
+            });
+            if events.len() >= max {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// The job's status folded from all its events, in stream order (`None`: it has none).
+    /// Events that cannot be decoded are skipped (and logged), as the projector skips them.
+    pub async fn fold(
+        &self,
+        org_id: Uuid,
+        job_id: Uuid,
+        stall: Duration,
+    ) -> Result<Option<JobStatus>, LogReadError> {
+        let mut read = StreamRead::open(
+            &self.stream,
+            events::job_subjects(org_id, job_id),
+            consumer::DeliverPolicy::All,
+            stall,
+        )
+        .await?;
+        let mut status: Option<JobStatus> = None;
+        while let Some(message) = read.next().await? {
+            let seq = message.info().map_err(ReadError::Read)?.stream_sequence;
+            match JobEvent::decode(&message.payload) {
+                Ok(event) => {
+                    status
+                        .get_or_insert_with(|| JobStatus::empty(org_id, job_id, event.time))
+                        .apply(&event, seq);
+                }
+                Err(err) => tracing::error!(%err, seq, "undecodable event skipped in a refold"),
+            }
+        }
+        Ok(status)
+    }
+}
+
+fn decode(seq: u64, payload: &[u8]) -> Result<Stored<JobEvent>, LogReadError> {
+    JobEvent::decode(payload)
+        .map(|event| Stored { seq, event })
+        .map_err(|source| LogReadError::Decode { seq, source })
+}
+
+/// The event's publish message: its payload, its `Nats-Msg-Id`, and the current trace context.
+fn message(event: &JobEvent) -> PublishMessage {
+    let mut headers = HeaderMap::new();
+    heimdex_telemetry::inject_context(&mut headers);
+    PublishMessage::build()
+        .payload(event.encode().into())
+        .headers(headers)
+        .message_id(&event.id)
+}
