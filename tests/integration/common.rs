@@ -91,9 +91,22 @@ pub fn job_id_of(body: &Value) -> String {
 
 /// Walks every page of `GET /jobs?<query>` and returns the job ids in order, and the pages.
 pub async fn walk(app: &TestApp, token: &str, query: &str) -> (Vec<String>, usize) {
+    walk_from(app, token, query, None).await
+}
+
+/// [`walk`] from the page `cursor` names (`None`: the first page). `query` holds no cursor.
+pub async fn walk_from(
+    app: &TestApp,
+    token: &str,
+    query: &str,
+    mut cursor: Option<String>,
+) -> (Vec<String>, usize) {
+    assert!(
+        !query.contains("cursor="),
+        "the cursor is an argument: {query}"
+    );
     let mut ids = Vec::new();
     let mut pages = 0;
-    let mut cursor: Option<String> = None;
     loop {
         let mut path = format!("/jobs?{query}");
         if let Some(cursor) = &cursor {
