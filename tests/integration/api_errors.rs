@@ -371,6 +371,13 @@ async fn bad_embed_and_search_input_gets_a_clear_4xx() {
     app.stop().await;
 }
 
+/// A route, a valid body, and bodies with a typo each paired with the field the answer must name.
+type TypoCase = (
+    &'static str,
+    serde_json::Value,
+    Vec<(serde_json::Value, &'static str)>,
+);
+
 /// A misspelt or made-up field in any JSON body is refused with the same 400 as the other body
 /// errors, naming the field, before anything is stored or searched. The routes come from the
 /// live OpenAPI spec: a new route taking a JSON body fails this test until it has cases here.
@@ -378,8 +385,7 @@ async fn bad_embed_and_search_input_gets_a_clear_4xx() {
 async fn misspelt_fields_are_refused_on_every_json_body() {
     let app = TestApp::spawn().await;
     let token = app.token(Uuid::new_v4());
-    // (route, a valid body, [(the body with a typo, the field the answer must name)])
-    let cases: Vec<(&str, serde_json::Value, Vec<(serde_json::Value, &str)>)> = vec![
+    let cases: Vec<TypoCase> = vec![
         (
             "/vectors/mock",
             json!({"asset_id": "a", "segment_id": "s"}),
