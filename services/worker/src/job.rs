@@ -365,6 +365,10 @@ fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
             model,
             model_ver,
         }) => {
+            // The mock model's "forward pass": a deterministic vector, in the job's own span.
+            let _embed =
+                tracing::info_span!(parent: &job.span, "worker.embed", model = %model, batch = 1)
+                    .entered();
             let vector = ids::mock_vector(
                 job.org_id,
                 asset_id.as_str(),
