@@ -731,6 +731,14 @@ fn map_err(e: QdrantError) -> StoreError {
     StoreError::Internal(msg)
 }
 
+/// Whether an `Internal`/`Unknown` status is a broken or refused connection.
+///
+/// The one place Heimdex reads an error's text, and why: qdrant-client turns a failed connect
+/// into `Status::internal(format!("Failed to connect to {url}: {err:?}"))`, and tonic reports a
+/// dropped HTTP/2 connection as `Unknown`/`Internal` "transport error", in both cases without a
+/// `source()` to inspect. Misreading one only changes the HTTP status (503 with `Retry-After`
+/// instead of 500) and whether the worker retries; the contract suite's outage cases (store
+/// server stopped, connection black-holed) pin the texts this matches.
 fn is_transport_failure(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     [
