@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod connections;
+pub mod metrics;
 pub mod overload;
 pub mod probes;
 pub mod problem;
@@ -205,6 +206,7 @@ pub fn routes(
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
+        .at("/metrics", metrics::endpoint())
         .nest("/docs", docs)
         .around(limit_body)
         .data(verifier)
@@ -246,7 +248,15 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
             Err(err) => (err.status(), err.data::<PathPattern>()),
         };
         let route = route.map_or(UNMATCHED_ROUTE, |pattern| &*pattern.0);
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let elapsed = started.elapsed().as_secs_f64();
+        ::metrics::histogram!(
+            "heimdex_http_request_duration_seconds",
+            "route" => route.to_owned(),
+            "method" => metrics::method_label(&method),
+            "status" => status.as_str().to_owned(),
+        )
+        .record(elapsed);
+        let elapsed_ms = elapsed * 1000.0;
         let span = tracing::Span::current();
         span.record("http.route", route);
         span.record("http.response.status_code", status.as_u16());
