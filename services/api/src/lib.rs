@@ -220,8 +220,9 @@ pub fn routes(
 /// more than the request itself at thousands of requests a second.
 ///
 /// The span follows OpenTelemetry's HTTP conventions: a server span named `{method} {route}`
-/// once the route is known (the route's template, `/jobs/:job_id`, never the raw path, so
-/// names stay few), with the route and the status as attributes.
+/// once the route is known (the route's template, `/jobs/:param0` as poem-openapi names its
+/// parameters, never the raw path, so names stay few), with the route and the status as
+/// attributes. The same route labels `heimdex_http_request_duration_seconds`.
 async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     use tracing::Instrument as _;
     let method = req.method().clone();
@@ -247,7 +248,11 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
             Ok(response) => (response.status(), response.data::<PathPattern>()),
             Err(err) => (err.status(), err.data::<PathPattern>()),
         };
-        let route = route.map_or(UNMATCHED_ROUTE, |pattern| &*pattern.0);
+        // A request no route matched carries no pattern, or the empty one of the root nest.
+        let route = route
+            .map(|pattern| &*pattern.0)
+            .filter(|route| !route.is_empty())
+            .unwrap_or(UNMATCHED_ROUTE);
         let elapsed = started.elapsed().as_secs_f64();
         ::metrics::histogram!(
             "heimdex_http_request_duration_seconds",

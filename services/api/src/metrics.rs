@@ -16,7 +16,9 @@ use heimdex_telemetry::metrics::{CONTENT_TYPE, render};
 /// The `/metrics` handler.
 pub fn endpoint() -> impl Endpoint<Output = Response> {
     poem::get(poem::endpoint::make_sync(|_| {
-        Response::builder().content_type(CONTENT_TYPE).body(render())
+        Response::builder()
+            .content_type(CONTENT_TYPE)
+            .body(render())
     }))
 }
 

@@ -99,8 +99,11 @@ impl<S: VectorStore> VectorStore for Metered<S> {
     }
 
     async fn delete_by_filter(&self, org_id: Uuid, filter: PointFilter) -> Result<u64, StoreError> {
-        self.timed("delete_by_filter", self.inner.delete_by_filter(org_id, filter))
-            .await
+        self.timed(
+            "delete_by_filter",
+            self.inner.delete_by_filter(org_id, filter),
+        )
+        .await
     }
 
     async fn probe(&self) -> Result<(), StoreError> {
