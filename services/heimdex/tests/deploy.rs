@@ -14,7 +14,8 @@ const PROMETHEUS: &str = include_str!("../../../deploy/prometheus/prometheus.yml
 const DASHBOARD: &str = include_str!("../../../deploy/grafana/dashboards/heimdex.json");
 const DATASOURCE: &str =
     include_str!("../../../deploy/grafana/provisioning/datasources/prometheus.yml");
-const DASHBOARDS: &str = include_str!("../../../deploy/grafana/provisioning/dashboards/heimdex.yml");
+const DASHBOARDS: &str =
+    include_str!("../../../deploy/grafana/provisioning/dashboards/heimdex.yml");
 const COMPOSE: &str = include_str!("../../../deploy/docker-compose.yml");
 
 fn yaml(text: &str) -> Yaml {
@@ -72,14 +73,20 @@ fn the_alert_rules_cover_the_issue_and_name_real_metrics() {
                 matches!(str_of(&rule["labels"], "severity"), "warning" | "critical"),
                 "{alert}"
             );
-            assert!(!str_of(&rule["annotations"], "summary").is_empty(), "{alert}");
+            assert!(
+                !str_of(&rule["annotations"], "summary").is_empty(),
+                "{alert}"
+            );
             let hold = str_of(rule, "for");
             assert!(
                 hold.ends_with('m') && hold[..hold.len() - 1].parse::<u32>().is_ok(),
                 "{alert}: for {hold}"
             );
             for name in metric_names(expr) {
-                assert!(exported(name), "{alert} names {name}, which Heimdex does not export");
+                assert!(
+                    exported(name),
+                    "{alert} names {name}, which Heimdex does not export"
+                );
             }
             alerts.push((alert, expr));
         }
@@ -156,7 +163,10 @@ fn prometheus_scrapes_every_role_where_it_serves_metrics() {
 
     let compose = yaml(COMPOSE);
     let services = &compose["services"];
-    assert_eq!(str_of(&services["api"]["environment"], "HEIMDEX_API_ADDR"), "0.0.0.0:8000");
+    assert_eq!(
+        str_of(&services["api"]["environment"], "HEIMDEX_API_ADDR"),
+        "0.0.0.0:8000"
+    );
     for role in ["worker", "projector"] {
         assert_eq!(
             str_of(&services[role]["environment"], "HEIMDEX_METRICS_ADDR"),
@@ -192,12 +202,18 @@ fn prometheus_scrapes_every_role_where_it_serves_metrics() {
 fn the_dashboard_shows_what_the_issue_asks_on_the_provisioned_source() {
     let source = yaml(DATASOURCE);
     let uid = str_of(&source["datasources"][0], "uid");
-    assert_eq!(str_of(&source["datasources"][0], "url"), "http://prometheus:9090");
+    assert_eq!(
+        str_of(&source["datasources"][0], "url"),
+        "http://prometheus:9090"
+    );
 
     let dashboard: serde_json::Value = serde_json::from_str(DASHBOARD).unwrap();
     assert_eq!(dashboard["uid"], "heimdex");
     let panels = dashboard["panels"].as_array().expect("panels");
-    let mut ids: Vec<i64> = panels.iter().map(|p| p["id"].as_i64().expect("id")).collect();
+    let mut ids: Vec<i64> = panels
+        .iter()
+        .map(|p| p["id"].as_i64().expect("id"))
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), panels.len(), "panel ids are unique");
