@@ -495,7 +495,7 @@ async fn a_worker_serves_metrics_on_its_own_address() {
     for i in 0..3 {
         let spec = JobSpec::MockEmbedding(MockParams::new(
             AssetId::parse("doc").expect("asset"),
-            SegmentId::parse(&format!("s-{i}")).expect("segment"),
+            SegmentId::parse(format!("s-{i}")).expect("segment"),
         ));
         publish_requested(&js, org, "test", spec).await;
     }
