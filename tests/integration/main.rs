@@ -17,6 +17,7 @@ mod hybrid;
 mod idempotency;
 mod isolation;
 mod listing;
+mod metrics;
 mod overload;
 mod pipeline;
 mod redrive;

@@ -148,6 +148,7 @@ impl<A: Acceptor> Acceptor for ConnectionLimit<A> {
             match self.overflow.clone().try_acquire_owned() {
                 Ok(permit) => {
                     tracing::debug!(%remote, bound = self.bound, "over the connection bound");
+                    metrics::counter!("heimdex_http_connections_refused_total").increment(1);
                     tokio::spawn(answer_overflow(io, self.refusal.clone(), permit));
                 }
                 // Too many being answered already: closing is the cheapest refusal.

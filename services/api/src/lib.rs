@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod connections;
+pub mod metrics;
 pub mod overload;
 pub mod probes;
 pub mod problem;
@@ -205,6 +206,7 @@ pub fn routes(
     Route::new()
         .nest("/", api)
         .at("/openapi.json", spec)
+        .at("/metrics", metrics::endpoint())
         .nest("/docs", docs)
         .around(limit_body)
         .data(verifier)
@@ -218,8 +220,9 @@ pub fn routes(
 /// more than the request itself at thousands of requests a second.
 ///
 /// The span follows OpenTelemetry's HTTP conventions: a server span named `{method} {route}`
-/// once the route is known (the route's template, `/jobs/:job_id`, never the raw path, so
-/// names stay few), with the route and the status as attributes.
+/// once the route is known (the route's template, `/jobs/:param0` as poem-openapi names its
+/// parameters, never the raw path, so names stay few), with the route and the status as
+/// attributes. The same route labels `heimdex_http_request_duration_seconds`.
 async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     use tracing::Instrument as _;
     let method = req.method().clone();
@@ -245,8 +248,20 @@ async fn access_log<E: Endpoint>(next: E, req: Request) -> poem::Result<Response
             Ok(response) => (response.status(), response.data::<PathPattern>()),
             Err(err) => (err.status(), err.data::<PathPattern>()),
         };
-        let route = route.map_or(UNMATCHED_ROUTE, |pattern| &*pattern.0);
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // A request no route matched carries no pattern, or the empty one of the root nest.
+        let route = route
+            .map(|pattern| &*pattern.0)
+            .filter(|route| !route.is_empty())
+            .unwrap_or(UNMATCHED_ROUTE);
+        let elapsed = started.elapsed().as_secs_f64();
+        ::metrics::histogram!(
+            "heimdex_http_request_duration_seconds",
+            "route" => route.to_owned(),
+            "method" => metrics::method_label(&method),
+            "status" => status.as_str().to_owned(),
+        )
+        .record(elapsed);
+        let elapsed_ms = elapsed * 1000.0;
         let span = tracing::Span::current();
         span.record("http.route", route);
         span.record("http.response.status_code", status.as_u16());

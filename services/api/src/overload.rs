@@ -78,6 +78,8 @@ impl Admission {
                 max = self.max_backlog,
                 "refusing jobs: backlog full"
             );
+            metrics::counter!("heimdex_requests_refused_total", "reason" => "backlog_full")
+                .increment(1);
             return Err(ApiError::Overloaded {
                 retry_after: BACKLOG_RETRY_AFTER,
             });
@@ -90,9 +92,13 @@ impl Admission {
         };
         match limiter.check_key_n(&org, n) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(ApiError::RateLimited {
-                retry_after: not_until.wait_time_from(limiter.clock().now()),
-            }),
+            Ok(Err(not_until)) => {
+                metrics::counter!("heimdex_requests_refused_total", "reason" => "rate_limited")
+                    .increment(1);
+                Err(ApiError::RateLimited {
+                    retry_after: not_until.wait_time_from(limiter.clock().now()),
+                })
+            }
             Err(_insufficient) => Err(ApiError::TooLarge(format!(
                 "this request creates {jobs} jobs, more than the per-organization burst of {} \
                  (HEIMDEX_RATE_LIMIT_BURST); send it in smaller requests",

@@ -60,7 +60,8 @@ impl Submitter {
         )
     )]
     async fn publish(&self, principal: &Principal, spec: JobSpec) -> Result<Submitted, ApiError> {
-        let job_key = ids::job_key(principal.org_id, spec.job_type(), &spec.params());
+        let job_type = spec.job_type();
+        let job_key = ids::job_key(principal.org_id, job_type, &spec.params());
         let job_id = ids::job_id(&job_key);
         tracing::Span::current().record("job_id", tracing::field::display(job_id));
         let event = JobEvent::new(
@@ -75,7 +76,11 @@ impl Submitter {
         );
         tracing::Span::current().record("messaging.destination.name", event.subject().as_str());
         let created = match self.log.request(&event).await? {
-            Appended::Created => true,
+            Appended::Created => {
+                metrics::counter!("heimdex_jobs_accepted_total", "job_type" => job_type)
+                    .increment(1);
+                true
+            }
             Appended::Exists => false,
         };
         Ok(Submitted { job_id, created })

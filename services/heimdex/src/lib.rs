@@ -4,6 +4,7 @@
 //! same composition in-process.
 
 pub mod infra;
+pub mod metrics;
 pub mod serve;
 pub mod settings;
 pub mod shutdown;

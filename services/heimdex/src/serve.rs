@@ -13,7 +13,7 @@ use heimdex_store::VectorStore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::infra;
+use crate::{infra, metrics};
 use heimdex_event_store::EventStore;
 
 /// Which services a process runs.
@@ -71,6 +71,9 @@ pub async fn run(
 pub struct Running {
     /// Where the API listens, when this process runs it.
     pub api_addr: Option<SocketAddr>,
+    /// Where the process's own metrics listener is, when it has one (`/metrics` is on the API's
+    /// port too).
+    pub metrics_addr: Option<SocketAddr>,
     pub store: Option<Arc<dyn VectorStore>>,
     tasks: JoinSet<()>,
     client: async_nats::Client,
@@ -117,6 +120,12 @@ pub async fn start(
     nats_url: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
+    heimdex_telemetry::metrics::install();
+    // Bound first: a taken metrics port stops start-up before anything else is opened.
+    let metrics_server = match metrics::listener_addr(settings.metrics_addr, roles) {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let nats = infra::connect_nats(settings, nats_url, "heimdex", &shutdown).await?;
     let store: Option<Arc<dyn VectorStore>> = if roles.api || roles.worker {
         if settings.store_url().is_none() && !(roles.api && roles.worker) {
@@ -210,9 +219,29 @@ pub async fn start(
             }
         });
     }
-    tracing::info!(?api_addr, "heimdex ready");
+    tasks.spawn(
+        metrics::Sampler {
+            stream: nats.stream.clone(),
+            roles,
+            store: store.clone(),
+            timeout: settings.api.probes.timeout,
+        }
+        .run(shutdown.clone()),
+    );
+    let metrics_addr = metrics_server.as_ref().map(|server| server.local_addr());
+    if let Some(server) = metrics_server {
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(err) = server.run(token.clone()).await {
+                tracing::error!(%err, "metrics server failed");
+                token.cancel();
+            }
+        });
+    }
+    tracing::info!(?api_addr, ?metrics_addr, "heimdex ready");
     Ok(Running {
         api_addr,
+        metrics_addr,
         store,
         tasks,
         client: nats.client,

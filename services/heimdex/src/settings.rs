@@ -98,6 +98,13 @@ pub const SETTINGS: &[Setting] = &[
     setting("HEIMDEX_DATA_DIR", "data-dir", "./data")
         .help("embedded nats-server store (`<dir>/nats`) and Qdrant Edge (`<dir>/qdrant`)"),
     setting("HEIMDEX_API_ADDR", "api-addr", "127.0.0.1:8000").help("where the API listens"),
+    unset("HEIMDEX_METRICS_ADDR", "metrics-addr")
+        .default_doc("the API port; `127.0.0.1:9464` without the API")
+        .help(
+            "where a listener of its own serves Prometheus `GET /metrics`. `serve` and `api` \
+             always answer `/metrics` on the API port too; `worker` and `projector`, which have \
+             no API, listen on `127.0.0.1:9464` when it is unset. See [Metrics](#metrics)",
+        ),
     unset("NATS_URL", "nats-url").help(
         "NATS server URL, or several comma separated (the members of a cluster). If unset, \
          `serve` starts its own nats-server. Required by `api`, `worker`, `projector` and \
@@ -370,6 +377,9 @@ pub struct Settings {
     /// The embedder's thread budget (`None`: every core the process may use).
     pub embed_threads: Option<std::num::NonZeroUsize>,
     pub telemetry: TelemetryConfig,
+    /// Where a listener of its own serves `/metrics` (`HEIMDEX_METRICS_ADDR`); `None`: the API's
+    /// port, or [`crate::metrics::DEFAULT_METRICS_ADDR`] for a process without the API.
+    pub metrics_addr: Option<SocketAddr>,
     /// True when no `JWT_SECRET` was given and the public development secret is in use.
     pub jwt_dev_secret: bool,
 }
@@ -548,6 +558,7 @@ impl Settings {
                 filter: env.value("RUST_LOG").unwrap_or_default(),
                 trace_filter: env.value("HEIMDEX_TRACE_FILTER").unwrap_or_default(),
             },
+            metrics_addr: env.parse_opt("HEIMDEX_METRICS_ADDR")?,
             data_dir,
             jwt_dev_secret,
         }
@@ -787,6 +798,7 @@ mod tests {
     fn bad_values_name_the_variable() {
         for (name, value) in [
             ("HEIMDEX_API_ADDR", "nope"),
+            ("HEIMDEX_METRICS_ADDR", "9464"),
             ("VECTOR_SIZE", "0"),
             ("PROBE_RETRIES", "-1"),
             ("LOG_FORMAT", "xml"),

@@ -102,6 +102,11 @@ async fn handle(log: &JobLog, payload: &[u8]) -> Result<(), AdvisoryError> {
         .map_err(AdvisoryError::Read)?
         .event;
     let round = exhausted.data.round();
+    let job_type = match &exhausted.data {
+        EventData::Requested(requested) => Some(requested.spec.job_type()),
+        EventData::Retried(retried) => Some(retried.spec.job_type()),
+        EventData::Started(_) | EventData::Succeeded(_) | EventData::Failed(_) => None,
+    };
     let reason = format!(
         "no outcome after {} deliveries (the worker crashed or timed out every time)",
         advisory.deliveries
@@ -121,5 +126,14 @@ async fn handle(log: &JobLog, payload: &[u8]) -> Result<(), AdvisoryError> {
         .map_err(AdvisoryError::Append)?
         .stored()
         .await
-        .map_err(AdvisoryError::Append)
+        .map_err(AdvisoryError::Append)?;
+    if let Some(job_type) = job_type {
+        metrics::counter!(
+            "heimdex_jobs_failed_total",
+            "job_type" => job_type,
+            "code" => JobErrorCode::MaxDeliveries.as_str(),
+        )
+        .increment(1);
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use tracing::Span;
 use uuid::Uuid;
@@ -116,6 +117,9 @@ struct Job<'m> {
     round: u32,
     /// Delivery count of this message: attempts within the round.
     attempt: u32,
+    /// When the round was asked for (the `requested` or `retried` event's time): a job's
+    /// latency counts from here.
+    asked_at: DateTime<Utc>,
     spec: JobSpec,
     span: Span,
     /// The `started` event, sent and not yet acknowledged.
@@ -201,6 +205,7 @@ fn decode(message: &Message) -> Option<Job<'_>> {
         job_id: event.job_id,
         round,
         attempt,
+        asked_at: event.time,
         spec,
         span,
         started: None,
@@ -678,7 +683,13 @@ async fn record(config: &WorkerConfig, deps: &WorkerDeps, jobs: &mut [Job<'_>]) 
             Err(JobFailure::Retryable(code, message)) if job.attempt >= config.max_deliver => {
                 (Outcome::Failed(code), failed(job, code, message))
             }
-            Err(JobFailure::Retryable(_, message)) => {
+            Err(JobFailure::Retryable(code, message)) => {
+                metrics::counter!(
+                    "heimdex_job_retries_total",
+                    "job_type" => job.spec.job_type(),
+                    "code" => code.as_str(),
+                )
+                .increment(1);
                 tracing::warn!(job_id = %job.job_id, attempt = job.attempt, %message, "job failed; will retry");
                 job.step = Step::Over(Outcome::Retrying(retry_delay(job.attempt)));
                 continue;
@@ -697,13 +708,47 @@ async fn record(config: &WorkerConfig, deps: &WorkerDeps, jobs: &mut [Job<'_>]) 
     .await;
     for ((job, outcome, _), stored) in ends.into_iter().zip(stored) {
         job.step = Step::Over(match stored {
-            Ok(()) => outcome,
+            Ok(()) => {
+                count_end(job, &outcome);
+                outcome
+            }
             Err(err) => {
                 tracing::warn!(error = %err, job_id = %job.job_id, "cannot record the job's end");
                 Outcome::Unrecorded
             }
         });
     }
+}
+
+/// Counts a job round whose end is stored, and its latency.
+fn count_end(job: &Job<'_>, outcome: &Outcome) {
+    let job_type = job.spec.job_type();
+    let ended = match outcome {
+        Outcome::Succeeded => {
+            metrics::counter!("heimdex_jobs_succeeded_total", "job_type" => job_type).increment(1);
+            "succeeded"
+        }
+        Outcome::Failed(code) => {
+            metrics::counter!(
+                "heimdex_jobs_failed_total",
+                "job_type" => job_type,
+                "code" => code.as_str(),
+            )
+            .increment(1);
+            "failed"
+        }
+        Outcome::AlreadyEnded | Outcome::Retrying(_) | Outcome::Unusable | Outcome::Unrecorded => {
+            return;
+        }
+    };
+    // A clock that went backwards (another host's) counts as no wait rather than none at all.
+    let latency = (Utc::now() - job.asked_at).to_std().unwrap_or_default();
+    metrics::histogram!(
+        "heimdex_job_duration_seconds",
+        "job_type" => job_type,
+        "outcome" => ended,
+    )
+    .record(latency.as_secs_f64());
 }
 
 fn failed(job: &Job<'_>, code: JobErrorCode, message: String) -> EventData {

@@ -159,6 +159,18 @@ pub enum JobErrorCode {
     Internal,
 }
 
+impl JobErrorCode {
+    /// The code as it is serialized (`vector_store`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobErrorCode::InvalidInput => "invalid_input",
+            JobErrorCode::VectorStore => "vector_store",
+            JobErrorCode::MaxDeliveries => "max_deliveries",
+            JobErrorCode::Internal => "internal",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {

@@ -36,6 +36,16 @@ pub enum Priority {
     Bulk,
 }
 
+impl Priority {
+    /// The priority's name, as metrics label it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Query => "query",
+            Priority::Bulk => "bulk",
+        }
+    }
+}
+
 type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, EmbedError>>;
 
 struct Request {
@@ -157,8 +167,8 @@ fn run(shared: &Shared) {
             }
         };
         match priority {
-            Priority::Query => embed_group(group, &mut || {}),
-            Priority::Bulk => embed_group(group, &mut || serve_queries(shared)),
+            Priority::Query => embed_group(group, priority, &mut || {}),
+            Priority::Bulk => embed_group(group, priority, &mut || serve_queries(shared)),
         }
     }
 }
@@ -169,7 +179,7 @@ fn serve_queries(shared: &Shared) {
         let Some(group) = take_queries(shared, &mut shared.lock()) else {
             return;
         };
-        embed_group(group, &mut || {});
+        embed_group(group, Priority::Query, &mut || {});
     }
 }
 
@@ -207,9 +217,17 @@ fn same_model(a: &Arc<dyn Embedder>, b: &Arc<dyn Embedder>) -> bool {
 /// One call for the group; if it fails, each request alone. A panic in the model answers the
 /// group's requests with [`EmbedError::Stopped`] (their replies are dropped) and the queue
 /// carries on.
-fn embed_group(group: Vec<Request>, between: &mut dyn FnMut()) {
+///
+/// Each call is measured: its texts in `heimdex_embed_batch_texts`, its duration (for a bulk
+/// call, with the queries run between its steps) in `heimdex_embed_duration_seconds`.
+fn embed_group(group: Vec<Request>, priority: Priority, between: &mut dyn FnMut()) {
     let texts = group.iter().map(|r| r.texts.len()).sum::<usize>();
+    let started = std::time::Instant::now();
     let outcome = catch_unwind(AssertUnwindSafe(|| embed_group_inner(group, between)));
+    let priority = priority.as_str();
+    metrics::histogram!("heimdex_embed_batch_texts", "priority" => priority).record(texts as f64);
+    metrics::histogram!("heimdex_embed_duration_seconds", "priority" => priority)
+        .record(started.elapsed().as_secs_f64());
     if outcome.is_err() {
         tracing::error!(
             texts,

@@ -39,6 +39,7 @@
 
 mod embedded;
 pub mod keyword;
+mod metered;
 pub mod query;
 mod remote;
 pub mod upgrade;
@@ -53,6 +54,7 @@ use uuid::Uuid;
 
 pub use embedded::EmbeddedStore;
 pub use keyword::{KEYWORD_VECTOR, SparseVector};
+pub use metered::Metered;
 pub use query::{Fusion, Mmr, SearchMode};
 pub use remote::RemoteStore;
 
@@ -344,6 +346,8 @@ impl StoreError {
 ///   distance.
 /// * Remote: builds a lazily-connecting gRPC client; no request is sent (call
 ///   [`VectorStore::ensure_collection`] / [`VectorStore::probe`] for that).
+///
+/// Either comes [`Metered`]: the duration of every operation is recorded.
 pub async fn open(config: StoreConfig) -> Result<Arc<dyn VectorStore>, StoreError> {
     if config.vector_size == 0 {
         return Err(StoreError::InvalidInput("vector_size must be > 0".into()));
@@ -354,11 +358,11 @@ pub async fn open(config: StoreConfig) -> Result<Arc<dyn VectorStore>, StoreErro
     match config.backend {
         Backend::Embedded { path } => {
             let store = EmbeddedStore::open(path, config.collection, config.vector_size).await?;
-            Ok(Arc::new(store))
+            Ok(Arc::new(Metered::new(store)))
         }
         Backend::Remote { url, api_key } => {
             let store = RemoteStore::connect(&url, api_key, config.collection, config.vector_size)?;
-            Ok(Arc::new(store))
+            Ok(Arc::new(Metered::new(store)))
         }
     }
 }

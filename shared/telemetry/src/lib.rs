@@ -8,6 +8,8 @@
 //!   trace across NATS headers (`traceparent`, `tracestate`); [`add_link_from_headers`] links a
 //!   span that serves many messages to each message's trace.
 //! * [`current_trace_id`] returns the current span's trace id as 32 lowercase hex characters.
+//! * [`metrics`]: the Prometheus recorder behind the `metrics` facade, and the catalogue of
+//!   every metric Heimdex exports.
 //! * `testing` (cargo feature `testing`) collects finished spans in memory for tests.
 
 use std::io::IsTerminal;
@@ -27,6 +29,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry};
 
 mod export;
+pub mod metrics;
 mod noise;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -307,6 +307,12 @@ impl SearchApi {
             .models
             .get(body.model.as_ref().map(|m| m.0.as_str()))?;
 
+        let started = std::time::Instant::now();
+        let query_kind = if body.vector.is_some() {
+            "vector"
+        } else {
+            "text"
+        };
         let (vector, text) = match (body.query, body.vector) {
             (Some(_), Some(_)) => {
                 return Err(
@@ -400,6 +406,12 @@ impl SearchApi {
             .search(request)
             .await
             .map_err(ApiError::from)?;
+        metrics::histogram!(
+            "heimdex_search_duration_seconds",
+            "mode" => mode.as_str(),
+            "query" => query_kind,
+        )
+        .record(started.elapsed().as_secs_f64());
         let mut results = Vec::with_capacity(hits.len());
         for hit in hits {
             results.push(SearchHit {
