@@ -929,7 +929,11 @@ async fn drop_superseded_upserts(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
             Step::Planned(Work::Upsert(..)) => {
                 Some(superseded(deps, job, &write_targets(job.org_id, &job.spec)).await)
             }
-            _ => None,
+            Step::Planned(Work::DeletePoint(..) | Work::DeleteAsset(..) | Work::Document(..))
+            | Step::Received
+            | Step::Started
+            | Step::Done(_)
+            | Step::Over(_) => None,
         }
     }))
     .await;
@@ -972,7 +976,10 @@ async fn undo_if_deleted(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
         };
         let asset_id = match &job.spec {
             JobSpec::Document(params) => params.asset_id.to_string(),
-            _ => {
+            JobSpec::MockEmbedding(_)
+            | JobSpec::Embedding(_)
+            | JobSpec::DeletePoint(_)
+            | JobSpec::DeleteAsset(_) => {
                 for id in &result.point_ids {
                     delete_point(deps, job.org_id, *id, delete_seq)
                         .await
