@@ -36,6 +36,7 @@ async fn poison_input_fails_once_with_a_reason() {
             model_ver: "1".into(),
             text,
             chunk: None,
+            generation: 0,
         });
         let job = publish_requested(&deployment.js, org, "faults", spec).await;
         deployment.ledger.must_fail(job);

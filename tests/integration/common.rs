@@ -81,6 +81,7 @@ pub async fn poison_job(js: &async_nats::jetstream::Context, org: Uuid, segment:
         model_ver: "v1".into(),
         text: "some text".into(),
         chunk: None,
+        generation: 0,
     });
     publish_requested(js, org, "test", spec).await.to_string()
 }

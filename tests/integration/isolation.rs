@@ -154,6 +154,7 @@ async fn publish_poison_job(app: &TestApp, org: Uuid) -> String {
         model_ver: "v1".into(),
         text: SECRET_TEXT.into(),
         chunk: None,
+        generation: 0,
     });
     publish_requested(&js, org, "owner", spec).await.to_string()
 }
@@ -165,6 +166,7 @@ async fn snapshot(app: &TestApp, a: &Owner) -> BTreeMap<String, Value> {
         segment_id: None,
         model: None,
         model_ver: None,
+        before_seq: None,
     };
     let mut out = BTreeMap::new();
     let count = app.store.count(a.org, all()).await.expect("count");
@@ -268,6 +270,45 @@ async fn probe(app: &TestApp, a: &Owner, b: &str, label: &str) -> Option<usize> 
             for asset in &a.assets {
                 let r = app.delete(b, &format!("/assets/{asset}")).await;
                 // Removes B's own points of that asset name, if any; A's are checked at the end.
+                let accepted = expect(a, label, r, &[202], &[]).await;
+                b_jobs_finish(app, b, &accepted, label, None).await;
+                requests += 1;
+            }
+        }
+        "GET /documents/{asset_id}" => {
+            for asset in &a.assets {
+                let r = app.get(b, &format!("/documents/{asset}")).await;
+                // B sent documents under A's asset names (the write probes): B sees only its
+                // own points, never A's.
+                let view = expect(a, label, r, &[200, 404], &[]).await;
+                for chunk in view["chunks"].as_array().cloned().unwrap_or_default() {
+                    assert!(
+                        !a.points
+                            .contains(&chunk["point_id"].as_str().unwrap_or("").to_owned()),
+                        "{label}: {chunk}"
+                    );
+                }
+                requests += 1;
+            }
+        }
+        "PUT /documents/{asset_id}" => {
+            for asset in &a.assets {
+                let r = app
+                    .http
+                    .put(app.url(&format!("/documents/{asset}")))
+                    .bearer_auth(b)
+                    .json(&json!({"text": B_TEXT, "model": "mock"}))
+                    .send()
+                    .await
+                    .expect("request sent");
+                let accepted = expect(a, label, r, &[202], &[]).await;
+                b_jobs_finish(app, b, &accepted, label, None).await;
+                requests += 1;
+            }
+        }
+        "DELETE /documents/{asset_id}" => {
+            for asset in &a.assets {
+                let r = app.delete(b, &format!("/documents/{asset}")).await;
                 let accepted = expect(a, label, r, &[202], &[]).await;
                 b_jobs_finish(app, b, &accepted, label, None).await;
                 requests += 1;

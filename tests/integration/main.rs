@@ -12,6 +12,7 @@ mod cli;
 mod common;
 mod connections;
 mod deletes;
+mod documents;
 mod fuzz;
 mod hybrid;
 mod idempotency;

@@ -312,6 +312,7 @@ async fn poison_jobs_fail_on_the_first_attempt() {
             model_ver: model_ver.into(),
             text: text.into(),
             chunk: None,
+            generation: 0,
         });
         let job_id = publish_requested(&js, org, "test", spec).await;
         let job = app

@@ -32,6 +32,7 @@ use crate::connections::ConnectionLimit;
 use crate::overload::Admission;
 use crate::overload::OverloadConfig;
 use crate::probes::{CachedProbe, ProbeConfig};
+use crate::routes::documents::DocumentsApi;
 use crate::routes::health::HealthApi;
 use crate::routes::ingest::IngestApi;
 use crate::routes::jobs::JobsApi;
@@ -190,6 +191,9 @@ pub fn routes(
                 state: state.clone(),
             },
             JobsApi {
+                state: state.clone(),
+            },
+            DocumentsApi {
                 state: state.clone(),
             },
             HealthApi { state },

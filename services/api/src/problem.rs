@@ -295,7 +295,9 @@ impl From<StatusError> for ApiError {
 impl From<LogReadError> for ApiError {
     fn from(err: LogReadError) -> Self {
         match err {
-            err @ LogReadError::Decode { .. } => ApiError::internal(err),
+            err @ (LogReadError::Decode { .. } | LogReadError::BadTombstone { .. }) => {
+                ApiError::internal(err)
+            }
             err @ (LogReadError::Read(_) | LogReadError::DirectGet(_)) => ApiError::nats(err),
         }
     }

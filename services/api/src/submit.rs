@@ -8,7 +8,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use heimdex_domain::events::{EventData, JobEvent, Requested, Retried};
-use heimdex_domain::ids;
+use heimdex_domain::ids::{self, Target};
 use heimdex_domain::jobs::JobSpec;
 use heimdex_event_store::JobLog;
 use heimdex_event_store::log::Appended;
@@ -118,6 +118,32 @@ impl Submitter {
             }),
         );
         Ok(self.log.retry(&event, last_retried_seq).await?)
+    }
+
+    /// The generation a write to `targets` gets (see `EmbedParams::generation`): after a
+    /// delete of any of them, identical content is a new job.
+    pub async fn generation(
+        &self,
+        principal: &Principal,
+        targets: &[Target],
+    ) -> Result<u64, ApiError> {
+        Ok(self.log.generation(principal.org_id, targets).await?)
+    }
+
+    /// Submits a delete of `target`: its tombstone first (so a write requested from now on is
+    /// a new job, even with content identical to what it deletes), then the job.
+    pub async fn delete(
+        &self,
+        principal: &Principal,
+        target: &Target,
+        spec: JobSpec,
+    ) -> Result<Submitted, ApiError> {
+        self.admission.admit(principal.org_id, 1)?;
+        let job_key = ids::job_key(principal.org_id, spec.job_type(), &spec.params());
+        self.log
+            .mark_deleted(principal.org_id, target, ids::job_id(&job_key))
+            .await?;
+        self.publish(principal, spec).await
     }
 
     /// Submits every job concurrently (one publish each, acknowledged together). Admission is

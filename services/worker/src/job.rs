@@ -20,9 +20,10 @@ use tracing::Span;
 use uuid::Uuid;
 
 use heimdex_domain::events::{EventData, EventKind, Failed, JobEvent, Started, Succeeded};
+use heimdex_domain::ids::Target;
 use heimdex_domain::jobs::{
-    ChunkInfo, DeleteAssetParams, DeletePointParams, EmbedParams, JobError, JobErrorCode,
-    JobResult, JobSpec, MockParams,
+    ChunkInfo, DeleteAssetParams, DeletePointParams, DocumentParams, EmbedParams, JobError,
+    JobErrorCode, JobResult, JobSpec, MockParams,
 };
 use heimdex_domain::{AssetId, SegmentId, ids};
 use heimdex_embed::{EmbedError, EmbedQueue, ModelError, Priority};
@@ -86,6 +87,15 @@ enum Work {
     Upsert(Box<NewPoint>, JobResult),
     DeletePoint(Uuid, JobResult),
     DeleteAsset(AssetId, JobResult),
+    Document(Box<DocumentWork>),
+}
+
+/// A document's new version against what is stored: the chunks to write (new or changed), and
+/// the stored points the new version lacks.
+struct DocumentWork {
+    upserts: Vec<NewPoint>,
+    stale: Vec<Uuid>,
+    result: JobResult,
 }
 
 /// Why a job did not succeed this time.
@@ -120,6 +130,9 @@ struct Job<'m> {
     /// When the round was asked for (the `requested` or `retried` event's time): a job's
     /// latency counts from here.
     asked_at: DateTime<Utc>,
+    /// The message's stream sequence: the job's place in the log, stored in every point it
+    /// writes and compared with deletes' (see [`superseded`]).
+    seq: u64,
     spec: JobSpec,
     span: Span,
     /// The `started` event, sent and not yet acknowledged.
@@ -173,6 +186,7 @@ fn decode(message: &Message) -> Option<Job<'_>> {
     };
     let info = message.info().map_err(|err| unusable(&err)).ok()?;
     let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX);
+    let seq = info.stream_sequence;
     let event = JobEvent::decode(&message.payload)
         .map_err(|err| unusable(&err))
         .ok()?;
@@ -206,6 +220,7 @@ fn decode(message: &Message) -> Option<Job<'_>> {
         round,
         attempt,
         asked_at: event.time,
+        seq,
         spec,
         span,
         started: None,
@@ -303,6 +318,21 @@ async fn plan(
     embeddings: &EmbedQueue,
     jobs: &mut [Job<'_>],
 ) {
+    let documents = jobs.iter_mut().filter(|job| {
+        matches!(job.step, Step::Started) && matches!(job.spec, JobSpec::Document(_))
+    });
+    join_all(documents.map(|job| async move {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(parent: &job.span, "worker.document");
+        job.step = match plan_document(config, deps, embeddings, job)
+            .instrument(span)
+            .await
+        {
+            Ok(step) => step,
+            Err(failure) => Step::Done(Err(failure)),
+        };
+    }))
+    .await;
     let mut to_embed: HashMap<String, Vec<&mut Job<'_>>> = HashMap::new();
     for job in jobs
         .iter_mut()
@@ -342,9 +372,10 @@ async fn plan(
                         model_ver,
                         text,
                         chunk,
+                        generation: _,
                     } = params;
                     let payload = payload(
-                        job.org_id,
+                        job,
                         asset_id,
                         segment_id,
                         model,
@@ -381,9 +412,7 @@ fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
                 config.vector_size,
             );
             let text = format!("Mock embedding for asset {asset_id}, segment {segment_id}");
-            let payload = payload(
-                job.org_id, asset_id, segment_id, model, model_ver, text, None,
-            );
+            let payload = payload(job, asset_id, segment_id, model, model_ver, text, None);
             Step::Planned(upsert(config, job.org_id, payload, vector))
         }
         JobSpec::Embedding(params) if params.text.trim().is_empty() => Step::Done(Err(
@@ -396,7 +425,249 @@ fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
         JobSpec::DeleteAsset(DeleteAssetParams { asset_id, .. }) => Step::Planned(
             Work::DeleteAsset(asset_id.clone(), delete_result(config, Vec::new())),
         ),
+        // Planned in `plan_document`, before any of this.
+        JobSpec::Document(_) => return None,
     })
+}
+
+/// What a document's new version changes: the stored points of its asset are read back, a
+/// chunk whose point holds the same text at the same index (with the same offsets, so its
+/// payload stays true) is kept untouched, the others are embedded to be written, and every
+/// stored point of the asset the new version lacks is stale. A version that a later delete
+/// of the asset, or a later version already written, supersedes writes nothing.
+async fn plan_document(
+    config: &WorkerConfig,
+    deps: &WorkerDeps,
+    embeddings: &EmbedQueue,
+    job: &Job<'_>,
+) -> Result<Step, JobFailure> {
+    let JobSpec::Document(params) = &job.spec else {
+        return Err(JobFailure::Invalid("not a document job".into()));
+    };
+    let DocumentParams {
+        asset_id,
+        model,
+        model_ver,
+        chunks,
+        ..
+    } = params;
+    let embedder = match deps.models.get(Some(model)) {
+        Ok(embedder) => embedder,
+        Err(err @ ModelError::Unknown { .. }) => return Err(JobFailure::Invalid(err.to_string())),
+        Err(err @ ModelError::Unavailable { .. }) => {
+            return Err(JobFailure::Retryable(
+                JobErrorCode::Internal,
+                err.to_string(),
+            ));
+        }
+    };
+    if embedder.model_ver() != model_ver {
+        return Err(JobFailure::Invalid(format!(
+            "model `{model}` version `{model_ver}` is not served here (this worker has `{}`)",
+            embedder.model_ver()
+        )));
+    }
+    let ids: Vec<Uuid> = (0..chunks.len())
+        .map(|i| {
+            ids::point_id(
+                job.org_id,
+                asset_id.as_str(),
+                DocumentParams::segment_id(i).as_str(),
+                model,
+                model_ver,
+            )
+        })
+        .collect();
+    let mut result = JobResult {
+        collection: config.collection.clone(),
+        point_ids: ids.clone(),
+        vector_size: config.vector_size,
+        model: Some(model.clone()),
+        model_ver: Some(model_ver.clone()),
+        deleted: Some(0),
+        written: Some(0),
+        kept: Some(0),
+        superseded: false,
+    };
+    if superseded(deps, job, &[Target::Asset(asset_id.to_string())]).await? {
+        result.superseded = true;
+        return Ok(Step::Done(Ok(result)));
+    }
+    let filter = PointFilter {
+        asset_id: Some(asset_id.to_string()),
+        ..PointFilter::default()
+    };
+    let stored = deps
+        .store
+        .scroll_points(job.org_id, filter)
+        .await
+        .map_err(|err| JobFailure::from(&err))?;
+    if stored.iter().any(|p| p.payload.seq > Some(job.seq)) {
+        // A later version is written already: in stream order, this one is replaced.
+        result.superseded = true;
+        return Ok(Step::Done(Ok(result)));
+    }
+    let stored: HashMap<Uuid, heimdex_store::Payload> =
+        stored.into_iter().map(|p| (p.id, p.payload)).collect();
+    let mut to_write = Vec::new();
+    let mut kept = 0u64;
+    for (index, (chunk, id)) in chunks.iter().zip(&ids).enumerate() {
+        let info = ChunkInfo {
+            chunk_index: index,
+            char_start: chunk.char_start,
+            char_end: chunk.char_end,
+        };
+        let payload = payload(
+            job,
+            asset_id,
+            &DocumentParams::segment_id(index),
+            model,
+            model_ver,
+            chunk.text.clone(),
+            Some(info),
+        );
+        let same = stored.get(id).is_some_and(|old| {
+            old.text == payload.text
+                && old.extra.get("chunk_index") == payload.extra.get("chunk_index")
+                && old.extra.get("char_start") == payload.extra.get("char_start")
+                && old.extra.get("char_end") == payload.extra.get("char_end")
+        });
+        if same {
+            kept += 1;
+        } else {
+            to_write.push((*id, payload));
+        }
+    }
+    let stale: Vec<Uuid> = stored
+        .keys()
+        .filter(|id| !ids.contains(id))
+        .copied()
+        .collect();
+    let texts: Vec<String> = to_write
+        .iter()
+        .map(|(_, payload)| payload.text.clone().unwrap_or_default())
+        .collect();
+    let vectors = if texts.is_empty() {
+        Vec::new()
+    } else {
+        match embeddings.embed(embedder, texts, Priority::Bulk).await {
+            Ok(vectors) => vectors,
+            Err(EmbedError::InvalidInput(message)) => return Err(JobFailure::Invalid(message)),
+            Err(err) => {
+                return Err(JobFailure::Retryable(
+                    JobErrorCode::Internal,
+                    err.to_string(),
+                ));
+            }
+        }
+    };
+    if vectors.len() != to_write.len() {
+        return Err(JobFailure::Retryable(
+            JobErrorCode::Internal,
+            "embedder returned too few vectors".into(),
+        ));
+    }
+    result.written = Some(to_write.len() as u64);
+    result.kept = Some(kept);
+    let upserts = to_write
+        .into_iter()
+        .zip(vectors)
+        .map(|((id, payload), vector)| NewPoint {
+            id,
+            vector,
+            payload,
+        })
+        .collect();
+    Ok(Step::Planned(Work::Document(Box::new(DocumentWork {
+        upserts,
+        stale,
+        result,
+    }))))
+}
+
+/// Whether a delete of any of `targets` comes after the job in the log: then, in stream order,
+/// the job's write is undone, so it writes nothing. The delete's tombstone is stored before
+/// the delete is requested, so a delete this misses is requested after this read, and is
+/// either applied after the write (and removes it) or seen by [`undo_if_deleted`] after it.
+async fn superseded(
+    deps: &WorkerDeps,
+    job: &Job<'_>,
+    targets: &[Target],
+) -> Result<bool, JobFailure> {
+    let last = deps
+        .log
+        .last_delete_seq(job.org_id, targets)
+        .await
+        .map_err(|err| JobFailure::Retryable(JobErrorCode::Internal, err.to_string()))?;
+    Ok(last > job.seq)
+}
+
+/// The stream sequence of a delete of `targets` that comes after the job, if any.
+async fn later_delete(
+    deps: &WorkerDeps,
+    job: &Job<'_>,
+    targets: &[Target],
+) -> Result<Option<u64>, JobFailure> {
+    let last = deps
+        .log
+        .last_delete_seq(job.org_id, targets)
+        .await
+        .map_err(|err| JobFailure::Retryable(JobErrorCode::Internal, err.to_string()))?;
+    Ok((last > job.seq).then_some(last))
+}
+
+/// The targets whose deletes undo a write of `spec`: its asset and, for one segment, its
+/// point. (A document's chunks answer to the asset: deleting one chunk's point does not
+/// change the document's generation.)
+pub(crate) fn write_targets(org_id: Uuid, spec: &JobSpec) -> Vec<Target> {
+    match spec {
+        JobSpec::MockEmbedding(MockParams {
+            asset_id,
+            segment_id,
+            model,
+            model_ver,
+        })
+        | JobSpec::Embedding(EmbedParams {
+            asset_id,
+            segment_id,
+            model,
+            model_ver,
+            ..
+        }) => vec![
+            Target::Asset(asset_id.to_string()),
+            Target::Point(ids::point_id(
+                org_id,
+                asset_id.as_str(),
+                segment_id.as_str(),
+                model,
+                model_ver,
+            )),
+        ],
+        JobSpec::Document(params) => vec![Target::Asset(params.asset_id.to_string())],
+        JobSpec::DeletePoint(_) | JobSpec::DeleteAsset(_) => Vec::new(),
+    }
+}
+
+/// What a job touches, for ordering batches in flight ([`crate::order::Gate`]): its asset
+/// and the points it writes or deletes.
+pub(crate) fn touched(org_id: Uuid, spec: &JobSpec) -> Vec<(Uuid, Target)> {
+    let targets = match spec {
+        JobSpec::DeletePoint(params) => vec![Target::Point(params.point_id)],
+        JobSpec::DeleteAsset(params) => vec![Target::Asset(params.asset_id.to_string())],
+        JobSpec::Document(params) => std::iter::once(Target::Asset(params.asset_id.to_string()))
+            .chain((0..params.chunks.len()).map(|i| {
+                Target::Point(ids::point_id(
+                    org_id,
+                    params.asset_id.as_str(),
+                    DocumentParams::segment_id(i).as_str(),
+                    &params.model,
+                    &params.model_ver,
+                ))
+            }))
+            .collect(),
+        JobSpec::MockEmbedding(_) | JobSpec::Embedding(_) => write_targets(org_id, spec),
+    };
+    targets.into_iter().map(|t| (org_id, t)).collect()
 }
 
 /// Embeds the texts of `jobs` (all naming `model`) in one call. Returns a vector, or the reason
@@ -466,7 +737,7 @@ async fn embed(
 }
 
 fn payload(
-    org_id: Uuid,
+    job: &Job<'_>,
     asset_id: &AssetId,
     segment_id: &SegmentId,
     model: &str,
@@ -486,12 +757,13 @@ fn payload(
         extra.insert("char_end".into(), char_end.into());
     }
     Payload {
-        org_id,
+        org_id: job.org_id,
         asset_id: asset_id.to_string(),
         segment_id: segment_id.to_string(),
         model: model.to_owned(),
         model_ver: model_ver.to_owned(),
         text: Some(text),
+        seq: Some(job.seq),
         extra,
     }
 }
@@ -511,6 +783,9 @@ fn upsert(config: &WorkerConfig, org_id: Uuid, payload: Payload, vector: Vec<f32
         model: Some(payload.model.clone()),
         model_ver: Some(payload.model_ver.clone()),
         deleted: None,
+        written: None,
+        kept: None,
+        superseded: false,
     };
     Work::Upsert(
         Box::new(NewPoint {
@@ -530,6 +805,9 @@ fn delete_result(config: &WorkerConfig, point_ids: Vec<Uuid>) -> JobResult {
         model: None,
         model_ver: None,
         deleted: Some(0),
+        written: None,
+        kept: None,
+        superseded: false,
     }
 }
 
@@ -567,26 +845,36 @@ async fn store(
         .filter_map(|job| match &job.step {
             Step::Planned(Work::Upsert(..)) => Some(tracing::info_span!(parent: &job.span, "vector_store.upsert", collection = %config.collection)),
             Step::Planned(Work::DeletePoint(..) | Work::DeleteAsset(..)) => Some(tracing::info_span!(parent: &job.span, "vector_store.delete", collection = %config.collection)),
+            Step::Planned(Work::Document(..)) => Some(tracing::info_span!(parent: &job.span, "vector_store.replace", collection = %config.collection)),
             Step::Received | Step::Started | Step::Done(_) | Step::Over(_) => None,
         })
         .collect();
+    drop_superseded_upserts(deps, jobs).await;
     let mut upserts: Vec<&mut Job<'_>> = Vec::new();
     for job in jobs.iter_mut() {
         let step = std::mem::replace(&mut job.step, Step::Received);
+        let seq = job.seq;
         job.step = match step {
             Step::Planned(Work::DeletePoint(id, result)) => {
                 write_upserts(deps, std::mem::take(&mut upserts)).await;
-                let deleted = deps.store.delete_points(job.org_id, &[id]).await;
-                Step::Done(finish_delete(result, deleted))
+                Step::Done(finish_delete(
+                    result,
+                    delete_point(deps, job.org_id, id, seq).await,
+                ))
             }
             Step::Planned(Work::DeleteAsset(asset_id, result)) => {
                 write_upserts(deps, std::mem::take(&mut upserts)).await;
                 let filter = PointFilter {
                     asset_id: Some(asset_id.into_inner()),
+                    before_seq: Some(seq),
                     ..PointFilter::default()
                 };
                 let deleted = deps.store.delete_by_filter(job.org_id, filter).await;
                 Step::Done(finish_delete(result, deleted))
+            }
+            Step::Planned(Work::Document(work)) => {
+                write_upserts(deps, std::mem::take(&mut upserts)).await;
+                Step::Done(write_document(deps, job.org_id, *work).await)
             }
             step @ Step::Planned(Work::Upsert(..)) => {
                 job.step = step;
@@ -597,6 +885,141 @@ async fn store(
         };
     }
     write_upserts(deps, upserts).await;
+    undo_if_deleted(deps, jobs).await;
+}
+
+/// Deletes one point, unless it was written after the delete in the log (its `seq` is
+/// higher): a delete removes what came before it, never what came after.
+async fn delete_point(
+    deps: &WorkerDeps,
+    org_id: Uuid,
+    id: Uuid,
+    seq: u64,
+) -> Result<u64, StoreError> {
+    match deps.store.get(org_id, id, false).await? {
+        Some(point) if point.payload.seq.is_none_or(|written| written < seq) => {
+            deps.store.delete_points(org_id, &[id]).await
+        }
+        Some(_) | None => Ok(0),
+    }
+}
+
+/// Writes a document's new or changed chunks, then deletes its stale ones.
+async fn write_document(
+    deps: &WorkerDeps,
+    org_id: Uuid,
+    work: DocumentWork,
+) -> Result<JobResult, JobFailure> {
+    let DocumentWork {
+        upserts,
+        stale,
+        mut result,
+    } = work;
+    if !upserts.is_empty() {
+        deps.store
+            .upsert(upserts)
+            .await
+            .map_err(|err| JobFailure::from(&err))?;
+    }
+    let deleted = deps
+        .store
+        .delete_points(org_id, &stale)
+        .await
+        .map_err(|err| JobFailure::from(&err))?;
+    result.deleted = Some(deleted);
+    Ok(result)
+}
+
+/// Single-segment writes that a later delete of their point or asset supersedes write nothing
+/// (see [`superseded`]); a failed read retries the job.
+async fn drop_superseded_upserts(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+    let checks = join_all(jobs.iter().map(|job| async move {
+        match &job.step {
+            Step::Planned(Work::Upsert(..)) => {
+                Some(superseded(deps, job, &write_targets(job.org_id, &job.spec)).await)
+            }
+            Step::Planned(Work::DeletePoint(..) | Work::DeleteAsset(..) | Work::Document(..))
+            | Step::Received
+            | Step::Started
+            | Step::Done(_)
+            | Step::Over(_) => None,
+        }
+    }))
+    .await;
+    for (job, check) in jobs.iter_mut().zip(checks) {
+        match check {
+            None | Some(Ok(false)) => {}
+            Some(Ok(true)) => {
+                if let Step::Planned(Work::Upsert(_, mut result)) =
+                    std::mem::replace(&mut job.step, Step::Received)
+                {
+                    result.superseded = true;
+                    job.step = Step::Done(Ok(result));
+                }
+            }
+            Some(Err(failure)) => job.step = Step::Done(Err(failure)),
+        }
+    }
+}
+
+/// After the writes: a delete of a written target requested while the job ran (after its
+/// [`superseded`] check) may have been applied before the write landed. Its tombstone was
+/// stored before it was requested, so it is visible now; the write is undone as that delete
+/// would have done it (only what came before the delete in the log).
+async fn undo_if_deleted(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+    let undone = join_all(jobs.iter().map(|job| async move {
+        let Step::Done(Ok(result)) = &job.step else {
+            return Ok(false);
+        };
+        if result.superseded
+            || !matches!(
+                job.spec,
+                JobSpec::Embedding(_) | JobSpec::MockEmbedding(_) | JobSpec::Document(_)
+            )
+        {
+            return Ok(false);
+        }
+        let targets = write_targets(job.org_id, &job.spec);
+        let Some(delete_seq) = later_delete(deps, job, &targets).await? else {
+            return Ok(false);
+        };
+        let asset_id = match &job.spec {
+            JobSpec::Document(params) => params.asset_id.to_string(),
+            JobSpec::MockEmbedding(_)
+            | JobSpec::Embedding(_)
+            | JobSpec::DeletePoint(_)
+            | JobSpec::DeleteAsset(_) => {
+                for id in &result.point_ids {
+                    delete_point(deps, job.org_id, *id, delete_seq)
+                        .await
+                        .map_err(|err| JobFailure::from(&err))?;
+                }
+                return Ok(true);
+            }
+        };
+        let filter = PointFilter {
+            asset_id: Some(asset_id),
+            before_seq: Some(delete_seq),
+            ..PointFilter::default()
+        };
+        deps.store
+            .delete_by_filter(job.org_id, filter)
+            .await
+            .map_err(|err| JobFailure::from(&err))?;
+        Ok::<_, JobFailure>(true)
+    }))
+    .await;
+    for (job, undone) in jobs.iter_mut().zip(undone) {
+        match undone {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Step::Done(Ok(result)) = &mut job.step {
+                    result.superseded = true;
+                }
+            }
+            Err(failure) => job.step = Step::Done(Err(failure)),
+        }
+    }
 }
 
 fn finish_delete(
@@ -615,7 +1038,7 @@ async fn write_upserts(deps: &WorkerDeps, jobs: Vec<&mut Job<'_>>) {
         .iter()
         .filter_map(|job| match &job.step {
             Step::Planned(Work::Upsert(point, _)) => Some(point.as_ref().clone()),
-            Step::Planned(Work::DeletePoint(..) | Work::DeleteAsset(..))
+            Step::Planned(Work::DeletePoint(..) | Work::DeleteAsset(..) | Work::Document(..))
             | Step::Received
             | Step::Started
             | Step::Done(_)

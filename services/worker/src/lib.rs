@@ -16,6 +16,7 @@
 pub mod advisory;
 mod backoff;
 mod job;
+mod order;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -125,6 +126,8 @@ pub struct Worker {
     collection_ready: Arc<AtomicBool>,
     /// Embeds the texts of every batch in flight (`deps.embeddings`).
     embeddings: heimdex_embed::EmbedQueue,
+    /// Keeps jobs on the same asset or point in stream order across batches in flight.
+    gate: Arc<order::Gate>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +155,7 @@ impl Worker {
             embeddings: deps.embeddings.clone(),
             deps,
             collection_ready: Arc::new(AtomicBool::new(ready)),
+            gate: Arc::new(order::Gate::default()),
         })
     }
 
@@ -177,7 +181,9 @@ impl Worker {
             while in_flight.len() < self.config.batches_in_flight && !queued.is_empty() {
                 let take = queued.len().min(self.config.batch_size);
                 let batch: Vec<_> = queued.drain(..take).collect();
-                let work = self.handle_batch(batch);
+                // The ticket is taken here, in delivery order, not when the work starts.
+                let ticket = self.gate.enter(touched(&batch));
+                let work = self.handle_in_turn(batch, ticket);
                 in_flight.push(async move {
                     work.await;
                     take
@@ -236,6 +242,33 @@ impl Worker {
     /// Processes one batch of messages and acknowledges each as its outcome dictates, sending
     /// progress acks while the work runs so nothing is redelivered mid-way.
     pub async fn handle_batch(&self, messages: Vec<async_nats::jetstream::Message>) {
+        let ticket = self.gate.enter(touched(&messages));
+        self.handle_in_turn(messages, ticket).await;
+    }
+
+    /// [`Worker::handle_batch`], once no earlier batch touching the same assets or points is
+    /// in work (see [`order`]). Progress acks keep the batch's messages alive while it waits.
+    async fn handle_in_turn(
+        &self,
+        messages: Vec<async_nats::jetstream::Message>,
+        ticket: order::Ticket,
+    ) {
+        {
+            let turn = ticket.turn();
+            tokio::pin!(turn);
+            let mut progress = tokio::time::interval(self.config.ack_wait / 3);
+            progress.tick().await;
+            loop {
+                tokio::select! {
+                    () = &mut turn => break,
+                    _ = progress.tick() => {
+                        for message in &messages {
+                            let _ = message.ack_with(AckKind::Progress).await;
+                        }
+                    }
+                }
+            }
+        }
         tracing::debug!(messages = messages.len(), "worker batch");
         let work = job::process(
             &self.config,
@@ -257,6 +290,8 @@ impl Worker {
                 }
             }
         };
+        // The store work is done: later batches on the same things may go.
+        drop(ticket);
         for (message, outcome) in outcomes {
             // `None`: abandoned on purpose, redelivered after the ack wait (see `Outcome`).
             let Some(ack) = outcome.ack() else { continue };
@@ -265,4 +300,18 @@ impl Worker {
             }
         }
     }
+}
+
+/// Everything the batch's jobs touch (undecodable messages touch nothing).
+fn touched(messages: &[async_nats::jetstream::Message]) -> std::collections::HashSet<order::Key> {
+    use heimdex_domain::events::{EventData, JobEvent};
+    messages
+        .iter()
+        .filter_map(|message| JobEvent::decode(&message.payload).ok())
+        .flat_map(|event| match &event.data {
+            EventData::Requested(requested) => job::touched(event.org_id, &requested.spec),
+            EventData::Retried(retried) => job::touched(event.org_id, &retried.spec),
+            EventData::Started(_) | EventData::Succeeded(_) | EventData::Failed(_) => Vec::new(),
+        })
+        .collect()
 }

@@ -36,6 +36,40 @@ pub fn point_id(
     uuid_from_digest(&digest)
 }
 
+/// What a delete removes, and so what its tombstone names: one point, or every point of an
+/// asset. A write's generation is read from the tombstones of its targets (its asset, and for
+/// a single segment its point), so a write sent after a delete is a new job.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Point(Uuid),
+    Asset(String),
+}
+
+impl Target {
+    /// A subject token for the target: `p-<point uuid>`, or `a-<first 16 bytes of
+    /// sha256(asset_id) in hex>` (asset ids may hold characters a subject cannot).
+    pub fn token(&self) -> String {
+        match self {
+            Target::Point(id) => format!("p-{}", id.simple()),
+            Target::Asset(asset_id) => {
+                format!(
+                    "a-{}",
+                    hex::encode(&Sha256::digest(asset_id.as_bytes())[..16])
+                )
+            }
+        }
+    }
+}
+
+/// A document's version: `hex(sha256(canonical_json(options) "\n" text))`.
+pub fn document_version(text: &str, options: &impl Serialize) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(canonical_json(options).as_bytes());
+    hasher.update(b"\n");
+    hasher.update(text.as_bytes());
+    hex::encode(hasher.finalize())
+}
+
 /// The mock embedding: `size` values uniform in `[0, 1)` from a ChaCha20 stream seeded with
 /// `sha256("{org}:{asset}:{segment}:mock:v1")`. Each value takes the top 24 bits of one `u32`
 /// draw, scaled by 2^-24, so the sequence is exact in `f32` and does not depend on any crate's

@@ -30,6 +30,8 @@ pub enum JobSpec {
     DeletePoint(DeletePointParams),
     /// Delete every point of one asset of the tenant.
     DeleteAsset(DeleteAssetParams),
+    /// Replace a whole document (all the chunks of one asset) with a new version.
+    Document(DocumentParams),
 }
 
 impl JobSpec {
@@ -39,6 +41,7 @@ impl JobSpec {
             JobSpec::Embedding(_) => "embedding",
             JobSpec::DeletePoint(_) => "delete_point",
             JobSpec::DeleteAsset(_) => "delete_asset",
+            JobSpec::Document(_) => "document",
         }
     }
 
@@ -49,6 +52,7 @@ impl JobSpec {
             JobSpec::Embedding(params) => serde_json::to_value(params),
             JobSpec::DeletePoint(params) => serde_json::to_value(params),
             JobSpec::DeleteAsset(params) => serde_json::to_value(params),
+            JobSpec::Document(params) => serde_json::to_value(params),
         };
         params.expect("job parameters serialize to JSON")
     }
@@ -87,6 +91,52 @@ pub struct EmbedParams {
     /// Where the segment sits in its document, when it is a chunk of one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk: Option<ChunkInfo>,
+    /// The segment's generation: 0 until its point or its asset is deleted, then the sum of
+    /// the sequences of their last tombstones (see [`crate::ids::Target`]). It is part of the
+    /// job key, so identical text sent after a delete is a new job that writes the point
+    /// again, while a job sent twice with no delete between is one job. Absent (0) in jobs
+    /// written before deletes had generations, whose keys therefore did not change.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+}
+
+/// `PUT /documents/{asset_id}` (and `POST /vectors/documents`): a whole document, cut into
+/// chunks by the API. Sending a document again replaces it: the worker writes the chunks that
+/// are new or changed, leaves the identical ones (same text at the same index) untouched and
+/// deletes the chunks the new version no longer has.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentParams {
+    pub asset_id: AssetId,
+    /// `hex(sha256)` of the raw text and the options (model, version, chunking): identical
+    /// content with the same options is the same version, and so (with the same generation)
+    /// the same job.
+    pub version: String,
+    pub model: String,
+    pub model_ver: String,
+    /// As for [`EmbedParams::generation`], from the asset's tombstone only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+    /// The chunks, in order: chunk `n` is segment `chunk-<n>`.
+    pub chunks: Vec<DocumentChunk>,
+}
+
+/// One chunk of a document: its text and where it sits (offsets in chars).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DocumentChunk {
+    pub text: String,
+    pub char_start: usize,
+    pub char_end: usize,
+}
+
+impl DocumentParams {
+    /// The segment id of chunk `index`.
+    pub fn segment_id(index: usize) -> SegmentId {
+        SegmentId::parse(format!("chunk-{index}")).expect("chunk segment ids are valid")
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A chunk's place in its document; offsets count Unicode scalar values (chars).
@@ -127,6 +177,17 @@ pub struct JobResult {
     pub model_ver: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<u64>,
+    /// Document jobs: chunks embedded and written by this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<u64>,
+    /// Document jobs: chunks left untouched (the same text at the same index was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<u64>,
+    /// Document and embedding jobs: a later delete (or, for a document, a later version) of
+    /// the same target was already in the log, so in stream order this job's write is undone:
+    /// nothing was written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
 }
 
 /// Why a job failed, with a stable machine-readable code.
@@ -402,6 +463,9 @@ mod tests {
             model: Some(MOCK_MODEL.into()),
             model_ver: Some(MOCK_MODEL_VER.into()),
             deleted: None,
+            written: None,
+            kept: None,
+            superseded: false,
         }
     }
 
@@ -531,6 +595,19 @@ mod tests {
                     char_start: 0,
                     char_end: 5,
                 }),
+                generation: 3,
+            }),
+            JobSpec::Document(DocumentParams {
+                asset_id: AssetId::parse("a").unwrap(),
+                version: "v".into(),
+                model: "mock".into(),
+                model_ver: "v1".into(),
+                generation: 0,
+                chunks: vec![DocumentChunk {
+                    text: "hello".into(),
+                    char_start: 0,
+                    char_end: 5,
+                }],
             }),
             JobSpec::DeletePoint(DeletePointParams {
                 point_id: Uuid::from_u128(7),

@@ -47,12 +47,13 @@ impl EventStore {
                 let stream = jetstream::ensure_stream(&js, &defs).await?;
                 let status = jetstream::ensure_status_bucket(&js, &defs).await?;
                 let index = jetstream::ensure_index(&js, &defs).await?;
-                Ok::<_, BootstrapError>((stream, status, index))
+                let tombstones = jetstream::ensure_tombstones(&js, &defs).await?;
+                Ok::<_, BootstrapError>((stream, status, index, tombstones))
             };
             match attempt.await {
-                Ok((stream, status, index)) => {
+                Ok((stream, status, index, tombstones)) => {
                     return Ok(Self {
-                        log: JobLog::new(client.clone(), js.clone(), stream.clone()),
+                        log: JobLog::new(client.clone(), js.clone(), stream.clone(), tombstones),
                         statuses: StatusStore::new(
                             client.clone(),
                             js.clone(),

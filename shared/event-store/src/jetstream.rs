@@ -42,6 +42,7 @@ impl NatsConfig {
 pub const JOBS_STREAM: &str = "HEIMDEX_JOBS";
 pub const STATUS_BUCKET: &str = "HEIMDEX_JOB_STATUS";
 pub const INDEX_STREAM: &str = "HEIMDEX_JOB_INDEX";
+pub const TOMBSTONE_STREAM: &str = "HEIMDEX_TOMBSTONES";
 pub const ADVISORY_STREAM: &str = "HEIMDEX_ADVISORIES";
 pub const WORKER_CONSUMER: &str = "worker";
 pub const PROJECTOR_CONSUMER: &str = "projector";
@@ -49,6 +50,7 @@ pub const PROJECTOR_CONSUMER: &str = "projector";
 const STREAM_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOBS.json");
 const STATUS_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_JOB_STATUS.json");
 const INDEX_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOB_INDEX.json");
+const TOMBSTONE_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_TOMBSTONES.json");
 const ADVISORY_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_ADVISORIES.json");
 const ADVISORY_CONSUMER_JSON: &str = include_str!("../../../nats/consumer.advisories.json");
 const WORKER_JSON: &str = include_str!("../../../nats/consumer.worker.json");
@@ -89,6 +91,7 @@ pub struct Definitions {
     pub stream: stream::Config,
     pub status: stream::Config,
     pub index: stream::Config,
+    pub tombstones: stream::Config,
     pub advisories: stream::Config,
     pub worker: consumer::pull::Config,
     pub projector: consumer::pull::Config,
@@ -105,6 +108,9 @@ impl Definitions {
         stream.num_replicas = nats.replicas;
         status.num_replicas = nats.replicas;
         index.num_replicas = nats.replicas;
+        let mut tombstones: stream::Config =
+            parse("stream.HEIMDEX_TOMBSTONES.json", TOMBSTONE_JSON)?;
+        tombstones.num_replicas = nats.replicas;
         let mut advisories: stream::Config =
             parse("stream.HEIMDEX_ADVISORIES.json", ADVISORY_JSON)?;
         advisories.num_replicas = nats.replicas;
@@ -114,6 +120,7 @@ impl Definitions {
             stream,
             status,
             index,
+            tombstones,
             advisories,
             worker,
             projector: parse("consumer.projector.json", PROJECTOR_JSON)?,
@@ -302,6 +309,14 @@ pub async fn ensure_index(
     defs: &Definitions,
 ) -> Result<stream::Stream, BootstrapError> {
     ensure_stream_config(js, &defs.index).await
+}
+
+/// Creates (or finds) the tombstone stream and checks its settings.
+pub async fn ensure_tombstones(
+    js: &jetstream::Context,
+    defs: &Definitions,
+) -> Result<stream::Stream, BootstrapError> {
+    ensure_stream_config(js, &defs.tombstones).await
 }
 
 /// Creates (or finds) the stream that keeps the worker consumer's max-deliveries advisories.

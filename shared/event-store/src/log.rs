@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, ErrorCode, consumer};
 use uuid::Uuid;
 
 use heimdex_domain::events::{self, DecodeError, EventKind, JobEvent};
+use heimdex_domain::ids::Target;
 use heimdex_domain::jobs::JobStatus;
 
 use crate::jetstream::{ReadError, StreamRead};
@@ -98,6 +99,8 @@ pub enum LogReadError {
     Read(#[from] ReadError),
     #[error("direct get from the job log failed")]
     DirectGet(#[source] async_nats::jetstream::stream::DirectGetError),
+    #[error("tombstone at sequence {seq} does not name a job")]
+    BadTombstone { seq: u64 },
     #[error("event at sequence {seq} cannot be decoded")]
     Decode {
         seq: u64,
@@ -116,16 +119,119 @@ impl PendingAppend {
     }
 }
 
+/// The last delete of a target: the tombstone's sequence (the target's generation) and the
+/// delete job it announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tombstone {
+    pub seq: u64,
+    pub job_id: Uuid,
+}
+
 #[derive(Clone)]
 pub struct JobLog {
     client: async_nats::Client,
     js: jetstream::Context,
     stream: Stream,
+    /// `HEIMDEX_TOMBSTONES`: the last delete of each target.
+    tombstones: Stream,
 }
 
 impl JobLog {
-    pub fn new(client: async_nats::Client, js: jetstream::Context, stream: Stream) -> Self {
-        Self { client, js, stream }
+    pub fn new(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        stream: Stream,
+        tombstones: Stream,
+    ) -> Self {
+        Self {
+            client,
+            js,
+            stream,
+            tombstones,
+        }
+    }
+
+    /// Records that `job_id` is about to delete `target`, before its `requested` event is
+    /// appended: a write requested after this reads a newer generation, so it is a new job
+    /// even when its content is identical to what the delete removes. If the delete itself is
+    /// then not stored, the only effect is that the next identical write runs again (and
+    /// rewrites the same point): harmless.
+    pub async fn mark_deleted(
+        &self,
+        org_id: Uuid,
+        target: &Target,
+        job_id: Uuid,
+    ) -> Result<(), AppendError> {
+        self.connected()?;
+        self.js
+            .publish(tombstone_subject(org_id, target), job_id.to_string().into())
+            .await
+            .map_err(AppendError::from_publish)?
+            .await
+            .map(|_| ())
+            .map_err(AppendError::from_publish)
+    }
+
+    /// The target's last tombstone, by direct get; `None` if it was never deleted.
+    pub async fn tombstone(
+        &self,
+        org_id: Uuid,
+        target: &Target,
+    ) -> Result<Option<Tombstone>, LogReadError> {
+        let subject = tombstone_subject(org_id, target);
+        match self.tombstones.direct_get_last_for_subject(subject).await {
+            Ok(message) => {
+                let job_id = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or(LogReadError::BadTombstone {
+                        seq: message.sequence,
+                    })?;
+                Ok(Some(Tombstone {
+                    seq: message.sequence,
+                    job_id,
+                }))
+            }
+            Err(err) => match err.kind() {
+                DirectGetErrorKind::NotFound => Ok(None),
+                DirectGetErrorKind::InvalidSubject
+                | DirectGetErrorKind::TimedOut
+                | DirectGetErrorKind::Request
+                | DirectGetErrorKind::ErrorResponse(..)
+                | DirectGetErrorKind::Other => Err(LogReadError::DirectGet(err)),
+            },
+        }
+    }
+
+    /// The generation of a write to `targets`: the sum of their last tombstones' sequences
+    /// (0 when none was ever deleted). It only grows, and grows with every delete.
+    pub async fn generation(&self, org_id: Uuid, targets: &[Target]) -> Result<u64, LogReadError> {
+        let stones = futures::future::try_join_all(
+            targets.iter().map(|target| self.tombstone(org_id, target)),
+        )
+        .await?;
+        Ok(stones.into_iter().flatten().map(|t| t.seq).sum())
+    }
+
+    /// The stream sequence of the last delete of any of `targets` (the `requested` event of
+    /// the job its tombstone names), or 0: a write at a lower sequence is undone by it in
+    /// stream order. A tombstone whose job was never stored counts as no delete.
+    pub async fn last_delete_seq(
+        &self,
+        org_id: Uuid,
+        targets: &[Target],
+    ) -> Result<u64, LogReadError> {
+        let mut last = 0;
+        for target in targets {
+            if let Some(stone) = self.tombstone(org_id, target).await?
+                && let Some(stored) = self
+                    .last(org_id, stone.job_id, EventKind::Requested)
+                    .await?
+            {
+                last = last.max(stored.seq);
+            }
+        }
+        Ok(last)
     }
 
     /// The stream itself, for the consumers' bootstrap and the backlog probe.
@@ -282,6 +388,11 @@ impl JobLog {
         }
         Ok(status)
     }
+}
+
+/// `heimdex.tombstones.<org_id>.<target token>`
+fn tombstone_subject(org_id: Uuid, target: &Target) -> String {
+    format!("heimdex.tombstones.{org_id}.{}", target.token())
 }
 
 fn decode(seq: u64, payload: &[u8]) -> Result<Stored<JobEvent>, LogReadError> {

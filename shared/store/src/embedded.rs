@@ -27,9 +27,10 @@ use qdrant_edge::{
     FieldIndexOperations, Filter, HasVectorCondition, JsonPath, KeywordIndexParams, Match,
     Modifier, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams, PointId,
     PointInsertOperations, PointOperations, PointStructPersisted, PointVectorsPersisted, Prefetch,
-    QueryEnum, QueryRequest, ScoringQuery, ScrollRequest, SparseVectorConfig, UpdateOperation,
-    UpdateVectorsOp, VectorInternal, VectorNameConfig, VectorNameOperations, VectorOperations,
-    VectorPersisted, VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
+    QueryEnum, QueryRequest, Range, ScoringQuery, ScrollRequest, SparseVectorConfig,
+    UpdateOperation, UpdateVectorsOp, VectorInternal, VectorNameConfig, VectorNameOperations,
+    VectorOperations, VectorPersisted, VectorStructInternal, VectorStructPersisted,
+    WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
@@ -37,9 +38,9 @@ use crate::keyword::{KEYWORD_VECTOR, SparseVector};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
 use crate::{
-    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY,
-    ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore,
-    check_collection_name, finish_hits, payload_from_json, prepare_points,
+    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, Payload, PointFilter,
+    SEGMENT_ID_KEY, SEQ_KEY, ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint,
+    VectorStore, check_collection_name, finish_hits, payload_from_json, prepare_points,
 };
 
 /// File Qdrant Edge writes when a shard is created; its presence means "load, don't create".
@@ -513,31 +514,16 @@ impl VectorStore for EmbeddedStore {
     }
 
     async fn scroll_ids(&self, org_id: Uuid, filter: PointFilter) -> Result<Vec<Uuid>, StoreError> {
-        let filter = build_filter(org_id, &filter, None)?;
-        self.read(move |shard| {
-            let mut ids = Vec::new();
-            let mut offset = None;
-            loop {
-                let (records, next) = shard
-                    .scroll(ScrollRequest {
-                        offset,
-                        limit: Some(SCROLL_PAGE),
-                        filter: Some(filter.clone()),
-                        with_payload: Some(WithPayloadInterface::Bool(false)),
-                        with_vector: WithVector::Bool(false),
-                        order_by: None,
-                    })
-                    .map_err(map_err)?;
-                for r in records {
-                    ids.push(uuid_of(r.id)?);
-                }
-                match next {
-                    Some(next) => offset = Some(next),
-                    None => return Ok(ids),
-                }
-            }
-        })
-        .await
+        let points = self.scroll(org_id, filter, false).await?;
+        Ok(points.into_iter().map(|p| p.id).collect())
+    }
+
+    async fn scroll_points(
+        &self,
+        org_id: Uuid,
+        filter: PointFilter,
+    ) -> Result<Vec<StoredPoint>, StoreError> {
+        self.scroll(org_id, filter, true).await
     }
 
     async fn delete_points(&self, org_id: Uuid, ids: &[Uuid]) -> Result<u64, StoreError> {
@@ -745,7 +731,68 @@ fn count_exact(shard: &EdgeShard, filter: Filter) -> Result<u64, StoreError> {
     Ok(n as u64)
 }
 
-/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]`.
+impl EmbeddedStore {
+    /// Every point matching `filter`, page by page; payloads only when asked for (a point
+    /// without one gets an empty payload, which only `scroll_ids` asks for and drops).
+    async fn scroll(
+        &self,
+        org_id: Uuid,
+        filter: PointFilter,
+        with_payload: bool,
+    ) -> Result<Vec<StoredPoint>, StoreError> {
+        let filter = build_filter(org_id, &filter, None)?;
+        self.read(move |shard| {
+            let mut points = Vec::new();
+            let mut offset = None;
+            loop {
+                let (records, next) = shard
+                    .scroll(ScrollRequest {
+                        offset,
+                        limit: Some(SCROLL_PAGE),
+                        filter: Some(filter.clone()),
+                        with_payload: Some(WithPayloadInterface::Bool(with_payload)),
+                        with_vector: WithVector::Bool(false),
+                        order_by: None,
+                    })
+                    .map_err(map_err)?;
+                for r in records {
+                    let id = uuid_of(r.id)?;
+                    let payload = if with_payload {
+                        payload_from_json(id, r.payload.unwrap_or_default().0)?
+                    } else {
+                        empty_payload(org_id)
+                    };
+                    points.push(StoredPoint {
+                        id,
+                        payload,
+                        vector: None,
+                    });
+                }
+                match next {
+                    Some(next) => offset = Some(next),
+                    None => return Ok(points),
+                }
+            }
+        })
+        .await
+    }
+}
+
+fn empty_payload(org_id: Uuid) -> Payload {
+    Payload {
+        org_id,
+        asset_id: String::new(),
+        segment_id: String::new(),
+        model: String::new(),
+        model_ver: String::new(),
+        text: None,
+        seq: None,
+        extra: serde_json::Map::new(),
+    }
+}
+
+/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]
+/// AND NOT [seq >= before_seq]`.
 fn build_filter(
     org_id: Uuid,
     filter: &PointFilter,
@@ -775,11 +822,21 @@ fn build_filter(
             ids.iter().map(|id| PointId::Uuid(*id)).collect(),
         ));
     }
+    // `NOT seq >= s` rather than `seq < s`: a point without `seq` matches.
+    let must_not = filter.before_seq.map(|seq| {
+        vec![Condition::Field(FieldCondition::new_range(
+            json_path(SEQ_KEY).expect("`seq` is a valid key"),
+            Range {
+                gte: Some(OrderedFloat(seq as f64)),
+                ..Range::default()
+            },
+        ))]
+    });
     Ok(Filter {
         should: None,
         min_should: None,
         must: Some(must),
-        must_not: None,
+        must_not,
     })
 }
 

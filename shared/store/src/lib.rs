@@ -60,14 +60,19 @@ pub use remote::RemoteStore;
 
 /// Payload field names that are stored as first-class fields of [`Payload`]. They may not
 /// appear in [`Payload::extra`].
-pub const RESERVED_PAYLOAD_KEYS: [&str; 6] = [
+pub const RESERVED_PAYLOAD_KEYS: [&str; 7] = [
     "org_id",
     "asset_id",
     "segment_id",
     "model",
     "model_ver",
     "text",
+    "seq",
 ];
+
+/// Payload key holding the stream sequence of the job that wrote the point (see
+/// [`Payload::seq`]).
+pub const SEQ_KEY: &str = "seq";
 
 /// Payload key holding the tenant (keyword index, tenant-optimised).
 pub const ORG_ID_KEY: &str = "org_id";
@@ -128,6 +133,12 @@ pub struct Payload {
     pub model_ver: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The stream sequence of the job event that wrote the point: a delete at sequence `s`
+    /// removes only points written before `s` ([`PointFilter::before_seq`]), so a write that
+    /// comes after the delete in the log survives it whichever is applied first. Absent in
+    /// points written before sequences were recorded (they count as older than any delete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
     /// Free-form extra fields. Keys must not be one of [`RESERVED_PAYLOAD_KEYS`].
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -190,6 +201,9 @@ pub struct PointFilter {
     pub model: Option<String>,
     /// Only points of this model version.
     pub model_ver: Option<String>,
+    /// Only points written before this stream sequence (or with none recorded): what a delete
+    /// at that sequence may remove.
+    pub before_seq: Option<u64>,
 }
 
 /// A search, always scoped to one org. See [`SearchMode`] for what each mode needs.
@@ -297,6 +311,13 @@ pub trait VectorStore: Send + Sync + 'static {
 
     /// Ids of all points of `org_id` matching `filter` (pages internally; order unspecified).
     async fn scroll_ids(&self, org_id: Uuid, filter: PointFilter) -> Result<Vec<Uuid>, StoreError>;
+
+    /// The points matching `filter` with their payloads (no vectors), in no fixed order.
+    async fn scroll_points(
+        &self,
+        org_id: Uuid,
+        filter: PointFilter,
+    ) -> Result<Vec<StoredPoint>, StoreError>;
 
     /// Delete those of `ids` that belong to `org_id`; returns how many existed. Idempotent.
     async fn delete_points(&self, org_id: Uuid, ids: &[Uuid]) -> Result<u64, StoreError>;
@@ -524,6 +545,7 @@ mod tests {
             model: "m".into(),
             model_ver: "1".into(),
             text: None,
+            seq: None,
             extra: serde_json::Map::new(),
         }
     }

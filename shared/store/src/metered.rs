@@ -93,6 +93,15 @@ impl<S: VectorStore> VectorStore for Metered<S> {
             .await
     }
 
+    async fn scroll_points(
+        &self,
+        org_id: Uuid,
+        filter: PointFilter,
+    ) -> Result<Vec<StoredPoint>, StoreError> {
+        self.timed("scroll_points", self.inner.scroll_points(org_id, filter))
+            .await
+    }
+
     async fn delete_points(&self, org_id: Uuid, ids: &[Uuid]) -> Result<u64, StoreError> {
         self.timed("delete_points", self.inner.delete_points(org_id, ids))
             .await

@@ -14,7 +14,7 @@ use qdrant_client::qdrant::{
     Condition, CountPointsBuilder, CreateCollectionBuilder, CreateFieldIndexCollectionBuilder,
     CreateVectorNameRequest, DeletePointsBuilder, Distance, FieldType, Filter,
     KeywordIndexParamsBuilder, ListValue, Modifier, NamedVectors, PointId, PointStruct,
-    PointVectors, PrefetchQuery, Query, QueryBatchPoints, QueryPoints, ScrollPointsBuilder,
+    PointVectors, PrefetchQuery, Query, QueryBatchPoints, QueryPoints, Range, ScrollPointsBuilder,
     SparseVectorConfig, SparseVectorCreationConfig, SparseVectorParams, Struct, UpdatePointVectors,
     UpsertPointsBuilder, Value, Vector, VectorInput, VectorParamsBuilder, Vectors, VectorsOutput,
     WithPayloadSelector, WithVectorsSelector, create_vector_name_request, point_id::PointIdOptions,
@@ -29,8 +29,8 @@ use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
 use crate::{
     ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY,
-    ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore, finish_hits,
-    payload_from_json, prepare_points,
+    SEQ_KEY, ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore,
+    finish_hits, payload_from_json, prepare_points,
 };
 
 /// Per-request timeout (large upsert batches with `wait=true` need more than the default 5 s).
@@ -413,27 +413,26 @@ impl VectorStore for RemoteStore {
     }
 
     async fn scroll_ids(&self, org_id: Uuid, filter: PointFilter) -> Result<Vec<Uuid>, StoreError> {
-        let filter = build_filter(org_id, &filter, None);
-        let mut ids = Vec::new();
-        let mut offset: Option<PointId> = None;
-        loop {
-            let mut req = ScrollPointsBuilder::new(&self.collection)
-                .filter(filter.clone())
-                .limit(SCROLL_PAGE)
-                .with_payload(false)
-                .with_vectors(false);
-            if let Some(offset) = offset.take() {
-                req = req.offset(offset);
-            }
-            let res = self.client.scroll(req).await.map_err(map_err)?;
-            for p in res.result {
-                ids.push(uuid_of(p.id)?);
-            }
-            match res.next_page_offset {
-                Some(next) => offset = Some(next),
-                None => return Ok(ids),
-            }
-        }
+        let points = self.scroll(org_id, filter, false).await?;
+        Ok(points.into_iter().map(|(id, _)| id).collect())
+    }
+
+    async fn scroll_points(
+        &self,
+        org_id: Uuid,
+        filter: PointFilter,
+    ) -> Result<Vec<StoredPoint>, StoreError> {
+        self.scroll(org_id, filter, true)
+            .await?
+            .into_iter()
+            .map(|(id, payload)| {
+                Ok(StoredPoint {
+                    id,
+                    payload: payload_from_json(id, payload_to_json(payload))?,
+                    vector: None,
+                })
+            })
+            .collect()
     }
 
     async fn delete_points(&self, org_id: Uuid, ids: &[Uuid]) -> Result<u64, StoreError> {
@@ -592,8 +591,42 @@ fn sparse_vector(v: SparseVector) -> Vector {
     Vector::new_sparse(v.indices, v.values)
 }
 
-/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]`.
+impl RemoteStore {
+    /// Every point matching `filter`, page by page, with its payload when asked for.
+    async fn scroll(
+        &self,
+        org_id: Uuid,
+        filter: PointFilter,
+        with_payload: bool,
+    ) -> Result<Vec<(Uuid, HashMap<String, Value>)>, StoreError> {
+        let filter = build_filter(org_id, &filter, None);
+        let mut points = Vec::new();
+        let mut offset: Option<PointId> = None;
+        loop {
+            let mut req = ScrollPointsBuilder::new(&self.collection)
+                .filter(filter.clone())
+                .limit(SCROLL_PAGE)
+                .with_payload(with_payload)
+                .with_vectors(false);
+            if let Some(offset) = offset.take() {
+                req = req.offset(offset);
+            }
+            let res = self.client.scroll(req).await.map_err(map_err)?;
+            for p in res.result {
+                points.push((uuid_of(p.id)?, p.payload));
+            }
+            match res.next_page_offset {
+                Some(next) => offset = Some(next),
+                None => return Ok(points),
+            }
+        }
+    }
+}
+
+/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]
+/// AND NOT [seq >= before_seq]`.
 fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Filter {
+    let filter_seq = filter.before_seq;
     let mut must = vec![Condition::matches(ORG_ID_KEY, org_id.to_string())];
     if let Some(asset_id) = &filter.asset_id {
         must.push(Condition::matches(ASSET_ID_KEY, asset_id.clone()));
@@ -610,7 +643,18 @@ fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Fil
     if let Some(ids) = ids {
         must.push(Condition::has_id(ids.iter().map(|id| id.to_string())));
     }
-    Filter::must(must)
+    let mut filter = Filter::must(must);
+    if let Some(seq) = filter_seq {
+        // `NOT seq >= s` rather than `seq < s`: a point without `seq` matches.
+        filter.must_not.push(Condition::range(
+            SEQ_KEY,
+            Range {
+                gte: Some(seq as f64),
+                ..Range::default()
+            },
+        ));
+    }
+    filter
 }
 
 fn uuid_of(id: Option<PointId>) -> Result<Uuid, StoreError> {

@@ -34,6 +34,7 @@ fn payload(org_id: Uuid, asset_id: &str, segment_id: &str) -> Payload {
         model: "test-model".to_owned(),
         model_ver: "1".to_owned(),
         text: None,
+        seq: None,
         extra: serde_json::Map::new(),
     }
 }
@@ -296,6 +297,7 @@ contract_tests!(
     search_order_limit_offset,
     search_filters_and_threshold,
     deletes_are_idempotent,
+    deletes_spare_later_writes,
     count_matches_scroll,
     concurrent_upserts,
     probe_and_metadata,
@@ -783,6 +785,75 @@ mod contract {
             set(store.scroll_ids(org, asset("odd")).await.expect("scroll")),
             set([ids[1], ids[3]])
         );
+    }
+
+    /// A delete at sequence `s` (`before_seq`) removes points written before `s` and points
+    /// without a sequence, never points written at or after `s`; `scroll_points` reads the
+    /// payloads back, `seq` included, scoped to the org.
+    pub async fn deletes_spare_later_writes(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        let mut points = Vec::new();
+        for (segment, seq) in [
+            ("old", Some(5)),
+            ("unknown", None),
+            ("edge", Some(10)),
+            ("new", Some(12)),
+        ] {
+            let mut p = point(org, "doc", segment, [1.0, 0.0, 0.0, 0.0]);
+            p.payload.seq = seq;
+            points.push(p);
+        }
+        let mut foreign = point(other, "doc", "old", [1.0, 0.0, 0.0, 0.0]);
+        foreign.payload.seq = Some(1);
+        points.push(foreign.clone());
+        let ids: Vec<Uuid> = points.iter().map(|p| p.id).collect();
+        store.upsert(points).await.expect("upsert");
+
+        let read = store
+            .scroll_points(org, asset("doc"))
+            .await
+            .expect("scroll");
+        assert_eq!(read.len(), 4);
+        let seq_of = |segment: &str| {
+            read.iter()
+                .find(|p| p.payload.segment_id == segment)
+                .map(|p| p.payload.seq)
+        };
+        assert_eq!(seq_of("old"), Some(Some(5)));
+        assert_eq!(seq_of("unknown"), Some(None));
+        assert_eq!(seq_of("new"), Some(Some(12)));
+        assert!(
+            read.iter()
+                .all(|p| p.vector.is_none() && p.payload.org_id == org)
+        );
+
+        let filter = PointFilter {
+            before_seq: Some(10),
+            ..asset("doc")
+        };
+        assert_eq!(store.count(org, filter.clone()).await.expect("count"), 2);
+        assert_eq!(
+            store.delete_by_filter(org, filter).await.expect("delete"),
+            2
+        );
+        let left: BTreeSet<String> = store
+            .scroll_points(org, asset("doc"))
+            .await
+            .expect("scroll")
+            .into_iter()
+            .map(|p| p.payload.segment_id)
+            .collect();
+        assert_eq!(left, ["edge", "new"].map(String::from).into());
+        // The other org's older point is untouched.
+        assert!(
+            store
+                .get(other, foreign.id, false)
+                .await
+                .expect("get")
+                .is_some()
+        );
+        assert_eq!(ids.len(), 5);
     }
 
     pub async fn deletes_are_idempotent(store: Arc<dyn VectorStore>) {

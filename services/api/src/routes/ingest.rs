@@ -9,7 +9,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use heimdex_domain::jobs::{ChunkInfo, EmbedParams, JobSpec};
+use heimdex_domain::ids::Target;
+use heimdex_domain::jobs::{EmbedParams, JobSpec};
 use heimdex_domain::{AssetId, SegmentId, ids};
 use heimdex_embed::{ChunkOptions, Embedder};
 
@@ -130,10 +131,15 @@ pub struct ChunkJob {
     pub char_end: u64,
 }
 
-/// `POST /vectors/documents` answer.
+/// `POST /vectors/documents` and `PUT /documents/{asset_id}` answer.
 #[derive(Object, Debug)]
 pub struct DocumentAccepted {
     pub asset_id: String,
+    /// The document job: one job writes the whole version (every chunk's `job_id` is this).
+    pub job_id: Uuid,
+    /// `hex(sha256)` of the text and the options: the same content and options are the same
+    /// version, and (unless the document was deleted since) the same job.
+    pub version: String,
     pub model: String,
     pub model_ver: String,
     pub chunks: Vec<ChunkJob>,
@@ -155,7 +161,7 @@ pub enum BatchResponse {
 
 #[derive(ApiResponse)]
 pub enum DocumentResponse {
-    /// Accepted: every chunk's `requested` event is stored.
+    /// Accepted: the document job's `requested` event is stored.
     #[oai(status = 202)]
     Accepted(Json<DocumentAccepted>),
 }
@@ -189,7 +195,12 @@ impl IngestApi {
             .models
             .get(model.as_ref().map(|m| m.0.as_str()))?;
         let point_id = point_of(&auth.0, &*embedder, &asset_id, &segment_id);
-        let spec = embed_spec(&*embedder, &asset_id, &segment_id, text.0, None);
+        let generation = self
+            .state
+            .submitter
+            .generation(&auth.0, &segment_targets(&asset_id, point_id))
+            .await?;
+        let spec = embed_spec(&*embedder, &asset_id, &segment_id, text.0, generation);
         let submitted = self.state.submitter.submit(&auth.0, spec).await?;
         Ok(EmbedResponse::Accepted(Json(EmbedAccepted {
             job_id: submitted.job_id,
@@ -248,11 +259,31 @@ impl IngestApi {
             .state
             .models
             .get(model.as_ref().map(|m| m.0.as_str()))?;
+        let point_ids: Vec<Uuid> = segment_ids
+            .iter()
+            .map(|segment_id| point_of(&auth.0, &*embedder, &asset_id, segment_id))
+            .collect();
+        let (submitter, principal, asset) = (&self.state.submitter, &auth.0, &asset_id);
+        let generations = futures::future::try_join_all(point_ids.iter().map(|point_id| {
+            let targets = segment_targets(asset, *point_id);
+            async move { submitter.generation(principal, &targets).await }
+        }))
+        .await?;
         let mut specs = Vec::with_capacity(segments.len());
         let mut jobs = Vec::with_capacity(segments.len());
-        for (SegmentInput { text, .. }, segment_id) in segments.into_iter().zip(segment_ids) {
-            let point_id = point_of(&auth.0, &*embedder, &asset_id, &segment_id);
-            specs.push(embed_spec(&*embedder, &asset_id, &segment_id, text.0, None));
+        for (((SegmentInput { text, .. }, segment_id), point_id), generation) in segments
+            .into_iter()
+            .zip(segment_ids)
+            .zip(point_ids)
+            .zip(generations)
+        {
+            specs.push(embed_spec(
+                &*embedder,
+                &asset_id,
+                &segment_id,
+                text.0,
+                generation,
+            ));
             jobs.push((segment_id.into_inner(), point_id));
         }
         let submitted = self.state.submitter.submit_many(&auth.0, specs).await?;
@@ -272,15 +303,15 @@ impl IngestApi {
         })))
     }
 
-    /// Chunk and embed a document
+    /// Chunk, embed and store a document (the same as `PUT /documents/{asset_id}`)
     ///
     /// Splits `text` into chunks of at most `chunk.max_tokens` model tokens (default 256) with
     /// `chunk.overlap` tokens shared between neighbours (default 32), cutting at sentence
-    /// boundaries where it can, and queues one job per chunk as segment `chunk-<n>`. Each
-    /// point's payload carries `chunk_index`, `char_start` and `char_end`. Up to 1,000,000
-    /// characters, 1,000 chunks and 8 MiB. Re-sending a changed document re-embeds the chunks
-    /// that changed; if it became shorter, `DELETE /assets/{asset_id}` first removes the
-    /// chunks it no longer has.
+    /// boundaries where it can, and queues one `document` job that stores chunk `n` as segment
+    /// `chunk-<n>`. Each point's payload carries `chunk_index`, `char_start` and `char_end`.
+    /// Sending the asset again replaces it: new and changed chunks are written, identical ones
+    /// kept, and the chunks the new version lacks deleted. See `PUT /documents/{asset_id}`
+    /// for the limits.
     #[oai(path = "/vectors/documents", method = "post")]
     async fn document(
         &self,
@@ -293,87 +324,16 @@ impl IngestApi {
             model,
             chunk,
         } = body.0.0;
-        let asset_id: AssetId = parse_ident("asset_id", asset_id.0)?;
-        let chars = text.0.chars().count();
-        if chars > MAX_DOCUMENT_CHARS {
-            return Err(ApiError::Validation(format!(
-                "text is {chars} characters; a document may have at most {MAX_DOCUMENT_CHARS}"
-            ))
-            .into());
-        }
-        if text.0.trim().is_empty() {
-            return Err(ApiError::Validation("text is empty or whitespace-only".into()).into());
-        }
-        let options = chunk_options(chunk.unwrap_or_default())?;
-        let embedder = self
-            .state
-            .models
-            .get(model.as_ref().map(|m| m.0.as_str()))?;
-        let options = ChunkOptions {
-            max_tokens: options
-                .max_tokens
-                .min(embedder.max_tokens() - embedder.special_tokens()),
-            ..options
-        };
-
-        let document = Arc::new(text.0);
-        let chunks = {
-            let (embedder, document) = (embedder.clone(), document.clone());
-            tokio::task::spawn_blocking(move || {
-                let spans = embedder.token_spans(&document)?;
-                Ok::<_, heimdex_embed::EmbedError>(heimdex_embed::chunk(&document, &spans, options))
-            })
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?
-        };
-        if chunks.len() > MAX_SEGMENTS {
-            return Err(ApiError::Validation(format!(
-                "the document makes {} chunks; at most {MAX_SEGMENTS} per call: split it into \
-                 several assets or raise chunk.max_tokens",
-                chunks.len()
-            ))
-            .into());
-        }
-
-        let mut specs = Vec::with_capacity(chunks.len());
-        let mut jobs = Vec::with_capacity(chunks.len());
-        for c in &chunks {
-            let segment_id: SegmentId = parse_ident("segment_id", format!("chunk-{}", c.index))?;
-            let info = ChunkInfo {
-                chunk_index: c.index,
-                char_start: c.char_start,
-                char_end: c.char_end,
-            };
-            let chunk_text = c.text(&document).to_owned();
-            let point_id = point_of(&auth.0, &*embedder, &asset_id, &segment_id);
-            specs.push(embed_spec(
-                &*embedder,
-                &asset_id,
-                &segment_id,
-                chunk_text,
-                Some(info),
-            ));
-            jobs.push((segment_id.into_inner(), point_id, info));
-        }
-        let submitted = self.state.submitter.submit_many(&auth.0, specs).await?;
-        Ok(DocumentResponse::Accepted(Json(DocumentAccepted {
-            asset_id: asset_id.into_inner(),
-            model: embedder.model().to_owned(),
-            model_ver: embedder.model_ver().to_owned(),
-            chunks: jobs
-                .into_iter()
-                .zip(submitted)
-                .map(|((segment_id, point_id, info), s)| ChunkJob {
-                    segment_id,
-                    job_id: s.job_id,
-                    point_id,
-                    chunk_index: u32::try_from(info.chunk_index).unwrap_or(u32::MAX),
-                    char_start: info.char_start as u64,
-                    char_end: info.char_end as u64,
-                })
-                .collect(),
-        })))
+        let accepted = crate::routes::documents::submit_document(
+            &self.state,
+            &auth.0,
+            asset_id.0,
+            text.0,
+            model.map(|m| m.0),
+            chunk.unwrap_or_default(),
+        )
+        .await?;
+        Ok(DocumentResponse::Accepted(Json(accepted)))
     }
 }
 
@@ -382,7 +342,7 @@ fn embed_spec(
     asset_id: &AssetId,
     segment_id: &SegmentId,
     text: String,
-    chunk: Option<ChunkInfo>,
+    generation: u64,
 ) -> JobSpec {
     JobSpec::Embedding(EmbedParams {
         asset_id: asset_id.clone(),
@@ -390,11 +350,17 @@ fn embed_spec(
         model: embedder.model().to_owned(),
         model_ver: embedder.model_ver().to_owned(),
         text,
-        chunk,
+        chunk: None,
+        generation,
     })
 }
 
-fn point_of(
+/// What a delete of which makes a segment's write a new job: its asset and its point.
+fn segment_targets(asset_id: &AssetId, point_id: Uuid) -> [Target; 2] {
+    [Target::Asset(asset_id.to_string()), Target::Point(point_id)]
+}
+
+pub(crate) fn point_of(
     principal: &Principal,
     embedder: &dyn Embedder,
     asset_id: &AssetId,
@@ -426,7 +392,7 @@ pub fn validate_text(field: &str, text: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn chunk_options(req: ChunkRequest) -> Result<ChunkOptions, ApiError> {
+pub(crate) fn chunk_options(req: ChunkRequest) -> Result<ChunkOptions, ApiError> {
     let defaults = ChunkOptions::default();
     let max_tokens = req.max_tokens.map_or(defaults.max_tokens, |v| v as usize);
     let overlap = req.overlap.map_or(defaults.overlap, |v| v as usize);

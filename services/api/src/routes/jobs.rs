@@ -84,9 +84,21 @@ pub struct JobResultView {
     pub model: Option<String>,
     #[oai(skip_serializing_if_is_none)]
     pub model_ver: Option<String>,
-    /// Delete jobs: how many points were removed (0 when there was nothing to delete).
+    /// Delete and document jobs: how many points were removed (0 when there was nothing to
+    /// delete); for a document, its stale chunks.
     #[oai(skip_serializing_if_is_none)]
     pub deleted: Option<u64>,
+    /// Document jobs: chunks embedded and written (new or changed).
+    #[oai(skip_serializing_if_is_none)]
+    pub written: Option<u64>,
+    /// Document jobs: chunks left untouched (the same text at the same index and offsets).
+    #[oai(skip_serializing_if_is_none)]
+    pub kept: Option<u64>,
+    /// `true` when a later delete (or, for a document, a later version) of the same target
+    /// comes after the job in the log: in stream order its write is undone, so it wrote
+    /// nothing (or what it wrote was removed).
+    #[oai(skip_serializing_if = "std::ops::Not::not")]
+    pub superseded: bool,
 }
 
 /// Why a job failed.
@@ -163,6 +175,9 @@ impl From<JobStatus> for JobView {
                 model: r.model,
                 model_ver: r.model_ver,
                 deleted: r.deleted,
+                written: r.written,
+                kept: r.kept,
+                superseded: r.superseded,
             }),
             error: s.error.map(JobErrorView::from),
             created_at: s.created_at,

@@ -395,6 +395,7 @@ impl SearchApi {
                 segment_id: filter.segment_id.map(|s| s.0),
                 model: Some(embedder.model().to_owned()),
                 model_ver: Some(embedder.model_ver().to_owned()),
+                before_seq: None,
             },
             score_threshold: body.score_threshold,
             with_vector: body.with_vector.unwrap_or(false),

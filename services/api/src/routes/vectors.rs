@@ -7,6 +7,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 use uuid::Uuid;
 
+use heimdex_domain::ids::Target;
 use heimdex_domain::jobs::{DeleteAssetParams, DeletePointParams, JobSpec, MockParams};
 use heimdex_domain::{AssetId, RequestId, SegmentId};
 
@@ -85,6 +86,28 @@ pub enum DeleteResponse {
     Accepted(Json<DeleteAccepted>),
 }
 
+/// `DELETE /assets/{asset_id}` and `DELETE /documents/{asset_id}`: one delete job for every
+/// point of the asset, after its tombstone.
+pub(crate) async fn delete_asset(
+    state: &AppState,
+    auth: &BearerAuth,
+    asset_id: String,
+    idempotency_key: Option<String>,
+) -> Result<DeleteResponse, ProblemResponse> {
+    let parsed: AssetId = parse_ident("asset_id", asset_id.clone())?;
+    let target = Target::Asset(parsed.to_string());
+    let spec = JobSpec::DeleteAsset(DeleteAssetParams {
+        asset_id: parsed,
+        request_id: request_id(idempotency_key)?,
+    });
+    let submitted = state.submitter.delete(&auth.0, &target, spec).await?;
+    Ok(DeleteResponse::Accepted(Json(DeleteAccepted {
+        job_id: submitted.job_id,
+        point_id: None,
+        asset_id: Some(asset_id),
+    })))
+}
+
 /// The delete's `request_id`: the client's `Idempotency-Key`, or a fresh id (every delete is a
 /// new job, and deleting twice removes nothing the second time).
 fn request_id(key: Option<String>) -> Result<RequestId, ApiError> {
@@ -135,7 +158,8 @@ impl VectorsApi {
             point_id: point_id.0,
             request_id: request_id(idempotency_key.0)?,
         });
-        let submitted = self.state.submitter.submit(&auth.0, spec).await?;
+        let target = Target::Point(point_id.0);
+        let submitted = self.state.submitter.delete(&auth.0, &target, spec).await?;
         Ok(DeleteResponse::Accepted(Json(DeleteAccepted {
             job_id: submitted.job_id,
             point_id: Some(point_id.0),
@@ -155,16 +179,7 @@ impl VectorsApi {
         asset_id: Path<String>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
     ) -> Result<DeleteResponse, ProblemResponse> {
-        let spec = JobSpec::DeleteAsset(DeleteAssetParams {
-            asset_id: parse_ident("asset_id", asset_id.0.clone())?,
-            request_id: request_id(idempotency_key.0)?,
-        });
-        let submitted = self.state.submitter.submit(&auth.0, spec).await?;
-        Ok(DeleteResponse::Accepted(Json(DeleteAccepted {
-            job_id: submitted.job_id,
-            point_id: None,
-            asset_id: Some(asset_id.0),
-        })))
+        delete_asset(&self.state, &auth, asset_id.0, idempotency_key.0).await
     }
 
     /// Get a stored point

@@ -127,6 +127,7 @@ async fn seed(events: &EventStore, org: Uuid, n: usize, failed_every: usize) -> 
                         model_ver: "v1".into(),
                         text: "fails".into(),
                         chunk: None,
+                        generation: 0,
                     })
                 } else {
                     JobSpec::MockEmbedding(MockParams::new(asset, segment))
