@@ -126,10 +126,18 @@ async fn a_status_bucket_from_before_the_index_gets_one_on_the_next_start() {
     }
     services.stop().await;
 
-    // As a deployment from before the index: the statuses are there, the index is empty.
-    let mut index = js.get_stream("HEIMDEX_JOB_INDEX").await.unwrap();
-    index.purge().await.unwrap();
-    assert_eq!(index.info().await.unwrap().state.messages, 0);
+    // As a deployment from before the listing: the statuses are there, the listing is empty,
+    // and the listing index of the previous release is still there.
+    let mut listing = js.get_stream("HEIMDEX_JOB_LISTING").await.unwrap();
+    listing.purge().await.unwrap();
+    assert_eq!(listing.info().await.unwrap().state.messages, 0);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HEIMDEX_JOB_INDEX".to_owned(),
+        subjects: vec!["heimdex.index.>".to_owned()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 
     let services = Services::start(&nats, Roles::ALL, &[]).await;
     let listed = eventually(WAIT, || async {
@@ -146,7 +154,27 @@ async fn a_status_bucket_from_before_the_index_gets_one_on_the_next_start() {
         (ids.len() == failed.len()).then_some(ids)
     })
     .await
-    .expect("the index is rebuilt from the bucket");
+    .expect("the listing is rebuilt from the bucket");
     assert_eq!(listed, failed.iter().cloned().collect::<HashSet<_>>());
+    let every: Value = http
+        .get(format!("{}/jobs?limit=10", services.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let every: Vec<String> = every["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(job_id_of)
+        .collect();
+    assert_eq!(every.len(), failed.len(), "each job once: {every:?}");
+    assert!(
+        js.get_stream("HEIMDEX_JOB_INDEX").await.is_err(),
+        "the previous release's index is deleted"
+    );
     services.stop().await;
 }

@@ -285,7 +285,6 @@ impl From<StatusError> for ApiError {
             | StatusError::ListStatus(_)
             | StatusError::ListStalled(_)
             | StatusError::Index(_)
-            | StatusError::Purge(_)
             | StatusError::Info(_)
             | StatusError::Stream(_)) => ApiError::nats(err),
         }

@@ -28,7 +28,7 @@ use heimdex_domain::events::{self, JobEvent};
 use heimdex_domain::jobs::{Applied, JobStatus};
 use heimdex_event_store::batching::{Batching, next_batch};
 use heimdex_event_store::log::LogReadError;
-use heimdex_event_store::status::{StatusError, WriteError, status_key};
+use heimdex_event_store::status::{Listed, StatusError, WriteError, status_key};
 use heimdex_event_store::{JobLog, StatusStore};
 use heimdex_telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
@@ -63,8 +63,8 @@ pub struct ProjectorDeps {
 
 pub struct Projector {
     deps: ProjectorDeps,
-    /// key → (revision, status) of jobs not yet terminal.
-    cache: HashMap<String, (u64, JobStatus)>,
+    /// key → the written state of jobs not yet terminal.
+    cache: HashMap<String, Written>,
     batch_size: usize,
     batching: Batching,
 }
@@ -86,7 +86,7 @@ impl Projector {
 
     /// Projects until `shutdown` is cancelled; the batch being written finishes first.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        self.backfill_index().await;
+        self.backfill_listing().await;
         tracing::info!("projector consuming");
         while let Some(messages) = heimdex_event_store::jetstream::pull_stream(
             &self.deps.consumer,
@@ -115,20 +115,18 @@ impl Projector {
         tracing::info!("projector stopped");
     }
 
-    /// A bucket made before the listing index existed gets its entries once (the index is
-    /// empty and the bucket is not). A failure is logged: listings by status then miss jobs
-    /// until their next change, and the next start tries again.
-    async fn backfill_index(&self) {
-        match self.deps.statuses.index_missing().await {
+    /// A bucket made before the listing existed (or before its current shape) gets its
+    /// entries once (the listing is empty and the bucket is not). A failure is logged:
+    /// listings then miss jobs until their next change, and the next start tries again.
+    async fn backfill_listing(&self) {
+        match self.deps.statuses.listing_missing().await {
             Ok(false) => {}
-            Ok(true) => match self.deps.statuses.backfill_index(REFOLD_STALL).await {
-                Ok(written) => {
-                    tracing::info!(written, "listing index built from the status bucket")
-                }
-                Err(err) => tracing::error!(error = %err, "cannot build the listing index"),
+            Ok(true) => match self.deps.statuses.backfill_listing(REFOLD_STALL).await {
+                Ok(written) => tracing::info!(written, "job listing built from the status bucket"),
+                Err(err) => tracing::error!(error = %err, "cannot build the job listing"),
             },
             Err(err) => {
-                tracing::warn!(error = %err, "cannot tell whether the listing index is complete")
+                tracing::warn!(error = %err, "cannot tell whether the job listing is complete")
             }
         }
     }
@@ -204,8 +202,8 @@ impl Projector {
         let mut first_error = None;
         for (key, result) in results {
             match result {
-                Ok(Some((revision, status))) if !status.status.is_terminal() => {
-                    self.cache.insert(key, (revision, status));
+                Ok(Some(written)) if !written.status.status.is_terminal() => {
+                    self.cache.insert(key, written);
                 }
                 Ok(_) => {}
                 Err(err) => {
@@ -243,34 +241,40 @@ fn decode(message: &Message) -> Option<(u64, JobEvent)> {
     }
 }
 
-/// Folds `events` into the job's status and writes it with compare-and-set. Returns the new
-/// revision and status (`None` if nothing changed and nothing was read).
+/// A job's status as last written: its bucket revision and where it is listed.
+#[derive(Clone, Debug)]
+struct Written {
+    revision: u64,
+    status: JobStatus,
+    listed: Option<Listed>,
+}
+
+/// Folds `events` into the job's status and writes it with compare-and-set. Returns what is
+/// written (`None` if nothing changed and nothing was read).
 async fn project(
     statuses: &StatusStore,
     log: &JobLog,
     key: &str,
-    mut cached: Option<(u64, JobStatus)>,
+    mut cached: Option<Written>,
     events: &[(u64, JobEvent)],
-) -> Result<Option<(u64, JobStatus)>, ProjectError> {
+) -> Result<Option<Written>, ProjectError> {
     let Some((_, first)) = events.first() else {
         return Ok(cached);
     };
     for _ in 0..CAS_ATTEMPTS {
         let current = match cached.take() {
-            Some((revision, status)) => Some((revision, Some(status))),
+            Some(written) => Some((written.revision, Some(written.status), written.listed)),
             None => statuses
                 .entry(first.org_id, first.job_id)
                 .await?
-                .map(|entry| (entry.revision, entry.status)),
+                .map(|entry| (entry.revision, entry.status, entry.listed)),
         };
         let empty = || JobStatus::empty(first.org_id, first.job_id, first.time);
-        // What the listing index has the job under now: its stored status, if readable.
-        let previous = current
-            .as_ref()
-            .and_then(|(_, status)| status.as_ref().map(|status| status.status));
-        let (revision, mut status) = match current {
-            Some((revision, status)) => (Some(revision), status.unwrap_or_else(empty)),
-            None => (None, empty()),
+        let (revision, mut status, listed) = match current {
+            Some((revision, status, listed)) => {
+                (Some(revision), status.unwrap_or_else(empty), listed)
+            }
+            None => (None, empty(), None),
         };
         let mut changed = false;
         let mut out_of_order = false;
@@ -289,11 +293,21 @@ async fn project(
                 status = refolded;
             }
         }
-        if revision.is_some() && !changed {
-            return Ok(revision.map(|revision| (revision, status)));
+        if let Some(revision) = revision.filter(|_| !changed) {
+            return Ok(Some(Written {
+                revision,
+                status,
+                listed,
+            }));
         }
-        match statuses.write(&status, revision, previous).await {
-            Ok(revision) => return Ok(Some((revision, status))),
+        match statuses.write(&status, revision, listed).await {
+            Ok((revision, listed)) => {
+                return Ok(Some(Written {
+                    revision,
+                    status,
+                    listed: Some(listed),
+                }));
+            }
             Err(WriteError::Conflict) => continue,
             Err(WriteError::Store(err)) => return Err(err.into()),
         }

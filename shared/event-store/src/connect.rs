@@ -46,19 +46,19 @@ impl EventStore {
             let attempt = async {
                 let stream = jetstream::ensure_stream(&js, &defs).await?;
                 let status = jetstream::ensure_status_bucket(&js, &defs).await?;
-                let index = jetstream::ensure_index(&js, &defs).await?;
+                let listing = jetstream::ensure_listing(&js, &defs).await?;
                 let tombstones = jetstream::ensure_tombstones(&js, &defs).await?;
-                Ok::<_, BootstrapError>((stream, status, index, tombstones))
+                Ok::<_, BootstrapError>((stream, status, listing, tombstones))
             };
             match attempt.await {
-                Ok((stream, status, index, tombstones)) => {
+                Ok((stream, status, listing, tombstones)) => {
                     return Ok(Self {
                         log: JobLog::new(client.clone(), js.clone(), stream.clone(), tombstones),
                         statuses: StatusStore::new(
                             client.clone(),
                             js.clone(),
                             status.clone(),
-                            index,
+                            listing,
                             LIST_STALL,
                         ),
                         client,

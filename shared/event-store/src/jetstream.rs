@@ -41,7 +41,10 @@ impl NatsConfig {
 
 pub const JOBS_STREAM: &str = "HEIMDEX_JOBS";
 pub const STATUS_BUCKET: &str = "HEIMDEX_JOB_STATUS";
-pub const INDEX_STREAM: &str = "HEIMDEX_JOB_INDEX";
+pub const LISTING_STREAM: &str = "HEIMDEX_JOB_LISTING";
+/// The listing stream of releases before the literal-subject listing; deleted once the
+/// projector has filled [`LISTING_STREAM`].
+pub const LEGACY_INDEX_STREAM: &str = "HEIMDEX_JOB_INDEX";
 pub const TOMBSTONE_STREAM: &str = "HEIMDEX_TOMBSTONES";
 pub const ADVISORY_STREAM: &str = "HEIMDEX_ADVISORIES";
 pub const WORKER_CONSUMER: &str = "worker";
@@ -49,7 +52,7 @@ pub const PROJECTOR_CONSUMER: &str = "projector";
 
 const STREAM_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOBS.json");
 const STATUS_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_JOB_STATUS.json");
-const INDEX_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOB_INDEX.json");
+const LISTING_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOB_LISTING.json");
 const TOMBSTONE_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_TOMBSTONES.json");
 const ADVISORY_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_ADVISORIES.json");
 const ADVISORY_CONSUMER_JSON: &str = include_str!("../../../nats/consumer.advisories.json");
@@ -90,7 +93,7 @@ pub enum BootstrapError {
 pub struct Definitions {
     pub stream: stream::Config,
     pub status: stream::Config,
-    pub index: stream::Config,
+    pub listing: stream::Config,
     pub tombstones: stream::Config,
     pub advisories: stream::Config,
     pub worker: consumer::pull::Config,
@@ -103,11 +106,11 @@ impl Definitions {
     pub fn load(nats: &NatsConfig) -> Result<Self, BootstrapError> {
         let mut stream: stream::Config = parse("stream.HEIMDEX_JOBS.json", STREAM_JSON)?;
         let mut status: stream::Config = parse("kv.HEIMDEX_JOB_STATUS.json", STATUS_JSON)?;
-        let mut index: stream::Config = parse("stream.HEIMDEX_JOB_INDEX.json", INDEX_JSON)?;
+        let mut listing: stream::Config = parse("stream.HEIMDEX_JOB_LISTING.json", LISTING_JSON)?;
         stream.duplicate_window = nats.duplicate_window;
         stream.num_replicas = nats.replicas;
         status.num_replicas = nats.replicas;
-        index.num_replicas = nats.replicas;
+        listing.num_replicas = nats.replicas;
         let mut tombstones: stream::Config =
             parse("stream.HEIMDEX_TOMBSTONES.json", TOMBSTONE_JSON)?;
         tombstones.num_replicas = nats.replicas;
@@ -119,7 +122,7 @@ impl Definitions {
         Ok(Self {
             stream,
             status,
-            index,
+            listing,
             tombstones,
             advisories,
             worker,
@@ -303,12 +306,12 @@ pub async fn ensure_status_bucket(
         .map_err(|err| request_error(STATUS_BUCKET, err))
 }
 
-/// Creates (or finds) the listing index stream and checks its settings.
-pub async fn ensure_index(
+/// Creates (or finds) the job listing stream and checks its settings.
+pub async fn ensure_listing(
     js: &jetstream::Context,
     defs: &Definitions,
 ) -> Result<stream::Stream, BootstrapError> {
-    ensure_stream_config(js, &defs.index).await
+    ensure_stream_config(js, &defs.listing).await
 }
 
 /// Creates (or finds) the tombstone stream and checks its settings.
@@ -550,10 +553,12 @@ mod tests {
         assert_eq!(defs.stream.duplicate_window, Duration::from_secs(120));
         assert!(defs.stream.allow_direct);
         assert_eq!(defs.status.name, format!("KV_{STATUS_BUCKET}"));
-        assert_eq!(defs.index.name, INDEX_STREAM);
-        assert_eq!(defs.index.subjects, vec!["heimdex.index.>".to_owned()]);
-        assert_eq!(defs.index.max_messages_per_subject, 1);
-        assert!(defs.index.allow_direct);
+        assert_eq!(defs.listing.name, LISTING_STREAM);
+        assert_eq!(defs.listing.subjects, vec!["heimdex.listing.>".to_owned()]);
+        // Many jobs share a subject (one per org and status); entries are deleted by sequence.
+        assert_eq!(defs.listing.max_messages_per_subject, -1);
+        assert!(!defs.listing.deny_delete);
+        assert!(defs.listing.allow_direct);
         assert_eq!(defs.worker.durable_name.as_deref(), Some(WORKER_CONSUMER));
         assert_eq!(defs.worker.max_deliver, 4);
         assert_eq!(defs.worker.ack_wait, Duration::from_secs(30));
@@ -597,7 +602,7 @@ mod tests {
         assert_eq!(defs.worker.ack_wait, Duration::from_millis(1500));
         assert_eq!(defs.stream.num_replicas, 3);
         assert_eq!(defs.status.num_replicas, 3);
-        assert_eq!(defs.index.num_replicas, 3);
+        assert_eq!(defs.listing.num_replicas, 3);
         assert_eq!(defs.stream.duplicate_window, Duration::from_secs(600));
     }
 }

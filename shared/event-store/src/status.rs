@@ -1,30 +1,35 @@
 //! The job-status projection: the KV bucket `HEIMDEX_JOB_STATUS` (key `<org_id>.<job_id>`, the
-//! job's [`JobStatus`]) and its listing index, the stream `HEIMDEX_JOB_INDEX` (one empty message
-//! per job on `heimdex.index.<org_id>.<STATUS>.<job_id>`). The projector is their only writer;
-//! every read of either goes through [`StatusStore`], so nothing else names a `$KV.` subject.
+//! job's [`JobStatus`]) and its listing, the stream `HEIMDEX_JOB_LISTING` (one message per job on
+//! `heimdex.listing.<org_id>.<STATUS>`, the job id as payload). The projector is their only
+//! writer; every read of either goes through [`StatusStore`], so nothing else names a `$KV.`
+//! subject.
 //!
 //! # Listing, and what a page costs
 //!
-//! A page is one batched direct get (ADR-31, nats-server 2.11+): up to `limit` messages with a
-//! sequence at or after the cursor whose subject matches the org (and status), in stream order.
-//! Nothing is read that the page does not hold, however many jobs the org has.
+//! A job has one live listing entry, under its current status; the bucket value records the
+//! entry's stream sequence (`listing_seq`). When the job moves to another status, a new entry is
+//! written first, the status (with the new sequence) next, and the old entry is deleted by its
+//! sequence last. A crash in between leaves an extra entry, never a missing one, and a listing
+//! shows an entry only if it is the one the job's status names.
 //!
-//! * All statuses: the bucket's own stream, filtered on `$KV.HEIMDEX_JOB_STATUS.<org_id>.*`. The
-//!   bucket keeps one message per key (its latest), so the order is the order of each job's last
-//!   change: a job that changes during a walk moves to the end, and is listed again, with its
-//!   new status, on a later page. No job is missed.
-//! * One status: the index, filtered on `heimdex.index.<org_id>.<STATUS>.*`, in the order jobs
-//!   entered the status; each entry is then read from the bucket (concurrently), and one whose
-//!   job has since moved on is left out. So a page never shows a job in a status it has left,
-//!   and an entry the projector left behind (it crashed between two writes) costs a read, not a
-//!   wrong answer.
+//! A page is one batched direct get (ADR-31, nats-server 2.11+): up to `limit` entries with a
+//! sequence at or after the cursor, on the org's one subject for that status, or on the org's
+//! four status subjects (`heimdex.listing.<org_id>.*`) for every status, in stream order: the
+//! order in which jobs entered their current status. Each entry's status is then read from the
+//! bucket (concurrently). Nothing is read that the page does not hold, however many jobs the org
+//! has, and the server's count of what remains after the page (`Nats-Num-Pending`, which it
+//! computes on every batched read) is per subject, not per job: filtering on one subject per
+//! job made that count walk every job of the org.
 //!
-//! The cursor is the stream sequence of the page's last entry, opaque to clients.
+//! A job that changes status during a walk moves to the end and is listed again, with its new
+//! status, on a later page; no job is missed. The cursor is the stream sequence of the page's
+//! last entry, opaque to clients.
 
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -34,15 +39,26 @@ use uuid::Uuid;
 
 use heimdex_domain::jobs::{JobStatus, Status};
 
-use crate::jetstream::{INDEX_STREAM, STATUS_BUCKET};
+use crate::jetstream::{LEGACY_INDEX_STREAM, LISTING_STREAM, STATUS_BUCKET};
 
 /// KV key of a job's status: `<org_id>.<job_id>`.
 pub fn status_key(org_id: Uuid, job_id: Uuid) -> String {
     format!("{org_id}.{job_id}")
 }
 
-fn index_subject(org_id: Uuid, status: Status, job_id: Uuid) -> String {
-    format!("heimdex.index.{org_id}.{}.{job_id}", status_token(status))
+fn listing_subject(org_id: Uuid, status: Status) -> String {
+    format!("heimdex.listing.{org_id}.{}", status_token(status))
+}
+
+fn status_of_token(token: &str) -> Option<Status> {
+    [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+    ]
+    .into_iter()
+    .find(|&status| status_token(status) == token)
 }
 
 fn status_token(status: Status) -> &'static str {
@@ -60,6 +76,41 @@ pub struct Versioned {
     pub revision: u64,
     /// `None`: the stored value cannot be decoded (logged); a write still compares the revision.
     pub status: Option<JobStatus>,
+    /// The job's live listing entry, as the stored value records it.
+    pub listed: Option<Listed>,
+}
+
+/// A job's entry in the listing: under which status, at which stream sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub status: Status,
+    pub seq: u64,
+}
+
+/// The bucket value: the status, and where the job is listed.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    #[serde(flatten)]
+    status: &'a JobStatus,
+    listing_seq: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    status: JobStatus,
+    /// Absent in values written before the listing recorded sequences.
+    #[serde(default)]
+    listing_seq: Option<u64>,
+}
+
+impl Stored {
+    fn listed(&self) -> Option<Listed> {
+        self.listing_seq.map(|seq| Listed {
+            status: self.status.status,
+            seq,
+        })
+    }
 }
 
 /// One page of a listing.
@@ -94,10 +145,8 @@ pub enum StatusError {
     ListStatus(u16),
     #[error("the listing stalled after {0:?}")]
     ListStalled(Duration),
-    #[error("listing index write failed")]
+    #[error("listing write failed")]
     Index(#[source] jetstream::context::PublishError),
-    #[error("listing index purge failed")]
-    Purge(#[source] jetstream::stream::PurgeError),
     #[error("stream info failed")]
     Info(#[source] jetstream::context::RequestError),
     #[error("stream lookup failed")]
@@ -121,7 +170,9 @@ pub struct StatusStore {
     /// The JetStream API prefix (`$JS.API` unless a domain or import changes it).
     api_prefix: String,
     kv: kv::Store,
-    index: stream::Stream,
+    listing: stream::Stream,
+    /// Stale listing entries to delete, in the background (see [`spawn_unlister`]).
+    unlist: tokio::sync::mpsc::Sender<u64>,
     /// How long a listing waits for the next message of its batch.
     stall: Duration,
 }
@@ -139,15 +190,16 @@ impl StatusStore {
         client: async_nats::Client,
         js: jetstream::Context,
         kv: kv::Store,
-        index: stream::Stream,
+        listing: stream::Stream,
         stall: Duration,
     ) -> Self {
         Self {
             client,
+            unlist: spawn_unlister(js.clone()),
             js,
             api_prefix: "$JS.API".to_owned(),
             kv,
-            index,
+            listing,
             stall,
         }
     }
@@ -160,16 +212,23 @@ impl StatusStore {
     ) -> Result<Option<Versioned>, StatusError> {
         let key = status_key(org_id, job_id);
         let entry = self.kv.entry(&key).await.map_err(StatusError::Read)?;
-        Ok(entry.map(|entry| Versioned {
-            revision: entry.revision,
-            status: match serde_json::from_slice::<JobStatus>(&entry.value) {
-                Ok(status) => Some(status),
+        Ok(entry.map(
+            |entry| match serde_json::from_slice::<Stored>(&entry.value) {
+                Ok(stored) => Versioned {
+                    revision: entry.revision,
+                    listed: stored.listed(),
+                    status: Some(stored.status),
+                },
                 Err(err) => {
                     tracing::error!(%err, key, "undecodable status in the bucket");
-                    None
+                    Versioned {
+                        revision: entry.revision,
+                        status: None,
+                        listed: None,
+                    }
                 }
             },
-        }))
+        ))
     }
 
     /// The job's status; `None` if the projection has none (yet).
@@ -184,25 +243,33 @@ impl StatusStore {
     }
 
     /// Writes a status: a create when `revision` is `None` (the key must not exist), else a
-    /// compare-and-set against `revision`. Returns the new revision.
+    /// compare-and-set against `revision`. `previous` is where the job is listed now (from the
+    /// value at `revision`). Returns the new revision and where the job is listed after.
     ///
-    /// The listing index follows the status: the job's entry under its new status is written
-    /// first, and the one under `previous` (its status before this write, if another) is purged
-    /// after, so a crash in between leaves an extra entry, which listings skip, never a missing
-    /// one.
+    /// The listing follows the status: a job that moves to another status gets its new entry
+    /// first, the status naming it next, and its old entry is deleted last, so a crash in
+    /// between leaves an extra entry (which listings skip), never a missing one.
     pub async fn write(
         &self,
         status: &JobStatus,
         revision: Option<u64>,
-        previous: Option<Status>,
-    ) -> Result<u64, WriteError> {
-        let moved = previous != Some(status.status);
-        if moved {
-            self.index(status.org_id, status.status, status.job_id)
-                .await?;
-        }
+        previous: Option<Listed>,
+    ) -> Result<(u64, Listed), WriteError> {
+        let listed = match previous {
+            Some(listed) if listed.status == status.status => listed,
+            _ => Listed {
+                status: status.status,
+                seq: self
+                    .list_entry(status.org_id, status.status, status.job_id)
+                    .await?,
+            },
+        };
         let key = status_key(status.org_id, status.job_id);
-        let value = Bytes::from(serde_json::to_vec(status).expect("statuses serialize to JSON"));
+        let value = StoredRef {
+            status,
+            listing_seq: listed.seq,
+        };
+        let value = Bytes::from(serde_json::to_vec(&value).expect("statuses serialize to JSON"));
         let written = match revision {
             None => self.kv.create(&key, value).await.map_err(|err| {
                 if err.kind() == CreateErrorKind::AlreadyExists {
@@ -218,45 +285,63 @@ impl StatusStore {
                     WriteError::Store(StatusError::Update(err))
                 }
             }),
-        }?;
-        if let Some(previous) = previous.filter(|_| moved) {
-            self.unindex(status.org_id, previous, status.job_id).await?;
+        };
+        let stale = match &written {
+            // The entry written for this attempt names nothing.
+            Err(_) if Some(listed) != previous => Some(listed.seq),
+            Err(_) => None,
+            Ok(_) => previous.filter(|p| p.seq != listed.seq).map(|p| p.seq),
+        };
+        if let Some(seq) = stale {
+            self.unlist(seq);
         }
-        Ok(written)
+        Ok((written?, listed))
     }
 
-    async fn index(&self, org_id: Uuid, status: Status, job_id: Uuid) -> Result<(), StatusError> {
-        let subject = index_subject(org_id, status, job_id);
-        self.js
-            .publish(subject, Bytes::new())
+    /// Appends a listing entry; returns its sequence.
+    async fn list_entry(
+        &self,
+        org_id: Uuid,
+        status: Status,
+        job_id: Uuid,
+    ) -> Result<u64, StatusError> {
+        let ack = self
+            .js
+            .publish(
+                listing_subject(org_id, status),
+                Bytes::from(job_id.to_string()),
+            )
             .await
             .map_err(StatusError::Index)?
             .await
             .map_err(StatusError::Index)?;
-        Ok(())
+        Ok(ack.sequence)
     }
 
-    async fn unindex(&self, org_id: Uuid, status: Status, job_id: Uuid) -> Result<(), StatusError> {
-        self.index
-            .purge()
-            .filter(index_subject(org_id, status, job_id))
-            .await
-            .map_err(StatusError::Purge)?;
-        Ok(())
+    /// Queues a listing entry no status names any more for deletion. A stale entry only costs
+    /// listings a read (they skip it), so when the queue is full it is left.
+    fn unlist(&self, seq: u64) {
+        if self.unlist.try_send(seq).is_err() {
+            tracing::debug!(seq, "stale listing entry left: the delete queue is full");
+        }
     }
 
-    /// Writes the index entry of every status in the bucket: the one-time migration of a bucket
-    /// made before the index existed (the projector runs it when the index is empty and the
-    /// bucket is not). Returns how many entries were written.
-    pub async fn backfill_index(
+    /// Lists every job of the bucket: the one-time migration of a bucket made before the
+    /// listing existed, or by a release whose listing had another shape (the projector runs it
+    /// when the listing is empty and the bucket is not). Each status is rewritten, with
+    /// compare-and-set, to name its new entry; one that changes meanwhile was listed by its
+    /// writer. The listing stream of earlier releases is deleted after. Returns how many jobs
+    /// were listed.
+    pub async fn backfill_listing(
         &self,
         stall: Duration,
     ) -> Result<u64, crate::jetstream::ReadError> {
+        use crate::jetstream::ReadError;
         let stream = self
             .js
             .get_stream_no_info(format!("KV_{STATUS_BUCKET}"))
             .await
-            .map_err(|err| crate::jetstream::ReadError::Open(Box::new(err)))?;
+            .map_err(|err| ReadError::Open(Box::new(err)))?;
         let mut read = crate::jetstream::StreamRead::open(
             &stream,
             format!("$KV.{STATUS_BUCKET}.>"),
@@ -269,18 +354,31 @@ impl StatusStore {
             let Ok(job) = serde_json::from_slice::<JobStatus>(&message.payload) else {
                 continue;
             };
-            if let Err(err) = self.index(job.org_id, job.status, job.job_id).await {
-                return Err(crate::jetstream::ReadError::Read(Box::new(err)));
+            let Ok(info) = message.info() else { continue };
+            match self.write(&job, Some(info.stream_sequence), None).await {
+                Ok(_) => written += 1,
+                Err(WriteError::Conflict) => {}
+                Err(WriteError::Store(err)) => return Err(ReadError::Read(Box::new(err))),
             }
-            written += 1;
+        }
+        match self.js.delete_stream(LEGACY_INDEX_STREAM).await {
+            Ok(_) => tracing::info!("the listing index of earlier releases is deleted"),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    jetstream::context::DeleteStreamErrorKind::JetStream(ref js)
+                        if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) => {}
+            Err(err) => tracing::warn!(%err, "cannot delete the listing index of earlier releases"),
         }
         Ok(written)
     }
 
-    /// Whether the index is empty while the bucket is not (see [`StatusStore::backfill_index`]).
-    pub async fn index_missing(&self) -> Result<bool, StatusError> {
-        let mut index = self.index.clone();
-        let indexed = index
+    /// Whether the listing is empty while the bucket is not (see
+    /// [`StatusStore::backfill_listing`]).
+    pub async fn listing_missing(&self) -> Result<bool, StatusError> {
+        let mut listing = self.listing.clone();
+        let listed = listing
             .info()
             .await
             .map_err(StatusError::Info)?
@@ -297,7 +395,7 @@ impl StatusStore {
             .map_err(StatusError::Info)?
             .state
             .messages;
-        Ok(indexed == 0 && statuses > 0)
+        Ok(listed == 0 && statuses > 0)
     }
 
     /// Up to `limit` of the org's jobs (in `status`, when given) from stream sequence `from`
@@ -309,44 +407,35 @@ impl StatusStore {
         limit: usize,
         from: u64,
     ) -> Result<Page, StatusError> {
-        match status {
-            None => {
-                let filter = format!("$KV.{STATUS_BUCKET}.{org_id}.*");
-                let (messages, more) = self
-                    .batch(&format!("KV_{STATUS_BUCKET}"), &filter, from, limit)
-                    .await?;
-                let next = more.then(|| messages.last().map(|m| m.seq + 1)).flatten();
-                let jobs = messages
-                    .into_iter()
-                    .filter(|m| m.is_put())
-                    .filter_map(|m| match serde_json::from_slice::<JobStatus>(&m.payload) {
-                        Ok(job) if job.org_id == org_id => Some(job),
-                        Ok(_) => None,
-                        Err(err) => {
-                            tracing::error!(%err, subject = m.subject, "undecodable status skipped in a listing");
-                            None
-                        }
-                    })
-                    .collect();
-                Ok(Page { jobs, next })
-            }
-            Some(wanted) => {
-                let filter = format!("heimdex.index.{org_id}.{}.*", status_token(wanted));
-                let (messages, more) = self.batch(INDEX_STREAM, &filter, from, limit).await?;
-                let next = more.then(|| messages.last().map(|m| m.seq + 1)).flatten();
-                let ids = messages
-                    .iter()
-                    .filter_map(|m| m.subject.rsplit('.').next())
-                    .filter_map(|id| Uuid::parse_str(id).ok());
-                let statuses = try_join_all(ids.map(|job_id| self.get(org_id, job_id))).await?;
-                let jobs = statuses
-                    .into_iter()
-                    .flatten()
-                    .filter(|job| job.status == wanted)
-                    .collect();
-                Ok(Page { jobs, next })
-            }
-        }
+        let filter = match status {
+            Some(status) => listing_subject(org_id, status),
+            None => format!("heimdex.listing.{org_id}.*"),
+        };
+        let (messages, more) = self.batch(LISTING_STREAM, &filter, from, limit).await?;
+        let next = more.then(|| messages.last().map(|m| m.seq + 1)).flatten();
+        let entries = messages.iter().filter_map(|m| {
+            let job_id = std::str::from_utf8(&m.payload).ok()?.parse::<Uuid>().ok()?;
+            let status = status_of_token(m.subject.rsplit('.').next()?)?;
+            Some((m.seq, status, job_id))
+        });
+        let read = try_join_all(entries.map(|(seq, status, job_id)| async move {
+            let entry = self.entry(org_id, job_id).await?;
+            Ok::<_, StatusError>(entry.and_then(|entry| {
+                let job = entry.status?;
+                // The entry the status names; a status from before sequences were recorded
+                // (mid-migration) is matched by its status instead.
+                let live = match entry.listed {
+                    Some(listed) => listed.seq == seq,
+                    None => job.status == status,
+                };
+                live.then_some(job)
+            }))
+        }))
+        .await?;
+        Ok(Page {
+            jobs: read.into_iter().flatten().collect(),
+            next,
+        })
     }
 
     /// A batched direct get: up to `batch` messages of `stream` matching `filter`, from `from`
@@ -405,28 +494,69 @@ impl StatusStore {
                     .and_then(|h| h.get("Nats-Subject"))
                     .map(|v| v.as_str().to_owned())
                     .unwrap_or_default(),
-                operation: headers
-                    .and_then(|h| h.get("KV-Operation"))
-                    .map(|v| v.as_str().to_owned()),
                 payload: reply.payload,
             });
         }
     }
 }
 
+/// Stale entries queued for deletion at most; past this, they are left (listings skip them).
+const UNLIST_QUEUE: usize = 200_000;
+/// Deletes in flight at once.
+const UNLIST_IN_FLIGHT: usize = 16;
+
+/// Starts the task that deletes stale listing entries, a few at a time, off the projector's
+/// write path: each delete is a JetStream API request, and a burst of thousands (a busy batch)
+/// would queue ahead of every other API request of every client of the server (consumer info,
+/// stream info) until they time out. Entries still queued when the process stops are left.
+fn spawn_unlister(js: jetstream::Context) -> tokio::sync::mpsc::Sender<u64> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<u64>(UNLIST_QUEUE);
+    let seqs = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|seq| (seq, receiver))
+    });
+    tokio::spawn(seqs.for_each_concurrent(UNLIST_IN_FLIGHT, move |seq| {
+        let js = js.clone();
+        async move {
+            // Not `Stream::delete_message`: that one also overwrites the message on disk (a
+            // secure erase, about 40 times slower here), which an index entry does not need.
+            let deleted: Result<Response<Deleted>, _> = js
+                .request(
+                    format!("STREAM.MSG.DELETE.{LISTING_STREAM}"),
+                    &DeleteMessage {
+                        seq,
+                        no_erase: true,
+                    },
+                )
+                .await;
+            match deleted {
+                Ok(Response::Ok(_)) => {}
+                Ok(Response::Err { error }) => {
+                    tracing::debug!(%error, seq, "stale listing entry not deleted; listings skip it")
+                }
+                Err(err) => {
+                    tracing::debug!(%err, seq, "stale listing entry not deleted; listings skip it")
+                }
+            }
+        }
+    }));
+    sender
+}
+
+/// `$JS.API.STREAM.MSG.DELETE.<stream>` request.
+#[derive(Serialize)]
+struct DeleteMessage {
+    seq: u64,
+    no_erase: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Deleted {}
+
 /// One message of a batched direct get.
 struct Got {
     seq: u64,
     subject: String,
-    /// `DEL` or `PURGE` for a KV delete marker; absent for a value.
-    operation: Option<String>,
     payload: Bytes,
-}
-
-impl Got {
-    fn is_put(&self) -> bool {
-        self.operation.as_deref().is_none_or(|op| op == "PUT")
-    }
 }
 
 fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {

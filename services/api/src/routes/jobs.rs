@@ -29,8 +29,9 @@ pub const MAX_LIST_LIMIT: u32 = 1_000;
 /// How long reading a job's history waits for its next event.
 const EVENTS_STALL: Duration = Duration::from_secs(2);
 /// Cursors this server issues start with this version tag (inside the base64). `v1` cursors
-/// (a job id) came from the listing in `job_id` order and are refused since it changed.
-const CURSOR_V2: &str = "v2:";
+/// (a job id) came from the listing in `job_id` order, `v2` cursors from the status bucket's
+/// and the first listing index's sequences; both are refused since the listing changed.
+const CURSOR_V3: &str = "v3:";
 
 #[derive(Tags)]
 enum Tag {
@@ -264,15 +265,16 @@ impl JobsApi {
     /// List jobs (dead letters with `status=FAILED`)
     ///
     /// The caller's organization's jobs, from the status projection, paginated with an opaque
-    /// cursor. Without `status`, jobs come in the order of their last change, oldest first: a
-    /// job that changes during a walk is listed again, with its new status, on a later page,
-    /// and none is missed. With `status`, jobs come in the order they entered that status, and
+    /// cursor. Without `status`, jobs come in the order in which they entered their current
+    /// status, oldest first: a job whose status changes during a walk is listed again, with its
+    /// new status, on a later page, and none is missed. With `status`, jobs come in the order they entered that status, and
     /// a job that leaves it during a walk is not listed after. `status=FAILED` is the
     /// dead-letter view: jobs that ended without success and can be redriven with
     /// `POST /jobs/{job_id}/retry`. A page costs what it holds, however many jobs the
-    /// organization has; with `status`, a page may hold fewer than `limit` jobs (those that
-    /// left the status while it was read are left out) and still have a `next_cursor`. An unknown `status`, a `limit` outside 1..=1000, or a cursor this
-    /// server did not issue for this listing get 400.
+    /// organization has. A page may hold fewer than `limit` jobs (those that changed status
+    /// while it was read are left out, to be listed later) and still have a `next_cursor`. An
+    /// unknown `status`, a `limit` outside 1..=1000, or a cursor this server did not issue for
+    /// this listing get 400.
     #[oai(path = "/jobs", method = "get")]
     async fn list_jobs(
         &self,
@@ -365,9 +367,9 @@ impl JobsApi {
     }
 }
 
-/// `v2:<listing>:<sequence>` in URL-safe base64: where the next page of this listing starts.
+/// `v3:<listing>:<sequence>` in URL-safe base64: where the next page of this listing starts.
 fn encode_cursor(status: Option<jobs::Status>, from: u64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{CURSOR_V2}{}:{from}", listing(status)))
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_V3}{}:{from}", listing(status)))
 }
 
 fn listing(status: Option<jobs::Status>) -> &'static str {
@@ -387,7 +389,7 @@ fn decode_cursor(cursor: &str, status: Option<jobs::Status>) -> Result<u64, ApiE
         .ok()
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .and_then(|text| {
-            let rest = text.strip_prefix(CURSOR_V2)?;
+            let rest = text.strip_prefix(CURSOR_V3)?;
             let (kind, from) = rest.split_once(':')?;
             (kind == listing(status)).then_some(())?;
             from.parse::<u64>().ok().filter(|&from| from > 0)
@@ -508,7 +510,9 @@ mod tests {
             // Another listing's cursor.
             (&encode_cursor(None, 42), failed),
             (&encode_cursor(failed, 42), None),
-            (&URL_SAFE_NO_PAD.encode("v2:all:0"), None),
+            (&URL_SAFE_NO_PAD.encode("v3:all:0"), None),
+            // A cursor of the previous listing.
+            (&URL_SAFE_NO_PAD.encode("v2:all:42"), None),
         ] {
             assert!(
                 matches!(
