@@ -155,6 +155,7 @@ async fn publish_poison_job(app: &TestApp, org: Uuid) -> String {
         text: SECRET_TEXT.into(),
         chunk: None,
         generation: 0,
+        metadata: Default::default(),
     });
     publish_requested(&js, org, "owner", spec).await.to_string()
 }
