@@ -25,6 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::keyword::{KEYWORD_VECTOR, SparseVector};
+use crate::meta::{self, MetaCond};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
 use crate::{
@@ -643,6 +644,8 @@ fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Fil
     if let Some(ids) = ids {
         must.push(Condition::has_id(ids.iter().map(|id| id.to_string())));
     }
+    let (meta_must, meta_must_not) = meta::plan(&filter.meta);
+    must.extend(meta_must.iter().map(meta_condition));
     let mut filter = Filter::must(must);
     if let Some(seq) = filter_seq {
         // `NOT seq >= s` rather than `seq < s`: a point without `seq` matches.
@@ -655,6 +658,28 @@ fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Fil
         ));
     }
     filter
+        .must_not
+        .extend(meta_must_not.iter().map(meta_condition));
+    filter
+}
+
+/// A metadata condition ([`meta`]) in the gRPC API's types.
+fn meta_condition(cond: &MetaCond) -> Condition {
+    match cond {
+        MetaCond::Keyword { path, value } => Condition::matches(path.as_str(), value.clone()),
+        MetaCond::Keywords { path, values } => Condition::matches(path.as_str(), values.clone()),
+        MetaCond::Bool { path, value } => Condition::matches(path.as_str(), *value),
+        MetaCond::Range { path, range } => Condition::range(
+            path.as_str(),
+            Range {
+                gt: range.gt,
+                gte: range.gte,
+                lt: range.lt,
+                lte: range.lte,
+            },
+        ),
+        MetaCond::AnyOf(conds) => Condition::from(Filter::should(conds.iter().map(meta_condition))),
+    }
 }
 
 fn uuid_of(id: Option<PointId>) -> Result<Uuid, StoreError> {
