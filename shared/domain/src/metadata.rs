@@ -134,7 +134,11 @@ impl MetaValue {
                 .enumerate()
                 .map(|(index, item)| match item {
                     Value::String(s) => Ok(s),
-                    other => Err(ValueError::ArrayItem {
+                    other @ (Value::Null
+                    | Value::Bool(_)
+                    | Value::Number(_)
+                    | Value::Array(_)
+                    | Value::Object(_)) => Err(ValueError::ArrayItem {
                         index,
                         kind: kind(&other),
                     }),
