@@ -591,6 +591,44 @@ mod tests {
     }
 
     #[test]
+    fn jobs_without_metadata_keep_the_keys_they_had_before_metadata() {
+        let params = EmbedParams {
+            asset_id: AssetId::parse("a").unwrap(),
+            segment_id: SegmentId::parse("s").unwrap(),
+            model: "mock".into(),
+            model_ver: "v1".into(),
+            text: "hello".into(),
+            chunk: None,
+            generation: 0,
+            metadata: crate::Metadata::default(),
+        };
+        let json = serde_json::to_value(&params).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"asset_id": "a", "segment_id": "s", "model": "mock",
+                               "model_ver": "v1", "text": "hello"})
+        );
+        assert_eq!(serde_json::from_value::<EmbedParams>(json).unwrap(), params);
+        let with = EmbedParams {
+            metadata: crate::Metadata::from_json(serde_json::json!({"k": 1})).unwrap(),
+            ..params.clone()
+        };
+        assert_ne!(
+            crate::ids::job_key(
+                Uuid::nil(),
+                "embedding",
+                &serde_json::to_value(&with).unwrap()
+            ),
+            crate::ids::job_key(
+                Uuid::nil(),
+                "embedding",
+                &serde_json::to_value(&params).unwrap()
+            ),
+            "metadata names the job"
+        );
+    }
+
+    #[test]
     fn every_job_type_round_trips_and_names_itself() {
         let specs = [
             JobSpec::MockEmbedding(mock_params("a", "s")),
