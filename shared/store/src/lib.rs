@@ -470,7 +470,10 @@ fn finish_hits(
     if plan.explain.is_empty() {
         return hits;
     }
+    // Equal scores are ranked by point id here too: the engine leaves them in no fixed order.
     let ranks = |list: &[(Uuid, f32)]| -> std::collections::HashMap<Uuid, Ranked> {
+        let mut list = list.to_vec();
+        list.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         list.iter()
             .enumerate()
             .map(|(i, (id, score))| {
