@@ -1955,6 +1955,13 @@ mod ranking {
                 let text = (0..6 + i).map(|_| rng.word()).collect::<Vec<_>>().join(" ");
                 let mut payload = payload(org, &format!("asset-{}", i % 7), &format!("s-{i}"));
                 payload.text = Some(text);
+                let lang = ["en", "de", "fr"][i % 3];
+                payload.meta = Metadata::from_json(json!({
+                    "year": 1990 + i % 30,
+                    "lang": lang,
+                    "tags": [WORDS[i % 40], WORDS[(i * 7) % 40]],
+                }))
+                .expect("metadata");
                 NewPoint {
                     id: Uuid::from_u128(0x1000 + i as u128),
                     vector: rng.vector(),
@@ -2014,6 +2021,43 @@ mod ranking {
                     },
                     ..base.clone()
                 });
+                // A metadata filter: every kind of test at once. Not in hybrid mode: the
+                // filter leaves BM25 ties in the keyword list (scores equal as f32), and how
+                // the engine orders a tie before fusing is its own choice, which moves fused
+                // scores. The filter is the same condition in every list, so the dense and
+                // the keyword list check its translation.
+                if mode == SearchMode::Hybrid {
+                    continue;
+                }
+                let condition = |key: &str, eq, any, range| {
+                    MetaCondition::parse(key, eq, any, range).expect("condition")
+                };
+                let meta = MetaFilter::new(
+                    vec![
+                        condition(
+                            "year",
+                            None,
+                            None,
+                            Some(MetaRange {
+                                gte: Some(1995.0),
+                                lt: Some(2015.0),
+                                ..MetaRange::default()
+                            }),
+                        ),
+                        condition("lang", None, Some(vec![json!("en"), json!("fr")]), None),
+                    ],
+                    vec![condition("tags", Some(json!(WORDS[q])), None, None)],
+                )
+                .expect("filter");
+                out.push(SearchRequest {
+                    mode,
+                    fusion,
+                    filter: PointFilter {
+                        meta,
+                        ..PointFilter::default()
+                    },
+                    ..base.clone()
+                });
             }
         }
         out
@@ -2052,8 +2096,12 @@ mod ranking {
         assert_eq!(expected.len(), actual.len());
         for ((want, got), req) in expected.iter().zip(actual).zip(&requests) {
             let context = format!(
-                "{what}: {:?} {:?} mmr={:?} offset={}",
-                req.mode, req.fusion, req.mmr, req.offset
+                "{what}: {:?} {:?} mmr={:?} offset={} metadata filter={}",
+                req.mode,
+                req.fusion,
+                req.mmr,
+                req.offset,
+                !req.filter.meta.is_empty()
             );
             assert!(!want.is_empty(), "{context}: no results to compare");
             assert_eq!(ids(want), ids(got), "{context}");
