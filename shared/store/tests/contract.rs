@@ -2046,7 +2046,7 @@ mod ranking {
                         ),
                         condition("lang", None, Some(vec![json!("en"), json!("fr")]), None),
                     ],
-                    vec![condition("tags", Some(json!(WORDS[q])), None, None)],
+                    vec![condition("tags", Some(json!(WORDS[q * 5])), None, None)],
                 )
                 .expect("filter");
                 out.push(SearchRequest {
