@@ -443,8 +443,8 @@ fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
 
 /// What a document's new version changes: the stored points of its asset are read back, a
 /// chunk whose point holds the same text at the same index (with the same offsets and
-/// metadata, so its payload stays true) is kept untouched, the others are embedded to be written, and every
-/// stored point of the asset the new version lacks is stale. A version that a later delete
+/// metadata, so its payload stays true) is kept untouched, the others are embedded to be
+/// written, and every stored point of the asset the new version lacks is stale. A version that a later delete
 /// of the asset, or a later version already written, supersedes writes nothing.
 async fn plan_document(
     config: &WorkerConfig,

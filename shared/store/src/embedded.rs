@@ -793,8 +793,8 @@ fn empty_payload(org_id: Uuid) -> Payload {
     }
 }
 
-/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]
-/// AND NOT [seq >= before_seq]`.
+/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids] AND [every
+/// metadata must] AND NOT [seq >= before_seq] AND NOT [any metadata must_not]`.
 fn build_filter(
     org_id: Uuid,
     filter: &PointFilter,

@@ -624,8 +624,8 @@ impl RemoteStore {
     }
 }
 
-/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]
-/// AND NOT [seq >= before_seq]`.
+/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids] AND [every
+/// metadata must] AND NOT [seq >= before_seq] AND NOT [any metadata must_not]`.
 fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Filter {
     let filter_seq = filter.before_seq;
     let mut must = vec![Condition::matches(ORG_ID_KEY, org_id.to_string())];

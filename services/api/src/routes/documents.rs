@@ -104,12 +104,14 @@ impl DocumentsApi {
     ///
     /// Chunks `text` (see `POST /vectors/documents`) and queues one `document` job for the
     /// whole version. The job writes the chunks that are new or changed, leaves the ones
-    /// whose text, index and offsets are unchanged untouched, and deletes every stored point
-    /// of the asset the new version lacks; its result counts `written`, `kept` and `deleted`.
-    /// The version is a hash of the text, the options and the metadata: sending the same
-    /// again is the same job, unless the document was deleted since, when it is written again. The document is
-    /// whole when the job is `SUCCEEDED` (`GET /jobs/{job_id}`). At most 1,000,000 characters,
-    /// 1,000 chunks, 768 KiB of chunk text (413) and 8 MiB of body.
+    /// whose text, index, offsets and metadata are unchanged untouched, and deletes every
+    /// stored point of the asset the new version lacks; its result counts `written`, `kept`
+    /// and `deleted`. The version is a hash of the text, the options and the metadata:
+    /// sending the same again is the same job, unless the document was deleted since, when it
+    /// is written again. `metadata` (your own keys, see `filter.metadata` in search) is stored
+    /// in every chunk's payload under `meta`; a wrong shape is 422 with the reason. The
+    /// document is whole when the job is `SUCCEEDED` (`GET /jobs/{job_id}`). At most
+    /// 1,000,000 characters, 1,000 chunks, 768 KiB of chunk text (413) and 8 MiB of body.
     #[oai(path = "/documents/:asset_id", method = "put")]
     async fn put(
         &self,

@@ -229,10 +229,9 @@ impl IngestApi {
 
     /// Embed many segments of one asset
     ///
-    /// One job per segment, each idempotent on its own (see `POST /vectors/embed`), each with
-    /// its own `metadata`. Up to
-    /// 1,000 segments and 8 MiB per call (413 beyond the size, 422 beyond the count); segment
-    /// ids must be unique within the call. Either every segment is accepted or the call fails
+    /// One job per segment, each idempotent on its own and with its own `metadata` (see
+    /// `POST /vectors/embed`). Up to 1,000 segments and 8 MiB per call (413 beyond the size,
+    /// 422 beyond the count); segment ids must be unique within the call. Either every segment is accepted or the call fails
     /// (503): retrying it is safe.
     #[oai(path = "/vectors/embed/batch", method = "post")]
     async fn embed_batch(
