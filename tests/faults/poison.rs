@@ -37,6 +37,7 @@ async fn poison_input_fails_once_with_a_reason() {
             text,
             chunk: None,
             generation: 0,
+            metadata: Default::default(),
         });
         let job = publish_requested(&deployment.js, org, "faults", spec).await;
         deployment.ledger.must_fail(job);

@@ -416,8 +416,8 @@ async fn misspelt_fields_are_refused_on_every_json_body() {
             json!({"asset_id": "a", "segments": [{"segment_id": "s", "text": "hi"}], "model": "mock"}),
             vec![
                 (
-                    json!({"asset_id": "a", "segments": [{"segment_id": "s", "text": "hi", "metadata": {}}], "model": "mock"}),
-                    "segments[0].metadata",
+                    json!({"asset_id": "a", "segments": [{"segment_id": "s", "text": "hi", "meta": {}}], "model": "mock"}),
+                    "segments[0].meta",
                 ),
                 (
                     json!({"asset_id": "a", "segment": [{"segment_id": "s", "text": "hi"}]}),
@@ -454,6 +454,15 @@ async fn misspelt_fields_are_refused_on_every_json_body() {
                 (
                     json!({"query": "hello", "model": "mock", "top_k": 3}),
                     "top_k",
+                ),
+                (
+                    json!({"query": "hello", "model": "mock",
+                           "filter": {"metadata": {"must": [{"key": "k", "equals": 1}]}}}),
+                    "filter.metadata.must[0].equals",
+                ),
+                (
+                    json!({"query": "hello", "model": "mock", "fusion": {"methd": "rrf"}}),
+                    "fusion.methd",
                 ),
             ],
         ),

@@ -82,6 +82,7 @@ pub async fn poison_job(js: &async_nats::jetstream::Context, org: Uuid, segment:
         text: "some text".into(),
         chunk: None,
         generation: 0,
+        metadata: Default::default(),
     });
     publish_requested(js, org, "test", spec).await.to_string()
 }

@@ -26,6 +26,11 @@ const NO_TENANT_DATA: &[&str] = &["GET /healthz", "GET /readyz"];
 const SECRET_TEXT: &str = "Confidential: the northern division merger closes in March.";
 const B_TEXT: &str = "Org B writes its own words under the same names.";
 
+/// The metadata of A's points, which B's metadata filters name.
+fn a_metadata() -> Value {
+    json!({"owner": "iso-a", "year": 2024, "tags": ["merger", "march"], "draft": false})
+}
+
 /// What org A owns.
 struct Owner {
     org: Uuid,
@@ -64,16 +69,19 @@ async fn create_owner(app: &TestApp) -> Owner {
         ),
         (
             "/vectors/embed",
-            json!({"asset_id": "iso-a-doc", "segment_id": "s-1", "text": SECRET_TEXT}),
+            json!({"asset_id": "iso-a-doc", "segment_id": "s-1", "text": SECRET_TEXT,
+                   "metadata": a_metadata()}),
         ),
         (
             "/vectors/embed/batch",
             json!({"asset_id": "iso-a-batch", "model": "mock",
-                   "segments": [{"segment_id": "b-0", "text": SECRET_TEXT}]}),
+                   "segments": [{"segment_id": "b-0", "text": SECRET_TEXT,
+                                 "metadata": a_metadata()}]}),
         ),
         (
             "/vectors/documents",
-            json!({"asset_id": "iso-a-report", "text": SECRET_TEXT}),
+            json!({"asset_id": "iso-a-report", "text": SECRET_TEXT,
+                   "metadata": a_metadata()}),
         ),
     ] {
         let response = app.post_json(&token, path, &body).await;
@@ -155,6 +163,7 @@ async fn publish_poison_job(app: &TestApp, org: Uuid) -> String {
         text: SECRET_TEXT.into(),
         chunk: None,
         generation: 0,
+        metadata: Default::default(),
     });
     publish_requested(&js, org, "owner", spec).await.to_string()
 }
@@ -167,6 +176,7 @@ async fn snapshot(app: &TestApp, a: &Owner) -> BTreeMap<String, Value> {
         model: None,
         model_ver: None,
         before_seq: None,
+        meta: heimdex_domain::MetaFilter::default(),
     };
     let mut out = BTreeMap::new();
     let count = app.store.count(a.org, all()).await.expect("count");
@@ -359,9 +369,33 @@ async fn probe(app: &TestApp, a: &Owner, b: &str, label: &str) -> Option<usize> 
                 json!({"vector": a.vector, "limit": 100, "with_vector": true}),
                 json!({"query": SECRET_TEXT, "model": "mock", "limit": 100}),
             ];
+            // Metadata filters that A's points match, and ones that match every point (a
+            // negation on a key no point has): still only B's own points come back.
+            let metadata_filters = [
+                json!({"must": [{"key": "owner", "eq": "iso-a"}]}),
+                json!({"must": [{"key": "tags", "any": ["merger", "x"]}]}),
+                json!({"must": [{"key": "year", "range": {"gte": 2000}}],
+                       "must_not": [{"key": "draft", "eq": true}]}),
+                json!({"must_not": [{"key": "no-such-key", "eq": "x"}]}),
+                json!({"must_not": [{"key": "org_id", "eq": a.org.to_string()}]}),
+            ];
+            for metadata in &metadata_filters {
+                for mode in ["hybrid", "dense", "keyword"] {
+                    bodies.push(json!({"query": SECRET_TEXT, "mode": mode, "limit": 100,
+                                       "score_threshold": -1.0, "explain": true,
+                                       "filter": {"metadata": metadata}}));
+                }
+                bodies.push(
+                    json!({"vector": a.vector, "limit": 100, "score_threshold": -1.0,
+                                   "filter": {"metadata": metadata}}),
+                );
+            }
             for (asset, segment) in &a.segments {
                 bodies.push(json!({"vector": a.vector, "filter": {"asset_id": asset},
                                    "with_vector": true, "score_threshold": -1.0}));
+                bodies.push(json!({"vector": a.vector, "score_threshold": -1.0,
+                                   "filter": {"asset_id": asset,
+                                              "metadata": metadata_filters[3]}}));
                 bodies.push(json!({"query": SECRET_TEXT,
                                    "filter": {"asset_id": asset, "segment_id": segment}}));
             }

@@ -18,6 +18,7 @@ mod hybrid;
 mod idempotency;
 mod isolation;
 mod listing;
+mod metadata;
 mod metrics;
 mod overload;
 mod pipeline;

@@ -313,6 +313,7 @@ async fn poison_jobs_fail_on_the_first_attempt() {
             text: text.into(),
             chunk: None,
             generation: 0,
+            metadata: Default::default(),
         });
         let job_id = publish_requested(&js, org, "test", spec).await;
         let job = app

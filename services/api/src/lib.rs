@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod connections;
+pub mod metadata;
 pub mod metrics;
 pub mod overload;
 pub mod probes;

@@ -165,6 +165,18 @@ fn first_unknown(
         MetaSchemaRef::Inline(schema) => schema,
         MetaSchemaRef::Reference(name) => registry.schemas.get(name)?,
     };
+    // A field with a description of its own refers to its type through `allOf` (the type's
+    // `$ref` beside an inline schema holding the description, as OpenAPI 3.0 allows no
+    // siblings beside `$ref`): the type's schema is the one to check against.
+    if schema.properties.is_empty()
+        && schema.additional_properties.is_none()
+        && let Some(inner) = schema
+            .all_of
+            .iter()
+            .find(|s| matches!(s, MetaSchemaRef::Reference(_)))
+    {
+        return first_unknown(value, inner, registry, path);
+    }
     match value {
         Value::Object(fields) => {
             // A map keyed by the user (metadata): any key goes.
@@ -248,6 +260,8 @@ mod tests {
     struct Outer {
         query: String,
         filter: Option<Inner>,
+        /// A described field: its schema refers to `Inner` through `allOf`.
+        described: Option<Inner>,
         items: Option<Vec<Inner>>,
         metadata: Option<HashMap<String, Value>>,
     }
@@ -273,6 +287,13 @@ mod tests {
         assert!(
             err.contains("unknown field `items[1].asset_idd` (did you mean `items[1].asset_id`?)"),
             "{err}"
+        );
+        let err = parse(json!({"query": "q", "described": {"asset_idd": "a"}})).unwrap_err();
+        assert!(
+            err.contains(
+                "unknown field `described.asset_idd` (did you mean `described.asset_id`?)"
+            ),
+            "a field with a doc comment is checked too: {err}"
         );
         let err = parse(json!({"querry": "q"})).unwrap_err();
         assert!(

@@ -25,7 +25,7 @@ use heimdex_domain::jobs::{
     ChunkInfo, DeleteAssetParams, DeletePointParams, DocumentParams, EmbedParams, JobError,
     JobErrorCode, JobResult, JobSpec, MockParams,
 };
-use heimdex_domain::{AssetId, SegmentId, ids};
+use heimdex_domain::{AssetId, Metadata, SegmentId, ids};
 use heimdex_embed::{EmbedError, EmbedQueue, ModelError, Priority};
 use heimdex_event_store::log::{AppendError, PendingAppend};
 use heimdex_store::{NewPoint, Payload, PointFilter, StoreError};
@@ -373,6 +373,7 @@ async fn plan(
                         text,
                         chunk,
                         generation: _,
+                        metadata,
                     } = params;
                     let payload = payload(
                         job,
@@ -382,6 +383,7 @@ async fn plan(
                         model_ver,
                         text.clone(),
                         *chunk,
+                        metadata.clone(),
                     );
                     Step::Planned(upsert(config, job.org_id, payload, vector))
                 }
@@ -412,7 +414,16 @@ fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
                 config.vector_size,
             );
             let text = format!("Mock embedding for asset {asset_id}, segment {segment_id}");
-            let payload = payload(job, asset_id, segment_id, model, model_ver, text, None);
+            let payload = payload(
+                job,
+                asset_id,
+                segment_id,
+                model,
+                model_ver,
+                text,
+                None,
+                Metadata::default(),
+            );
             Step::Planned(upsert(config, job.org_id, payload, vector))
         }
         JobSpec::Embedding(params) if params.text.trim().is_empty() => Step::Done(Err(
@@ -431,9 +442,9 @@ fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
 }
 
 /// What a document's new version changes: the stored points of its asset are read back, a
-/// chunk whose point holds the same text at the same index (with the same offsets, so its
-/// payload stays true) is kept untouched, the others are embedded to be written, and every
-/// stored point of the asset the new version lacks is stale. A version that a later delete
+/// chunk whose point holds the same text at the same index (with the same offsets and
+/// metadata, so its payload stays true) is kept untouched, the others are embedded to be
+/// written, and every stored point of the asset the new version lacks is stale. A version that a later delete
 /// of the asset, or a later version already written, supersedes writes nothing.
 async fn plan_document(
     config: &WorkerConfig,
@@ -449,6 +460,7 @@ async fn plan_document(
         model,
         model_ver,
         chunks,
+        metadata,
         ..
     } = params;
     let embedder = match deps.models.get(Some(model)) {
@@ -525,9 +537,11 @@ async fn plan_document(
             model_ver,
             chunk.text.clone(),
             Some(info),
+            metadata.clone(),
         );
         let same = stored.get(id).is_some_and(|old| {
             old.text == payload.text
+                && old.meta == payload.meta
                 && old.extra.get("chunk_index") == payload.extra.get("chunk_index")
                 && old.extra.get("char_start") == payload.extra.get("char_start")
                 && old.extra.get("char_end") == payload.extra.get("char_end")
@@ -736,6 +750,7 @@ async fn embed(
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn payload(
     job: &Job<'_>,
     asset_id: &AssetId,
@@ -744,6 +759,7 @@ fn payload(
     model_ver: &str,
     text: String,
     chunk: Option<ChunkInfo>,
+    meta: Metadata,
 ) -> Payload {
     let mut extra = serde_json::Map::new();
     if let Some(ChunkInfo {
@@ -764,6 +780,7 @@ fn payload(
         model_ver: model_ver.to_owned(),
         text: Some(text),
         seq: Some(job.seq),
+        meta,
         extra,
     }
 }

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::events::{EventData, JobEvent};
 use crate::ident::{AssetId, RequestId, SegmentId};
+use crate::metadata::Metadata;
 
 /// Model name and version of the mock embedder (the Python service's contract).
 pub const MOCK_MODEL: &str = "mock";
@@ -98,6 +99,11 @@ pub struct EmbedParams {
     /// written before deletes had generations, whose keys therefore did not change.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u64,
+    /// The segment's metadata, stored in its point's payload under `meta`. Part of the job
+    /// key: changed metadata is a new job that rewrites the point. Absent when empty, so jobs
+    /// without metadata keep the keys they had before metadata existed.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
 }
 
 /// `PUT /documents/{asset_id}` (and `POST /vectors/documents`): a whole document, cut into
@@ -118,6 +124,10 @@ pub struct DocumentParams {
     pub generation: u64,
     /// The chunks, in order: chunk `n` is segment `chunk-<n>`.
     pub chunks: Vec<DocumentChunk>,
+    /// The document's metadata, stored in every chunk's payload under `meta`. Part of the
+    /// version: changed metadata is a new version, which rewrites every chunk.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub metadata: Metadata,
 }
 
 /// One chunk of a document: its text and where it sits (offsets in chars).
@@ -581,6 +591,44 @@ mod tests {
     }
 
     #[test]
+    fn jobs_without_metadata_keep_the_keys_they_had_before_metadata() {
+        let params = EmbedParams {
+            asset_id: AssetId::parse("a").unwrap(),
+            segment_id: SegmentId::parse("s").unwrap(),
+            model: "mock".into(),
+            model_ver: "v1".into(),
+            text: "hello".into(),
+            chunk: None,
+            generation: 0,
+            metadata: crate::Metadata::default(),
+        };
+        let json = serde_json::to_value(&params).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"asset_id": "a", "segment_id": "s", "model": "mock",
+                               "model_ver": "v1", "text": "hello"})
+        );
+        assert_eq!(serde_json::from_value::<EmbedParams>(json).unwrap(), params);
+        let with = EmbedParams {
+            metadata: crate::Metadata::from_json(serde_json::json!({"k": 1})).unwrap(),
+            ..params.clone()
+        };
+        assert_ne!(
+            crate::ids::job_key(
+                Uuid::nil(),
+                "embedding",
+                &serde_json::to_value(&with).unwrap()
+            ),
+            crate::ids::job_key(
+                Uuid::nil(),
+                "embedding",
+                &serde_json::to_value(&params).unwrap()
+            ),
+            "metadata names the job"
+        );
+    }
+
+    #[test]
     fn every_job_type_round_trips_and_names_itself() {
         let specs = [
             JobSpec::MockEmbedding(mock_params("a", "s")),
@@ -596,6 +644,7 @@ mod tests {
                     char_end: 5,
                 }),
                 generation: 3,
+                metadata: crate::Metadata::from_json(serde_json::json!({"lang": "en"})).unwrap(),
             }),
             JobSpec::Document(DocumentParams {
                 asset_id: AssetId::parse("a").unwrap(),
@@ -608,6 +657,7 @@ mod tests {
                     char_start: 0,
                     char_end: 5,
                 }],
+                metadata: crate::Metadata::from_json(serde_json::json!({"tags": ["a"]})).unwrap(),
             }),
             JobSpec::DeletePoint(DeletePointParams {
                 point_id: Uuid::from_u128(7),

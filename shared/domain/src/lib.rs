@@ -9,5 +9,7 @@ pub mod events;
 pub mod ident;
 pub mod ids;
 pub mod jobs;
+pub mod metadata;
 
 pub use ident::{AssetId, IdentError, RequestId, SegmentId};
+pub use metadata::{MetaFilter, Metadata};

@@ -22,19 +22,20 @@ use std::collections::HashMap;
 
 use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::{
-    Condition, CountRequest, CreateIndex, CreateVectorName, DEFAULT_VECTOR_NAME, Distance,
-    EdgeConfig, EdgeShard, EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder, FieldCondition,
-    FieldIndexOperations, Filter, HasVectorCondition, JsonPath, KeywordIndexParams, Match,
-    Modifier, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams, PointId,
-    PointInsertOperations, PointOperations, PointStructPersisted, PointVectorsPersisted, Prefetch,
-    QueryEnum, QueryRequest, Range, ScoringQuery, ScrollRequest, SparseVectorConfig,
-    UpdateOperation, UpdateVectorsOp, VectorInternal, VectorNameConfig, VectorNameOperations,
-    VectorOperations, VectorPersisted, VectorStructInternal, VectorStructPersisted,
-    WithPayloadInterface, WithVector,
+    AnyVariants, Condition, CountRequest, CreateIndex, CreateVectorName, DEFAULT_VECTOR_NAME,
+    Distance, EdgeConfig, EdgeShard, EdgeSparseVectorParamsBuilder, EdgeVectorParamsBuilder,
+    FieldCondition, FieldIndexOperations, Filter, HasVectorCondition, JsonPath, KeywordIndexParams,
+    Match, MatchAny, Modifier, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams,
+    PointId, PointInsertOperations, PointOperations, PointStructPersisted, PointVectorsPersisted,
+    Prefetch, QueryEnum, QueryRequest, Range, ScoringQuery, ScrollRequest, SparseVectorConfig,
+    UpdateOperation, UpdateVectorsOp, ValueVariants, VectorInternal, VectorNameConfig,
+    VectorNameOperations, VectorOperations, VectorPersisted, VectorStructInternal,
+    VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
 use crate::keyword::{KEYWORD_VECTOR, SparseVector};
+use crate::meta::{self, MetaCond};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
 use crate::{
@@ -787,12 +788,13 @@ fn empty_payload(org_id: Uuid) -> Payload {
         model_ver: String::new(),
         text: None,
         seq: None,
+        meta: heimdex_domain::Metadata::default(),
         extra: serde_json::Map::new(),
     }
 }
 
-/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]
-/// AND NOT [seq >= before_seq]`.
+/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids] AND [every
+/// metadata must] AND NOT [seq >= before_seq] AND NOT [any metadata must_not]`.
 fn build_filter(
     org_id: Uuid,
     filter: &PointFilter,
@@ -822,21 +824,64 @@ fn build_filter(
             ids.iter().map(|id| PointId::Uuid(*id)).collect(),
         ));
     }
+    let (meta_must, meta_must_not) = meta::plan(&filter.meta);
+    for cond in &meta_must {
+        must.push(meta_condition(cond)?);
+    }
+    let mut must_not = Vec::new();
     // `NOT seq >= s` rather than `seq < s`: a point without `seq` matches.
-    let must_not = filter.before_seq.map(|seq| {
-        vec![Condition::Field(FieldCondition::new_range(
-            json_path(SEQ_KEY).expect("`seq` is a valid key"),
+    if let Some(seq) = filter.before_seq {
+        must_not.push(Condition::Field(FieldCondition::new_range(
+            json_path(SEQ_KEY)?,
             Range {
                 gte: Some(OrderedFloat(seq as f64)),
                 ..Range::default()
             },
-        ))]
-    });
+        )));
+    }
+    for cond in &meta_must_not {
+        must_not.push(meta_condition(cond)?);
+    }
     Ok(Filter {
         should: None,
         min_should: None,
         must: Some(must),
-        must_not,
+        must_not: (!must_not.is_empty()).then_some(must_not),
+    })
+}
+
+/// A metadata condition ([`meta`]) in Qdrant Edge's types.
+fn meta_condition(cond: &MetaCond) -> Result<Condition, StoreError> {
+    Ok(match cond {
+        MetaCond::Keyword { path, value } => Condition::Field(FieldCondition::new_match(
+            json_path(path)?,
+            Match::new_value(ValueVariants::String(value.clone())),
+        )),
+        MetaCond::Keywords { path, values } => Condition::Field(FieldCondition::new_match(
+            json_path(path)?,
+            Match::Any(MatchAny {
+                any: AnyVariants::Strings(values.iter().cloned().collect()),
+            }),
+        )),
+        MetaCond::Bool { path, value } => Condition::Field(FieldCondition::new_match(
+            json_path(path)?,
+            Match::new_value(ValueVariants::Bool(*value)),
+        )),
+        MetaCond::Range { path, range } => Condition::Field(FieldCondition::new_range(
+            json_path(path)?,
+            Range {
+                gt: range.gt.map(OrderedFloat),
+                gte: range.gte.map(OrderedFloat),
+                lt: range.lt.map(OrderedFloat),
+                lte: range.lte.map(OrderedFloat),
+            },
+        )),
+        MetaCond::AnyOf(conds) => Condition::Filter(Filter {
+            should: Some(conds.iter().map(meta_condition).collect::<Result<_, _>>()?),
+            min_should: None,
+            must: None,
+            must_not: None,
+        }),
     })
 }
 

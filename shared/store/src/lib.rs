@@ -39,6 +39,7 @@
 
 mod embedded;
 pub mod keyword;
+pub mod meta;
 mod metered;
 pub mod query;
 mod remote;
@@ -48,6 +49,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use heimdex_domain::{MetaFilter, Metadata};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -60,7 +62,7 @@ pub use remote::RemoteStore;
 
 /// Payload field names that are stored as first-class fields of [`Payload`]. They may not
 /// appear in [`Payload::extra`].
-pub const RESERVED_PAYLOAD_KEYS: [&str; 7] = [
+pub const RESERVED_PAYLOAD_KEYS: [&str; 8] = [
     "org_id",
     "asset_id",
     "segment_id",
@@ -68,7 +70,13 @@ pub const RESERVED_PAYLOAD_KEYS: [&str; 7] = [
     "model_ver",
     "text",
     "seq",
+    "meta",
 ];
+
+/// Payload key holding the client's metadata, an object: a client's key `k` is the payload
+/// path `meta.k`, so no client key can reach (or shadow) a key of Heimdex's own. Not indexed:
+/// the keys are the client's, unknown ahead of time (see [`meta`]).
+pub const META_KEY: &str = "meta";
 
 /// Payload key holding the stream sequence of the job that wrote the point (see
 /// [`Payload::seq`]).
@@ -139,6 +147,9 @@ pub struct Payload {
     /// points written before sequences were recorded (they count as older than any delete).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The client's metadata, under [`META_KEY`] (absent when empty).
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub meta: Metadata,
     /// Free-form extra fields. Keys must not be one of [`RESERVED_PAYLOAD_KEYS`].
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -193,7 +204,7 @@ pub struct Ranked {
 }
 
 /// Optional extra conditions, AND-ed with the mandatory `org_id` condition.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PointFilter {
     pub asset_id: Option<String>,
     pub segment_id: Option<String>,
@@ -204,6 +215,9 @@ pub struct PointFilter {
     /// Only points written before this stream sequence (or with none recorded): what a delete
     /// at that sequence may remove.
     pub before_seq: Option<u64>,
+    /// Conditions on the client's metadata ([`meta`]): its `must` are AND-ed with the rest,
+    /// its `must_not` exclude.
+    pub meta: MetaFilter,
 }
 
 /// A search, always scoped to one org. See [`SearchMode`] for what each mode needs.
@@ -550,6 +564,7 @@ mod tests {
             model_ver: "1".into(),
             text: None,
             seq: None,
+            meta: Metadata::default(),
             extra: serde_json::Map::new(),
         }
     }

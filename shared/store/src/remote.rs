@@ -25,6 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
 
 use crate::keyword::{KEYWORD_VECTOR, SparseVector};
+use crate::meta::{self, MetaCond};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
 use crate::{
@@ -623,8 +624,8 @@ impl RemoteStore {
     }
 }
 
-/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids]
-/// AND NOT [seq >= before_seq]`.
+/// `org_id == org AND [asset_id == ..] AND [segment_id == ..] AND [id in ids] AND [every
+/// metadata must] AND NOT [seq >= before_seq] AND NOT [any metadata must_not]`.
 fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Filter {
     let filter_seq = filter.before_seq;
     let mut must = vec![Condition::matches(ORG_ID_KEY, org_id.to_string())];
@@ -643,6 +644,8 @@ fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Fil
     if let Some(ids) = ids {
         must.push(Condition::has_id(ids.iter().map(|id| id.to_string())));
     }
+    let (meta_must, meta_must_not) = meta::plan(&filter.meta);
+    must.extend(meta_must.iter().map(meta_condition));
     let mut filter = Filter::must(must);
     if let Some(seq) = filter_seq {
         // `NOT seq >= s` rather than `seq < s`: a point without `seq` matches.
@@ -655,6 +658,28 @@ fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Fil
         ));
     }
     filter
+        .must_not
+        .extend(meta_must_not.iter().map(meta_condition));
+    filter
+}
+
+/// A metadata condition ([`meta`]) in the gRPC API's types.
+fn meta_condition(cond: &MetaCond) -> Condition {
+    match cond {
+        MetaCond::Keyword { path, value } => Condition::matches(path.as_str(), value.clone()),
+        MetaCond::Keywords { path, values } => Condition::matches(path.as_str(), values.clone()),
+        MetaCond::Bool { path, value } => Condition::matches(path.as_str(), *value),
+        MetaCond::Range { path, range } => Condition::range(
+            path.as_str(),
+            Range {
+                gt: range.gt,
+                gte: range.gte,
+                lt: range.lt,
+                lte: range.lte,
+            },
+        ),
+        MetaCond::AnyOf(conds) => Condition::from(Filter::should(conds.iter().map(meta_condition))),
+    }
 }
 
 fn uuid_of(id: Option<PointId>) -> Result<Uuid, StoreError> {

@@ -17,6 +17,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use heimdex_domain::Metadata;
+use heimdex_domain::metadata::{MetaCondition, MetaFilter, MetaRange};
 use heimdex_store::{
     Backend, Fusion, Mmr, NewPoint, Payload, PointFilter, ScoredPoint, SearchMode, SearchRequest,
     StoreConfig, StoreError, StoreKind, VectorStore, l2_normalized, open,
@@ -35,6 +37,7 @@ fn payload(org_id: Uuid, asset_id: &str, segment_id: &str) -> Payload {
         model_ver: "1".to_owned(),
         text: None,
         seq: None,
+        meta: Metadata::default(),
         extra: serde_json::Map::new(),
     }
 }
@@ -308,6 +311,9 @@ contract_tests!(
     explain_shows_each_list,
     tenant_isolation_in_every_mode,
     invalid_searches_are_rejected,
+    metadata_is_stored_under_meta,
+    metadata_filters,
+    tenant_isolation_with_metadata_filters,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1538,6 +1544,363 @@ mod contract {
         req.mode = SearchMode::Hybrid;
         invalid(req).await;
     }
+
+    fn meta(value: serde_json::Value) -> Metadata {
+        Metadata::from_json(value).expect("valid metadata")
+    }
+
+    fn eq(key: &str, value: serde_json::Value) -> MetaCondition {
+        MetaCondition::parse(key, Some(value), None, None).expect("condition")
+    }
+
+    fn any(key: &str, values: Vec<serde_json::Value>) -> MetaCondition {
+        MetaCondition::parse(key, None, Some(values), None).expect("condition")
+    }
+
+    fn range(key: &str, range: MetaRange) -> MetaCondition {
+        MetaCondition::parse(key, None, None, Some(range)).expect("condition")
+    }
+
+    fn meta_filter(must: Vec<MetaCondition>, must_not: Vec<MetaCondition>) -> PointFilter {
+        PointFilter {
+            meta: MetaFilter::new(must, must_not).expect("filter"),
+            ..PointFilter::default()
+        }
+    }
+
+    pub async fn metadata_is_stored_under_meta(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        let mut p = point(org, "a", "s", [1.0, 0.0, 0.0, 0.0]);
+        p.payload.meta = meta(json!({
+            "lang": "en", "year": 2004, "score": 2.0, "ratio": 0.25, "draft": false,
+            "tags": ["x", "y"], "org_id": "not-the-tenant"
+        }));
+        store.upsert(vec![p.clone()]).await.expect("upsert");
+        let got = store
+            .get(org, p.id, false)
+            .await
+            .expect("get")
+            .expect("present");
+        assert_eq!(got.payload, p.payload, "integers and floats kept apart");
+        assert_eq!(
+            got.payload.org_id, org,
+            "a metadata key cannot shadow org_id"
+        );
+        // `meta` is Heimdex's key: a free-form extra field may not take it.
+        let mut bad = point(org, "a", "s2", [1.0, 0.0, 0.0, 0.0]);
+        bad.payload
+            .extra
+            .insert("meta".into(), json!({"lang": "en"}));
+        assert!(matches!(
+            store.upsert(vec![bad]).await,
+            Err(StoreError::InvalidInput(_))
+        ));
+    }
+
+    pub async fn metadata_filters(store: Arc<dyn VectorStore>) {
+        let org = Uuid::new_v4();
+        let docs = [
+            (
+                "en-2004",
+                json!({"lang": "en", "year": 2004, "draft": false, "tags": ["a", "b"]}),
+            ),
+            (
+                "de-1999",
+                json!({"lang": "de", "year": 1999, "draft": true, "tags": ["b"]}),
+            ),
+            (
+                "en-2010",
+                json!({"lang": "en", "year": 2010.0, "score": 0.5, "tags": []}),
+            ),
+            (
+                "str-year",
+                json!({"lang": "fr", "year": "2004", "tags": ["c"]}),
+            ),
+            ("bare", json!({})),
+        ];
+        let mut by_name = std::collections::HashMap::new();
+        let mut points = Vec::new();
+        for (i, (name, m)) in docs.iter().enumerate() {
+            let mut p = point(org, "lib", name, [1.0, i as f32 * 0.1, 0.0, 0.0]);
+            p.payload.meta = meta(m.clone());
+            by_name.insert(*name, p.id);
+            points.push(p);
+        }
+        store.upsert(points).await.expect("upsert");
+        let names =
+            |expected: &[&str]| -> BTreeSet<Uuid> { expected.iter().map(|n| by_name[n]).collect() };
+        let check = |what: &'static str, filter: PointFilter, expected: &'static [&'static str]| {
+            let store = Arc::clone(&store);
+            let expected = names(expected);
+            async move {
+                let mut req = search_req(org, [1.0, 0.0, 0.0, 0.0], 10);
+                req.filter = filter.clone();
+                let hits = store.search(req).await.expect("search");
+                assert_eq!(set(hits.iter().map(|h| h.id)), expected, "search: {what}");
+                let ids = store.scroll_ids(org, filter.clone()).await.expect("scroll");
+                assert_eq!(set(ids), expected, "scroll: {what}");
+                let n = store.count(org, filter).await.expect("count");
+                assert_eq!(n, expected.len() as u64, "count: {what}");
+            }
+        };
+        let all: &[&str] = &["en-2004", "de-1999", "en-2010", "str-year", "bare"];
+
+        // Equality: strings, numbers (5 equals 5.0; never the string "5"), booleans, and an
+        // element of an array of strings.
+        check(
+            "eq string",
+            meta_filter(vec![eq("lang", json!("en"))], vec![]),
+            &["en-2004", "en-2010"],
+        )
+        .await;
+        check(
+            "eq integer",
+            meta_filter(vec![eq("year", json!(2004))], vec![]),
+            &["en-2004"],
+        )
+        .await;
+        check(
+            "eq 2010 matches 2010.0",
+            meta_filter(vec![eq("year", json!(2010))], vec![]),
+            &["en-2010"],
+        )
+        .await;
+        check(
+            "eq float",
+            meta_filter(vec![eq("score", json!(0.5))], vec![]),
+            &["en-2010"],
+        )
+        .await;
+        check(
+            "eq string \"2004\" is not 2004",
+            meta_filter(vec![eq("year", json!("2004"))], vec![]),
+            &["str-year"],
+        )
+        .await;
+        check(
+            "eq bool",
+            meta_filter(vec![eq("draft", json!(true))], vec![]),
+            &["de-1999"],
+        )
+        .await;
+        check(
+            "eq array element",
+            meta_filter(vec![eq("tags", json!("b"))], vec![]),
+            &["en-2004", "de-1999"],
+        )
+        .await;
+        // Any-of: strings, numbers, and both kinds at once (a string and a number value).
+        check(
+            "any strings",
+            meta_filter(vec![any("lang", vec![json!("de"), json!("fr")])], vec![]),
+            &["de-1999", "str-year"],
+        )
+        .await;
+        check(
+            "any array elements",
+            meta_filter(vec![any("tags", vec![json!("a"), json!("c")])], vec![]),
+            &["en-2004", "str-year"],
+        )
+        .await;
+        check(
+            "any numbers",
+            meta_filter(vec![any("year", vec![json!(1999), json!(2010)])], vec![]),
+            &["de-1999", "en-2010"],
+        )
+        .await;
+        check(
+            "any mixed",
+            meta_filter(vec![any("year", vec![json!("2004"), json!(2004)])], vec![]),
+            &["en-2004", "str-year"],
+        )
+        .await;
+        // Ranges: numbers only (the string "2004" is in no range), bounds open or closed.
+        let r = |gt, gte, lt, lte| MetaRange { gt, gte, lt, lte };
+        check(
+            "range gte lt",
+            meta_filter(
+                vec![range("year", r(None, Some(2000.0), Some(2010.0), None))],
+                vec![],
+            ),
+            &["en-2004"],
+        )
+        .await;
+        check(
+            "range gt lte",
+            meta_filter(
+                vec![range("year", r(Some(1999.0), None, None, Some(2010.0)))],
+                vec![],
+            ),
+            &["en-2004", "en-2010"],
+        )
+        .await;
+        check(
+            "range one bound",
+            meta_filter(
+                vec![range("year", r(None, None, Some(2005.0), None))],
+                vec![],
+            ),
+            &["en-2004", "de-1999"],
+        )
+        .await;
+        // Negation: a point without the key is kept.
+        check(
+            "must_not eq",
+            meta_filter(vec![], vec![eq("lang", json!("en"))]),
+            &["de-1999", "str-year", "bare"],
+        )
+        .await;
+        check(
+            "must_not bool",
+            meta_filter(vec![], vec![eq("draft", json!(true))]),
+            &["en-2004", "en-2010", "str-year", "bare"],
+        )
+        .await;
+        check(
+            "must_not range",
+            meta_filter(
+                vec![],
+                vec![range("year", r(None, Some(2000.0), None, None))],
+            ),
+            &["de-1999", "str-year", "bare"],
+        )
+        .await;
+        check(
+            "must_not any",
+            meta_filter(vec![], vec![any("tags", vec![json!("a"), json!("c")])]),
+            &["de-1999", "en-2010", "bare"],
+        )
+        .await;
+        // Conditions are AND-ed.
+        check(
+            "and",
+            meta_filter(
+                vec![
+                    eq("lang", json!("en")),
+                    range("year", r(None, Some(2005.0), None, None)),
+                ],
+                vec![eq("draft", json!(true))],
+            ),
+            &["en-2010"],
+        )
+        .await;
+        // A key no point has: every positive test matches nothing, negation everything.
+        check(
+            "missing eq",
+            meta_filter(vec![eq("nope", json!("x"))], vec![]),
+            &[],
+        )
+        .await;
+        check(
+            "missing eq number",
+            meta_filter(vec![eq("nope", json!(1))], vec![]),
+            &[],
+        )
+        .await;
+        check(
+            "missing any",
+            meta_filter(vec![any("nope", vec![json!("x"), json!(1)])], vec![]),
+            &[],
+        )
+        .await;
+        check(
+            "missing range",
+            meta_filter(vec![range("nope", r(None, Some(0.0), None, None))], vec![]),
+            &[],
+        )
+        .await;
+        check(
+            "missing must_not",
+            meta_filter(vec![], vec![eq("nope", json!("x"))]),
+            all,
+        )
+        .await;
+        // An empty array holds no value: it equals nothing.
+        check(
+            "empty array",
+            meta_filter(
+                vec![],
+                vec![any("tags", vec![json!("a"), json!("b"), json!("c")])],
+            ),
+            &["en-2010", "bare"],
+        )
+        .await;
+        // The same filter drives deletes.
+        let deleted = store
+            .delete_by_filter(org, meta_filter(vec![eq("lang", json!("en"))], vec![]))
+            .await
+            .expect("delete");
+        assert_eq!(deleted, 2);
+        check(
+            "after delete",
+            PointFilter::default(),
+            &["de-1999", "str-year", "bare"],
+        )
+        .await;
+    }
+
+    pub async fn tenant_isolation_with_metadata_filters(store: Arc<dyn VectorStore>) {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut points = Vec::new();
+        for org in [a, b] {
+            for (i, lang) in ["en", "de"].iter().enumerate() {
+                let mut p = point(org, "doc", &format!("s{i}"), [1.0, i as f32, 0.0, 0.0]);
+                p.payload.meta = meta(json!({"lang": lang, "year": 2000 + i}));
+                points.push(p);
+            }
+        }
+        let b_ids: BTreeSet<Uuid> = points
+            .iter()
+            .filter(|p| p.payload.org_id == b)
+            .map(|p| p.id)
+            .collect();
+        store.upsert(points).await.expect("upsert");
+        // Filters that match everything or anything must still see only the caller's points:
+        // negation on a missing key, an any-of, a wide range, in every search mode.
+        let filters = [
+            meta_filter(vec![], vec![eq("nope", json!("x"))]),
+            meta_filter(vec![any("lang", vec![json!("en"), json!("de")])], vec![]),
+            meta_filter(
+                vec![range(
+                    "year",
+                    MetaRange {
+                        gte: Some(0.0),
+                        ..MetaRange::default()
+                    },
+                )],
+                vec![],
+            ),
+            meta_filter(vec![], vec![eq("org_id", json!(a.to_string()))]),
+        ];
+        for filter in filters {
+            for mode in [SearchMode::Dense, SearchMode::Keyword, SearchMode::Hybrid] {
+                let mut req = SearchRequest::hybrid(b, vec![1.0, 0.0, 0.0, 0.0], "doc", 10);
+                req.mode = mode;
+                req.filter = filter.clone();
+                let hits = store.search(req).await.expect("search");
+                assert!(
+                    hits.iter()
+                        .all(|h| b_ids.contains(&h.id) && h.payload.org_id == b),
+                    "{mode:?} {filter:?}"
+                );
+            }
+            assert_eq!(
+                set(store.scroll_ids(b, filter.clone()).await.expect("scroll")),
+                b_ids
+            );
+            assert_eq!(store.count(b, filter.clone()).await.expect("count"), 2);
+        }
+        // A delete with a filter that matches everything removes only the caller's points.
+        let everything = meta_filter(vec![], vec![eq("nope", json!("x"))]);
+        assert_eq!(
+            store
+                .delete_by_filter(b, everything.clone())
+                .await
+                .expect("delete"),
+            2
+        );
+        assert_eq!(store.count(a, everything).await.expect("count"), 2);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1592,6 +1955,13 @@ mod ranking {
                 let text = (0..6 + i).map(|_| rng.word()).collect::<Vec<_>>().join(" ");
                 let mut payload = payload(org, &format!("asset-{}", i % 7), &format!("s-{i}"));
                 payload.text = Some(text);
+                let lang = ["en", "de", "fr"][i % 3];
+                payload.meta = Metadata::from_json(json!({
+                    "year": 1990 + i % 30,
+                    "lang": lang,
+                    "tags": [WORDS[i % 40], WORDS[(i * 7) % 40]],
+                }))
+                .expect("metadata");
                 NewPoint {
                     id: Uuid::from_u128(0x1000 + i as u128),
                     vector: rng.vector(),
@@ -1651,6 +2021,43 @@ mod ranking {
                     },
                     ..base.clone()
                 });
+                // A metadata filter: every kind of test at once. Not in hybrid mode: the
+                // filter leaves BM25 ties in the keyword list (scores equal as f32), and how
+                // the engine orders a tie before fusing is its own choice, which moves fused
+                // scores. The filter is the same condition in every list, so the dense and
+                // the keyword list check its translation.
+                if mode == SearchMode::Hybrid {
+                    continue;
+                }
+                let condition = |key: &str, eq, any, range| {
+                    MetaCondition::parse(key, eq, any, range).expect("condition")
+                };
+                let meta = MetaFilter::new(
+                    vec![
+                        condition(
+                            "year",
+                            None,
+                            None,
+                            Some(MetaRange {
+                                gte: Some(1995.0),
+                                lt: Some(2015.0),
+                                ..MetaRange::default()
+                            }),
+                        ),
+                        condition("lang", None, Some(vec![json!("en"), json!("fr")]), None),
+                    ],
+                    vec![condition("tags", Some(json!(WORDS[q * 5])), None, None)],
+                )
+                .expect("filter");
+                out.push(SearchRequest {
+                    mode,
+                    fusion,
+                    filter: PointFilter {
+                        meta,
+                        ..PointFilter::default()
+                    },
+                    ..base.clone()
+                });
             }
         }
         out
@@ -1689,8 +2096,12 @@ mod ranking {
         assert_eq!(expected.len(), actual.len());
         for ((want, got), req) in expected.iter().zip(actual).zip(&requests) {
             let context = format!(
-                "{what}: {:?} {:?} mmr={:?} offset={}",
-                req.mode, req.fusion, req.mmr, req.offset
+                "{what}: {:?} {:?} mmr={:?} offset={} metadata filter={}",
+                req.mode,
+                req.fusion,
+                req.mmr,
+                req.offset,
+                !req.filter.meta.is_empty()
             );
             assert!(!want.is_empty(), "{context}: no results to compare");
             assert_eq!(ids(want), ids(got), "{context}");

@@ -12,12 +12,13 @@ use uuid::Uuid;
 
 use heimdex_domain::ids::{self, Target};
 use heimdex_domain::jobs::{DocumentChunk, DocumentParams, JobSpec};
-use heimdex_domain::{AssetId, SegmentId};
+use heimdex_domain::{AssetId, Metadata, SegmentId};
 use heimdex_embed::ChunkOptions;
 use heimdex_store::PointFilter;
 
 use crate::AppState;
 use crate::auth::{BearerAuth, Principal};
+use crate::metadata::{MetadataBody, parse_metadata};
 use crate::problem::{ApiError, ProblemResponse};
 use crate::routes::ingest::{
     ChunkJob, ChunkRequest, DocumentAccepted, MAX_DOCUMENT_CHARS, MAX_SEGMENTS, chunk_options,
@@ -51,6 +52,9 @@ pub struct PutDocument {
     /// Model name (`minilm-l6-v2`, the default, or `mock`).
     pub model: Option<StrictString>,
     pub chunk: Option<ChunkRequest>,
+    /// Stored in every chunk's payload under `meta` (searchable with `filter.metadata`).
+    /// Part of the version: changed metadata is a new version, which rewrites every chunk.
+    pub metadata: Option<MetadataBody>,
 }
 
 /// One stored chunk of a document.
@@ -68,6 +72,9 @@ pub struct StoredChunk {
     pub model_ver: String,
     #[oai(skip_serializing_if_is_none)]
     pub text: Option<String>,
+    /// The chunk's metadata, when it has any.
+    #[oai(skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 /// `GET /documents/{asset_id}` answer: the document's points as stored, in chunk order.
@@ -97,12 +104,14 @@ impl DocumentsApi {
     ///
     /// Chunks `text` (see `POST /vectors/documents`) and queues one `document` job for the
     /// whole version. The job writes the chunks that are new or changed, leaves the ones
-    /// whose text, index and offsets are unchanged untouched, and deletes every stored point
-    /// of the asset the new version lacks; its result counts `written`, `kept` and `deleted`.
-    /// The version is a hash of the text and the options: sending the same again is the same
-    /// job, unless the document was deleted since, when it is written again. The document is
-    /// whole when the job is `SUCCEEDED` (`GET /jobs/{job_id}`). At most 1,000,000 characters,
-    /// 1,000 chunks, 768 KiB of chunk text (413) and 8 MiB of body.
+    /// whose text, index, offsets and metadata are unchanged untouched, and deletes every
+    /// stored point of the asset the new version lacks; its result counts `written`, `kept`
+    /// and `deleted`. The version is a hash of the text, the options and the metadata:
+    /// sending the same again is the same job, unless the document was deleted since, when it
+    /// is written again. `metadata` (your own keys, see `filter.metadata` in search) is stored
+    /// in every chunk's payload under `meta`; a wrong shape is 422 with the reason. The
+    /// document is whole when the job is `SUCCEEDED` (`GET /jobs/{job_id}`). At most
+    /// 1,000,000 characters, 1,000 chunks, 768 KiB of chunk text (413) and 8 MiB of body.
     #[oai(path = "/documents/:asset_id", method = "put")]
     async fn put(
         &self,
@@ -110,7 +119,12 @@ impl DocumentsApi {
         asset_id: Path<String>,
         body: Json<Known<PutDocument>>,
     ) -> Result<PutResponse, ProblemResponse> {
-        let PutDocument { text, model, chunk } = body.0.0;
+        let PutDocument {
+            text,
+            model,
+            chunk,
+            metadata,
+        } = body.0.0;
         let accepted = submit_document(
             &self.state,
             &auth.0,
@@ -118,6 +132,7 @@ impl DocumentsApi {
             text.0,
             model.map(|m| m.0),
             chunk.unwrap_or_default(),
+            metadata,
         )
         .await?;
         Ok(PutResponse::Accepted(Json(accepted)))
@@ -161,6 +176,7 @@ impl DocumentsApi {
                 model: point.payload.model,
                 model_ver: point.payload.model_ver,
                 text: point.payload.text,
+                metadata: (!point.payload.meta.is_empty()).then(|| point.payload.meta.to_json()),
             })
             .collect();
         chunks.sort_by(|a, b| {
@@ -198,6 +214,10 @@ struct VersionOptions<'a> {
     model_ver: &'a str,
     max_tokens: usize,
     overlap: usize,
+    /// Absent when empty, so a document without metadata keeps the version it had before
+    /// metadata existed.
+    #[serde(skip_serializing_if = "Metadata::is_empty")]
+    metadata: &'a Metadata,
 }
 
 /// Validates and chunks a document, and submits its `document` job.
@@ -208,8 +228,10 @@ pub(crate) async fn submit_document(
     text: String,
     model: Option<String>,
     chunk: ChunkRequest,
+    metadata: Option<MetadataBody>,
 ) -> Result<DocumentAccepted, ApiError> {
     let asset_id: AssetId = parse_ident("asset_id", asset_id)?;
+    let metadata = parse_metadata("metadata", metadata)?;
     let chars = text.chars().count();
     if chars > MAX_DOCUMENT_CHARS {
         return Err(ApiError::Validation(format!(
@@ -236,6 +258,7 @@ pub(crate) async fn submit_document(
             model_ver: embedder.model_ver(),
             max_tokens: options.max_tokens,
             overlap: options.overlap,
+            metadata: &metadata,
         },
     );
 
@@ -298,6 +321,7 @@ pub(crate) async fn submit_document(
         model_ver: embedder.model_ver().to_owned(),
         generation,
         chunks,
+        metadata,
     });
     let submitted = state.submitter.submit(principal, spec).await?;
     Ok(DocumentAccepted {

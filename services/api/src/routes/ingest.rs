@@ -11,11 +11,12 @@ use uuid::Uuid;
 use crate::auth::Principal;
 use heimdex_domain::ids::Target;
 use heimdex_domain::jobs::{EmbedParams, JobSpec};
-use heimdex_domain::{AssetId, SegmentId, ids};
+use heimdex_domain::{AssetId, Metadata, SegmentId, ids};
 use heimdex_embed::{ChunkOptions, Embedder};
 
 use crate::AppState;
 use crate::auth::BearerAuth;
+use crate::metadata::{MetadataBody, parse_metadata};
 use crate::problem::{ApiError, ProblemResponse};
 use crate::routes::parse_ident;
 use crate::strict::{Known, StrictString, StrictText};
@@ -50,6 +51,7 @@ pub struct EmbedRequest {
     pub text: StrictText,
     /// Model name (`minilm-l6-v2`, the default, or `mock`).
     pub model: Option<StrictString>,
+    pub metadata: Option<MetadataBody>,
 }
 
 /// One segment of a batch.
@@ -59,6 +61,7 @@ pub struct SegmentInput {
     pub segment_id: StrictString,
     /// Not blank, at most 16,384 characters.
     pub text: StrictText,
+    pub metadata: Option<MetadataBody>,
 }
 
 /// `POST /vectors/embed/batch` body: at most 1,000 segments and 8 MiB.
@@ -88,6 +91,8 @@ pub struct DocumentRequest {
     pub text: StrictText,
     pub model: Option<StrictString>,
     pub chunk: Option<ChunkRequest>,
+    /// Stored in every chunk's payload; part of the version (see `PUT /documents/{asset_id}`).
+    pub metadata: Option<MetadataBody>,
 }
 
 /// One accepted embedding job.
@@ -171,9 +176,10 @@ impl IngestApi {
     /// Embed one segment
     ///
     /// Queues a job that embeds `text` with the model and stores the vector at the segment's
-    /// point. Idempotent: the same text for the same segment and model names the same job;
-    /// changed text is a new job that overwrites the point. Empty text, text over 16,384
-    /// characters or an unknown model get 422 at once; a model whose weights are not installed
+    /// point, with `metadata` (if any) in its payload under `meta`. Idempotent: the same text
+    /// and metadata for the same segment and model name the same job; changed text or metadata
+    /// is a new job that overwrites the point. Empty text, text over 16,384 characters, bad
+    /// metadata or an unknown model get 422 at once; a model whose weights are not installed
     /// gets 503.
     #[oai(path = "/vectors/embed", method = "post")]
     async fn embed(
@@ -186,10 +192,12 @@ impl IngestApi {
             segment_id,
             text,
             model,
+            metadata,
         } = body.0.0;
         let asset_id: AssetId = parse_ident("asset_id", asset_id.0)?;
         let segment_id: SegmentId = parse_ident("segment_id", segment_id.0)?;
         validate_text("text", &text.0)?;
+        let metadata = parse_metadata("metadata", metadata)?;
         let embedder = self
             .state
             .models
@@ -200,7 +208,14 @@ impl IngestApi {
             .submitter
             .generation(&auth.0, &segment_targets(&asset_id, point_id))
             .await?;
-        let spec = embed_spec(&*embedder, &asset_id, &segment_id, text.0, generation);
+        let spec = embed_spec(
+            &*embedder,
+            &asset_id,
+            &segment_id,
+            text.0,
+            metadata,
+            generation,
+        );
         let submitted = self.state.submitter.submit(&auth.0, spec).await?;
         Ok(EmbedResponse::Accepted(Json(EmbedAccepted {
             job_id: submitted.job_id,
@@ -214,9 +229,9 @@ impl IngestApi {
 
     /// Embed many segments of one asset
     ///
-    /// One job per segment, each idempotent on its own (see `POST /vectors/embed`). Up to
-    /// 1,000 segments and 8 MiB per call (413 beyond the size, 422 beyond the count); segment
-    /// ids must be unique within the call. Either every segment is accepted or the call fails
+    /// One job per segment, each idempotent on its own and with its own `metadata` (see
+    /// `POST /vectors/embed`). Up to 1,000 segments and 8 MiB per call (413 beyond the size,
+    /// 422 beyond the count); segment ids must be unique within the call. Either every segment is accepted or the call fails
     /// (503): retrying it is safe.
     #[oai(path = "/vectors/embed/batch", method = "post")]
     async fn embed_batch(
@@ -242,12 +257,17 @@ impl IngestApi {
         }
         let mut seen = HashMap::with_capacity(segments.len());
         let mut segment_ids: Vec<SegmentId> = Vec::with_capacity(segments.len());
+        let mut metadata: Vec<Metadata> = Vec::with_capacity(segments.len());
         for (i, segment) in segments.iter().enumerate() {
             segment_ids.push(parse_ident(
                 &format!("segments[{i}].segment_id"),
                 segment.segment_id.0.clone(),
             )?);
             validate_text(&format!("segments[{i}].text"), &segment.text.0)?;
+            metadata.push(parse_metadata(
+                &format!("segments[{i}].metadata"),
+                segment.metadata.clone(),
+            )?);
             if let Some(first) = seen.insert(segment.segment_id.0.as_str(), i) {
                 return Err(ApiError::Validation(format!(
                     "segments[{i}].segment_id repeats segments[{first}].segment_id"
@@ -271,17 +291,20 @@ impl IngestApi {
         .await?;
         let mut specs = Vec::with_capacity(segments.len());
         let mut jobs = Vec::with_capacity(segments.len());
-        for (((SegmentInput { text, .. }, segment_id), point_id), generation) in segments
-            .into_iter()
-            .zip(segment_ids)
-            .zip(point_ids)
-            .zip(generations)
+        for ((((SegmentInput { text, .. }, segment_id), point_id), generation), metadata) in
+            segments
+                .into_iter()
+                .zip(segment_ids)
+                .zip(point_ids)
+                .zip(generations)
+                .zip(metadata)
         {
             specs.push(embed_spec(
                 &*embedder,
                 &asset_id,
                 &segment_id,
                 text.0,
+                metadata,
                 generation,
             ));
             jobs.push((segment_id.into_inner(), point_id));
@@ -308,7 +331,8 @@ impl IngestApi {
     /// Splits `text` into chunks of at most `chunk.max_tokens` model tokens (default 256) with
     /// `chunk.overlap` tokens shared between neighbours (default 32), cutting at sentence
     /// boundaries where it can, and queues one `document` job that stores chunk `n` as segment
-    /// `chunk-<n>`. Each point's payload carries `chunk_index`, `char_start` and `char_end`.
+    /// `chunk-<n>`. Each point's payload carries `chunk_index`, `char_start` and `char_end`,
+    /// and the document's `metadata` under `meta`.
     /// Sending the asset again replaces it: new and changed chunks are written, identical ones
     /// kept, and the chunks the new version lacks deleted. See `PUT /documents/{asset_id}`
     /// for the limits.
@@ -323,6 +347,7 @@ impl IngestApi {
             text,
             model,
             chunk,
+            metadata,
         } = body.0.0;
         let accepted = crate::routes::documents::submit_document(
             &self.state,
@@ -331,6 +356,7 @@ impl IngestApi {
             text.0,
             model.map(|m| m.0),
             chunk.unwrap_or_default(),
+            metadata,
         )
         .await?;
         Ok(DocumentResponse::Accepted(Json(accepted)))
@@ -342,6 +368,7 @@ fn embed_spec(
     asset_id: &AssetId,
     segment_id: &SegmentId,
     text: String,
+    metadata: Metadata,
     generation: u64,
 ) -> JobSpec {
     JobSpec::Embedding(EmbedParams {
@@ -352,6 +379,7 @@ fn embed_spec(
         text,
         chunk: None,
         generation,
+        metadata,
     })
 }
 

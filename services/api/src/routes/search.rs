@@ -18,6 +18,7 @@ use heimdex_store::{Fusion, Mmr, PointFilter, Ranked, SearchMode, SearchRequest 
 
 use crate::AppState;
 use crate::auth::BearerAuth;
+use crate::metadata::{MetaFilterBody, parse_filter};
 use crate::problem::{ApiError, ProblemResponse};
 use crate::routes::parse_ident;
 use crate::strict::{Known, StrictString, StrictText};
@@ -37,11 +38,19 @@ pub struct SearchApi {
     pub state: Arc<AppState>,
 }
 
-/// Narrows a search to one asset and/or segment.
+/// Narrows a search: to one asset and/or segment, and by metadata. Every condition is AND-ed
+/// with the others and with the caller's organization.
 #[derive(Object, Debug, Default)]
 pub struct SearchFilter {
     pub asset_id: Option<StrictString>,
     pub segment_id: Option<StrictString>,
+    /// Conditions on the points' `metadata`: equality (`eq`), any-of (`any`), numeric ranges
+    /// (`range`), and negation (`must_not`). For example `{"must": [{"key": "lang", "eq":
+    /// "en"}, {"key": "year", "range": {"gte": 2000, "lt": 2010}}], "must_not": [{"key":
+    /// "draft", "eq": true}]}`. A key no point has is no error: `eq`, `any` and `range` on it
+    /// match nothing, `must_not` everything. Metadata keys have no index: the filter is checked
+    /// against each candidate's payload.
+    pub metadata: Option<MetaFilterBody>,
 }
 
 /// How `hybrid` merges the dense and the keyword ranking.
@@ -296,6 +305,7 @@ impl SearchApi {
         if let Some(segment_id) = &filter.segment_id {
             parse_ident::<SegmentId>("filter.segment_id", segment_id.0.clone())?;
         }
+        let meta = parse_filter("filter.metadata", filter.metadata)?;
         let ranking = Ranking {
             mode: parse_mode(body.mode.as_ref().map(|m| m.0.as_str()))?,
             fusion: parse_fusion(body.fusion)?,
@@ -396,6 +406,7 @@ impl SearchApi {
                 model: Some(embedder.model().to_owned()),
                 model_ver: Some(embedder.model_ver().to_owned()),
                 before_seq: None,
+                meta,
             },
             score_threshold: body.score_threshold,
             with_vector: body.with_vector.unwrap_or(false),

@@ -128,6 +128,7 @@ async fn seed(events: &EventStore, org: Uuid, n: usize, failed_every: usize) -> 
                         text: "fails".into(),
                         chunk: None,
                         generation: 0,
+                        metadata: Default::default(),
                     })
                 } else {
                     JobSpec::MockEmbedding(MockParams::new(asset, segment))

@@ -26,6 +26,10 @@ pub struct IngestArgs {
     /// Tokens shared by neighbouring chunks.
     #[arg(long)]
     pub overlap: Option<u32>,
+    /// Metadata for every document sent, as a JSON object, e.g. '{"source": "wiki", "year":
+    /// 2024}' (searchable with `heimdex search --filter`).
+    #[arg(long, value_name = "JSON", value_parser = super::json_object)]
+    pub metadata: Option<Value>,
     /// Documents sent at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
@@ -64,8 +68,9 @@ pub async fn run(args: IngestArgs, settings: &Settings) -> anyhow::Result<()> {
     let sends = futures::stream::iter(documents)
         .map(|doc| {
             let (client, bar, model, chunk) = (&client, &bar, model.clone(), chunk_body.clone());
+            let metadata = args.metadata.clone();
             async move {
-                let outcome = send(client, &doc, model, chunk).await;
+                let outcome = send(client, &doc, model, chunk, metadata).await;
                 bar.inc(1);
                 bar.set_message(doc.asset_id.clone());
                 (doc, outcome)
@@ -140,6 +145,7 @@ async fn send(
     doc: &Document,
     model: Option<String>,
     chunk: serde_json::Map<String, Value>,
+    metadata: Option<Value>,
 ) -> anyhow::Result<Option<Vec<String>>> {
     let bytes = tokio::fs::read(&doc.path).await?;
     let text = String::from_utf8(bytes)
@@ -153,6 +159,9 @@ async fn send(
     }
     if !chunk.is_empty() {
         body["chunk"] = Value::Object(chunk);
+    }
+    if let Some(metadata) = metadata {
+        body["metadata"] = metadata;
     }
     let accepted = client.post("/vectors/documents", &body).await?;
     Ok(Some(

@@ -14,6 +14,16 @@ use uuid::Uuid;
 use heimdex::settings::Settings;
 
 /// The tenant the CLI uses when none is given: the one of the README's tour.
+/// A JSON object given on the command line (`--filter`, `--metadata`); the service checks
+/// what is in it.
+pub(crate) fn json_object(arg: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(arg) {
+        Ok(value @ Value::Object(_)) => Ok(value),
+        Ok(_) => Err("expected a JSON object".to_owned()),
+        Err(err) => Err(format!("not JSON: {err}")),
+    }
+}
+
 pub const DEV_ORG: &str = "550e8400-e29b-41d4-a716-446655440000";
 
 /// Where the service is and who is asking.

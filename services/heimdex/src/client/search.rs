@@ -19,6 +19,11 @@ pub struct SearchArgs {
     /// Only this asset.
     #[arg(long)]
     pub asset: Option<String>,
+    /// Only points whose metadata passes this filter: the JSON of the API's
+    /// `filter.metadata`, e.g. '{"must": [{"key": "lang", "eq": "en"}], "must_not": [{"key":
+    /// "draft", "eq": true}]}'.
+    #[arg(long, value_name = "JSON", value_parser = super::json_object)]
+    pub filter: Option<Value>,
     /// How to rank (the service's default: hybrid).
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
@@ -64,7 +69,10 @@ fn body(args: &SearchArgs) -> Value {
         body["model"] = model.as_str().into();
     }
     if let Some(asset) = &args.asset {
-        body["filter"] = json!({"asset_id": asset});
+        body["filter"]["asset_id"] = asset.as_str().into();
+    }
+    if let Some(metadata) = &args.filter {
+        body["filter"]["metadata"] = metadata.clone();
     }
     if let Some(mode) = args.mode {
         body["mode"] = mode.as_str().into();
@@ -224,5 +232,20 @@ mod tests {
         );
         let cli = Cli::parse_from(["search", "q"]);
         assert_eq!(body(&cli.args), json!({"query": "q", "limit": 5}));
+        let cli = Cli::parse_from([
+            "search",
+            "q",
+            "--asset",
+            "a.md",
+            "--filter",
+            r#"{"must": [{"key": "lang", "eq": "en"}]}"#,
+        ]);
+        assert_eq!(
+            body(&cli.args),
+            json!({"query": "q", "limit": 5, "filter": {"asset_id": "a.md",
+                   "metadata": {"must": [{"key": "lang", "eq": "en"}]}}})
+        );
+        assert!(Cli::try_parse_from(["search", "q", "--filter", "[1]"]).is_err());
+        assert!(Cli::try_parse_from(["search", "q", "--filter", "{"]).is_err());
     }
 }
