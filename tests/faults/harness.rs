@@ -90,6 +90,8 @@ pub fn heimdex_env(data_dir: &Path, nats_url: Option<&str>) -> Vec<(String, Stri
     let mut env = vec![
         ("HEIMDEX_DATA_DIR", data_dir.display().to_string()),
         ("HEIMDEX_API_ADDR", "127.0.0.1:0".to_owned()),
+        // Several workers and projectors share the host: each gets a metrics port of its own.
+        ("HEIMDEX_METRICS_ADDR", "127.0.0.1:0".to_owned()),
         ("HEIMDEX_NATS_LISTEN", "127.0.0.1:0".to_owned()),
         ("JWT_SECRET", JWT_SECRET.to_owned()),
         ("PROBE_CACHE_SEC", "1".to_owned()),

@@ -20,5 +20,6 @@ mod kill9;
 mod nats_faults;
 mod poison;
 mod projector;
+mod replace;
 mod slow_worker;
 mod store_proxy;

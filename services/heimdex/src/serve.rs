@@ -121,10 +121,24 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     heimdex_telemetry::metrics::install();
-    // Bound first: a taken metrics port stops start-up before anything else is opened.
-    let metrics_server = match metrics::listener_addr(settings.metrics_addr, roles) {
-        Some(addr) => Some(metrics::bind(addr).await?),
-        None => None,
+    // Bound first: a taken metrics address that was asked for stops start-up before anything
+    // else is opened. The default one (a process without the API, the setting unset) may be
+    // taken by a neighbour, say a second worker on the host: then this process starts without
+    // its own listener, and says so.
+    let metrics_server = match (settings.metrics_addr, metrics::listener_addr(None, roles)) {
+        (Some(addr), _) => Some(metrics::bind(addr).await?),
+        (None, Some(default)) => match metrics::bind(default).await {
+            Ok(server) => Some(server),
+            Err(err) => {
+                tracing::warn!(
+                    error = %heimdex_telemetry::ErrorChain(&err),
+                    "no /metrics for this process: its default address is taken; set \
+                     HEIMDEX_METRICS_ADDR to a free one (port 0 picks any)"
+                );
+                None
+            }
+        },
+        (None, None) => None,
     };
     let nats = infra::connect_nats(settings, nats_url, "heimdex", &shutdown).await?;
     let store: Option<Arc<dyn VectorStore>> = if roles.api || roles.worker {

@@ -103,7 +103,9 @@ pub const SETTINGS: &[Setting] = &[
         .help(
             "where a listener of its own serves Prometheus `GET /metrics`. `serve` and `api` \
              always answer `/metrics` on the API port too; `worker` and `projector`, which have \
-             no API, listen on `127.0.0.1:9464` when it is unset. See [Metrics](#metrics)",
+             no API, listen on `127.0.0.1:9464` when it is unset (if that is taken, say by a \
+             second worker on the host, the process starts without it and logs a warning; a \
+             taken address that was set stops start-up). See [Metrics](#metrics)",
         ),
     unset("NATS_URL", "nats-url").help(
         "NATS server URL, or several comma separated (the members of a cluster). If unset, \
