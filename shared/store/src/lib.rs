@@ -470,11 +470,9 @@ fn finish_hits(
     if plan.explain.is_empty() {
         return hits;
     }
-    // Each leg ranked as hits are: by score, equal scores by point id (the engine leaves their
-    // order open, so without this two adapters could explain a tie differently).
+    // Each leg's rank is its place in the engine's list: the rank fusion used. Equal scores
+    // within a leg are in the engine's order, which two engines may choose differently.
     let ranks = |list: &[(Uuid, f32)]| -> std::collections::HashMap<Uuid, Ranked> {
-        let mut list = list.to_vec();
-        list.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         list.iter()
             .enumerate()
             .map(|(i, (id, score))| {
