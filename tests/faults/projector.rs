@@ -70,6 +70,10 @@ async fn projector_kill_9_then_rebuild_gives_identical_statuses() {
     }
     assert_eq!(differing, 0, "{said}");
     assert!(said.contains("identical to HEIMDEX_JOB_STATUS"), "{said}");
+    assert!(
+        said.contains("documents: identical to HEIMDEX_DOCUMENTS"),
+        "{said}"
+    );
 
     // A rebuild is a pure function of the stream: a second one gives the same bucket, and the
     // live bucket is never a rebuild target.

@@ -1,7 +1,8 @@
 //! Documents that stay true to their source: a new version replaces the old one (new chunks
 //! written, identical ones kept, stale ones deleted), a delete followed by identical content
 //! brings it back, and writes and deletes of the same document or point end as the stream
-//! orders them, whichever worker batch they land in.
+//! orders them, whichever worker batch they land in. `GET /documents` lists what the document
+//! projection holds, a page at a time, and a rebuild from the stream reproduces it.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -97,6 +98,38 @@ async fn got(app: &TestApp, token: &str, asset: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every document `GET /documents` lists, walking pages of `limit`; also how many pages.
+async fn listed(app: &TestApp, token: &str, limit: usize) -> (Vec<Value>, usize) {
+    let mut documents = Vec::new();
+    let mut cursor: Option<String> = None;
+    for pages in 1.. {
+        let path = match &cursor {
+            Some(cursor) => format!("/documents?limit={limit}&cursor={cursor}"),
+            None => format!("/documents?limit={limit}"),
+        };
+        let response = app.get(token, &path).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let page: Value = response.json().await.unwrap();
+        let held = page["documents"].as_array().unwrap();
+        assert!(held.len() <= limit, "{page}");
+        documents.extend(held.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return (documents, pages),
+        }
+    }
+    unreachable!()
+}
+
+/// The listed document `asset` (panics unless listed exactly once).
+async fn listed_one(app: &TestApp, token: &str, asset: &str) -> Option<Value> {
+    let (documents, _) = listed(app, token, 100).await;
+    let mut found = documents.into_iter().filter(|d| d["asset_id"] == asset);
+    let one = found.next();
+    assert!(found.next().is_none(), "{asset} listed twice");
+    one
+}
+
 async fn delete_finished(app: &TestApp, token: &str, path: &str) {
     let response = app.delete(token, path).await;
     assert_eq!(response.status(), 202, "{path}");
@@ -147,6 +180,15 @@ async fn a_document_sent_again_shorter_keeps_only_its_new_chunks() {
         .json()
         .await
         .unwrap();
+    assert_eq!(view["document"]["chunks"], 4, "{view}");
+    assert_eq!(view["document"]["version"], v2["version"], "{view}");
+    assert_eq!(view["document"]["state"], "indexed", "{view}");
+    let listed = listed_one(&app, &token, "guide").await.expect("listed");
+    assert_eq!(listed["chunks"], 4, "{listed}");
+    assert_eq!(listed["version"], v2["version"], "{listed}");
+    assert_eq!(listed["state"], "indexed", "{listed}");
+    assert_eq!(listed["job_id"], v2["job_id"], "{listed}");
+    assert_eq!(listed["source"], "text", "{listed}");
     let texts: Vec<&str> = view["chunks"]
         .as_array()
         .unwrap()
@@ -182,6 +224,7 @@ async fn identical_content_sent_after_a_delete_comes_back() {
     for delete_path in ["/documents/manual", "/assets/manual"] {
         delete_finished(&app, &token, delete_path).await;
         assert!(got(&app, &token, "manual").await.is_empty());
+        assert_eq!(listed_one(&app, &token, "manual").await, None);
         assert!(searched(&app, &token, "manual").await.is_empty());
         let back = put(&app, &token, "manual", &text(3, None)).await;
         assert_eq!(back["version"], v1["version"]);
@@ -190,6 +233,11 @@ async fn identical_content_sent_after_a_delete_comes_back() {
         assert_eq!(job["result"]["written"], 3, "{job}");
         assert_eq!(got(&app, &token, "manual").await, point_ids(&v1));
         assert_eq!(searched(&app, &token, "manual").await, point_ids(&v1));
+        let listed = listed_one(&app, &token, "manual")
+            .await
+            .expect("listed again");
+        assert_eq!(listed["state"], "indexed", "{listed}");
+        assert_eq!(listed["job_id"], back["job_id"], "{listed}");
     }
 
     // A single segment.
@@ -305,6 +353,105 @@ async fn writes_and_deletes_apply_in_stream_order_across_batches() {
     assert_eq!(
         app.get(&token, &format!("/vectors/{gone}")).await.status(),
         404
+    );
+    app.stop().await;
+}
+
+/// 25 documents, listed 10 at a time: three pages, each document once, with its state, chunk
+/// count and metadata. A document sent again (after the others were recorded) moves to the end, one deleted leaves the listing,
+/// another organization sees none of them, and a rebuild of the projections from the stream
+/// gives the same records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_listed_a_page_at_a_time_and_rebuilt_from_the_stream() {
+    let app = TestApp::spawn().await;
+    let org = Uuid::new_v4();
+    let token = app.token(org);
+
+    let mut accepted = Vec::new();
+    for n in 0..25 {
+        let mut body = body(&text(1 + n % 3, None));
+        body["metadata"] = json!({"team": if n % 2 == 0 { "red" } else { "blue" }, "n": n});
+        let response = app
+            .http
+            .put(app.url(&format!("/documents/doc-{n:02}")))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        accepted.push(response.json::<Value>().await.unwrap());
+    }
+    for a in &accepted {
+        finished(&app, &token, a).await;
+    }
+
+    let (mut documents, pages) = listed(&app, &token, 10).await;
+    assert_eq!(pages, 3);
+    // Documents recorded in one projector batch are listed in the order their writes
+    // finished, so only the set is fixed here.
+    documents.sort_by_key(|d| d["asset_id"].as_str().unwrap().to_owned());
+    let assets: Vec<&str> = documents
+        .iter()
+        .map(|d| d["asset_id"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..25).map(|n| format!("doc-{n:02}")).collect();
+    assert_eq!(assets, expected, "each document once");
+    for (n, d) in documents.iter().enumerate() {
+        assert_eq!(d["state"], "indexed", "{d}");
+        assert_eq!(d["chunks"], 1 + n % 3, "{d}");
+        assert_eq!(d["metadata"]["n"], n, "{d}");
+        assert_eq!(d["version"], accepted[n]["version"], "{d}");
+        assert_eq!(d["model"], "mock", "{d}");
+    }
+
+    // Sent again (changed): listed last, with the new version. Deleted: not listed.
+    let v2 = put(&app, &token, "doc-03", &text(5, Some(2))).await;
+    finished(&app, &token, &v2).await;
+    delete_finished(&app, &token, "/documents/doc-07").await;
+    let (documents, _) = listed(&app, &token, 10).await;
+    assert_eq!(documents.len(), 24);
+    let last = documents.last().unwrap();
+    assert_eq!(
+        (&last["asset_id"], &last["chunks"]),
+        (&json!("doc-03"), &json!(5))
+    );
+    assert_eq!(last["version"], v2["version"]);
+    assert!(documents.iter().all(|d| d["asset_id"] != "doc-07"));
+    assert_eq!(
+        documents
+            .iter()
+            .filter(|d| d["asset_id"] == "doc-03")
+            .count(),
+        1
+    );
+
+    // Another organization's listing is its own.
+    let stranger = app.token(Uuid::new_v4());
+    let (theirs, _) = listed(&app, &stranger, 10).await;
+    assert!(theirs.is_empty(), "{theirs:?}");
+    assert_eq!(app.get(&stranger, "/documents/doc-03").await.status(), 404);
+
+    // A cursor this server did not issue is refused.
+    let response = app.get(&token, "/documents?cursor=bm9wZQ").await;
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["code"], "invalid_cursor");
+
+    // The projections rebuilt from the stream equal the live ones.
+    let js = async_nats::jetstream::new(async_nats::connect(app.nats.url()).await.unwrap());
+    let defs = heimdex_event_store::jetstream::Definitions::load(&app.settings.nats).unwrap();
+    let report = heimdex_projector::rebuild::rebuild(&js, &defs, "REBUILT")
+        .await
+        .unwrap();
+    assert_eq!(report.documents, 25, "deleted ones keep their record");
+    let live = js.get_key_value("HEIMDEX_DOCUMENTS").await.unwrap();
+    let rebuilt = js.get_key_value(&report.documents_bucket).await.unwrap();
+    assert_eq!(
+        heimdex_projector::rebuild::compare_documents(&live, &rebuilt)
+            .await
+            .unwrap(),
+        Vec::<String>::new()
     );
     app.stop().await;
 }

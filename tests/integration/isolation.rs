@@ -352,6 +352,21 @@ async fn probe(app: &TestApp, a: &Owner, b: &str, label: &str) -> Option<usize> 
                 requests += 1;
             }
         }
+        "GET /documents" => {
+            for query in ["", "?limit=1"] {
+                let r = app.get(b, &format!("/documents{query}")).await;
+                // B's listing holds only the documents B sent under A's asset names (the write
+                // probes): never A's jobs, versions or metadata.
+                let page = expect(a, label, r, &[200], &[]).await;
+                for document in page["documents"].as_array().cloned().unwrap_or_default() {
+                    assert!(
+                        document.get("metadata").is_none(),
+                        "{label}{query}: {document}"
+                    );
+                }
+                requests += 1;
+            }
+        }
         // Added by the dead-letter work (issue 4): B cannot retry A's jobs.
         "POST /jobs/{job_id}/retry" => {
             for job in &a.jobs {

@@ -11,6 +11,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
 use heimdex_embed::ModelError;
+use heimdex_event_store::documents::DocumentError;
 use heimdex_event_store::log::{AppendError, LogReadError};
 use heimdex_event_store::status::StatusError;
 use heimdex_store::StoreError;
@@ -279,14 +280,23 @@ impl From<StatusError> for ApiError {
             err @ (StatusError::Read(_)
             | StatusError::Create(_)
             | StatusError::Update(_)
-            | StatusError::List(_)
-            | StatusError::Subscribe(_)
-            | StatusError::Publish(_)
-            | StatusError::ListStatus(_)
-            | StatusError::ListStalled(_)
-            | StatusError::Index(_)
+            | StatusError::Listing(_)
             | StatusError::Info(_)
             | StatusError::Stream(_)) => ApiError::nats(err),
+        }
+    }
+}
+
+impl From<DocumentError> for ApiError {
+    fn from(err: DocumentError) -> Self {
+        match err {
+            err @ DocumentError::Decode { .. } => ApiError::internal(err),
+            err @ (DocumentError::Read(_)
+            | DocumentError::Create(_)
+            | DocumentError::Update(_)
+            | DocumentError::Put(_)
+            | DocumentError::Listing(_)
+            | DocumentError::Replay(_)) => ApiError::nats(err),
         }
     }
 }

@@ -60,6 +60,8 @@ enum Command {
     Ingest(client::ingest::IngestArgs),
     /// Search a running service and print a results table.
     Search(client::search::SearchArgs),
+    /// List the documents a running service holds (asset, state, chunks, version).
+    Documents(client::documents::DocumentsArgs),
     /// Benchmarks against a running service.
     Bench {
         #[command(subcommand)]
@@ -153,6 +155,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Bench { action } => bench::run(action, &settings.api.jwt).await,
         Command::Ingest(args) => client::ingest::run(args, &settings).await,
         Command::Search(args) => client::search::run(args, &settings).await,
+        Command::Documents(args) => client::documents::run(args, &settings).await,
         Command::Serve => run_roles(settings, serve::Roles::ALL, "heimdex").await,
         Command::Api => {
             run_roles(
@@ -223,21 +226,42 @@ async fn rebuild(settings: Settings, bucket: &str) -> anyhow::Result<()> {
         infra::connect_nats(&settings, &url, "heimdex-rebuild", &shutdown::on_signal()).await?;
     let report = heimdex_projector::rebuild::rebuild(&nats.js, &nats.defs, bucket).await?;
     println!(
-        "rebuilt {} from {} events (through sequence {}): {} jobs",
-        report.bucket, report.events, report.last_seq, report.jobs
+        "rebuilt {} from {} events (through sequence {}): {} jobs; {}: {} documents",
+        report.bucket,
+        report.events,
+        report.last_seq,
+        report.jobs,
+        report.documents_bucket,
+        report.documents
     );
     let rebuilt = nats.js.get_key_value(bucket).await?;
     let differing = heimdex_projector::rebuild::compare(&nats.status, &rebuilt).await?;
+    print_comparison(
+        "statuses",
+        heimdex_event_store::jetstream::STATUS_BUCKET,
+        &differing,
+    );
+    let live = nats
+        .js
+        .get_key_value(heimdex_event_store::jetstream::DOCUMENT_BUCKET)
+        .await?;
+    let rebuilt = nats.js.get_key_value(&report.documents_bucket).await?;
+    let differing = heimdex_projector::rebuild::compare_documents(&live, &rebuilt).await?;
+    print_comparison(
+        "documents",
+        heimdex_event_store::jetstream::DOCUMENT_BUCKET,
+        &differing,
+    );
+    Ok(())
+}
+
+fn print_comparison(what: &str, live: &str, differing: &[String]) {
     if differing.is_empty() {
-        println!(
-            "identical to {}",
-            heimdex_event_store::jetstream::STATUS_BUCKET
-        );
+        println!("{what}: identical to {live}");
     } else {
         println!(
-            "{} statuses differ from {} (the live projection may still be catching up): {}",
+            "{} {what} differ from {live} (the live projection may still be catching up): {}",
             differing.len(),
-            heimdex_event_store::jetstream::STATUS_BUCKET,
             differing
                 .iter()
                 .take(10)
@@ -246,7 +270,6 @@ async fn rebuild(settings: Settings, bucket: &str) -> anyhow::Result<()> {
                 .join(", ")
         );
     }
-    Ok(())
 }
 
 fn init_telemetry(settings: &Settings) -> anyhow::Result<heimdex_telemetry::TelemetryGuard> {

@@ -295,6 +295,7 @@ pub async fn build_projector(nats: &EventStore) -> anyhow::Result<heimdex_projec
             statuses: nats.statuses.clone(),
             consumer,
             log: nats.log.clone(),
+            documents: nats.documents.clone(),
         },
     ))
 }

@@ -1,5 +1,6 @@
-//! The projector folds job events into the `HEIMDEX_JOB_STATUS` KV bucket. It is the bucket's
-//! only writer and writes with compare-and-set on the key's revision: on a conflict (another
+//! The projector folds job events into the `HEIMDEX_JOB_STATUS` KV bucket, and the document
+//! requests among them into the `HEIMDEX_DOCUMENTS` bucket (see
+//! [`heimdex_event_store::documents`]). It is the buckets' only writer and writes with compare-and-set on the key's revision: on a conflict (another
 //! projector instance, or a stale cache) it re-reads and re-applies. Events are applied only
 //! when newer than the status's `last_event_seq`, and status never moves backwards (see
 //! [`heimdex_domain::jobs::JobStatus::apply`]), so replays and redeliveries are harmless.
@@ -24,12 +25,14 @@ use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use futures::future::join_all;
 
+use heimdex_domain::documents::DocumentChange;
 use heimdex_domain::events::{self, JobEvent};
 use heimdex_domain::jobs::{Applied, JobStatus};
 use heimdex_event_store::batching::{Batching, next_batch};
+use heimdex_event_store::documents::DocumentError;
 use heimdex_event_store::log::LogReadError;
 use heimdex_event_store::status::{Listed, StatusError, WriteError, status_key};
-use heimdex_event_store::{JobLog, StatusStore};
+use heimdex_event_store::{DocumentStore, JobLog, StatusStore};
 use heimdex_telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +52,8 @@ pub enum ProjectError {
     Log(#[from] LogReadError),
     #[error("job {0} has no events to refold")]
     NoEvents(uuid::Uuid),
+    #[error("document store unavailable")]
+    Documents(#[from] DocumentError),
     #[error("too many revision conflicts on {0}")]
     Contention(String),
 }
@@ -59,6 +64,7 @@ pub struct ProjectorDeps {
     pub consumer: PullConsumer,
     /// The job log, read when a job must be refolded from its events.
     pub log: JobLog,
+    pub documents: DocumentStore,
 }
 
 pub struct Projector {
@@ -87,6 +93,7 @@ impl Projector {
     /// Projects until `shutdown` is cancelled; the batch being written finishes first.
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.backfill_listing().await;
+        self.backfill_documents().await;
         tracing::info!("projector consuming");
         while let Some(messages) = heimdex_event_store::jetstream::pull_stream(
             &self.deps.consumer,
@@ -131,6 +138,21 @@ impl Projector {
         }
     }
 
+    /// A document bucket made before documents were projected gets them from the stream's
+    /// history, once. A failure is logged: listings then miss documents until their next
+    /// change, and the next start tries again.
+    async fn backfill_documents(&self) {
+        match self.deps.documents.backfill().await {
+            Ok(None) => {}
+            Ok(Some(applied)) => {
+                tracing::info!(applied, "document projection built from the job stream")
+            }
+            Err(err) => {
+                tracing::error!(error = %ErrorChain(&err), "cannot build the document projection")
+            }
+        }
+    }
+
     /// Applies a batch and acknowledges it; on failure the batch is NAKed and comes back.
     ///
     /// One `projector.apply` span serves the whole batch, many jobs of many traces: it has no
@@ -167,10 +189,18 @@ impl Projector {
     pub async fn apply_batch(&mut self, messages: &[Message]) -> Result<(), ProjectError> {
         let mut order: Vec<String> = Vec::new();
         let mut grouped: HashMap<String, Vec<(u64, JobEvent)>> = HashMap::new();
+        // The latest change of each document in the batch: the earlier ones are overtaken.
+        let mut changes: HashMap<String, DocumentChange> = HashMap::new();
         for message in messages {
             let Some((seq, event)) = decode(message) else {
                 continue;
             };
+            if let Some(change) = DocumentChange::of(&event, seq) {
+                let key = change.key();
+                if changes.get(&key).is_none_or(|kept| kept.seq < change.seq) {
+                    changes.insert(key, change);
+                }
+            }
             let key = status_key(event.org_id, event.job_id);
             grouped
                 .entry(key.clone())
@@ -190,16 +220,25 @@ impl Projector {
                 (key, cached, events)
             })
             .collect();
-        let results = join_all(jobs.into_iter().map(|(key, cached, events)| async move {
-            let result = project(statuses, log, &key, cached, &events).await;
-            (key, result)
-        }))
-        .await;
+        let documents = &self.deps.documents;
+        let (results, documents) = futures::join!(
+            join_all(jobs.into_iter().map(|(key, cached, events)| async move {
+                let result = project(statuses, log, &key, cached, &events).await;
+                (key, result)
+            })),
+            join_all(changes.into_values().map(|change| async move {
+                match documents.apply(&change, CAS_ATTEMPTS).await {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(ProjectError::Contention(change.key())),
+                    Err(err) => Err(ProjectError::from(err)),
+                }
+            }))
+        );
 
         if self.cache.len() > CACHE_LIMIT {
             self.cache.clear();
         }
-        let mut first_error = None;
+        let mut first_error = documents.into_iter().find_map(Result::err);
         for (key, result) in results {
             match result {
                 Ok(Some(written)) if !written.status.status.is_terminal() => {

@@ -122,12 +122,48 @@ pub struct DocumentParams {
     /// As for [`EmbedParams::generation`], from the asset's tombstone only.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub generation: u64,
-    /// The chunks, in order: chunk `n` is segment `chunk-<n>`.
+    /// The chunks, in order: chunk `n` is segment `chunk-<n>`. Empty for a file, which the
+    /// worker extracts and chunks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<DocumentChunk>,
+    /// The uploaded file this version is, stored in the files bucket before the job was
+    /// requested; `None` for a text sent as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSource>,
     /// The document's metadata, stored in every chunk's payload under `meta`. Part of the
     /// version: changed metadata is a new version, which rewrites every chunk.
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub metadata: Metadata,
+}
+
+/// An uploaded file, as its document job names it: the event carries the reference, never the
+/// bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSource {
+    /// The object's name in the files bucket: `<org_id>.<asset token>.<version>`.
+    pub object: String,
+    /// `hex(sha256)` of the file's bytes.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `pdf`, `docx`, `html`, `markdown` or `text`.
+    pub format: String,
+    /// The file's name as the client gave it, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// How the worker cuts the extracted text.
+    pub max_tokens: usize,
+    pub overlap: usize,
+}
+
+impl FileSource {
+    /// The object name of a document version's file.
+    pub fn object_name(org_id: Uuid, asset_id: &AssetId, version: &str) -> String {
+        format!(
+            "{org_id}.{}.{version}",
+            crate::ids::Target::Asset(asset_id.as_str().to_owned()).token()
+        )
+    }
 }
 
 /// One chunk of a document: its text and where it sits (offsets in chars).
@@ -155,6 +191,18 @@ pub struct ChunkInfo {
     pub chunk_index: usize,
     pub char_start: usize,
     pub char_end: usize,
+}
+
+/// Where a chunk of an uploaded file sits in the file: its page (and last page, when it
+/// crosses one) for a PDF, the nearest heading before it for HTML, Markdown and DOCX.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceLocation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_end: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<String>,
 }
 
 /// `DELETE /vectors/{point_id}`. `request_id` (the `Idempotency-Key` header, or a fresh UUID)
@@ -657,6 +705,7 @@ mod tests {
                     char_start: 0,
                     char_end: 5,
                 }],
+                file: None,
                 metadata: crate::Metadata::from_json(serde_json::json!({"tags": ["a"]})).unwrap(),
             }),
             JobSpec::DeletePoint(DeletePointParams {

@@ -5,6 +5,7 @@
 //! The types in [`ident`] are parsed once at the edge (the API) and passed on as types, so a
 //! value that exists is valid.
 
+pub mod documents;
 pub mod events;
 pub mod ident;
 pub mod ids;

@@ -1,4 +1,4 @@
-//! A process's handle on the event store: one connection, the job stream and the status bucket,
+//! A process's handle on the event store: one connection, the job stream and the projections,
 //! created (or checked) from the definition files before anything else runs.
 
 use std::time::Duration;
@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{Context, kv, stream};
 use tokio_util::sync::CancellationToken;
 
+use crate::documents::DocumentStore;
 use crate::jetstream::{self, BootstrapError, Definitions, NatsConfig};
 use crate::log::JobLog;
 use crate::status::StatusStore;
@@ -24,6 +25,7 @@ pub struct EventStore {
     pub status: kv::Store,
     pub log: JobLog,
     pub statuses: StatusStore,
+    pub documents: DocumentStore,
     /// The URL connected to (as given: it may carry credentials; strip them before showing it).
     pub url: String,
 }
@@ -48,10 +50,11 @@ impl EventStore {
                 let status = jetstream::ensure_status_bucket(&js, &defs).await?;
                 let listing = jetstream::ensure_listing(&js, &defs).await?;
                 let tombstones = jetstream::ensure_tombstones(&js, &defs).await?;
-                Ok::<_, BootstrapError>((stream, status, listing, tombstones))
+                let documents = jetstream::ensure_documents(&js, &defs).await?;
+                Ok::<_, BootstrapError>((stream, status, listing, tombstones, documents))
             };
             match attempt.await {
-                Ok((stream, status, listing, tombstones)) => {
+                Ok((stream, status, listing, tombstones, documents)) => {
                     return Ok(Self {
                         log: JobLog::new(client.clone(), js.clone(), stream.clone(), tombstones),
                         statuses: StatusStore::new(
@@ -59,6 +62,12 @@ impl EventStore {
                             js.clone(),
                             status.clone(),
                             listing,
+                            LIST_STALL,
+                        ),
+                        documents: DocumentStore::new(
+                            client.clone(),
+                            js.clone(),
+                            documents,
                             LIST_STALL,
                         ),
                         client,

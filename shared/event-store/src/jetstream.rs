@@ -45,6 +45,8 @@ pub const LISTING_STREAM: &str = "HEIMDEX_JOB_LISTING";
 /// The listing stream of releases before the literal-subject listing; deleted once the
 /// projector has filled [`LISTING_STREAM`].
 pub const LEGACY_INDEX_STREAM: &str = "HEIMDEX_JOB_INDEX";
+pub const DOCUMENT_BUCKET: &str = "HEIMDEX_DOCUMENTS";
+pub const DOCUMENT_LISTING_STREAM: &str = "HEIMDEX_DOCUMENT_LISTING";
 pub const TOMBSTONE_STREAM: &str = "HEIMDEX_TOMBSTONES";
 pub const ADVISORY_STREAM: &str = "HEIMDEX_ADVISORIES";
 pub const WORKER_CONSUMER: &str = "worker";
@@ -53,6 +55,9 @@ pub const PROJECTOR_CONSUMER: &str = "projector";
 const STREAM_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOBS.json");
 const STATUS_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_JOB_STATUS.json");
 const LISTING_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOB_LISTING.json");
+const DOCUMENT_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_DOCUMENTS.json");
+const DOCUMENT_LISTING_JSON: &str =
+    include_str!("../../../nats/stream.HEIMDEX_DOCUMENT_LISTING.json");
 const TOMBSTONE_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_TOMBSTONES.json");
 const ADVISORY_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_ADVISORIES.json");
 const ADVISORY_CONSUMER_JSON: &str = include_str!("../../../nats/consumer.advisories.json");
@@ -94,6 +99,9 @@ pub struct Definitions {
     pub stream: stream::Config,
     pub status: stream::Config,
     pub listing: stream::Config,
+    /// The document projection's bucket, and its listing.
+    pub documents: stream::Config,
+    pub document_listing: stream::Config,
     pub tombstones: stream::Config,
     pub advisories: stream::Config,
     pub worker: consumer::pull::Config,
@@ -111,6 +119,13 @@ impl Definitions {
         stream.num_replicas = nats.replicas;
         status.num_replicas = nats.replicas;
         listing.num_replicas = nats.replicas;
+        let mut documents: stream::Config = parse("kv.HEIMDEX_DOCUMENTS.json", DOCUMENT_JSON)?;
+        documents.num_replicas = nats.replicas;
+        let mut document_listing: stream::Config = parse(
+            "stream.HEIMDEX_DOCUMENT_LISTING.json",
+            DOCUMENT_LISTING_JSON,
+        )?;
+        document_listing.num_replicas = nats.replicas;
         let mut tombstones: stream::Config =
             parse("stream.HEIMDEX_TOMBSTONES.json", TOMBSTONE_JSON)?;
         tombstones.num_replicas = nats.replicas;
@@ -123,6 +138,8 @@ impl Definitions {
             stream,
             status,
             listing,
+            documents,
+            document_listing,
             tombstones,
             advisories,
             worker,
@@ -312,6 +329,19 @@ pub async fn ensure_listing(
     defs: &Definitions,
 ) -> Result<stream::Stream, BootstrapError> {
     ensure_stream_config(js, &defs.listing).await
+}
+
+/// Creates (or finds) the document bucket's stream and its listing stream, checks both and
+/// opens the bucket as a KV store.
+pub async fn ensure_documents(
+    js: &jetstream::Context,
+    defs: &Definitions,
+) -> Result<kv::Store, BootstrapError> {
+    ensure_stream_config(js, &defs.documents).await?;
+    ensure_stream_config(js, &defs.document_listing).await?;
+    js.get_key_value(DOCUMENT_BUCKET)
+        .await
+        .map_err(|err| request_error(DOCUMENT_BUCKET, err))
 }
 
 /// Creates (or finds) the tombstone stream and checks its settings.
@@ -559,6 +589,16 @@ mod tests {
         assert_eq!(defs.listing.max_messages_per_subject, -1);
         assert!(!defs.listing.deny_delete);
         assert!(defs.listing.allow_direct);
+        assert_eq!(defs.documents.name, format!("KV_{DOCUMENT_BUCKET}"));
+        assert_eq!(defs.documents.max_messages_per_subject, 1);
+        assert_eq!(defs.document_listing.name, DOCUMENT_LISTING_STREAM);
+        assert_eq!(
+            defs.document_listing.subjects,
+            vec!["heimdex.documents.>".to_owned()]
+        );
+        assert_eq!(defs.document_listing.max_messages_per_subject, -1);
+        assert!(!defs.document_listing.deny_delete);
+        assert!(defs.document_listing.allow_direct);
         assert_eq!(defs.worker.durable_name.as_deref(), Some(WORKER_CONSUMER));
         assert_eq!(defs.worker.max_deliver, 4);
         assert_eq!(defs.worker.ack_wait, Duration::from_secs(30));
@@ -603,6 +643,8 @@ mod tests {
         assert_eq!(defs.stream.num_replicas, 3);
         assert_eq!(defs.status.num_replicas, 3);
         assert_eq!(defs.listing.num_replicas, 3);
+        assert_eq!(defs.documents.num_replicas, 3);
+        assert_eq!(defs.document_listing.num_replicas, 3);
         assert_eq!(defs.stream.duplicate_window, Duration::from_secs(600));
     }
 }

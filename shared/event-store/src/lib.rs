@@ -4,6 +4,9 @@
 //! * [`log`]: the job log, `HEIMDEX_JOBS`: appending events idempotently, reading them back;
 //! * [`status`]: the job-status projection and its listing index: reads, compare-and-set
 //!   writes (the projector's), and pages that cost what they hold;
+//! * [`documents`]: the document projection (the latest request for each asset) and its
+//!   listing;
+//! * [`listing`]: listings whose pages cost what they hold, shared by jobs and documents;
 //! * [`jetstream`]: the stream, the status bucket and the durable consumers, created from the
 //!   definition files in `nats/` and checked at every start; connecting; whole-slice reads
 //!   ([`jetstream::StreamRead`]) and durable pulls;
@@ -13,12 +16,15 @@
 
 pub mod batching;
 mod connect;
+pub mod documents;
 pub mod jetstream;
+pub mod listing;
 pub mod log;
 pub mod nats_server;
 pub mod status;
 
 pub use connect::EventStore;
+pub use documents::DocumentStore;
 pub use jetstream::NatsConfig;
 pub use log::JobLog;
 pub use status::StatusStore;

@@ -12,7 +12,7 @@
 //! sequence last. A crash in between leaves an extra entry, never a missing one, and a listing
 //! shows an entry only if it is the one the job's status names.
 //!
-//! A page is one batched direct get (ADR-31, nats-server 2.11+): up to `limit` entries with a
+//! The listing is a [`Listing`]. A page is one batched direct get (ADR-31, nats-server 2.11+): up to `limit` entries with a
 //! sequence at or after the cursor, on the org's one subject for that status, or on the org's
 //! four status subjects (`heimdex.listing.<org_id>.*`) for every status, in stream order: the
 //! order in which jobs entered their current status. Each entry's status is then read from the
@@ -27,12 +27,9 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
-use async_nats::jetstream::response::Response;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::future::try_join_all;
 use serde::Serialize;
 use uuid::Uuid;
@@ -40,6 +37,7 @@ use uuid::Uuid;
 use heimdex_domain::jobs::{JobStatus, Status};
 
 use crate::jetstream::{LEGACY_INDEX_STREAM, LISTING_STREAM, STATUS_BUCKET};
+use crate::listing::{Listing, ListingError};
 
 /// KV key of a job's status: `<org_id>.<job_id>`.
 pub fn status_key(org_id: Uuid, job_id: Uuid) -> String {
@@ -135,18 +133,8 @@ pub enum StatusError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("listing request failed")]
-    List(#[source] async_nats::RequestError),
-    #[error("listing request failed")]
-    Subscribe(#[source] async_nats::SubscribeError),
-    #[error("listing request failed")]
-    Publish(#[source] async_nats::PublishError),
-    #[error("the listing answered status {0}")]
-    ListStatus(u16),
-    #[error("the listing stalled after {0:?}")]
-    ListStalled(Duration),
-    #[error("listing write failed")]
-    Index(#[source] jetstream::context::PublishError),
+    #[error("job listing failed")]
+    Listing(#[from] ListingError),
     #[error("stream info failed")]
     Info(#[source] jetstream::context::RequestError),
     #[error("stream lookup failed")]
@@ -165,24 +153,11 @@ pub enum WriteError {
 
 #[derive(Clone)]
 pub struct StatusStore {
-    client: async_nats::Client,
     js: jetstream::Context,
-    /// The JetStream API prefix (`$JS.API` unless a domain or import changes it).
-    api_prefix: String,
     kv: kv::Store,
-    listing: stream::Stream,
-    /// Stale listing entries to delete, in the background (see [`spawn_unlister`]).
-    unlist: tokio::sync::mpsc::Sender<u64>,
-    /// How long a listing waits for the next message of its batch.
-    stall: Duration,
-}
-
-/// `{"seq": .., "next_by_subj": .., "batch": ..}`: ADR-31's batched direct get.
-#[derive(Serialize)]
-struct BatchGet<'a> {
-    seq: u64,
-    next_by_subj: &'a str,
-    batch: usize,
+    /// The listing stream itself, for its message count.
+    listing_stream: stream::Stream,
+    listing: Listing,
 }
 
 impl StatusStore {
@@ -194,13 +169,10 @@ impl StatusStore {
         stall: Duration,
     ) -> Self {
         Self {
-            client,
-            unlist: spawn_unlister(js.clone()),
+            listing: Listing::new(client, js.clone(), LISTING_STREAM, stall),
             js,
-            api_prefix: "$JS.API".to_owned(),
             kv,
-            listing,
-            stall,
+            listing_stream: listing,
         }
     }
 
@@ -293,7 +265,7 @@ impl StatusStore {
             Ok(_) => previous.filter(|p| p.seq != listed.seq).map(|p| p.seq),
         };
         if let Some(seq) = stale {
-            self.unlist(seq);
+            self.listing.unlist(seq);
         }
         Ok((written?, listed))
     }
@@ -305,25 +277,13 @@ impl StatusStore {
         status: Status,
         job_id: Uuid,
     ) -> Result<u64, StatusError> {
-        let ack = self
-            .js
-            .publish(
+        Ok(self
+            .listing
+            .append(
                 listing_subject(org_id, status),
                 Bytes::from(job_id.to_string()),
             )
-            .await
-            .map_err(StatusError::Index)?
-            .await
-            .map_err(StatusError::Index)?;
-        Ok(ack.sequence)
-    }
-
-    /// Queues a listing entry no status names any more for deletion. A stale entry only costs
-    /// listings a read (they skip it), so when the queue is full it is left.
-    fn unlist(&self, seq: u64) {
-        if self.unlist.try_send(seq).is_err() {
-            tracing::debug!(seq, "stale listing entry left: the delete queue is full");
-        }
+            .await?)
     }
 
     /// Lists every job of the bucket: the one-time migration of a bucket made before the
@@ -377,7 +337,7 @@ impl StatusStore {
     /// Whether the listing is empty while the bucket is not (see
     /// [`StatusStore::backfill_listing`]).
     pub async fn listing_missing(&self) -> Result<bool, StatusError> {
-        let mut listing = self.listing.clone();
+        let mut listing = self.listing_stream.clone();
         let listed = listing
             .info()
             .await
@@ -411,8 +371,7 @@ impl StatusStore {
             Some(status) => listing_subject(org_id, status),
             None => format!("heimdex.listing.{org_id}.*"),
         };
-        let (messages, more) = self.batch(LISTING_STREAM, &filter, from, limit).await?;
-        let next = more.then(|| messages.last().map(|m| m.seq + 1)).flatten();
+        let (messages, next) = self.listing.page(&filter, from, limit).await?;
         let entries = messages.iter().filter_map(|m| {
             let job_id = std::str::from_utf8(&m.payload).ok()?.parse::<Uuid>().ok()?;
             let status = status_of_token(m.subject.rsplit('.').next()?)?;
@@ -437,128 +396,4 @@ impl StatusStore {
             next,
         })
     }
-
-    /// A batched direct get: up to `batch` messages of `stream` matching `filter`, from `from`
-    /// on, and whether more match after them.
-    async fn batch(
-        &self,
-        stream: &str,
-        filter: &str,
-        from: u64,
-        batch: usize,
-    ) -> Result<(Vec<Got>, bool), StatusError> {
-        let inbox = self.client.new_inbox();
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(StatusError::Subscribe)?;
-        let request = serde_json::to_vec(&BatchGet {
-            seq: from.max(1),
-            next_by_subj: filter,
-            batch,
-        })
-        .expect("a batch request serializes");
-        self.client
-            .publish_with_reply(
-                format!("{}.DIRECT.GET.{stream}", self.api_prefix),
-                inbox,
-                request.into(),
-            )
-            .await
-            .map_err(StatusError::Publish)?;
-        let mut got = Vec::with_capacity(batch);
-        loop {
-            let reply = match tokio::time::timeout(self.stall, replies.next()).await {
-                Ok(Some(reply)) => reply,
-                Ok(None) | Err(_) => return Err(StatusError::ListStalled(self.stall)),
-            };
-            match reply.status.map(|s| s.as_u16()) {
-                // No message matches: an empty page.
-                Some(404) => return Ok((got, false)),
-                // End of batch: how many more match decides whether there is a next page.
-                Some(204) => {
-                    let pending = header_u64(reply.headers.as_ref(), "Nats-Num-Pending");
-                    return Ok((got, pending.is_some_and(|n| n > 0)));
-                }
-                Some(other) => return Err(StatusError::ListStatus(other)),
-                None => {}
-            }
-            let headers = reply.headers.as_ref();
-            let Some(seq) = header_u64(headers, "Nats-Sequence") else {
-                continue;
-            };
-            got.push(Got {
-                seq,
-                subject: headers
-                    .and_then(|h| h.get("Nats-Subject"))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default(),
-                payload: reply.payload,
-            });
-        }
-    }
-}
-
-/// Stale entries queued for deletion at most; past this, they are left (listings skip them).
-const UNLIST_QUEUE: usize = 200_000;
-/// Deletes in flight at once.
-const UNLIST_IN_FLIGHT: usize = 16;
-
-/// Starts the task that deletes stale listing entries, a few at a time, off the projector's
-/// write path: each delete is a JetStream API request, and a burst of thousands (a busy batch)
-/// would queue ahead of every other API request of every client of the server (consumer info,
-/// stream info) until they time out. Entries still queued when the process stops are left.
-fn spawn_unlister(js: jetstream::Context) -> tokio::sync::mpsc::Sender<u64> {
-    let (sender, receiver) = tokio::sync::mpsc::channel::<u64>(UNLIST_QUEUE);
-    let seqs = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|seq| (seq, receiver))
-    });
-    tokio::spawn(seqs.for_each_concurrent(UNLIST_IN_FLIGHT, move |seq| {
-        let js = js.clone();
-        async move {
-            // Not `Stream::delete_message`: that one also overwrites the message on disk (a
-            // secure erase, about 40 times slower here), which an index entry does not need.
-            let deleted: Result<Response<Deleted>, _> = js
-                .request(
-                    format!("STREAM.MSG.DELETE.{LISTING_STREAM}"),
-                    &DeleteMessage {
-                        seq,
-                        no_erase: true,
-                    },
-                )
-                .await;
-            match deleted {
-                Ok(Response::Ok(_)) => {}
-                Ok(Response::Err { error }) => {
-                    tracing::debug!(%error, seq, "stale listing entry not deleted; listings skip it")
-                }
-                Err(err) => {
-                    tracing::debug!(%err, seq, "stale listing entry not deleted; listings skip it")
-                }
-            }
-        }
-    }));
-    sender
-}
-
-/// `$JS.API.STREAM.MSG.DELETE.<stream>` request.
-#[derive(Serialize)]
-struct DeleteMessage {
-    seq: u64,
-    no_erase: bool,
-}
-
-#[derive(serde::Deserialize)]
-struct Deleted {}
-
-/// One message of a batched direct get.
-struct Got {
-    seq: u64,
-    subject: String,
-    payload: Bytes,
-}
-
-fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
-    headers?.get(name)?.as_str().parse().ok()
 }

@@ -1,17 +1,24 @@
-//! `/documents/{asset_id}`: a document is the unit a client manages. `PUT` sends a version
-//! (one `document` job, which replaces what the asset held), `GET` reads back its chunks,
-//! `DELETE` removes it. `POST /vectors/documents` is the same `PUT` with the asset in the body.
+//! `/documents`: a document is the unit a client manages. `PUT /documents/{asset_id}` sends a
+//! version (one `document` job, which replaces what the asset held), `GET` reads back its record
+//! and chunks, `DELETE` removes it, and `GET /documents` lists the organization's documents
+//! from the document projection. `POST /vectors/documents` is the same `PUT` with the asset in
+//! the body.
 
 use std::sync::Arc;
 
-use poem_openapi::param::{Header, Path};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
 use serde::Serialize;
 use uuid::Uuid;
 
+use heimdex_domain::documents::DocumentRecord;
 use heimdex_domain::ids::{self, Target};
 use heimdex_domain::jobs::{DocumentChunk, DocumentParams, JobSpec};
+use heimdex_domain::jobs::{JobStatus, Status};
 use heimdex_domain::{AssetId, Metadata, SegmentId};
 use heimdex_embed::ChunkOptions;
 use heimdex_store::PointFilter;
@@ -24,6 +31,7 @@ use crate::routes::ingest::{
     ChunkJob, ChunkRequest, DocumentAccepted, MAX_DOCUMENT_CHARS, MAX_SEGMENTS, chunk_options,
     point_of,
 };
+use crate::routes::jobs::JobErrorView;
 use crate::routes::parse_ident;
 use crate::routes::vectors::{DeleteResponse, delete_asset};
 use crate::strict::{Known, StrictString, StrictText};
@@ -33,6 +41,12 @@ use crate::strict::{Known, StrictString, StrictText};
 /// the default chunking (32 tokens of overlap in 256) this is about 670,000 characters of
 /// English.
 pub const MAX_DOCUMENT_CHUNK_BYTES: usize = 768 * 1024;
+/// Documents per page of `GET /documents` when `limit` is not given, and the most it may ask
+/// for.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const MAX_LIST_LIMIT: u32 = 1_000;
+/// Cursors of `GET /documents` start with this version tag (inside the base64).
+const CURSOR_V1: &str = "documents-v1:";
 
 #[derive(Tags)]
 enum Tag {
@@ -77,11 +91,137 @@ pub struct StoredChunk {
     pub metadata: Option<serde_json::Value>,
 }
 
-/// `GET /documents/{asset_id}` answer: the document's points as stored, in chunk order.
+/// Where a document stands: the state of the job of its latest version.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum DocumentState {
+    /// The latest version is queued or being written; search may still show the one before.
+    Pending,
+    /// The latest version is what search sees.
+    Indexed,
+    /// The latest version could not be written (`error` says why); search shows what was
+    /// there before it.
+    Failed,
+}
+
+/// A document as the document projection records it.
+#[derive(Object, Debug)]
+pub struct DocumentSummary {
+    pub asset_id: String,
+    /// The latest version's hash (of its text, options and metadata).
+    pub version: String,
+    pub state: DocumentState,
+    /// Why the latest version failed (`state` = `failed`).
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<JobErrorView>,
+    /// Chunks of the latest version (for a file: once its job has chunked it, else absent).
+    #[oai(skip_serializing_if_is_none)]
+    pub chunks: Option<u64>,
+    /// Characters of its text (for a file: of the text extracted, once indexed).
+    #[oai(skip_serializing_if_is_none)]
+    pub chars: Option<u64>,
+    pub model: String,
+    pub model_ver: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+    /// Where the text came from: `text` (sent as JSON) or `file` (uploaded).
+    pub source: String,
+    /// The uploaded file, for `source` = `file`.
+    #[oai(skip_serializing_if_is_none)]
+    pub file: Option<FileView>,
+    /// The job of the latest version: `GET /jobs/{job_id}`.
+    pub job_id: Uuid,
+    /// When the latest version was sent, or its job last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl DocumentSummary {
+    /// The summary of a live record whose latest job is `job` (`None`: not projected yet).
+    fn new(record: DocumentRecord, job: Option<JobStatus>) -> Option<Self> {
+        let version = record.version?;
+        // A file's chunks are counted by its job.
+        let from_result = job
+            .as_ref()
+            .and_then(|job| job.result.as_ref())
+            .map(|result| result.point_ids.len() as u64);
+        let (state, error, updated_at) = match job {
+            Some(job) => {
+                let state = match job.status {
+                    Status::Queued | Status::Running => DocumentState::Pending,
+                    Status::Succeeded => DocumentState::Indexed,
+                    Status::Failed => DocumentState::Failed,
+                };
+                let error = job.error.filter(|_| state == DocumentState::Failed);
+                (
+                    state,
+                    error.map(JobErrorView::from),
+                    job.updated_at.max(record.updated_at),
+                )
+            }
+            None => (DocumentState::Pending, None, record.updated_at),
+        };
+        Some(Self {
+            asset_id: record.asset_id.into_inner(),
+            version: version.version,
+            state,
+            error,
+            chunks: version.chunks.map(|n| n as u64).or(from_result),
+            chars: version.chars.map(|n| n as u64),
+            model: version.model,
+            model_ver: version.model_ver,
+            metadata: (!version.metadata.is_empty()).then(|| version.metadata.to_json()),
+            source: version.source,
+            file: version.file.map(|file| FileView {
+                format: file.format,
+                name: file.name,
+                size: file.size,
+                sha256: file.sha256,
+            }),
+            job_id: record.job_id,
+            updated_at,
+        })
+    }
+}
+
+/// An uploaded file as a document version records it.
+#[derive(Object, Debug)]
+pub struct FileView {
+    /// `pdf`, `docx`, `html`, `markdown` or `text`.
+    pub format: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// Bytes.
+    pub size: u64,
+    /// `hex(sha256)` of the bytes: what `heimdex ingest --sync` compares.
+    pub sha256: String,
+}
+
+/// `GET /documents/{asset_id}` answer: the document's record and its points as stored, in
+/// chunk order.
 #[derive(Object, Debug)]
 pub struct DocumentView {
     pub asset_id: String,
+    /// The document's record; absent for an asset written only as single segments
+    /// (`POST /vectors/embed`), and while its delete is pending.
+    #[oai(skip_serializing_if_is_none)]
+    pub document: Option<DocumentSummary>,
     pub chunks: Vec<StoredChunk>,
+}
+
+/// One page of `GET /documents`.
+#[derive(Object, Debug)]
+pub struct DocumentPage {
+    /// In the order the projector recorded each document's latest version, oldest first.
+    pub documents: Vec<DocumentSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum ListResponse {
+    #[oai(status = 200)]
+    Ok(Json<DocumentPage>),
 }
 
 #[derive(ApiResponse)]
@@ -100,6 +240,56 @@ pub enum GetResponse {
 
 #[OpenApi(tag = "Tag::Documents")]
 impl DocumentsApi {
+    /// List documents
+    ///
+    /// The caller's organization's documents (sent with `PUT /documents/{asset_id}` or
+    /// `POST /vectors/documents`, not yet deleted), from the document projection, paginated
+    /// with an opaque cursor, in the order the projector recorded each document's latest
+    /// version, oldest first: a document sent again during a walk is listed again, with its new version, on a later
+    /// page, and none is missed. `state` is that of the latest version's job. A page costs what
+    /// it holds, however many documents the organization has; it may hold fewer than `limit`
+    /// (documents that changed while it was read are left out, to be listed later) and still
+    /// have a `next_cursor`. A `limit` outside 1..=1000, or a cursor this server did not issue
+    /// for this listing, get 400.
+    #[oai(path = "/documents", method = "get")]
+    async fn list(
+        &self,
+        auth: BearerAuth,
+        /// Documents per page, 1 to 1000 (default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// The `next_cursor` of the previous page; absent for the first page.
+        cursor: Query<Option<String>>,
+    ) -> Result<ListResponse, ProblemResponse> {
+        let from = cursor
+            .0
+            .as_deref()
+            .map(decode_cursor)
+            .transpose()?
+            .unwrap_or(1);
+        let limit = limit
+            .0
+            .unwrap_or(DEFAULT_LIST_LIMIT)
+            .clamp(1, MAX_LIST_LIMIT) as usize;
+        let org_id = auth.0.org_id;
+        let page = self
+            .state
+            .documents
+            .list(org_id, limit, from)
+            .await
+            .map_err(ApiError::from)?;
+        let documents = futures::future::try_join_all(
+            page.documents
+                .into_iter()
+                .map(|record| self.state.summary(org_id, record)),
+        )
+        .await?;
+        Ok(ListResponse::Ok(Json(DocumentPage {
+            documents: documents.into_iter().flatten().collect(),
+            next_cursor: page.next.map(encode_cursor),
+        })))
+    }
+
     /// Send a document (a new version replaces the old one)
     ///
     /// Chunks `text` (see `POST /vectors/documents`) and queues one `document` job for the
@@ -138,10 +328,12 @@ impl DocumentsApi {
         Ok(PutResponse::Accepted(Json(accepted)))
     }
 
-    /// Read a document's stored chunks
+    /// Read a document: its record and its stored chunks
     ///
-    /// The asset's points in the vector store (of every model), ordered by chunk index then
-    /// segment id: what search sees. `404` when the caller's organization has none.
+    /// `document` is the record `GET /documents` lists (latest version, state, metadata).
+    /// `chunks` are the asset's points in the vector store (of every model), ordered by chunk
+    /// index then segment id: what search sees now, so while a new version is pending they
+    /// are the previous version's. `404` when the caller's organization has neither.
     #[oai(path = "/documents/:asset_id", method = "get")]
     async fn get(
         &self,
@@ -149,17 +341,21 @@ impl DocumentsApi {
         asset_id: Path<String>,
     ) -> Result<GetResponse, ProblemResponse> {
         let asset: AssetId = parse_ident("asset_id", asset_id.0)?;
+        let org_id = auth.0.org_id;
         let filter = PointFilter {
             asset_id: Some(asset.to_string()),
             ..PointFilter::default()
         };
-        let points = self
-            .state
-            .store
-            .scroll_points(auth.0.org_id, filter)
-            .await
-            .map_err(ApiError::from)?;
-        if points.is_empty() {
+        let (record, points) = futures::join!(
+            self.state.documents.entry(org_id, &asset),
+            self.state.store.scroll_points(org_id, filter)
+        );
+        let points = points.map_err(ApiError::from)?;
+        let document = match record.map_err(ApiError::from)? {
+            Some(stored) => self.state.summary(org_id, stored.record).await?,
+            None => None,
+        };
+        if points.is_empty() && document.is_none() {
             return Err(ApiError::NotFound(format!("document {asset} not found")).into());
         }
         let number = |payload: &heimdex_store::Payload, key: &str| {
@@ -188,6 +384,7 @@ impl DocumentsApi {
         });
         Ok(GetResponse::Ok(Json(DocumentView {
             asset_id: asset.into_inner(),
+            document,
             chunks,
         })))
     }
@@ -205,6 +402,41 @@ impl DocumentsApi {
     ) -> Result<DeleteResponse, ProblemResponse> {
         delete_asset(&self.state, &auth, asset_id.0, idempotency_key.0).await
     }
+}
+
+impl AppState {
+    /// A live record with its latest job's state; `None` for a deleted one.
+    async fn summary(
+        &self,
+        org_id: Uuid,
+        record: DocumentRecord,
+    ) -> Result<Option<DocumentSummary>, ApiError> {
+        if record.is_deleted() {
+            return Ok(None);
+        }
+        let job = self.statuses.get(org_id, record.job_id).await?;
+        Ok(DocumentSummary::new(record, job))
+    }
+}
+
+/// `documents-v1:<sequence>` in URL-safe base64: where the next page starts.
+fn encode_cursor(from: u64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{CURSOR_V1}{from}"))
+}
+
+fn decode_cursor(cursor: &str) -> Result<u64, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.strip_prefix(CURSOR_V1)?.parse::<u64>().ok())
+        .filter(|&from| from > 0)
+        .ok_or_else(|| ApiError::BadRequest {
+            code: "invalid_cursor",
+            detail: "cursor is not one this server issued for GET /documents: pass \
+                     `next_cursor` from the previous page as it is"
+                .to_owned(),
+        })
 }
 
 /// The options a version hashes besides its text.
@@ -321,6 +553,7 @@ pub(crate) async fn submit_document(
         model_ver: embedder.model_ver().to_owned(),
         generation,
         chunks,
+        file: None,
         metadata,
     });
     let submitted = state.submitter.submit(principal, spec).await?;
@@ -338,4 +571,92 @@ pub(crate) async fn submit_document(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heimdex_domain::documents::DocumentVersion;
+    use heimdex_domain::jobs::{JobError, JobErrorCode};
+
+    fn record(deleted: bool) -> DocumentRecord {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).expect("a valid time");
+        DocumentRecord {
+            org_id: Uuid::from_u128(1),
+            asset_id: AssetId::parse("guide").expect("valid"),
+            job_id: Uuid::from_u128(2),
+            requested_seq: 5,
+            updated_at: at,
+            version: (!deleted).then(|| DocumentVersion {
+                version: "abc".to_owned(),
+                chunks: Some(4),
+                chars: Some(100),
+                model: "mock".to_owned(),
+                model_ver: "v1".to_owned(),
+                metadata: Metadata::default(),
+                source: "text".to_owned(),
+                file: None,
+            }),
+        }
+    }
+
+    fn job(status: Status) -> JobStatus {
+        let r = record(false);
+        let mut job = JobStatus::empty(r.org_id, r.job_id, r.updated_at);
+        job.status = status;
+        job.updated_at = r.updated_at + chrono::Duration::seconds(3);
+        job.error = Some(JobError::new(JobErrorCode::InvalidInput, "no text"));
+        job
+    }
+
+    #[test]
+    fn the_state_is_the_latest_jobs() {
+        let state = |job: Option<JobStatus>| {
+            DocumentSummary::new(record(false), job).map(|s| (s.state, s.error.is_some()))
+        };
+        assert_eq!(state(None), Some((DocumentState::Pending, false)));
+        assert_eq!(
+            state(Some(job(Status::Queued))),
+            Some((DocumentState::Pending, false))
+        );
+        assert_eq!(
+            state(Some(job(Status::Running))),
+            Some((DocumentState::Pending, false))
+        );
+        assert_eq!(
+            state(Some(job(Status::Succeeded))),
+            Some((DocumentState::Indexed, false))
+        );
+        let failed = DocumentSummary::new(record(false), Some(job(Status::Failed)))
+            .expect("a live document");
+        assert_eq!(failed.state, DocumentState::Failed);
+        assert_eq!(failed.error.map(|e| e.message), Some("no text".to_owned()));
+        assert_eq!(failed.updated_at, job(Status::Failed).updated_at);
+        assert!(DocumentSummary::new(record(true), None).is_none());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_strangers_are_refused() {
+        assert_eq!(decode_cursor(&encode_cursor(42)).ok(), Some(42));
+        assert!(!encode_cursor(42).contains("42"), "opaque");
+        let job_cursor = URL_SAFE_NO_PAD.encode("v3:all:42");
+        for bad in [
+            "",
+            "42",
+            "!!",
+            &job_cursor,
+            &URL_SAFE_NO_PAD.encode("documents-v1:0"),
+        ] {
+            assert!(
+                matches!(
+                    decode_cursor(bad),
+                    Err(ApiError::BadRequest {
+                        code: "invalid_cursor",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `heimdex ingest` and `heimdex search`: command-line clients of a running service's REST API
 //! (the same routes any client uses; nothing here reaches into NATS or the store).
 
+pub mod documents;
 pub mod ingest;
 pub mod search;
 
@@ -101,6 +102,33 @@ impl Client {
             .with_context(|| format!("cannot reach {}", self.base))?;
         answer(response).await
     }
+}
+
+/// A plain-text table: the header and the rows, each column as wide as its widest cell, two
+/// spaces apart.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| -> String {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                out.push_str(&" ".repeat(w.saturating_sub(cell.chars().count()) + 2));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(header);
+    for row in rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        out.push_str(&line(&cells));
+    }
+    out
 }
 
 /// Problem details travel as the error's message: `422 validation_error: text is empty`.

@@ -1,0 +1,240 @@
+//! A listing: an append-only stream of small entries (an id as payload) on a few literal
+//! subjects, read a page at a time with one batched direct get, and pruned by sequence. The job
+//! listing ([`crate::status`]) and the document listing ([`crate::documents`]) are both made of
+//! one.
+//!
+//! A page costs what it holds: the direct get reads `limit` entries from the cursor on, and the
+//! server's count of what remains (`Nats-Num-Pending`, computed on every batched read) is per
+//! subject, so it is cheap as long as entries share a few literal subjects (one per org, or per
+//! org and status) instead of one subject each.
+//!
+//! An entry is live only while the record it points to names its sequence; the writer appends
+//! the new entry first, writes the record next and deletes the old entry last (in the
+//! background, see [`Listing::unlist`]), so a crash in between leaves an extra entry, which
+//! readers skip, never a missing one.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, response::Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListingError {
+    #[error("listing request failed")]
+    Request(#[source] async_nats::RequestError),
+    #[error("listing request failed")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    #[error("listing request failed")]
+    Publish(#[source] async_nats::PublishError),
+    #[error("the listing answered status {0}")]
+    Status(u16),
+    #[error("the listing stalled after {0:?}")]
+    Stalled(Duration),
+    #[error("listing write failed")]
+    Append(#[source] jetstream::context::PublishError),
+}
+
+/// One entry of a page: its sequence (the cursor), its subject and its payload.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+#[derive(Clone)]
+pub struct Listing {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    /// The stream's name.
+    stream: &'static str,
+    /// The JetStream API prefix (`$JS.API` unless a domain or import changes it).
+    api_prefix: String,
+    /// Stale entries to delete, in the background (see [`spawn_unlister`]).
+    unlist: tokio::sync::mpsc::Sender<u64>,
+    /// How long a page waits for the next message of its batch.
+    stall: Duration,
+}
+
+/// `{"seq": .., "next_by_subj": .., "batch": ..}`: ADR-31's batched direct get.
+#[derive(Serialize)]
+struct BatchGet<'a> {
+    seq: u64,
+    next_by_subj: &'a str,
+    batch: usize,
+}
+
+impl Listing {
+    /// A listing on `stream` (which must exist, with direct gets allowed).
+    pub fn new(
+        client: async_nats::Client,
+        js: jetstream::Context,
+        stream: &'static str,
+        stall: Duration,
+    ) -> Self {
+        Self {
+            client,
+            unlist: spawn_unlister(js.clone(), stream),
+            js,
+            stream,
+            api_prefix: "$JS.API".to_owned(),
+            stall,
+        }
+    }
+
+    /// Appends an entry; returns its sequence.
+    pub async fn append(&self, subject: String, payload: Bytes) -> Result<u64, ListingError> {
+        let ack = self
+            .js
+            .publish(subject, payload)
+            .await
+            .map_err(ListingError::Append)?
+            .await
+            .map_err(ListingError::Append)?;
+        Ok(ack.sequence)
+    }
+
+    /// Queues an entry no record names any more for deletion. A stale entry only costs
+    /// listings a read (they skip it), so when the queue is full it is left.
+    pub fn unlist(&self, seq: u64) {
+        if self.unlist.try_send(seq).is_err() {
+            tracing::debug!(
+                seq,
+                stream = self.stream,
+                "stale listing entry left: the delete queue is full"
+            );
+        }
+    }
+
+    /// Up to `limit` entries matching `filter` from sequence `from` on, in stream order, and
+    /// where the next page starts (`None` on the last page).
+    pub async fn page(
+        &self,
+        filter: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<u64>), ListingError> {
+        let (entries, more) = self.batch(filter, from, limit).await?;
+        let next = more.then(|| entries.last().map(|e| e.seq + 1)).flatten();
+        Ok((entries, next))
+    }
+
+    /// A batched direct get: up to `batch` messages matching `filter` from `from` on, and
+    /// whether more match after them.
+    async fn batch(
+        &self,
+        filter: &str,
+        from: u64,
+        batch: usize,
+    ) -> Result<(Vec<Entry>, bool), ListingError> {
+        let inbox = self.client.new_inbox();
+        let mut replies = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(ListingError::Subscribe)?;
+        let request = serde_json::to_vec(&BatchGet {
+            seq: from.max(1),
+            next_by_subj: filter,
+            batch,
+        })
+        .expect("a batch request serializes");
+        self.client
+            .publish_with_reply(
+                format!("{}.DIRECT.GET.{}", self.api_prefix, self.stream),
+                inbox,
+                request.into(),
+            )
+            .await
+            .map_err(ListingError::Publish)?;
+        let mut got = Vec::with_capacity(batch);
+        loop {
+            let reply = match tokio::time::timeout(self.stall, replies.next()).await {
+                Ok(Some(reply)) => reply,
+                Ok(None) | Err(_) => return Err(ListingError::Stalled(self.stall)),
+            };
+            match reply.status.map(|s| s.as_u16()) {
+                // No message matches: an empty page.
+                Some(404) => return Ok((got, false)),
+                // End of batch: how many more match decides whether there is a next page.
+                Some(204) => {
+                    let pending = header_u64(reply.headers.as_ref(), "Nats-Num-Pending");
+                    return Ok((got, pending.is_some_and(|n| n > 0)));
+                }
+                Some(other) => return Err(ListingError::Status(other)),
+                None => {}
+            }
+            let headers = reply.headers.as_ref();
+            let Some(seq) = header_u64(headers, "Nats-Sequence") else {
+                continue;
+            };
+            got.push(Entry {
+                seq,
+                subject: headers
+                    .and_then(|h| h.get("Nats-Subject"))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default(),
+                payload: reply.payload,
+            });
+        }
+    }
+}
+
+/// Stale entries queued for deletion at most; past this, they are left (listings skip them).
+const UNLIST_QUEUE: usize = 200_000;
+/// Deletes in flight at once.
+const UNLIST_IN_FLIGHT: usize = 16;
+
+/// Starts the task that deletes stale entries, a few at a time, off the writer's path: each
+/// delete is a JetStream API request, and a burst of thousands (a busy batch) would queue ahead
+/// of every other API request of every client of the server (consumer info, stream info) until
+/// they time out. Entries still queued when the process stops are left.
+fn spawn_unlister(js: jetstream::Context, stream: &'static str) -> tokio::sync::mpsc::Sender<u64> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<u64>(UNLIST_QUEUE);
+    let seqs = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|seq| (seq, receiver))
+    });
+    tokio::spawn(seqs.for_each_concurrent(UNLIST_IN_FLIGHT, move |seq| {
+        let js = js.clone();
+        async move {
+            // Not `Stream::delete_message`: that one also overwrites the message on disk (a
+            // secure erase, about 40 times slower here), which a listing entry does not need.
+            let deleted: Result<Response<Deleted>, _> = js
+                .request(
+                    format!("STREAM.MSG.DELETE.{stream}"),
+                    &DeleteMessage {
+                        seq,
+                        no_erase: true,
+                    },
+                )
+                .await;
+            match deleted {
+                Ok(Response::Ok(_)) => {}
+                Ok(Response::Err { error }) => {
+                    tracing::debug!(%error, seq, stream, "stale listing entry not deleted; listings skip it")
+                }
+                Err(err) => {
+                    tracing::debug!(%err, seq, stream, "stale listing entry not deleted; listings skip it")
+                }
+            }
+        }
+    }));
+    sender
+}
+
+/// `$JS.API.STREAM.MSG.DELETE.<stream>` request.
+#[derive(Serialize)]
+struct DeleteMessage {
+    seq: u64,
+    no_erase: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Deleted {}
+
+fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
+    headers?.get(name)?.as_str().parse().ok()
+}
