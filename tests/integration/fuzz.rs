@@ -297,6 +297,12 @@ impl Generator<'_> {
                 match field {
                     "model" => Value::String((*self.pick(&["mock", "minilm-l6-v2"])).to_owned()),
                     "text" | "query" => Value::String((*self.pick(PHRASES)).to_owned()),
+                    // A query parameter that carries a JSON object (the metadata of a raw
+                    // file upload).
+                    "metadata" => Value::String(
+                        json!({"team": self.identifier(8), "n": self.rng.random_range(0..9)})
+                            .to_string(),
+                    ),
                     _ => {
                         let max = schema["maxLength"].as_u64().unwrap_or(24) as usize;
                         Value::String(self.identifier(max))

@@ -13,6 +13,7 @@ mod common;
 mod connections;
 mod deletes;
 mod documents;
+mod files;
 mod fuzz;
 mod hybrid;
 mod idempotency;

@@ -44,13 +44,16 @@ use crate::timeouts::TimeoutAcceptor;
 
 /// Request bodies above this are refused with 413 before they are read.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// The bulk routes (`/vectors/embed/batch`, `/vectors/documents`) take up to 8 MiB.
+/// The bulk routes (`/vectors/embed/batch`, `/vectors/documents`) take up to 8 MiB;
+/// `PUT /documents/{asset_id}` takes a file ([`routes::upload::MAX_FILE_BODY_BYTES`]).
 pub const MAX_BULK_BODY_BYTES: usize = 8 * 1024 * 1024;
 
-/// The body limit of a request path.
+/// The body limit of a request path: documents take a file of up to 10 MiB (with room for a
+/// multipart envelope), the bulk routes 8 MiB, the rest 1 MiB.
 fn body_limit(path: &str) -> usize {
     match path {
         "/vectors/embed/batch" | "/vectors/documents" => MAX_BULK_BODY_BYTES,
+        path if path.starts_with("/documents/") => routes::upload::MAX_FILE_BODY_BYTES,
         _ => MAX_BODY_BYTES,
     }
 }
@@ -95,6 +98,8 @@ pub struct AppState {
     pub log: JobLog,
     pub statuses: StatusStore,
     pub documents: heimdex_event_store::DocumentStore,
+    /// Uploaded files (the object store `HEIMDEX_FILES`).
+    pub files: heimdex_event_store::FileStore,
     pub store: Arc<dyn VectorStore>,
     pub models: Arc<heimdex_embed::Registry>,
     pub embeddings: heimdex_embed::EmbedQueue,
@@ -141,6 +146,7 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
         log: events.log.clone(),
         statuses: events.statuses.clone(),
         documents: events.documents.clone(),
+        files: events.files.clone(),
         store: deps.store,
         models: deps.models,
         embeddings: deps.embeddings,

@@ -71,6 +71,9 @@ pub enum ProblemResponse {
     /// The request body is too large.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The body's media type is not one the operation takes.
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The request is well-formed but its values are not acceptable.
     #[oai(status = 422, content_type = "application/problem+json")]
     Unprocessable(Json<Problem>),
@@ -130,6 +133,9 @@ pub enum ApiError {
     /// Over a documented size limit (segments, text, chunks).
     #[error("{0}")]
     TooLarge(String),
+    /// A body of a media type the operation does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The model is known but not loaded here (e.g. its weights are not installed).
     #[error(transparent)]
     ModelUnavailable(ModelError),
@@ -228,6 +234,14 @@ impl ApiError {
                 "Payload too large",
                 detail,
             ))),
+            ApiError::UnsupportedMediaType(detail) => {
+                ProblemResponse::UnsupportedMediaType(Json(Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "Unsupported media type",
+                    detail,
+                )))
+            }
             ApiError::ModelUnavailable(err) => ProblemResponse::NotServed(Json(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "model_unavailable",

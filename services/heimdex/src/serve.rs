@@ -199,6 +199,12 @@ pub async fn start(
     if roles.projector {
         let projector = build_projector(&nats).await?;
         tasks.spawn(projector.run(shutdown.clone()));
+        let sweeper = heimdex_projector::files::Sweeper {
+            files: nats.files.clone(),
+            documents: nats.documents.clone(),
+            statuses: nats.statuses.clone(),
+        };
+        tasks.spawn(sweeper.run(settings.file_sweep, shutdown.clone()));
     }
     let mut api_addr = None;
     if let (Some(store), Some(models), Some(embeddings), true) = (
@@ -281,6 +287,7 @@ pub async fn build_worker(
             store,
             models,
             embeddings,
+            files: nats.files.clone(),
         },
     )
     .await?;

@@ -265,6 +265,12 @@ pub const SETTINGS: &[Setting] = &[
     setting("PROBE_RETRIES", "probe-retries", "3").help("retries per readiness probe"),
     setting("PROBE_CACHE_SEC", "probe-cache-sec", "10")
         .help("how long a successful probe is cached; failures are cached 3× as long"),
+    setting("HEIMDEX_FILE_SWEEP_SEC", "file-sweep-sec", "300")
+        .help("how often the projector deletes uploaded files no live document version needs"),
+    setting("HEIMDEX_FILE_GRACE_SEC", "file-grace-sec", "900").help(
+        "how old an uploaded file must be before a sweep may delete it (its job may not be \
+         requested yet)",
+    ),
     setting("HEIMDEX_WORKER_CONCURRENCY", "worker-concurrency", "256").help(
         "messages per worker batch (clamped to 1..1000; up to 4 batches at once, and a worker \
          never pulls more than 4 batches' worth); a batch's texts are embedded together, one \
@@ -374,6 +380,8 @@ pub struct Settings {
     pub store: StoreConfig,
     pub api: ApiConfig,
     pub worker: WorkerSettings,
+    /// The projector's sweep of uploaded files.
+    pub file_sweep: heimdex_projector::files::SweepConfig,
     /// Where the real model's weights are (`None`: found by [`heimdex_embed::default_model_dir`]).
     pub model_dir: Option<PathBuf>,
     /// The embedder's thread budget (`None`: every core the process may use).
@@ -516,6 +524,10 @@ impl Settings {
             },
             worker: WorkerSettings {
                 concurrency: env.parse("HEIMDEX_WORKER_CONCURRENCY")?,
+            },
+            file_sweep: heimdex_projector::files::SweepConfig {
+                interval: Duration::from_secs(env.parse::<u64>("HEIMDEX_FILE_SWEEP_SEC")?.max(1)),
+                grace: Duration::from_secs(env.parse("HEIMDEX_FILE_GRACE_SEC")?),
             },
             model_dir: env.value("HEIMDEX_MODEL_DIR").map(PathBuf::from),
             embed_threads: match env.value("HEIMDEX_EMBED_THREADS") {

@@ -15,6 +15,7 @@
 //! and written once, and the revisions of jobs still in progress are cached, so the common case
 //! is one CAS write per job per batch and no read.
 
+pub mod files;
 pub mod rebuild;
 
 use std::collections::HashMap;

@@ -22,8 +22,8 @@ use uuid::Uuid;
 use heimdex_domain::events::{EventData, EventKind, Failed, JobEvent, Started, Succeeded};
 use heimdex_domain::ids::Target;
 use heimdex_domain::jobs::{
-    ChunkInfo, DeleteAssetParams, DeletePointParams, DocumentParams, EmbedParams, JobError,
-    JobErrorCode, JobResult, JobSpec, MockParams,
+    ChunkInfo, DeleteAssetParams, DeletePointParams, DocumentChunk, DocumentParams, EmbedParams,
+    FileSource, JobError, JobErrorCode, JobResult, JobSpec, MockParams, SourceLocation,
 };
 use heimdex_domain::{AssetId, Metadata, SegmentId, ids};
 use heimdex_embed::{EmbedError, EmbedQueue, ModelError, Priority};
@@ -459,7 +459,6 @@ async fn plan_document(
         asset_id,
         model,
         model_ver,
-        chunks,
         metadata,
         ..
     } = params;
@@ -479,6 +478,30 @@ async fn plan_document(
             embedder.model_ver()
         )));
     }
+    if superseded(deps, job, &[Target::Asset(asset_id.to_string())]).await? {
+        return Ok(Step::Done(Ok(superseded_result(
+            config, job.org_id, params,
+        ))));
+    }
+    let filter = PointFilter {
+        asset_id: Some(asset_id.to_string()),
+        ..PointFilter::default()
+    };
+    let stored = deps
+        .store
+        .scroll_points(job.org_id, filter)
+        .await
+        .map_err(|err| JobFailure::from(&err))?;
+    if stored.iter().any(|p| p.payload.seq > Some(job.seq)) {
+        // A later version is written already: in stream order, this one is replaced.
+        return Ok(Step::Done(Ok(superseded_result(
+            config, job.org_id, params,
+        ))));
+    }
+    let (chunks, locations) = match &params.file {
+        None => (params.chunks.clone(), Vec::new()),
+        Some(file) => read_file(deps, embedder.clone(), file).await?,
+    };
     let ids: Vec<Uuid> = (0..chunks.len())
         .map(|i| {
             ids::point_id(
@@ -501,24 +524,6 @@ async fn plan_document(
         kept: Some(0),
         superseded: false,
     };
-    if superseded(deps, job, &[Target::Asset(asset_id.to_string())]).await? {
-        result.superseded = true;
-        return Ok(Step::Done(Ok(result)));
-    }
-    let filter = PointFilter {
-        asset_id: Some(asset_id.to_string()),
-        ..PointFilter::default()
-    };
-    let stored = deps
-        .store
-        .scroll_points(job.org_id, filter)
-        .await
-        .map_err(|err| JobFailure::from(&err))?;
-    if stored.iter().any(|p| p.payload.seq > Some(job.seq)) {
-        // A later version is written already: in stream order, this one is replaced.
-        result.superseded = true;
-        return Ok(Step::Done(Ok(result)));
-    }
     let stored: HashMap<Uuid, heimdex_store::Payload> =
         stored.into_iter().map(|p| (p.id, p.payload)).collect();
     let mut to_write = Vec::new();
@@ -529,7 +534,7 @@ async fn plan_document(
             char_start: chunk.char_start,
             char_end: chunk.char_end,
         };
-        let payload = payload(
+        let mut payload = payload(
             job,
             asset_id,
             &DocumentParams::segment_id(index),
@@ -539,12 +544,15 @@ async fn plan_document(
             Some(info),
             metadata.clone(),
         );
+        if let Some(location) = locations.get(index) {
+            add_location(&mut payload, location);
+        }
         let same = stored.get(id).is_some_and(|old| {
             old.text == payload.text
                 && old.meta == payload.meta
-                && old.extra.get("chunk_index") == payload.extra.get("chunk_index")
-                && old.extra.get("char_start") == payload.extra.get("char_start")
-                && old.extra.get("char_end") == payload.extra.get("char_end")
+                && CHUNK_KEYS
+                    .iter()
+                    .all(|key| old.extra.get(*key) == payload.extra.get(*key))
         });
         if same {
             kept += 1;
@@ -597,6 +605,125 @@ async fn plan_document(
         stale,
         result,
     }))))
+}
+
+/// The payload keys that place a chunk: a kept chunk has the same values for all of them.
+const CHUNK_KEYS: [&str; 6] = [
+    "chunk_index",
+    "char_start",
+    "char_end",
+    "page",
+    "page_end",
+    "section",
+];
+
+/// The most chunks a file may make.
+pub const MAX_FILE_CHUNKS: usize = 10_000;
+
+/// The result of a document version that a later delete or version replaces: nothing
+/// written. It names the points a text's chunks would have had (a file's are not known
+/// without extracting it).
+fn superseded_result(config: &WorkerConfig, org_id: Uuid, params: &DocumentParams) -> JobResult {
+    JobResult {
+        collection: config.collection.clone(),
+        point_ids: (0..params.chunks.len())
+            .map(|i| {
+                ids::point_id(
+                    org_id,
+                    params.asset_id.as_str(),
+                    DocumentParams::segment_id(i).as_str(),
+                    &params.model,
+                    &params.model_ver,
+                )
+            })
+            .collect(),
+        vector_size: config.vector_size,
+        model: Some(params.model.clone()),
+        model_ver: Some(params.model_ver.clone()),
+        deleted: Some(0),
+        written: Some(0),
+        kept: Some(0),
+        superseded: true,
+    }
+}
+
+/// Reads an uploaded file back, extracts its text and cuts it into chunks, each with where
+/// it sits in the file. A file that cannot be read as its format (encrypted, damaged, no text)
+/// or that makes more than [`MAX_FILE_CHUNKS`] chunks fails the job at once.
+async fn read_file(
+    deps: &WorkerDeps,
+    embedder: std::sync::Arc<dyn heimdex_embed::Embedder>,
+    file: &FileSource,
+) -> Result<(Vec<DocumentChunk>, Vec<SourceLocation>), JobFailure> {
+    let format = heimdex_extract::Format::ALL
+        .into_iter()
+        .find(|format| format.as_str() == file.format)
+        .ok_or_else(|| JobFailure::Invalid(format!("unknown file format `{}`", file.format)))?;
+    let bytes = deps
+        .files
+        .get(&file.object)
+        .await
+        .map_err(|err| JobFailure::Retryable(JobErrorCode::Internal, err.to_string()))?
+        .ok_or_else(|| {
+            JobFailure::Invalid("the uploaded file is no longer stored; send it again".into())
+        })?;
+    let options = heimdex_embed::ChunkOptions {
+        max_tokens: file.max_tokens,
+        overlap: file.overlap,
+    };
+    tokio::task::spawn_blocking(move || {
+        let extracted =
+            heimdex_extract::extract(format, &bytes, &heimdex_extract::Limits::default()).map_err(
+                |err| JobFailure::Invalid(format!("the {format} file cannot be read: {err}")),
+            )?;
+        let text = extracted.text();
+        let spans = embedder
+            .token_spans(text)
+            .map_err(|err| JobFailure::Invalid(err.to_string()))?;
+        let cut = heimdex_embed::chunk(text, &spans, options);
+        if cut.len() > MAX_FILE_CHUNKS {
+            return Err(JobFailure::Invalid(format!(
+                "the file makes {} chunks; a document may have at most {MAX_FILE_CHUNKS}: split \
+                 it, or raise max_tokens",
+                cut.len()
+            )));
+        }
+        Ok(cut
+            .iter()
+            .map(|chunk| {
+                let at = extracted.location(chunk.char_start, chunk.char_end);
+                (
+                    DocumentChunk {
+                        text: chunk.text(text).to_owned(),
+                        char_start: chunk.char_start,
+                        char_end: chunk.char_end,
+                    },
+                    SourceLocation {
+                        page: at.page,
+                        page_end: at.page_end,
+                        section: at.section,
+                    },
+                )
+            })
+            .unzip())
+    })
+    .await
+    .map_err(|err| JobFailure::Retryable(JobErrorCode::Internal, err.to_string()))?
+}
+
+/// Records where a chunk of a file sits in its payload: `page`, `page_end`, `section`.
+fn add_location(payload: &mut Payload, location: &SourceLocation) {
+    if let Some(page) = location.page {
+        payload.extra.insert("page".into(), page.into());
+    }
+    if let Some(page_end) = location.page_end {
+        payload.extra.insert("page_end".into(), page_end.into());
+    }
+    if let Some(section) = &location.section {
+        payload
+            .extra
+            .insert("section".into(), section.clone().into());
+    }
 }
 
 /// Whether a delete of any of `targets` comes after the job in the log: then, in stream order,

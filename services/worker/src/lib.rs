@@ -116,6 +116,8 @@ pub struct WorkerDeps {
     pub models: Arc<heimdex_embed::Registry>,
     /// The process's embedding queue (shared with search, which goes first).
     pub embeddings: heimdex_embed::EmbedQueue,
+    /// Uploaded files, which document jobs of files name.
+    pub files: heimdex_event_store::FileStore,
 }
 
 #[derive(Clone)]

@@ -61,13 +61,19 @@ impl Target {
     }
 }
 
-/// A document's version: `hex(sha256(canonical_json(options) "\n" text))`.
-pub fn document_version(text: &str, options: &impl Serialize) -> String {
+/// A document's version: `hex(sha256(canonical_json(options) "\n" content))`, where the
+/// content is the raw bytes sent: the text, or the file as uploaded.
+pub fn document_version(content: &[u8], options: &impl Serialize) -> String {
     let mut hasher = Sha256::new();
     hasher.update(canonical_json(options).as_bytes());
     hasher.update(b"\n");
-    hasher.update(text.as_bytes());
+    hasher.update(content);
     hex::encode(hasher.finalize())
+}
+
+/// `hex(sha256(bytes))`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// The mock embedding: `size` values uniform in `[0, 1)` from a ChaCha20 stream seeded with

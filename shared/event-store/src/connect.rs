@@ -7,6 +7,7 @@ use async_nats::jetstream::{Context, kv, stream};
 use tokio_util::sync::CancellationToken;
 
 use crate::documents::DocumentStore;
+use crate::files::FileStore;
 use crate::jetstream::{self, BootstrapError, Definitions, NatsConfig};
 use crate::log::JobLog;
 use crate::status::StatusStore;
@@ -26,6 +27,7 @@ pub struct EventStore {
     pub log: JobLog,
     pub statuses: StatusStore,
     pub documents: DocumentStore,
+    pub files: FileStore,
     /// The URL connected to (as given: it may carry credentials; strip them before showing it).
     pub url: String,
 }
@@ -51,10 +53,11 @@ impl EventStore {
                 let listing = jetstream::ensure_listing(&js, &defs).await?;
                 let tombstones = jetstream::ensure_tombstones(&js, &defs).await?;
                 let documents = jetstream::ensure_documents(&js, &defs).await?;
-                Ok::<_, BootstrapError>((stream, status, listing, tombstones, documents))
+                let files = jetstream::ensure_files(&js, &defs).await?;
+                Ok::<_, BootstrapError>((stream, status, listing, tombstones, documents, files))
             };
             match attempt.await {
-                Ok((stream, status, listing, tombstones, documents)) => {
+                Ok((stream, status, listing, tombstones, documents, files)) => {
                     return Ok(Self {
                         log: JobLog::new(client.clone(), js.clone(), stream.clone(), tombstones),
                         statuses: StatusStore::new(
@@ -70,6 +73,7 @@ impl EventStore {
                             documents,
                             LIST_STALL,
                         ),
+                        files: FileStore::new(files),
                         client,
                         js,
                         defs,

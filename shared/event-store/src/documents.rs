@@ -122,6 +122,15 @@ impl DocumentStore {
         self.entry_at(document_key(org_id, asset_id)).await
     }
 
+    /// The record under `<org_id>.<token>` (the asset token of [`document_key`]).
+    pub async fn entry_by_token(
+        &self,
+        org_id: Uuid,
+        token: &str,
+    ) -> Result<Option<StoredDocument>, DocumentError> {
+        self.entry_at(format!("{org_id}.{token}")).await
+    }
+
     async fn entry_at(&self, key: String) -> Result<Option<StoredDocument>, DocumentError> {
         let Some(entry) = self.kv.entry(&key).await.map_err(DocumentError::Read)? else {
             return Ok(None);

@@ -47,6 +47,7 @@ pub const LISTING_STREAM: &str = "HEIMDEX_JOB_LISTING";
 pub const LEGACY_INDEX_STREAM: &str = "HEIMDEX_JOB_INDEX";
 pub const DOCUMENT_BUCKET: &str = "HEIMDEX_DOCUMENTS";
 pub const DOCUMENT_LISTING_STREAM: &str = "HEIMDEX_DOCUMENT_LISTING";
+pub const FILES_BUCKET: &str = "HEIMDEX_FILES";
 pub const TOMBSTONE_STREAM: &str = "HEIMDEX_TOMBSTONES";
 pub const ADVISORY_STREAM: &str = "HEIMDEX_ADVISORIES";
 pub const WORKER_CONSUMER: &str = "worker";
@@ -58,6 +59,7 @@ const LISTING_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_JOB_LISTIN
 const DOCUMENT_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_DOCUMENTS.json");
 const DOCUMENT_LISTING_JSON: &str =
     include_str!("../../../nats/stream.HEIMDEX_DOCUMENT_LISTING.json");
+const FILES_JSON: &str = include_str!("../../../nats/obj.HEIMDEX_FILES.json");
 const TOMBSTONE_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_TOMBSTONES.json");
 const ADVISORY_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_ADVISORIES.json");
 const ADVISORY_CONSUMER_JSON: &str = include_str!("../../../nats/consumer.advisories.json");
@@ -102,6 +104,8 @@ pub struct Definitions {
     /// The document projection's bucket, and its listing.
     pub documents: stream::Config,
     pub document_listing: stream::Config,
+    /// The object store of uploaded files.
+    pub files: stream::Config,
     pub tombstones: stream::Config,
     pub advisories: stream::Config,
     pub worker: consumer::pull::Config,
@@ -126,6 +130,8 @@ impl Definitions {
             DOCUMENT_LISTING_JSON,
         )?;
         document_listing.num_replicas = nats.replicas;
+        let mut files: stream::Config = parse("obj.HEIMDEX_FILES.json", FILES_JSON)?;
+        files.num_replicas = nats.replicas;
         let mut tombstones: stream::Config =
             parse("stream.HEIMDEX_TOMBSTONES.json", TOMBSTONE_JSON)?;
         tombstones.num_replicas = nats.replicas;
@@ -140,6 +146,7 @@ impl Definitions {
             listing,
             documents,
             document_listing,
+            files,
             tombstones,
             advisories,
             worker,
@@ -342,6 +349,17 @@ pub async fn ensure_documents(
     js.get_key_value(DOCUMENT_BUCKET)
         .await
         .map_err(|err| request_error(DOCUMENT_BUCKET, err))
+}
+
+/// Creates (or finds) the files object store's stream, checks it and opens it.
+pub async fn ensure_files(
+    js: &jetstream::Context,
+    defs: &Definitions,
+) -> Result<jetstream::object_store::ObjectStore, BootstrapError> {
+    ensure_stream_config(js, &defs.files).await?;
+    js.get_object_store(FILES_BUCKET)
+        .await
+        .map_err(|err| request_error(FILES_BUCKET, err))
 }
 
 /// Creates (or finds) the tombstone stream and checks its settings.
@@ -599,6 +617,9 @@ mod tests {
         assert_eq!(defs.document_listing.max_messages_per_subject, -1);
         assert!(!defs.document_listing.deny_delete);
         assert!(defs.document_listing.allow_direct);
+        assert_eq!(defs.files.name, format!("OBJ_{FILES_BUCKET}"));
+        assert!(defs.files.allow_rollup);
+        assert_eq!(defs.files.discard, stream::DiscardPolicy::New);
         assert_eq!(defs.worker.durable_name.as_deref(), Some(WORKER_CONSUMER));
         assert_eq!(defs.worker.max_deliver, 4);
         assert_eq!(defs.worker.ack_wait, Duration::from_secs(30));
@@ -645,6 +666,7 @@ mod tests {
         assert_eq!(defs.listing.num_replicas, 3);
         assert_eq!(defs.documents.num_replicas, 3);
         assert_eq!(defs.document_listing.num_replicas, 3);
+        assert_eq!(defs.files.num_replicas, 3);
         assert_eq!(defs.stream.duplicate_window, Duration::from_secs(600));
     }
 }

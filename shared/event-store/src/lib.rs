@@ -6,6 +6,7 @@
 //!   writes (the projector's), and pages that cost what they hold;
 //! * [`documents`]: the document projection (the latest request for each asset) and its
 //!   listing;
+//! * [`files`]: uploaded files, in the object store `HEIMDEX_FILES`;
 //! * [`listing`]: listings whose pages cost what they hold, shared by jobs and documents;
 //! * [`jetstream`]: the stream, the status bucket and the durable consumers, created from the
 //!   definition files in `nats/` and checked at every start; connecting; whole-slice reads
@@ -17,6 +18,7 @@
 pub mod batching;
 mod connect;
 pub mod documents;
+pub mod files;
 pub mod jetstream;
 pub mod listing;
 pub mod log;
@@ -25,6 +27,7 @@ pub mod status;
 
 pub use connect::EventStore;
 pub use documents::DocumentStore;
+pub use files::FileStore;
 pub use jetstream::NatsConfig;
 pub use log::JobLog;
 pub use status::StatusStore;

@@ -34,6 +34,7 @@ mod error;
 mod html;
 mod markdown;
 mod pdf;
+pub mod testing;
 mod text;
 
 use std::fmt;

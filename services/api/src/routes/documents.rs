@@ -10,8 +10,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::Json;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, Tags};
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::{ApiRequest, ApiResponse, Enum, Object, OpenApi, Tags};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -33,6 +33,7 @@ use crate::routes::ingest::{
 };
 use crate::routes::jobs::JobErrorView;
 use crate::routes::parse_ident;
+use crate::routes::upload::{FileForm, FileUpload, submit_file};
 use crate::routes::vectors::{DeleteResponse, delete_asset};
 use crate::strict::{Known, StrictString, StrictText};
 
@@ -71,6 +72,26 @@ pub struct PutDocument {
     pub metadata: Option<MetadataBody>,
 }
 
+/// The options of `PUT /documents/{asset_id}` given as query parameters.
+struct QueryOptions {
+    model: Option<String>,
+    metadata: Option<String>,
+    max_tokens: Option<u32>,
+    overlap: Option<u32>,
+    name: Option<String>,
+}
+
+/// `PUT /documents/{asset_id}` body: the text as JSON, or a file.
+#[derive(ApiRequest)]
+pub enum DocumentBody {
+    /// The document's text and options.
+    Json(Json<Known<PutDocument>>),
+    /// A file as a multipart form.
+    Form(FileForm),
+    /// A file as the raw body, sent with its media type (see the operation).
+    File(Binary<Vec<u8>>),
+}
+
 /// One stored chunk of a document.
 #[derive(Object, Debug, Serialize)]
 pub struct StoredChunk {
@@ -82,6 +103,15 @@ pub struct StoredChunk {
     pub char_start: Option<u64>,
     #[oai(skip_serializing_if_is_none)]
     pub char_end: Option<u64>,
+    /// For a PDF: the page the chunk starts on (1-based), and the page it ends on when that
+    /// is another.
+    #[oai(skip_serializing_if_is_none)]
+    pub page: Option<u64>,
+    #[oai(skip_serializing_if_is_none)]
+    pub page_end: Option<u64>,
+    /// For HTML, Markdown and DOCX: the nearest heading before the chunk.
+    #[oai(skip_serializing_if_is_none)]
+    pub section: Option<String>,
     pub model: String,
     pub model_ver: String,
     #[oai(skip_serializing_if_is_none)]
@@ -290,41 +320,124 @@ impl DocumentsApi {
         })))
     }
 
-    /// Send a document (a new version replaces the old one)
+    /// Send a document, as text or as a file (a new version replaces the old one)
     ///
-    /// Chunks `text` (see `POST /vectors/documents`) and queues one `document` job for the
-    /// whole version. The job writes the chunks that are new or changed, leaves the ones
-    /// whose text, index, offsets and metadata are unchanged untouched, and deletes every
-    /// stored point of the asset the new version lacks; its result counts `written`, `kept`
-    /// and `deleted`. The version is a hash of the text, the options and the metadata:
+    /// **Text** (`application/json`): chunks `text` (see `POST /vectors/documents`) and queues
+    /// one `document` job for the whole version. **A file**: PDF, DOCX, HTML, Markdown or
+    /// plain text, up to 10 MiB, as a multipart form (`file`, and optionally `metadata` as a
+    /// JSON object, `model`, `max_tokens`, `overlap`), or as the raw body with its media type
+    /// (`application/pdf`, `application/vnd.openxmlformats-officedocument.wordprocessingml.document`,
+    /// `text/html`, `text/markdown`, `text/plain`; with `application/octet-stream` the `name`'s
+    /// extension or the first bytes tell PDF and DOCX) and the options as query parameters.
+    /// The query options serve every body kind; an option the JSON body or the form also
+    /// gives is taken from there (`chunk` as a whole), and `name` names only files.
+    /// The file is stored before the `202`; the worker extracts its text and chunks it (at
+    /// most 10,000 chunks), and each chunk records where it came from (`page`, `page_end`,
+    /// `section`). Another media type is 415, a larger file 413; a file that is not what its
+    /// type says, or text that is not UTF-8, is 422 when that shows in its first bytes, and
+    /// otherwise (encrypted, damaged, no text) its job fails `invalid_input` with the reason.
+    /// For a file, the response lists no chunks: the job's result names its points.
+    ///
+    /// The job The job writes the chunks that are new or changed, leaves the ones
+    /// whose text, index, offsets, location and metadata are unchanged untouched, and deletes
+    /// every stored point of the asset the new version lacks; its result counts `written`,
+    /// `kept` and `deleted`. The version is a hash of the text (or the file's bytes and
+    /// format), the options and the metadata:
     /// sending the same again is the same job, unless the document was deleted since, when it
     /// is written again. `metadata` (your own keys, see `filter.metadata` in search) is stored
     /// in every chunk's payload under `meta`; a wrong shape is 422 with the reason. The
     /// document is whole when the job is `SUCCEEDED` (`GET /jobs/{job_id}`). At most
-    /// 1,000,000 characters, 1,000 chunks, 768 KiB of chunk text (413) and 8 MiB of body.
+    /// 1,000,000 characters, 1,000 chunks and 768 KiB of chunk text for a text (413).
     #[oai(path = "/documents/:asset_id", method = "put")]
+    #[allow(clippy::too_many_arguments)]
     async fn put(
         &self,
         auth: BearerAuth,
         asset_id: Path<String>,
-        body: Json<Known<PutDocument>>,
+        body: DocumentBody,
+        request: &poem::Request,
+        /// The model, for a body that does not name one (a raw file's only way to name it).
+        model: Query<Option<String>>,
+        /// The metadata as a JSON object, for a body that does not carry it.
+        metadata: Query<Option<String>>,
+        /// Most tokens per chunk, 8–256 (default 256), for a body that does not say.
+        #[oai(validator(minimum(value = "8"), maximum(value = "256")))]
+        max_tokens: Query<Option<u32>>,
+        /// Tokens shared by neighbouring chunks, less than half of `max_tokens` (default 32),
+        /// for a body that does not say.
+        #[oai(validator(maximum(value = "127")))]
+        overlap: Query<Option<u32>>,
+        /// A file's name (shown in the listing; its extension tells the format when the media
+        /// type is `application/octet-stream`); a JSON text has none.
+        name: Query<Option<String>>,
     ) -> Result<PutResponse, ProblemResponse> {
-        let PutDocument {
-            text,
-            model,
-            chunk,
-            metadata,
-        } = body.0.0;
-        let accepted = submit_document(
-            &self.state,
-            &auth.0,
-            asset_id.0,
-            text.0,
-            model.map(|m| m.0),
-            chunk.unwrap_or_default(),
-            metadata,
-        )
-        .await?;
+        let query = QueryOptions {
+            model: model.0,
+            metadata: metadata.0,
+            max_tokens: max_tokens.0,
+            overlap: overlap.0,
+            name: name.0,
+        };
+        let accepted = match body {
+            DocumentBody::Json(body) => {
+                let PutDocument {
+                    text,
+                    model,
+                    chunk,
+                    metadata,
+                } = body.0.0;
+                // The body's options win over the query's.
+                let metadata = match (metadata, query.metadata) {
+                    (Some(body), _) => Some(body),
+                    (None, Some(text)) => Some(MetadataBody(serde_json::from_str(&text).map_err(
+                        |err| ApiError::Validation(format!("metadata is not JSON: {err}")),
+                    )?)),
+                    (None, None) => None,
+                };
+                let chunk = chunk.unwrap_or(ChunkRequest {
+                    max_tokens: query.max_tokens,
+                    overlap: query.overlap,
+                });
+                submit_document(
+                    &self.state,
+                    &auth.0,
+                    asset_id.0,
+                    text.0,
+                    model.map(|m| m.0).or(query.model),
+                    chunk,
+                    metadata,
+                )
+                .await?
+            }
+            DocumentBody::Form(form) => {
+                // The form's fields win over the query's.
+                let mut upload = FileUpload::from_form(form).await?;
+                upload.model = upload.model.or(query.model);
+                upload.metadata = upload.metadata.or(query.metadata);
+                if upload.chunk.max_tokens.is_none() && upload.chunk.overlap.is_none() {
+                    upload.chunk = ChunkRequest {
+                        max_tokens: query.max_tokens,
+                        overlap: query.overlap,
+                    };
+                }
+                upload.name = upload.name.or(query.name);
+                submit_file(&self.state, &auth.0, asset_id.0, upload).await?
+            }
+            DocumentBody::File(bytes) => {
+                let upload = FileUpload {
+                    bytes: bytes.0,
+                    content_type: request.content_type().map(str::to_owned),
+                    name: query.name,
+                    model: query.model,
+                    chunk: ChunkRequest {
+                        max_tokens: query.max_tokens,
+                        overlap: query.overlap,
+                    },
+                    metadata: query.metadata,
+                };
+                submit_file(&self.state, &auth.0, asset_id.0, upload).await?
+            }
+        };
         Ok(PutResponse::Accepted(Json(accepted)))
     }
 
@@ -367,6 +480,14 @@ impl DocumentsApi {
                 chunk_index: number(&point.payload, "chunk_index"),
                 char_start: number(&point.payload, "char_start"),
                 char_end: number(&point.payload, "char_end"),
+                page: number(&point.payload, "page"),
+                page_end: number(&point.payload, "page_end"),
+                section: point
+                    .payload
+                    .extra
+                    .get("section")
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned),
                 segment_id: point.payload.segment_id,
                 point_id: point.id,
                 model: point.payload.model,
@@ -484,7 +605,7 @@ pub(crate) async fn submit_document(
         ..options
     };
     let version = ids::document_version(
-        &text,
+        text.as_bytes(),
         &VersionOptions {
             model: embedder.model(),
             model_ver: embedder.model_ver(),

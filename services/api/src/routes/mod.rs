@@ -6,6 +6,7 @@ pub mod health;
 pub mod ingest;
 pub mod jobs;
 pub mod search;
+pub mod upload;
 pub mod vectors;
 
 use heimdex_domain::IdentError;
