@@ -503,15 +503,7 @@ async fn plan_document(
         Some(file) => read_file(deps, embedder.clone(), file).await?,
     };
     let ids: Vec<Uuid> = (0..chunks.len())
-        .map(|i| {
-            ids::point_id(
-                job.org_id,
-                asset_id.as_str(),
-                DocumentParams::segment_id(i).as_str(),
-                model,
-                model_ver,
-            )
-        })
+        .map(|i| params.chunk_point_id(job.org_id, i))
         .collect();
     let mut result = JobResult {
         collection: config.collection.clone(),
@@ -627,15 +619,7 @@ fn superseded_result(config: &WorkerConfig, org_id: Uuid, params: &DocumentParam
     JobResult {
         collection: config.collection.clone(),
         point_ids: (0..params.chunks.len())
-            .map(|i| {
-                ids::point_id(
-                    org_id,
-                    params.asset_id.as_str(),
-                    DocumentParams::segment_id(i).as_str(),
-                    &params.model,
-                    &params.model_ver,
-                )
-            })
+            .map(|i| params.chunk_point_id(org_id, i))
             .collect(),
         vector_size: config.vector_size,
         model: Some(params.model.clone()),
@@ -796,15 +780,9 @@ pub(crate) fn touched(org_id: Uuid, spec: &JobSpec) -> Vec<(Uuid, Target)> {
         JobSpec::DeletePoint(params) => vec![Target::Point(params.point_id)],
         JobSpec::DeleteAsset(params) => vec![Target::Asset(params.asset_id.to_string())],
         JobSpec::Document(params) => std::iter::once(Target::Asset(params.asset_id.to_string()))
-            .chain((0..params.chunks.len()).map(|i| {
-                Target::Point(ids::point_id(
-                    org_id,
-                    params.asset_id.as_str(),
-                    DocumentParams::segment_id(i).as_str(),
-                    &params.model,
-                    &params.model_ver,
-                ))
-            }))
+            .chain(
+                (0..params.chunks.len()).map(|i| Target::Point(params.chunk_point_id(org_id, i))),
+            )
             .collect(),
         JobSpec::MockEmbedding(_) | JobSpec::Embedding(_) => write_targets(org_id, spec),
     };

@@ -179,6 +179,17 @@ impl DocumentParams {
     pub fn segment_id(index: usize) -> SegmentId {
         SegmentId::parse(format!("chunk-{index}")).expect("chunk segment ids are valid")
     }
+
+    /// The point id of chunk `index` of this version, in `org_id`.
+    pub fn chunk_point_id(&self, org_id: Uuid, index: usize) -> Uuid {
+        crate::ids::point_id(
+            org_id,
+            self.asset_id.as_str(),
+            Self::segment_id(index).as_str(),
+            &self.model,
+            &self.model_ver,
+        )
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
