@@ -625,6 +625,11 @@ impl Outcome {
         self.not_terminal + self.missing_points + self.wrong_outcome
     }
 
+    /// Succeeded jobs that were delivered to a worker more than once.
+    pub fn redelivered(&self) -> usize {
+        self.deliveries.values().filter(|n| **n > 1).count()
+    }
+
     pub fn duplicates(&self) -> usize {
         self.extra_points + self.duplicate_points + self.duplicate_events
     }

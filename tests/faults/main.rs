@@ -17,6 +17,7 @@ mod duplicates;
 mod full_disk;
 mod harness;
 mod kill9;
+mod log_full;
 mod nats_faults;
 mod poison;
 mod projector;

@@ -11,11 +11,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{AckKind, Message};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
 use tracing::Span;
 use uuid::Uuid;
 
@@ -49,7 +50,8 @@ pub enum Outcome {
     /// The message is not a job event this worker can read: terminated, since no delivery
     /// could ever succeed.
     Unusable,
-    /// NATS failed mid-job, so its start or its end could not be recorded: abandoned (left
+    /// Its start or its end could not be recorded: JetStream refused the event for good, or
+    /// the worker stopped while the log could not take it (see [`persist`]). Abandoned (left
     /// unacknowledged), it is delivered again after the ack wait, and the redelivery redoes
     /// the idempotent work and records it.
     Unrecorded,
@@ -146,6 +148,7 @@ pub(crate) async fn process<'m>(
     deps: &WorkerDeps,
     embeddings: &EmbedQueue,
     collection_ready: &AtomicBool,
+    stopping: &CancellationToken,
     messages: &'m [Message],
 ) -> Vec<(&'m Message, Outcome)> {
     let mut unusable = Vec::new();
@@ -160,7 +163,7 @@ pub(crate) async fn process<'m>(
     start(deps, &mut jobs).await;
     plan(config, deps, embeddings, &mut jobs).await;
     store(config, deps, collection_ready, &mut jobs).await;
-    record(config, deps, &mut jobs).await;
+    record(config, deps, stopping, &mut jobs).await;
 
     let mut outcomes: Vec<(&Message, Outcome)> = unusable
         .into_iter()
@@ -282,18 +285,7 @@ async fn start(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
         .iter_mut()
         .filter(|job| matches!(job.step, Step::Received))
         .collect();
-    let sent = join_all(live.iter().map(|job| {
-        let event = JobEvent::new(
-            job.org_id,
-            job.job_id,
-            EventData::Started(Started {
-                attempt: job.attempt,
-                round: job.round,
-            }),
-        );
-        send(deps, job, event)
-    }))
-    .await;
+    let sent = join_all(live.iter().map(|job| send(deps, job, started_event(job)))).await;
     for (job, sent) in live.into_iter().zip(sent) {
         job.started = Some(sent);
         job.step = Step::Started;
@@ -301,6 +293,71 @@ async fn start(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
 }
 
 /// Sends one of the job's events within its span, so the event carries the job's trace.
+fn started_event(job: &Job<'_>) -> JobEvent {
+    JobEvent::new(
+        job.org_id,
+        job.job_id,
+        EventData::Started(Started {
+            attempt: job.attempt,
+            round: job.round,
+        }),
+    )
+}
+
+/// The first wait before an event the log could not take is sent again; it doubles up to
+/// [`RESEND_MAX`].
+const RESEND_FIRST: Duration = Duration::from_millis(100);
+const RESEND_MAX: Duration = Duration::from_secs(5);
+
+/// Waits until `event`, sent as `sent`, is stored.
+///
+/// While the log cannot take it (the stream or its disk is full, or NATS is out of reach),
+/// the job is held rather than abandoned: the batch's messages keep getting progress acks
+/// (`Worker::handle_in_turn`), so the wait costs no delivery, and the event is sent again with
+/// backoff (de-duplicated by its id, should an earlier copy have been stored after all) until
+/// it is stored, JetStream refuses it for good, or the worker stops. An abandoned job would be
+/// delivered again, redo its work and fail to record it each time, until JetStream gave it up
+/// as crashed and it were marked failed with its work done.
+async fn persist(
+    deps: &WorkerDeps,
+    stopping: &CancellationToken,
+    job: &Job<'_>,
+    event: &JobEvent,
+    sent: Result<PendingAppend, AppendError>,
+) -> Result<(), AppendError> {
+    let mut sent = sent;
+    let mut delay = RESEND_FIRST;
+    let mut held_since = None;
+    loop {
+        let err = match sent {
+            Ok(pending) => match pending.stored().await {
+                Ok(()) => {
+                    if let Some(since) = held_since {
+                        let held = Instant::now().duration_since(since);
+                        tracing::info!(job_id = %job.job_id, ?held, "event stored after a hold");
+                    }
+                    return Ok(());
+                }
+                Err(err) => err,
+            },
+            Err(err) => err,
+        };
+        if matches!(err, AppendError::Refused(_)) {
+            return Err(err);
+        }
+        if held_since.is_none() {
+            tracing::warn!(error = %err, job_id = %job.job_id, kind = ?event.data.kind(), "the job log cannot take the event; holding the job");
+            held_since = Some(Instant::now());
+        }
+        tokio::select! {
+            () = stopping.cancelled() => return Err(err),
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RESEND_MAX);
+        sent = send(deps, job, event.clone()).await;
+    }
+}
+
 async fn send(
     deps: &WorkerDeps,
     job: &Job<'_>,
@@ -1191,11 +1248,18 @@ async fn write_upserts(deps: &WorkerDeps, jobs: Vec<&mut Job<'_>>) {
 
 /// Records each job's end: waits for its `started` event to be stored, then stores its
 /// `succeeded` or `failed` event (or, for a failure that may pass, nothing: it is retried).
-async fn record(config: &WorkerConfig, deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+async fn record(
+    config: &WorkerConfig,
+    deps: &WorkerDeps,
+    stopping: &CancellationToken,
+    jobs: &mut [Job<'_>],
+) {
     let started = join_all(jobs.iter_mut().map(|job| async move {
         match job.started.take() {
-            Some(Ok(pending)) => pending.stored().await.is_ok(),
-            Some(Err(_)) => false,
+            Some(sent) => {
+                let event = started_event(job);
+                persist(deps, stopping, job, &event, sent).await.is_ok()
+            }
             None => true,
         }
     }))
@@ -1241,14 +1305,11 @@ async fn record(config: &WorkerConfig, deps: &WorkerDeps, jobs: &mut [Job<'_>]) 
             }
         };
         let event = JobEvent::new(job.org_id, job.job_id, data);
-        let sent = send(deps, job, event).await;
-        ends.push((job, outcome, sent));
+        ends.push((job, outcome, event));
     }
-    let stored = join_all(ends.iter_mut().map(|(_, _, sent)| async move {
-        match std::mem::replace(sent, Err(AppendError::Disconnected)) {
-            Ok(pending) => pending.stored().await,
-            Err(err) => Err(err),
-        }
+    let stored = join_all(ends.iter().map(|(job, _, event)| async move {
+        let sent = send(deps, job, event.clone()).await;
+        persist(deps, stopping, job, event, sent).await
     }))
     .await;
     for ((job, outcome, _), stored) in ends.into_iter().zip(stored) {

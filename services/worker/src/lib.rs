@@ -130,6 +130,9 @@ pub struct Worker {
     embeddings: heimdex_embed::EmbedQueue,
     /// Keeps jobs on the same asset or point in stream order across batches in flight.
     gate: Arc<order::Gate>,
+    /// Cancelled when the worker stops: a job held because the log cannot take its events
+    /// is abandoned then.
+    stopping: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +161,7 @@ impl Worker {
             deps,
             collection_ready: Arc::new(AtomicBool::new(ready)),
             gate: Arc::new(order::Gate::default()),
+            stopping: CancellationToken::new(),
         })
     }
 
@@ -170,7 +174,8 @@ impl Worker {
     /// batches fill up), and that queue gets a progress ack every third of the ack wait, as
     /// batches in work do. So however slow the work, no message sits unacknowledged until its
     /// ack wait runs out and is delivered again, to another worker that would do it twice.
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.stopping = shutdown.clone();
         tracing::info!(batch = self.config.batch_size, "worker consuming");
         let capacity = self.config.batch_size * self.config.batches_in_flight;
         let mut in_hand = 0usize;
@@ -277,6 +282,7 @@ impl Worker {
             &self.deps,
             &self.embeddings,
             &self.collection_ready,
+            &self.stopping,
             &messages,
         );
         tokio::pin!(work);
