@@ -1,4 +1,5 @@
-//! End-to-end: files built here with lopdf and zip (and strings), and a real-world PDF, through
+//! End-to-end: files built here with lopdf and zip (and strings), and real-world PDF, DOCX and
+//! HTML files from TeX, Word, pandoc, Docutils and makeinfo (tests/data/README.md), through
 //! `extract`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -594,4 +595,116 @@ fn errors_have_short_reasons() {
         err(Format::Text, b"").to_string(),
         "the file has no extractable text"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real-world DOCX and HTML from the usual producers (tests/data/README.md)
+
+/// Word 2010 for Mac (python-docx's test file): a `Heading1` paragraph, then a normal one.
+#[test]
+fn real_docx_word_heading_and_paragraph() {
+    let e = ok(
+        Format::Docx,
+        include_bytes!("data/word-known-paragraphs.docx"),
+    );
+    assert!(e.text().contains("Heading Paragraph"), "{:?}", e.text());
+    assert_eq!(
+        section_of(&e, "Normal paragraph").as_deref(),
+        Some("Heading Paragraph")
+    );
+}
+
+/// Word 2010 for Mac: paragraphs in `Heading1`, `BodyText`, and a style id the file does not
+/// define.
+#[test]
+fn real_docx_word_styles() {
+    let e = ok(Format::Docx, include_bytes!("data/word-known-styles.docx"));
+    for text in [
+        "no specified style",
+        "missing style",
+        "Heading 1",
+        "Body Text",
+    ] {
+        assert!(e.text().contains(text), "{text:?} in {:?}", e.text());
+    }
+    assert_eq!(section_of(&e, "Body Text").as_deref(), Some("Heading 1"));
+    assert_eq!(section_of(&e, "missing style"), None);
+}
+
+/// pandoc 2.17 from Markdown: title, author, headings on two levels, a table and a list.
+#[test]
+fn real_docx_pandoc_handbook() {
+    let e = ok(Format::Docx, include_bytes!("data/pandoc-handbook.docx"));
+    assert_eq!(
+        section_of(&e, "Releases ship on Tuesdays").as_deref(),
+        Some("Deploying")
+    );
+    assert_eq!(
+        section_of(&e, "Revert the release tag").as_deref(),
+        Some("Rolling back")
+    );
+    assert_eq!(
+        section_of(&e, "Page the owner at once").as_deref(),
+        Some("On call")
+    );
+    assert_eq!(
+        section_of(&e, "Write down every step").as_deref(),
+        Some("On call")
+    );
+}
+
+/// pandoc 2.17 from the same Markdown, as a standalone HTML page.
+#[test]
+fn real_html_pandoc_handbook() {
+    let e = ok(Format::Html, include_bytes!("data/pandoc-handbook.html"));
+    assert_eq!(
+        section_of(&e, "Releases ship on Tuesdays").as_deref(),
+        Some("Deploying")
+    );
+    assert_eq!(
+        section_of(&e, "Revert the release tag").as_deref(),
+        Some("Rolling back")
+    );
+    assert_eq!(
+        section_of(&e, "Page the owner at once").as_deref(),
+        Some("On call")
+    );
+    assert!(!e.text().contains("font-family"), "no style sheet text");
+}
+
+/// Docutils 0.19 (`rst2html5`) from reStructuredText: the document title is an `h1`, sections
+/// are `h2`/`h3` inside `<main>`, and a style sheet is inlined in `<head>`.
+#[test]
+fn real_html_docutils_guide() {
+    let e = ok(Format::Html, include_bytes!("data/docutils-guide.html"));
+    assert_eq!(
+        section_of(&e, "split into chunks").as_deref(),
+        Some("Indexing")
+    );
+    assert_eq!(
+        section_of(&e, "narrow a search").as_deref(),
+        Some("Filters")
+    );
+    assert_eq!(
+        section_of(&e, "usually names a field").as_deref(),
+        Some("Troubleshooting")
+    );
+    assert!(!e.text().contains("margin"), "no style sheet text");
+}
+
+/// makeinfo (Texinfo) HTML from Debian's libffi8 manual: navigation header, a licence comment,
+/// code examples.
+#[test]
+fn real_html_makeinfo_libffi() {
+    let e = ok(
+        Format::Html,
+        include_bytes!("data/makeinfo-libffi-the-basics.html"),
+    );
+    assert!(e.text().contains("ffi_prep_cif"), "{:?}", e.text());
+    assert!(
+        !e.text().contains("Permission is hereby granted"),
+        "comments are not text"
+    );
+    let section = section_of(&e, "ffi_prep_cif").unwrap_or_default();
+    assert!(section.contains("The Basics"), "{section:?}");
 }
