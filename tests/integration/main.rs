@@ -27,4 +27,5 @@ mod redrive;
 mod retries;
 mod semantic;
 mod startup;
+mod sync;
 mod tenancy;

@@ -56,7 +56,8 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
-    /// Send .txt/.md files (or directories of them) to a running service as chunked documents.
+    /// Send .txt/.md files (or directories of them) to a running service as chunked documents;
+    /// with --sync, make the index equal a folder of PDF, DOCX, HTML, Markdown and text files.
     Ingest(client::ingest::IngestArgs),
     /// Search a running service and print a results table.
     Search(client::search::SearchArgs),

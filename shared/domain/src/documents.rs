@@ -60,6 +60,11 @@ pub struct FileVersion {
     pub sha256: String,
     /// Its object in the files bucket.
     pub object: String,
+    /// The chunking it was indexed with (absent in records projected before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<usize>,
 }
 
 /// A `requested` event that changes a document: the asset, and what it becomes.
@@ -110,6 +115,8 @@ fn version_of(params: &DocumentParams) -> DocumentVersion {
         size: file.size,
         sha256: file.sha256.clone(),
         object: file.object.clone(),
+        max_tokens: Some(file.max_tokens),
+        overlap: Some(file.overlap),
     });
     let from_text = file.is_none();
     DocumentVersion {

@@ -206,6 +206,8 @@ impl DocumentSummary {
                 name: file.name,
                 size: file.size,
                 sha256: file.sha256,
+                max_tokens: file.max_tokens.map(|n| n as u64),
+                overlap: file.overlap.map(|n| n as u64),
             }),
             job_id: record.job_id,
             updated_at,
@@ -224,6 +226,13 @@ pub struct FileView {
     pub size: u64,
     /// `hex(sha256)` of the bytes: what `heimdex ingest --sync` compares.
     pub sha256: String,
+    /// Most tokens per chunk it was indexed with (the asked-for value, capped by the model's
+    /// window less its special tokens).
+    #[oai(skip_serializing_if_is_none)]
+    pub max_tokens: Option<u64>,
+    /// Tokens neighbouring chunks share.
+    #[oai(skip_serializing_if_is_none)]
+    pub overlap: Option<u64>,
 }
 
 /// `GET /documents/{asset_id}` answer: the document's record and its points as stored, in

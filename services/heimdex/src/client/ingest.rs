@@ -1,5 +1,6 @@
 //! `heimdex ingest <files or dirs>`: every `.txt`/`.md` file goes through `POST
 //! /vectors/documents` (its path is the asset id), then the chunks' jobs are followed to the end.
+//! With `--sync`, a folder of files is kept equal to the index instead ([`super::sync`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -39,6 +40,15 @@ pub struct IngestArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
+    /// Make the documents under `--prefix` equal the one directory given: send new and changed
+    /// files (PDF, DOCX, HTML, Markdown, text) as documents, skip unchanged ones by content hash
+    /// without uploading them, delete the documents whose files are gone.
+    #[arg(long)]
+    pub sync: bool,
+    /// With `--sync`: the asset-id prefix of the folder's documents (default: the directory's
+    /// name and `/`). Documents outside it are never touched.
+    #[arg(long, requires = "sync")]
+    pub prefix: Option<String>,
 }
 
 /// A file to send, and the asset id it is stored under.
@@ -48,6 +58,9 @@ struct Document {
 }
 
 pub async fn run(args: IngestArgs, settings: &Settings) -> anyhow::Result<()> {
+    if args.sync {
+        return super::sync::run(args, settings).await;
+    }
     let client = Client::new(&args.connection, settings)?;
     let mut skipped: Vec<(String, String)> = Vec::new();
     let documents = collect(&args.paths, &mut skipped)?;
@@ -131,7 +144,7 @@ pub async fn run(args: IngestArgs, settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn style(what: &str) -> ProgressStyle {
+pub(crate) fn style(what: &str) -> ProgressStyle {
     ProgressStyle::with_template(&format!(
         "{{spinner}} {what} [{{bar:30}}] {{pos}}/{{len}} {{wide_msg}}"
     ))

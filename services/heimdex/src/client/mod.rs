@@ -1,9 +1,10 @@
-//! `heimdex ingest` and `heimdex search`: command-line clients of a running service's REST API
+//! `heimdex ingest` (and `--sync`), `documents` and `search`: command-line clients of a running service's REST API
 //! (the same routes any client uses; nothing here reaches into NATS or the store).
 
 pub mod documents;
 pub mod ingest;
 pub mod search;
+pub mod sync;
 
 use std::time::Duration;
 
@@ -89,6 +90,38 @@ impl Client {
             .send()
             .await
             .with_context(|| format!("cannot reach {} (is `heimdex serve` running?)", self.base))?;
+        answer(response).await
+    }
+
+    /// PUTs `bytes` as `media_type`, with `query` as the query string.
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .query(query)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, media_type)
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        answer(response).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
         answer(response).await
     }
 
