@@ -1,7 +1,8 @@
 //! Files as documents: PDF, DOCX and HTML built here with libraries are uploaded (raw body
 //! and multipart), extracted by the worker, and every chunk records its page or section. Bad
 //! files get a clear answer (413, 415, 422, or a job FAILED `invalid_input` with the reason),
-//! and the files bucket keeps exactly the files live versions need.
+//! and the files bucket keeps exactly the files live versions need (an orphan, named by no
+//! event, is collected after the grace period).
 
 use std::time::Duration;
 
@@ -254,6 +255,24 @@ async fn a_pdf_is_chunked_by_page_and_replaced_and_its_old_file_is_swept() {
     })
     .await;
     assert!(swept.is_some(), "a deleted document's file is still stored");
+
+    // A file no event names (its job's publish failed after the upload, say) is collected
+    // once it is older than the grace period, and not before.
+    let orphan = FileSource::object_name(org, &AssetId::parse("never-sent").unwrap(), "0badc0de");
+    let js = async_nats::jetstream::new(async_nats::connect(app.nats.url()).await.unwrap());
+    let bucket = js.get_object_store("HEIMDEX_FILES").await.unwrap();
+    let mut bytes: &[u8] = b"%PDF-1.7 never named by an event";
+    bucket.put(orphan.as_str(), &mut bytes).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        object_exists(&app, &orphan).await,
+        "a file younger than the grace period stays"
+    );
+    let swept = eventually(Duration::from_secs(20), || async {
+        (!object_exists(&app, &orphan).await).then_some(())
+    })
+    .await;
+    assert!(swept.is_some(), "an orphan file is still stored");
     app.stop().await;
 }
 
