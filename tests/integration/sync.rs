@@ -150,8 +150,8 @@ async fn sync_makes_the_index_equal_the_folder() {
         "Plain notes about the office plants.",
     )
     .unwrap();
-    // Real-world files (shared/extract/tests/data/README.md): pandoc's DOCX, Docutils' and
-    // makeinfo's HTML.
+    // Real-world files (shared/extract/tests/data/README.md): pandoc's and LibreOffice's DOCX,
+    // Docutils' and makeinfo's HTML, pdfTeX's PDF of a LaTeX article.
     std::fs::create_dir_all(dir.join("real")).unwrap();
     for (name, bytes) in [
         (
@@ -161,6 +161,14 @@ async fn sync_makes_the_index_equal_the_folder() {
         (
             "docutils.html",
             include_bytes!("../../shared/extract/tests/data/docutils-guide.html"),
+        ),
+        (
+            "libreoffice.docx",
+            include_bytes!("../../shared/extract/tests/data/libreoffice-handbook.docx"),
+        ),
+        (
+            "latex.pdf",
+            include_bytes!("../../shared/extract/tests/data/latex-minutes.pdf"),
         ),
         (
             "makeinfo.html",
@@ -186,7 +194,7 @@ async fn sync_makes_the_index_equal_the_folder() {
 
     let first = sync(&app, org, &dir).await;
     assert!(
-        first.contains("sent 8, skipped 0 (unchanged), deleted 0, failed 0"),
+        first.contains("sent 10, skipped 0 (unchanged), deleted 0, failed 0"),
         "{first}"
     );
     let before = listing(&app, &token).await;
@@ -201,6 +209,8 @@ async fn sync_makes_the_index_equal_the_folder() {
             "handbook/notes.txt",
             "handbook/policy.docx",
             "handbook/real/docutils.html",
+            "handbook/real/latex.pdf",
+            "handbook/real/libreoffice.docx",
             "handbook/real/makeinfo.html",
             "handbook/real/pandoc.docx",
         ]
@@ -217,7 +227,13 @@ async fn sync_makes_the_index_equal_the_folder() {
             "Rolling back",
         ),
         ("handbook/real/docutils.html", "narrow a search", "Filters"),
+        (
+            "handbook/real/libreoffice.docx",
+            "Releases ship",
+            "Deploying",
+        ),
         ("handbook/guides/report.pdf", "Bravo", ""),
+        ("handbook/real/latex.pdf", "legacy ingestion", ""),
     ] {
         let path = format!("/documents/{}", asset.replace('/', "%2F"));
         let view: Value = app.get(&token, &path).await.json().await.unwrap();
@@ -250,7 +266,7 @@ async fn sync_makes_the_index_equal_the_folder() {
 
     let second = sync(&app, org, &dir).await;
     assert!(
-        second.contains("sent 2, skipped 6 (unchanged), deleted 1, failed 0"),
+        second.contains("sent 2, skipped 8 (unchanged), deleted 1, failed 0"),
         "{second}"
     );
     let after = listing(&app, &token).await;
@@ -265,6 +281,8 @@ async fn sync_makes_the_index_equal_the_folder() {
             "handbook/notes.txt",
             "handbook/policy.docx",
             "handbook/real/docutils.html",
+            "handbook/real/latex.pdf",
+            "handbook/real/libreoffice.docx",
             "handbook/real/makeinfo.html",
             "handbook/real/pandoc.docx",
         ]
@@ -308,7 +326,7 @@ async fn sync_makes_the_index_equal_the_folder() {
     // Nothing changed: nothing is sent.
     let third = sync(&app, org, &dir).await;
     assert!(
-        third.contains("sent 0, skipped 8 (unchanged), deleted 0, failed 0"),
+        third.contains("sent 0, skipped 10 (unchanged), deleted 0, failed 0"),
         "{third}"
     );
     app.stop().await;

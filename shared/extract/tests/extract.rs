@@ -1,5 +1,6 @@
 //! End-to-end: files built here with lopdf and zip (and strings), and real-world PDF, DOCX and
-//! HTML files from TeX, Word, pandoc, Docutils and makeinfo (tests/data/README.md), through
+//! HTML files from TeX, LaTeX, Word, LibreOffice, pandoc, Docutils and makeinfo
+//! (tests/data/README.md), through
 //! `extract`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -707,4 +708,39 @@ fn real_html_makeinfo_libffi() {
     );
     let section = section_of(&e, "ffi_prep_cif").unwrap_or_default();
     assert!(section.contains("The Basics"), "{section:?}");
+}
+
+/// LibreOffice 7.4 (Writer) saving pandoc's DOCX again as "Word 2007-365": its own XML for the
+/// same headings and paragraphs.
+#[test]
+fn real_docx_libreoffice_handbook() {
+    let e = ok(
+        Format::Docx,
+        include_bytes!("data/libreoffice-handbook.docx"),
+    );
+    assert_eq!(
+        section_of(&e, "Releases ship on Tuesdays").as_deref(),
+        Some("Deploying")
+    );
+    assert_eq!(
+        section_of(&e, "Revert the release tag").as_deref(),
+        Some("Rolling back")
+    );
+    assert_eq!(
+        section_of(&e, "Write down every step").as_deref(),
+        Some("On call")
+    );
+}
+
+/// pdfTeX 1.40 from LaTeX (`article`, Computer Modern Type 1 fonts): a title block and
+/// numbered sections over two pages.
+#[test]
+fn real_pdf_latex_minutes() {
+    let bytes = include_bytes!("data/latex-minutes.pdf");
+    let e = ok(Format::Pdf, bytes);
+    assert_eq!(e.page_starts().len(), 2);
+    assert_eq!(page_of(&e, "Quarterly Planning Minutes"), Some(1));
+    assert_eq!(page_of(&e, "storage budget"), Some(1));
+    assert_eq!(page_of(&e, "legacy ingestion service"), Some(2));
+    assert_eq!(page_of(&e, "rehearsed on a staging copy"), Some(2));
 }
