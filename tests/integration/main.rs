@@ -29,3 +29,4 @@ mod semantic;
 mod startup;
 mod sync;
 mod tenancy;
+mod tombstones;

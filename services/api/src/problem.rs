@@ -321,7 +321,9 @@ impl From<LogReadError> for ApiError {
             err @ (LogReadError::Decode { .. } | LogReadError::BadTombstone { .. }) => {
                 ApiError::internal(err)
             }
-            err @ (LogReadError::Read(_) | LogReadError::DirectGet(_)) => ApiError::nats(err),
+            err @ (LogReadError::Read(_)
+            | LogReadError::DirectGet(_)
+            | LogReadError::Tombstones(_)) => ApiError::nats(err),
         }
     }
 }

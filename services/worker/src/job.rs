@@ -778,24 +778,55 @@ async fn superseded(
 ) -> Result<bool, JobFailure> {
     let last = deps
         .log
-        .last_delete_seq(job.org_id, targets)
+        .last_delete_seqs(job.org_id, &[targets])
         .await
         .map_err(|err| JobFailure::Retryable(JobErrorCode::Internal, err.to_string()))?;
-    Ok(last > job.seq)
+    Ok(last.first().is_some_and(|last| *last > job.seq))
 }
 
-/// The stream sequence of a delete of `targets` that comes after the job, if any.
-async fn later_delete(
+/// For each job of `picked` (indices into `jobs`), the stream sequence of a delete of its
+/// write targets that comes after it, if any (see [`superseded`]). The tombstones of all the
+/// org's picked jobs are read together; a failed read retries those jobs.
+async fn later_deletes(
     deps: &WorkerDeps,
-    job: &Job<'_>,
-    targets: &[Target],
-) -> Result<Option<u64>, JobFailure> {
-    let last = deps
-        .log
-        .last_delete_seq(job.org_id, targets)
-        .await
-        .map_err(|err| JobFailure::Retryable(JobErrorCode::Internal, err.to_string()))?;
-    Ok((last > job.seq).then_some(last))
+    jobs: &[Job<'_>],
+    picked: &[usize],
+) -> Vec<Result<Option<u64>, JobFailure>> {
+    let targets: Vec<Vec<Target>> = picked
+        .iter()
+        .map(|&i| write_targets(jobs[i].org_id, &jobs[i].spec))
+        .collect();
+    let mut by_org: HashMap<Uuid, Vec<usize>> = HashMap::new();
+    for (n, &i) in picked.iter().enumerate() {
+        by_org.entry(jobs[i].org_id).or_default().push(n);
+    }
+    let read = join_all(by_org.into_iter().map(|(org_id, members)| {
+        let targets = &targets;
+        async move {
+            let lists: Vec<&[Target]> = members.iter().map(|&n| targets[n].as_slice()).collect();
+            let last = deps.log.last_delete_seqs(org_id, &lists).await;
+            (members, last)
+        }
+    }))
+    .await;
+    let mut out: Vec<Result<Option<u64>, JobFailure>> = vec![Ok(None); picked.len()];
+    for (members, last) in read {
+        match last {
+            Ok(seqs) => {
+                for (n, last) in members.into_iter().zip(seqs) {
+                    let seq = jobs[picked[n]].seq;
+                    out[n] = Ok((last > seq).then_some(last));
+                }
+            }
+            Err(err) => {
+                let failure = JobFailure::Retryable(JobErrorCode::Internal, err.to_string());
+                for n in members {
+                    out[n] = Err(failure.clone());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The targets whose deletes undo a write of `spec`: its asset and, for one segment, its
@@ -1112,23 +1143,18 @@ async fn write_document(
 /// Single-segment writes that a later delete of their point or asset supersedes write nothing
 /// (see [`superseded`]); a failed read retries the job.
 async fn drop_superseded_upserts(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
-    let checks = join_all(jobs.iter().map(|job| async move {
-        match &job.step {
-            Step::Planned(Work::Upsert(..)) => {
-                Some(superseded(deps, job, &write_targets(job.org_id, &job.spec)).await)
-            }
-            Step::Planned(Work::DeletePoint(..) | Work::DeleteAsset(..) | Work::Document(..))
-            | Step::Received
-            | Step::Started
-            | Step::Done(_)
-            | Step::Over(_) => None,
-        }
-    }))
-    .await;
-    for (job, check) in jobs.iter_mut().zip(checks) {
-        match check {
-            None | Some(Ok(false)) => {}
-            Some(Ok(true)) => {
+    let upserts: Vec<usize> = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, job)| matches!(job.step, Step::Planned(Work::Upsert(..))))
+        .map(|(i, _)| i)
+        .collect();
+    let later = later_deletes(deps, jobs, &upserts).await;
+    for (i, later) in upserts.into_iter().zip(later) {
+        let job = &mut jobs[i];
+        match later {
+            Ok(None) => {}
+            Ok(Some(_)) => {
                 if let Step::Planned(Work::Upsert(_, mut result)) =
                     std::mem::replace(&mut job.step, Step::Received)
                 {
@@ -1136,7 +1162,7 @@ async fn drop_superseded_upserts(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
                     job.step = Step::Done(Ok(result));
                 }
             }
-            Some(Err(failure)) => job.step = Step::Done(Err(failure)),
+            Err(failure) => job.step = Step::Done(Err(failure)),
         }
     }
 }
@@ -1146,49 +1172,57 @@ async fn drop_superseded_upserts(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
 /// stored before it was requested, so it is visible now; the write is undone as that delete
 /// would have done it (only what came before the delete in the log).
 async fn undo_if_deleted(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
-    let undone = join_all(jobs.iter().map(|job| async move {
-        let Step::Done(Ok(result)) = &job.step else {
-            return Ok(false);
-        };
-        if result.superseded
-            || !matches!(
-                job.spec,
-                JobSpec::Embedding(_) | JobSpec::MockEmbedding(_) | JobSpec::Document(_)
-            )
-        {
-            return Ok(false);
-        }
-        let targets = write_targets(job.org_id, &job.spec);
-        let Some(delete_seq) = later_delete(deps, job, &targets).await? else {
-            return Ok(false);
-        };
-        let asset_id = match &job.spec {
-            JobSpec::Document(params) => params.asset_id.to_string(),
-            JobSpec::MockEmbedding(_)
-            | JobSpec::Embedding(_)
-            | JobSpec::DeletePoint(_)
-            | JobSpec::DeleteAsset(_) => {
-                for id in &result.point_ids {
-                    delete_point(deps, job.org_id, *id, delete_seq)
-                        .await
-                        .map_err(|err| JobFailure::from(&err))?;
+    let writes: Vec<usize> = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, job)| {
+            matches!(&job.step, Step::Done(Ok(result)) if !result.superseded)
+                && matches!(
+                    job.spec,
+                    JobSpec::Embedding(_) | JobSpec::MockEmbedding(_) | JobSpec::Document(_)
+                )
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let later = later_deletes(deps, jobs, &writes).await;
+    let undone = join_all(writes.iter().zip(later).map(|(&i, later)| {
+        let job = &jobs[i];
+        async move {
+            let Some(delete_seq) = later? else {
+                return Ok(false);
+            };
+            let Step::Done(Ok(result)) = &job.step else {
+                return Ok(false);
+            };
+            let asset_id = match &job.spec {
+                JobSpec::Document(params) => params.asset_id.to_string(),
+                JobSpec::MockEmbedding(_)
+                | JobSpec::Embedding(_)
+                | JobSpec::DeletePoint(_)
+                | JobSpec::DeleteAsset(_) => {
+                    for id in &result.point_ids {
+                        delete_point(deps, job.org_id, *id, delete_seq)
+                            .await
+                            .map_err(|err| JobFailure::from(&err))?;
+                    }
+                    return Ok(true);
                 }
-                return Ok(true);
-            }
-        };
-        let filter = PointFilter {
-            asset_id: Some(asset_id),
-            before_seq: Some(delete_seq),
-            ..PointFilter::default()
-        };
-        deps.store
-            .delete_by_filter(job.org_id, filter)
-            .await
-            .map_err(|err| JobFailure::from(&err))?;
-        Ok::<_, JobFailure>(true)
+            };
+            let filter = PointFilter {
+                asset_id: Some(asset_id),
+                before_seq: Some(delete_seq),
+                ..PointFilter::default()
+            };
+            deps.store
+                .delete_by_filter(job.org_id, filter)
+                .await
+                .map_err(|err| JobFailure::from(&err))?;
+            Ok::<_, JobFailure>(true)
+        }
     }))
     .await;
-    for (job, undone) in jobs.iter_mut().zip(undone) {
+    for (i, undone) in writes.into_iter().zip(undone) {
+        let job = &mut jobs[i];
         match undone {
             Ok(false) => {}
             Ok(true) => {

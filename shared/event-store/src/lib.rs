@@ -17,6 +17,7 @@
 
 pub mod batching;
 mod connect;
+pub mod direct;
 pub mod documents;
 pub mod files;
 pub mod jetstream;

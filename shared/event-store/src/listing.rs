@@ -15,34 +15,20 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, response::Response};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
+pub use crate::direct::Entry;
+use crate::direct::{BatchGetError, batch_get};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ListingError {
-    #[error("listing request failed")]
-    Request(#[source] async_nats::RequestError),
-    #[error("listing request failed")]
-    Subscribe(#[source] async_nats::SubscribeError),
-    #[error("listing request failed")]
-    Publish(#[source] async_nats::PublishError),
-    #[error("the listing answered status {0}")]
-    Status(u16),
-    #[error("the listing stalled after {0:?}")]
-    Stalled(Duration),
+    #[error("cannot read the listing")]
+    Read(#[from] BatchGetError),
     #[error("listing write failed")]
     Append(#[source] jetstream::context::PublishError),
-}
-
-/// One entry of a page: its sequence (the cursor), its subject and its payload.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub seq: u64,
-    pub subject: String,
-    pub payload: Bytes,
 }
 
 #[derive(Clone)]
@@ -52,7 +38,6 @@ pub struct Listing {
     /// The stream's name.
     stream: &'static str,
     /// The JetStream API prefix (`$JS.API` unless a domain or import changes it).
-    api_prefix: String,
     /// Stale entries to delete, in the background (see [`spawn_unlister`]).
     unlist: tokio::sync::mpsc::Sender<u64>,
     /// How long a page waits for the next message of its batch.
@@ -80,7 +65,6 @@ impl Listing {
             unlist: spawn_unlister(js.clone(), stream),
             js,
             stream,
-            api_prefix: "$JS.API".to_owned(),
             stall,
         }
     }
@@ -130,56 +114,12 @@ impl Listing {
         from: u64,
         batch: usize,
     ) -> Result<(Vec<Entry>, bool), ListingError> {
-        let inbox = self.client.new_inbox();
-        let mut replies = self
-            .client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(ListingError::Subscribe)?;
-        let request = serde_json::to_vec(&BatchGet {
+        let request = BatchGet {
             seq: from.max(1),
             next_by_subj: filter,
             batch,
-        })
-        .expect("a batch request serializes");
-        self.client
-            .publish_with_reply(
-                format!("{}.DIRECT.GET.{}", self.api_prefix, self.stream),
-                inbox,
-                request.into(),
-            )
-            .await
-            .map_err(ListingError::Publish)?;
-        let mut got = Vec::with_capacity(batch);
-        loop {
-            let reply = match tokio::time::timeout(self.stall, replies.next()).await {
-                Ok(Some(reply)) => reply,
-                Ok(None) | Err(_) => return Err(ListingError::Stalled(self.stall)),
-            };
-            match reply.status.map(|s| s.as_u16()) {
-                // No message matches: an empty page.
-                Some(404) => return Ok((got, false)),
-                // End of batch: how many more match decides whether there is a next page.
-                Some(204) => {
-                    let pending = header_u64(reply.headers.as_ref(), "Nats-Num-Pending");
-                    return Ok((got, pending.is_some_and(|n| n > 0)));
-                }
-                Some(other) => return Err(ListingError::Status(other)),
-                None => {}
-            }
-            let headers = reply.headers.as_ref();
-            let Some(seq) = header_u64(headers, "Nats-Sequence") else {
-                continue;
-            };
-            got.push(Entry {
-                seq,
-                subject: headers
-                    .and_then(|h| h.get("Nats-Subject"))
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default(),
-                payload: reply.payload,
-            });
-        }
+        };
+        Ok(batch_get(&self.client, self.stream, &request, self.stall).await?)
     }
 }
 
@@ -234,7 +174,3 @@ struct DeleteMessage {
 
 #[derive(serde::Deserialize)]
 struct Deleted {}
-
-fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
-    headers?.get(name)?.as_str().parse().ok()
-}

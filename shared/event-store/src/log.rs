@@ -3,6 +3,7 @@
 //! the caller's trace context, and read back whole (a job's history, a refold) or one at a time
 //! (the last event of a kind, by direct get).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -16,7 +17,20 @@ use heimdex_domain::events::{self, DecodeError, EventKind, JobEvent};
 use heimdex_domain::ids::Target;
 use heimdex_domain::jobs::JobStatus;
 
+use crate::direct::{BatchGetError, batch_get};
 use crate::jetstream::{ReadError, StreamRead};
+
+/// Tombstone subjects asked for in one batched read.
+const TOMBSTONES_PER_READ: usize = 256;
+/// How long a batched read of tombstones waits for its next reply.
+const TOMBSTONE_STALL: Duration = Duration::from_secs(5);
+
+/// `{"multi_last": [..], "batch": ..}`: the last message of each subject (ADR-31).
+#[derive(serde::Serialize)]
+struct MultiLast<'a> {
+    multi_last: Vec<&'a str>,
+    batch: usize,
+}
 
 /// Why an event was not appended. Nothing was stored in any case.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +113,8 @@ pub enum LogReadError {
     Read(#[from] ReadError),
     #[error("direct get from the job log failed")]
     DirectGet(#[source] async_nats::jetstream::stream::DirectGetError),
+    #[error("cannot read the tombstones")]
+    Tombstones(#[from] BatchGetError),
     #[error("tombstone at sequence {seq} does not name a job")]
     BadTombstone { seq: u64 },
     #[error("event at sequence {seq} cannot be decoded")]
@@ -172,66 +188,90 @@ impl JobLog {
             .map_err(AppendError::from_publish)
     }
 
-    /// The target's last tombstone, by direct get; `None` if it was never deleted.
-    pub async fn tombstone(
-        &self,
-        org_id: Uuid,
-        target: &Target,
-    ) -> Result<Option<Tombstone>, LogReadError> {
-        let subject = tombstone_subject(org_id, target);
-        match self.tombstones.direct_get_last_for_subject(subject).await {
-            Ok(message) => {
-                let job_id = std::str::from_utf8(&message.payload)
-                    .ok()
-                    .and_then(|s| Uuid::parse_str(s).ok())
-                    .ok_or(LogReadError::BadTombstone {
-                        seq: message.sequence,
-                    })?;
-                Ok(Some(Tombstone {
-                    seq: message.sequence,
-                    job_id,
-                }))
-            }
-            Err(err) => match err.kind() {
-                DirectGetErrorKind::NotFound => Ok(None),
-                DirectGetErrorKind::InvalidSubject
-                | DirectGetErrorKind::TimedOut
-                | DirectGetErrorKind::Request
-                | DirectGetErrorKind::ErrorResponse(..)
-                | DirectGetErrorKind::Other => Err(LogReadError::DirectGet(err)),
-            },
-        }
-    }
-
     /// The generation of a write to `targets`: the sum of their last tombstones' sequences
     /// (0 when none was ever deleted). It only grows, and grows with every delete.
     pub async fn generation(&self, org_id: Uuid, targets: &[Target]) -> Result<u64, LogReadError> {
-        let stones = futures::future::try_join_all(
-            targets.iter().map(|target| self.tombstone(org_id, target)),
-        )
-        .await?;
-        Ok(stones.into_iter().flatten().map(|t| t.seq).sum())
+        let stones = self.tombstones(org_id, targets).await?;
+        Ok(stones.values().map(|t| t.seq).sum())
     }
 
-    /// The stream sequence of the last delete of any of `targets` (the `requested` event of
-    /// the job its tombstone names), or 0: a write at a lower sequence is undone by it in
-    /// stream order. A tombstone whose job was never stored counts as no delete.
-    pub async fn last_delete_seq(
+    /// For each list of targets, the stream sequence of the last delete of any of them (the
+    /// `requested` event of the job its tombstone names), or 0: a write at a lower sequence is
+    /// undone by it in stream order. A tombstone whose job was never stored counts as no
+    /// delete.
+    ///
+    /// One batched read serves every target of the org ([`JobLog::tombstones`]), then one
+    /// direct get each distinct delete job found: a worker batch of writes to never-deleted
+    /// points costs one round trip, not two per write.
+    pub async fn last_delete_seqs(
+        &self,
+        org_id: Uuid,
+        per_write: &[&[Target]],
+    ) -> Result<Vec<u64>, LogReadError> {
+        let mut targets: Vec<Target> = per_write.iter().flat_map(|t| t.iter().cloned()).collect();
+        targets.sort();
+        targets.dedup();
+        let stones = self.tombstones(org_id, &targets).await?;
+        let mut deletes: Vec<Uuid> = stones.values().map(|stone| stone.job_id).collect();
+        deletes.sort();
+        deletes.dedup();
+        let requested = futures::future::try_join_all(deletes.iter().map(|job_id| async move {
+            let stored = self.last(org_id, *job_id, EventKind::Requested).await?;
+            Ok::<_, LogReadError>((*job_id, stored.map_or(0, |stored| stored.seq)))
+        }))
+        .await?;
+        let requested: HashMap<Uuid, u64> = requested.into_iter().collect();
+        Ok(per_write
+            .iter()
+            .map(|targets| {
+                targets
+                    .iter()
+                    .filter_map(|target| stones.get(target))
+                    .map(|stone| requested.get(&stone.job_id).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect())
+    }
+
+    /// The last tombstone of each of `targets` that was ever deleted, read with batched
+    /// direct gets of the last message of each subject ([`crate::direct`]), a few hundred
+    /// subjects a request.
+    pub async fn tombstones(
         &self,
         org_id: Uuid,
         targets: &[Target],
-    ) -> Result<u64, LogReadError> {
-        let mut last = 0;
-        for target in targets {
-            if let Some(stone) = self.tombstone(org_id, target).await?
-                && let Some(stored) = self
-                    .last(org_id, stone.job_id, EventKind::Requested)
-                    .await?
-            {
-                last = last.max(stored.seq);
+    ) -> Result<HashMap<Target, Tombstone>, LogReadError> {
+        let mut stones = HashMap::new();
+        for chunk in targets.chunks(TOMBSTONES_PER_READ) {
+            let by_subject: HashMap<String, &Target> = chunk
+                .iter()
+                .map(|target| (tombstone_subject(org_id, target), target))
+                .collect();
+            let request = MultiLast {
+                multi_last: by_subject.keys().map(String::as_str).collect(),
+                batch: chunk.len(),
+            };
+            let stream = &self.tombstones.cached_info().config.name;
+            let (entries, _) = batch_get(&self.client, stream, &request, TOMBSTONE_STALL).await?;
+            for entry in entries {
+                let Some(target) = by_subject.get(&entry.subject) else {
+                    continue;
+                };
+                let job_id = std::str::from_utf8(&entry.payload)
+                    .ok()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or(LogReadError::BadTombstone { seq: entry.seq })?;
+                stones.insert(
+                    (*target).clone(),
+                    Tombstone {
+                        seq: entry.seq,
+                        job_id,
+                    },
+                );
             }
         }
-        Ok(last)
+        Ok(stones)
     }
 
     /// The stream itself, for the consumers' bootstrap and the backlog probe.

@@ -1,0 +1,91 @@
+//! ADR-31's batched direct get, which async-nats does not offer: one request to
+//! `$JS.API.DIRECT.GET.<stream>`, answered by the matching messages one reply each, then an
+//! end-of-batch status (`204`, with `Nats-Num-Pending`: how many more match), or `404` when
+//! nothing matches. Two requests use it: `{"seq", "next_by_subj", "batch"}` reads a page of a
+//! listing ([`crate::listing`]), `{"multi_last", "batch"}` the last message of each of a list
+//! of subjects (the tombstones of a worker batch, [`crate::log`]).
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+
+/// Why a batched direct get failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchGetError {
+    #[error("batched direct get: cannot subscribe to the reply inbox")]
+    Subscribe(#[source] async_nats::SubscribeError),
+    #[error("batched direct get: cannot send the request")]
+    Publish(#[source] async_nats::PublishError),
+    #[error("batched direct get answered status {0}")]
+    Status(u16),
+    #[error("batched direct get stalled after {0:?}")]
+    Stalled(Duration),
+}
+
+/// One message of a batch: its stream sequence, its subject and its payload.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// Sends `request` for `stream` and collects the replies; returns the messages and whether more
+/// match after them. A reply that takes longer than `stall` fails the read.
+pub(crate) async fn batch_get(
+    client: &async_nats::Client,
+    stream: &str,
+    request: &impl Serialize,
+    stall: Duration,
+) -> Result<(Vec<Entry>, bool), BatchGetError> {
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(BatchGetError::Subscribe)?;
+    let request = serde_json::to_vec(request).expect("a direct get request serializes");
+    client
+        .publish_with_reply(
+            format!("$JS.API.DIRECT.GET.{stream}"),
+            inbox,
+            request.into(),
+        )
+        .await
+        .map_err(BatchGetError::Publish)?;
+    let mut got = Vec::new();
+    loop {
+        let reply = match tokio::time::timeout(stall, replies.next()).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) | Err(_) => return Err(BatchGetError::Stalled(stall)),
+        };
+        match reply.status.map(|s| s.as_u16()) {
+            // Nothing matches.
+            Some(404) => return Ok((got, false)),
+            Some(204) => {
+                let pending = header_u64(reply.headers.as_ref(), "Nats-Num-Pending");
+                return Ok((got, pending.is_some_and(|n| n > 0)));
+            }
+            Some(other) => return Err(BatchGetError::Status(other)),
+            None => {}
+        }
+        let headers = reply.headers.as_ref();
+        let Some(seq) = header_u64(headers, "Nats-Sequence") else {
+            continue;
+        };
+        got.push(Entry {
+            seq,
+            subject: headers
+                .and_then(|h| h.get("Nats-Subject"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default(),
+            payload: reply.payload,
+        });
+    }
+}
+
+fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
+    headers?.get(name)?.as_str().parse().ok()
+}
