@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A/B of mock ingest between two heimdex binaries, interleaved in one window so that the
+# machine's drift hits both alike: ROUNDS times (default 6), each binary runs `serve` on a fresh
+# data dir and `bench ingest -n 10000 -c 32`. Prints the CPU flags, one line per run, and the
+# medians of completed jobs/s.
+#   bench/ab_ingest.sh <before-binary> <after-binary> [rounds]
+# Port 8000 must be free.
+set -euo pipefail
+before=$1 after=$2 rounds=${3:-6}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export JWT_SECRET=ab-bench-secret NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, \
+$(grep -o -w 'fma\|avx2\|avx512f\|avx512bw\|avx512vl' /proc/cpuinfo | sort -u | xargs)"
+run() { # binary label
+  local dir pid out
+  dir=$(mktemp -d)
+  HEIMDEX_DATA_DIR=$dir "$1" serve >"$dir/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 120); do curl -sf localhost:8000/readyz >/dev/null && break; sleep 0.5; done
+  out=$("$1" bench ingest -n 10000 -c 32 --single 0 2>&1 | grep 'completed:')
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$dir"
+  echo "$2 $(echo "$out" | grep -o '[0-9]* jobs/s' | cut -d' ' -f1)"
+}
+results=$(for _ in $(seq 1 "$rounds"); do run "$before" before; run "$after" after; done | tee /dev/stderr)
+for label in before after; do
+  echo "$results" | awk -v l="$label" '$1 == l {print $2}' | sort -n |
+    awk -v l="$label" '{v[NR]=$1} END {m = (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2;
+      printf "%s: median %.0f completed jobs/s over %d runs\n", l, m, NR}'
+done
