@@ -292,7 +292,8 @@ async fn start(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
     }
 }
 
-/// Sends one of the job's events within its span, so the event carries the job's trace.
+/// The job's `started` event for this delivery (its id names the attempt, so sending it again
+/// is de-duplicated).
 fn started_event(job: &Job<'_>) -> JobEvent {
     JobEvent::new(
         job.org_id,
@@ -358,6 +359,7 @@ async fn persist(
     }
 }
 
+/// Sends one of the job's events within its span, so the event carries the job's trace.
 async fn send(
     deps: &WorkerDeps,
     job: &Job<'_>,

@@ -37,7 +37,6 @@ pub struct Listing {
     js: jetstream::Context,
     /// The stream's name.
     stream: &'static str,
-    /// The JetStream API prefix (`$JS.API` unless a domain or import changes it).
     /// Stale entries to delete, in the background (see [`spawn_unlister`]).
     unlist: tokio::sync::mpsc::Sender<u64>,
     /// How long a page waits for the next message of its batch.
