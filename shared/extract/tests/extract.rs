@@ -601,6 +601,26 @@ fn errors_have_short_reasons() {
 // ---------------------------------------------------------------------------------------------
 // Real-world DOCX and HTML from the usual producers (tests/data/README.md)
 
+/// Each needle's section.
+fn assert_sections(e: &Extracted, expected: &[(&str, &str)]) {
+    for (needle, section) in expected {
+        assert_eq!(
+            section_of(e, needle).as_deref(),
+            Some(*section),
+            "{needle:?}"
+        );
+    }
+}
+
+/// `sources/handbook.md`'s paragraphs and their sections, in whatever format pandoc or
+/// LibreOffice made of it.
+const HANDBOOK: &[(&str, &str)] = &[
+    ("Releases ship on Tuesdays", "Deploying"),
+    ("Revert the release tag", "Rolling back"),
+    ("Page the owner at once", "On call"),
+    ("Write down every step", "On call"),
+];
+
 /// Word 2010 for Mac (python-docx's test file): a `Heading1` paragraph, then a normal one.
 #[test]
 fn real_docx_word_heading_and_paragraph() {
@@ -636,40 +656,14 @@ fn real_docx_word_styles() {
 #[test]
 fn real_docx_pandoc_handbook() {
     let e = ok(Format::Docx, include_bytes!("data/pandoc-handbook.docx"));
-    assert_eq!(
-        section_of(&e, "Releases ship on Tuesdays").as_deref(),
-        Some("Deploying")
-    );
-    assert_eq!(
-        section_of(&e, "Revert the release tag").as_deref(),
-        Some("Rolling back")
-    );
-    assert_eq!(
-        section_of(&e, "Page the owner at once").as_deref(),
-        Some("On call")
-    );
-    assert_eq!(
-        section_of(&e, "Write down every step").as_deref(),
-        Some("On call")
-    );
+    assert_sections(&e, HANDBOOK);
 }
 
 /// pandoc 2.17 from the same Markdown, as a standalone HTML page.
 #[test]
 fn real_html_pandoc_handbook() {
     let e = ok(Format::Html, include_bytes!("data/pandoc-handbook.html"));
-    assert_eq!(
-        section_of(&e, "Releases ship on Tuesdays").as_deref(),
-        Some("Deploying")
-    );
-    assert_eq!(
-        section_of(&e, "Revert the release tag").as_deref(),
-        Some("Rolling back")
-    );
-    assert_eq!(
-        section_of(&e, "Page the owner at once").as_deref(),
-        Some("On call")
-    );
+    assert_sections(&e, HANDBOOK);
     assert!(!e.text().contains("font-family"), "no style sheet text");
 }
 
@@ -678,17 +672,13 @@ fn real_html_pandoc_handbook() {
 #[test]
 fn real_html_docutils_guide() {
     let e = ok(Format::Html, include_bytes!("data/docutils-guide.html"));
-    assert_eq!(
-        section_of(&e, "split into chunks").as_deref(),
-        Some("Indexing")
-    );
-    assert_eq!(
-        section_of(&e, "narrow a search").as_deref(),
-        Some("Filters")
-    );
-    assert_eq!(
-        section_of(&e, "usually names a field").as_deref(),
-        Some("Troubleshooting")
+    assert_sections(
+        &e,
+        &[
+            ("split into chunks", "Indexing"),
+            ("narrow a search", "Filters"),
+            ("usually names a field", "Troubleshooting"),
+        ],
     );
     assert!(!e.text().contains("margin"), "no style sheet text");
 }
@@ -718,18 +708,7 @@ fn real_docx_libreoffice_handbook() {
         Format::Docx,
         include_bytes!("data/libreoffice-handbook.docx"),
     );
-    assert_eq!(
-        section_of(&e, "Releases ship on Tuesdays").as_deref(),
-        Some("Deploying")
-    );
-    assert_eq!(
-        section_of(&e, "Revert the release tag").as_deref(),
-        Some("Rolling back")
-    );
-    assert_eq!(
-        section_of(&e, "Write down every step").as_deref(),
-        Some("On call")
-    );
+    assert_sections(&e, HANDBOOK);
 }
 
 /// pdfTeX 1.40 from LaTeX (`article`, Computer Modern Type 1 fonts): a title block and
