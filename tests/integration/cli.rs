@@ -6,7 +6,8 @@ use tokio::process::Command;
 use heimdex_tests::{JWT_SECRET, TestApp, heimdex_bin};
 use uuid::Uuid;
 
-async fn heimdex(app: &TestApp, org: Uuid, args: &[&str]) -> (bool, String, String) {
+/// Runs the `heimdex` binary with `args` against `app`, as `org`: (success, stdout, stderr).
+pub(crate) async fn heimdex(app: &TestApp, org: Uuid, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(heimdex_bin())
         .args(args)
         .args(["--url", &app.base, "--org", &org.to_string()])

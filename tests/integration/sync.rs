@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde_json::Value;
-use tokio::process::Command;
 use uuid::Uuid;
 
 use heimdex_domain::AssetId;
@@ -17,35 +16,46 @@ use heimdex_domain::ids;
 use heimdex_domain::jobs::FileSource;
 use heimdex_event_store::jetstream::FILES_BUCKET;
 use heimdex_extract::testing::{docx, para, pdf, save};
-use heimdex_tests::{JWT_SECRET, TestApp, heimdex_bin};
+use heimdex_tests::TestApp;
+
+use crate::cli::heimdex;
 
 async fn sync(app: &TestApp, org: Uuid, dir: &Path) -> String {
-    let out = Command::new(heimdex_bin())
-        .arg("ingest")
-        .arg(dir)
-        .args([
-            "--sync",
-            "--model",
-            "mock",
-            "--max-tokens",
-            "8",
-            "--overlap",
-            "0",
-        ])
-        .args(["--url", &app.base, "--org", &org.to_string()])
-        .env("JWT_SECRET", JWT_SECRET)
-        .env_remove("HEIMDEX_TOKEN")
-        .env_remove("NATS_URL")
-        .output()
-        .await
-        .expect("heimdex runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sync failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir = dir.to_str().unwrap();
+    let options = ["--model", "mock", "--max-tokens", "8", "--overlap", "0"];
+    let args: Vec<&str> = ["ingest", dir, "--sync"]
+        .into_iter()
+        .chain(options)
+        .collect();
+    let (ok, stdout, stderr) = heimdex(app, org, &args).await;
+    assert!(ok, "sync failed:\n{stdout}\n{stderr}");
     stdout
+}
+
+/// The documents the second sync leaves as they were: the files it does not change, and one
+/// outside the folder.
+const UNTOUCHED: &[&str] = &[
+    "elsewhere.md",
+    "handbook/guides/report.pdf",
+    "handbook/notes.txt",
+    "handbook/policy.docx",
+    "handbook/real/docutils.html",
+    "handbook/real/latex.pdf",
+    "handbook/real/libreoffice.docx",
+    "handbook/real/makeinfo.html",
+    "handbook/real/pandoc.docx",
+];
+
+/// The listing holds exactly [`UNTOUCHED`] and `more`, every document indexed.
+fn assert_listed(documents: &BTreeMap<String, Value>, more: &[&str]) {
+    let mut expected: Vec<&str> = UNTOUCHED.iter().chain(more).copied().collect();
+    expected.sort_unstable();
+    let listed: Vec<&str> = documents.keys().map(String::as_str).collect();
+    assert_eq!(listed, expected);
+    assert!(
+        documents.values().all(|doc| doc["state"] == "indexed"),
+        "{documents:?}"
+    );
 }
 
 /// The org's documents by asset id.
@@ -198,26 +208,9 @@ async fn sync_makes_the_index_equal_the_folder() {
         "{first}"
     );
     let before = listing(&app, &token).await;
-    let synced: Vec<&str> = before.keys().map(String::as_str).collect();
-    assert_eq!(
-        synced,
-        [
-            "elsewhere.md",
-            "handbook/guides/deploy.html",
-            "handbook/guides/report.pdf",
-            "handbook/intro.md",
-            "handbook/notes.txt",
-            "handbook/policy.docx",
-            "handbook/real/docutils.html",
-            "handbook/real/latex.pdf",
-            "handbook/real/libreoffice.docx",
-            "handbook/real/makeinfo.html",
-            "handbook/real/pandoc.docx",
-        ]
-    );
-    assert!(
-        before.values().all(|doc| doc["state"] == "indexed"),
-        "{before:?}"
+    assert_listed(
+        &before,
+        &["handbook/guides/deploy.html", "handbook/intro.md"],
     );
     // The real files' chunks know their sections.
     for (asset, needle, section) in [
@@ -270,39 +263,13 @@ async fn sync_makes_the_index_equal_the_folder() {
         "{second}"
     );
     let after = listing(&app, &token).await;
-    let assets: Vec<&str> = after.keys().map(String::as_str).collect();
-    assert_eq!(
-        assets,
-        [
-            "elsewhere.md",
-            "handbook/guides/oncall.md",
-            "handbook/guides/report.pdf",
-            "handbook/intro.md",
-            "handbook/notes.txt",
-            "handbook/policy.docx",
-            "handbook/real/docutils.html",
-            "handbook/real/latex.pdf",
-            "handbook/real/libreoffice.docx",
-            "handbook/real/makeinfo.html",
-            "handbook/real/pandoc.docx",
-        ]
-    );
-    assert!(
-        after.values().all(|doc| doc["state"] == "indexed"),
-        "{after:?}"
-    );
+    assert_listed(&after, &["handbook/guides/oncall.md", "handbook/intro.md"]);
     assert_ne!(
         after["handbook/intro.md"]["version"],
         before["handbook/intro.md"]["version"]
     );
     let after_objects = objects(&app, org, &after).await;
-    for unchanged in [
-        "elsewhere.md",
-        "handbook/guides/report.pdf",
-        "handbook/notes.txt",
-        "handbook/policy.docx",
-        "handbook/real/pandoc.docx",
-    ] {
+    for &unchanged in UNTOUCHED {
         assert_eq!(after[unchanged]["job_id"], before[unchanged]["job_id"]);
         assert_eq!(
             after_objects[unchanged], before_objects[unchanged],

@@ -142,7 +142,8 @@ pub enum BenchCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Retrieval quality on a test collection in SMART format (e.g. ../shared/eval/cacm):
+    /// Retrieval quality on a test collection in SMART format (e.g. CACM, `shared/eval/cacm` beside
+    /// the repository):
     /// ingests it through the API, runs every query in every mode, prints nDCG@10, Recall@100
     /// and MRR@10 per mode.
     Quality {

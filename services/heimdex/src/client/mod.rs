@@ -82,15 +82,7 @@ impl Client {
 
     /// POSTs JSON; a non-2xx answer becomes an error carrying the problem's detail.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {} (is `heimdex serve` running?)", self.base))?;
-        answer(response).await
+        self.send(self.http.post(self.url(path)).json(body)).await
     }
 
     /// PUTs `bytes` as `media_type`, with `query` as the query string.
@@ -101,38 +93,34 @@ impl Client {
         media_type: &str,
         bytes: Vec<u8>,
     ) -> anyhow::Result<Value> {
-        let response = self
+        let request = self
             .http
-            .put(format!("{}{path}", self.base))
+            .put(self.url(path))
             .query(query)
-            .bearer_auth(&self.token)
             .header(reqwest::header::CONTENT_TYPE, media_type)
-            .body(bytes)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
-        answer(response).await
+            .body(bytes);
+        self.send(request).await
     }
 
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .delete(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
-        answer(response).await
+        self.send(self.http.delete(self.url(path))).await
     }
 
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `request` with the token; the answer's JSON, or its problem as the error.
+    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let response = request
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
+            .with_context(|| format!("cannot reach {} (is `heimdex serve` running?)", self.base))?;
         answer(response).await
     }
 }
