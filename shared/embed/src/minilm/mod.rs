@@ -129,17 +129,23 @@ impl MiniLm {
     /// The instruction set the encoder's own kernels (GELU, LayerNorm, attention) run with on
     /// this CPU and build: `avx512`, `avx2` or `scalar`.
     pub fn kernel_isa() -> &'static str {
+        if Self::avx512() {
+            return "avx512";
+        }
         #[cfg(target_arch = "x86_64")]
-        {
-            #[cfg(feature = "avx512")]
-            if pulp::x86::V4::try_new().is_some() {
-                return "avx512";
-            }
-            if pulp::x86::V3::try_new().is_some() {
-                return "avx2";
-            }
+        if pulp::x86::V3::try_new().is_some() {
+            return "avx2";
         }
         "scalar"
+    }
+
+    /// Whether this build has AVX-512 kernels and this CPU runs them.
+    pub(crate) fn avx512() -> bool {
+        #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+        if pulp::x86::V4::try_new().is_some() {
+            return true;
+        }
+        false
     }
 
     /// Threads a forward pass may use.
