@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A/B of mock ingest between two heimdex binaries, interleaved in one window so that the
 # machine's drift hits both alike: ROUNDS times (default 6), each binary runs `serve` on a fresh
-# data dir and `bench ingest -n 10000 -c 32`. Prints the CPU flags, one line per run, and the
+# data dir, and the after binary's client runs `bench ingest -n N -c C` against it (one client
+# for both, so only the service differs). Prints the CPU flags, one line per run, and the
 # medians of completed jobs/s.
-#   bench/ab_ingest.sh <before-binary> <after-binary> [rounds]
+#   N=10000 C=32 bench/ab_ingest.sh <before-binary> <after-binary> [rounds]
 # Port 8000 must be free.
 set -euo pipefail
-before=$1 after=$2 rounds=${3:-6}
+before=$1 after=$2 rounds=${3:-6} n=${N:-10000} c=${C:-32}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export JWT_SECRET=ab-bench-secret NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, \
@@ -17,7 +18,7 @@ run() { # binary label
   HEIMDEX_DATA_DIR=$dir "$1" serve >"$dir/serve.log" 2>&1 &
   pid=$!
   for _ in $(seq 1 120); do curl -sf localhost:8000/readyz >/dev/null && break; sleep 0.5; done
-  out=$("$1" bench ingest -n 10000 -c 32 --single 0 2>&1 | grep 'completed:')
+  out=$("$after" bench ingest -n "$n" -c "$c" --single 0 --no-bound 2>&1 | grep 'completed:')
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$dir"
   echo "$2 $(echo "$out" | grep -o '[0-9]* jobs/s' | cut -d' ' -f1)"

@@ -153,7 +153,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Bench { action } => bench::run(action, &settings.api.jwt).await,
+        Command::Bench { action } => bench::run(action, &settings).await,
         Command::Ingest(args) => client::ingest::run(args, &settings).await,
         Command::Search(args) => client::search::run(args, &settings).await,
         Command::Documents(args) => client::documents::run(args, &settings).await,

@@ -2,27 +2,47 @@
 //! reports accepted/s, completed/s (SUCCEEDED visible in the status bucket that `GET /jobs`
 //! reads) and POST latency percentiles, then the end-to-end latency of single jobs on an idle
 //! service. It measures through the public API only; NATS is used just to watch completions
-//! (at the URL `/readyz` reports) instead of polling every job.
+//! (at the URL `/readyz` reports) instead of polling every job, and to count what the
+//! projector wrote per job.
+//!
+//! Then, unless told not to, it measures the broker's bound for the same N and C
+//! ([`super::bound`]) and prints the efficiency: completed/s of the service ÷ completed/s of the
+//! broker doing the same JetStream operations alone.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use uuid::Uuid;
 
-use heimdex_api::auth::JwtConfig;
+use super::bound::{self, Writes};
+use super::{
+    await_completions, cpu_flags, ms, percentile, send_honouring_retry_after, watch_completions,
+};
+use crate::settings::Settings;
 
-use super::{await_completions, ms, percentile, send_honouring_retry_after, watch_completions};
+pub struct Options {
+    /// Jobs to post.
+    pub n: usize,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Single jobs timed end to end after the ingest.
+    pub single: usize,
+    pub nats_url: Option<String>,
+    /// Whether to measure the broker's bound too.
+    pub bound: bool,
+}
 
-pub async fn ingest(
-    jwt: &JwtConfig,
-    url: &str,
-    n: usize,
-    concurrency: usize,
-    single: usize,
-    nats_url: Option<String>,
-) -> anyhow::Result<()> {
+pub async fn ingest(settings: &Settings, url: &str, o: Options) -> anyhow::Result<()> {
+    let Options {
+        n,
+        concurrency,
+        single,
+        nats_url,
+        bound,
+    } = o;
     let org = Uuid::new_v4();
-    let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(3600))?;
+    let token =
+        heimdex_api::auth::issue_token(&settings.api.jwt, org, "bench", Duration::from_secs(3600))?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
@@ -33,6 +53,10 @@ pub async fn ingest(
     let run_id = Uuid::new_v4().simple().to_string();
     let endpoint = format!("{url}/vectors/mock");
     println!("ingest: n={n} concurrency={concurrency} url={url} nats={nats_url}");
+    println!("cpu: {}", cpu_flags());
+    let js = async_nats::jetstream::new(async_nats::connect(&nats_url).await?);
+    // A service of another release may lack the listing stream: then the count is left out.
+    let writes_before = Writes::read(&js).await.ok();
     let started = Instant::now();
     let posts = futures::stream::iter(0..n)
         .map(|i| {
@@ -60,6 +84,10 @@ pub async fn ingest(
     let (completed, last) =
         await_completions(&mut done_rx, accepted, started, Duration::from_secs(300)).await;
     let completed_in = last.duration_since(started);
+    let writes = match (writes_before, Writes::read(&js).await) {
+        (Some(before), Ok(after)) => Some(after.since(&before)),
+        _ => None,
+    };
 
     println!(
         "  accepted:  {accepted}/{n} in {:.2} s -> {:.0} jobs/s ({} errors, {waits} waits on 429/503 Retry-After)",
@@ -79,6 +107,14 @@ pub async fn ingest(
         ms(percentile(&latencies, 0.99)),
         ms(latencies.last().copied().unwrap_or_default())
     );
+    if let Some(writes) = writes {
+        println!(
+            "  projector wrote per job (every writer's, meanwhile): {:.2} status writes, \
+             {:.2} listing appends",
+            writes.status as f64 / completed.max(1) as f64,
+            writes.appended as f64 / completed.max(1) as f64,
+        );
+    }
 
     if single > 0 {
         // Let the ingest backlog drain before timing single jobs.
@@ -121,5 +157,16 @@ pub async fn ingest(
         );
     }
     watcher.abort();
+
+    if bound {
+        let completed_per_s = completed as f64 / completed_in.as_secs_f64();
+        let bound = bound::measure(settings, n, concurrency).await?;
+        println!("  bound operations per job: {}", bound.ops.per_job());
+        println!(
+            "  efficiency: {completed_per_s:.0} / {:.0} = {:.2} (service completed/s ÷ bound completed/s)",
+            bound.completed_per_s,
+            completed_per_s / bound.completed_per_s
+        );
+    }
     Ok(())
 }

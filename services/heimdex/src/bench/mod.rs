@@ -4,6 +4,7 @@
 //! test texts so that `bench/embedder.sh` can time sentence-transformers on exactly the same
 //! input.
 
+mod bound;
 mod corpus;
 mod embed;
 mod lengths;
@@ -22,7 +23,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use heimdex_api::auth::JwtConfig;
+use crate::settings::Settings;
 use heimdex_domain::jobs::{JobStatus, Status};
 use heimdex_event_store::jetstream::STATUS_BUCKET;
 
@@ -45,6 +46,10 @@ pub enum BenchCommand {
         /// NATS URL to watch completions on (default: what /readyz reports).
         #[arg(long)]
         nats_url: Option<String>,
+        /// Skip the broker's bound (the same jobs' JetStream operations alone, on a scratch
+        /// nats-server started for it) and the efficiency against it.
+        #[arg(long)]
+        no_bound: bool,
     },
     /// Write N synthetic texts (JSON lines `{"text": …}`), deterministic for a seed.
     Corpus {
@@ -179,7 +184,8 @@ pub enum BenchCommand {
     },
 }
 
-pub async fn run(command: BenchCommand, jwt: &JwtConfig) -> anyhow::Result<()> {
+pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<()> {
+    let jwt = &settings.api.jwt;
     match command {
         BenchCommand::Lengths { files } => lengths::run(&files),
         BenchCommand::Quality {
@@ -219,7 +225,17 @@ pub async fn run(command: BenchCommand, jwt: &JwtConfig) -> anyhow::Result<()> {
             concurrency,
             single,
             nats_url,
-        } => mock::ingest(jwt, &url, n, concurrency.max(1), single, nats_url).await,
+            no_bound,
+        } => {
+            let options = mock::Options {
+                n,
+                concurrency: concurrency.max(1),
+                single,
+                nats_url,
+                bound: !no_bound,
+            };
+            mock::ingest(settings, &url, options).await
+        }
         BenchCommand::Corpus { n, seed, out } => corpus::write(&out, n, seed),
         BenchCommand::Embed {
             texts,
@@ -370,7 +386,19 @@ pub(crate) async fn watch_completions(
         Some(url) => url,
         None => nats_url_of(http, url).await?,
     };
-    let client = async_nats::connect(&nats_url).await?;
+    let (done_rx, watcher) = watch_bucket(&nats_url, org).await?;
+    Ok((nats_url, done_rx, watcher))
+}
+
+/// [`watch_completions`] on the status bucket of the NATS server at `nats_url`.
+pub(crate) async fn watch_bucket(
+    nats_url: &str,
+    org: Uuid,
+) -> anyhow::Result<(
+    mpsc::UnboundedReceiver<(Uuid, Instant)>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let client = async_nats::connect(nats_url).await?;
     let js = async_nats::jetstream::new(client);
     let bucket = js.get_key_value(STATUS_BUCKET).await?;
     let (done_tx, done_rx) = mpsc::unbounded_channel::<(Uuid, Instant)>();
@@ -390,7 +418,7 @@ pub(crate) async fn watch_completions(
             }
         }
     });
-    Ok((nats_url, done_rx, watcher))
+    Ok((done_rx, watcher))
 }
 
 /// Counts completions from [`watch_completions`] until `expected` arrived or `timeout` passed;
