@@ -32,6 +32,7 @@ use heimdex_event_store::log::{AppendError, PendingAppend};
 use heimdex_store::{NewPoint, Payload, PointFilter, StoreError};
 
 use crate::backoff::retry_delay;
+use crate::order::{Access, Key};
 use crate::{WorkerConfig, WorkerDeps};
 
 /// How a message's job ended this time. It decides the message's fate ([`Outcome::ack`]).
@@ -863,20 +864,28 @@ pub(crate) fn write_targets(org_id: Uuid, spec: &JobSpec) -> Vec<Target> {
     }
 }
 
-/// What a job touches, for ordering batches in flight ([`crate::order::Gate`]): its asset
-/// and the points it writes or deletes.
-pub(crate) fn touched(org_id: Uuid, spec: &JobSpec) -> Vec<(Uuid, Target)> {
-    let targets = match spec {
-        JobSpec::DeletePoint(params) => vec![Target::Point(params.point_id)],
-        JobSpec::DeleteAsset(params) => vec![Target::Asset(params.asset_id.to_string())],
+/// What a job touches, for ordering batches in flight ([`crate::order::Gate`]), and how: the
+/// points it writes or deletes and the asset it deletes or replaces change; a write of one
+/// segment only needs its asset to stay.
+pub(crate) fn touched(org_id: Uuid, spec: &JobSpec) -> Vec<(Key, Access)> {
+    let changes = |target| ((org_id, target), Access::Changes);
+    match spec {
+        JobSpec::DeletePoint(params) => vec![changes(Target::Point(params.point_id))],
+        JobSpec::DeleteAsset(params) => vec![changes(Target::Asset(params.asset_id.to_string()))],
         JobSpec::Document(params) => std::iter::once(Target::Asset(params.asset_id.to_string()))
             .chain(
                 (0..params.chunks.len()).map(|i| Target::Point(params.chunk_point_id(org_id, i))),
             )
+            .map(changes)
             .collect(),
-        JobSpec::MockEmbedding(_) | JobSpec::Embedding(_) => write_targets(org_id, spec),
-    };
-    targets.into_iter().map(|t| (org_id, t)).collect()
+        JobSpec::MockEmbedding(_) | JobSpec::Embedding(_) => write_targets(org_id, spec)
+            .into_iter()
+            .map(|target| match target {
+                Target::Asset(_) => ((org_id, target), Access::Shared),
+                Target::Point(_) => changes(target),
+            })
+            .collect(),
+    }
 }
 
 /// Embeds the texts of `jobs` (all naming `model`) in one call. Returns a vector, or the reason

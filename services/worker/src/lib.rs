@@ -310,16 +310,24 @@ impl Worker {
     }
 }
 
-/// Everything the batch's jobs touch (undecodable messages touch nothing).
-fn touched(messages: &[async_nats::jetstream::Message]) -> std::collections::HashSet<order::Key> {
+/// Everything the batch's jobs touch, each with the strongest access any of them needs
+/// (undecodable messages touch nothing).
+fn touched(messages: &[async_nats::jetstream::Message]) -> order::Touched {
     use heimdex_domain::events::{EventData, JobEvent};
-    messages
+    let mut touched = order::Touched::new();
+    let jobs = messages
         .iter()
         .filter_map(|message| JobEvent::decode(&message.payload).ok())
         .flat_map(|event| match &event.data {
             EventData::Requested(requested) => job::touched(event.org_id, &requested.spec),
             EventData::Retried(retried) => job::touched(event.org_id, &retried.spec),
             EventData::Started(_) | EventData::Succeeded(_) | EventData::Failed(_) => Vec::new(),
-        })
-        .collect()
+        });
+    for (key, access) in jobs {
+        let held = touched.entry(key).or_insert(access);
+        if access == order::Access::Changes {
+            *held = access;
+        }
+    }
+    touched
 }

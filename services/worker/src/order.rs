@@ -5,14 +5,17 @@
 //! of a document could overwrite a newer one.
 //!
 //! Batches are formed from the consumer's deliveries in the order they arrive (stream order),
-//! and each takes a ticket, in that order, naming what its jobs touch ([`crate::job::touched`]).
-//! A batch starts its work only when no batch with an earlier ticket that touches any of the
-//! same things is still in work. Batches that share nothing run side by side as before.
+//! and each takes a ticket, in that order, naming what its jobs touch ([`crate::job::touched`])
+//! and how: a job changes a point, or a whole asset (a delete, a document's new version), or
+//! writes one point of an asset and so only needs the asset left as it is meanwhile
+//! ([`Access::Shared`]). A batch starts its work only when no batch with an earlier ticket
+//! conflicts with it: touches one of the same things, changing it in either batch. Batches that
+//! share nothing, or share an asset whose different points they write, run side by side.
 //!
 //! This orders the batches of one worker process. Across worker processes, the stream
 //! sequence in every point's payload and the tombstones guard deletes (see `job.rs`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
@@ -22,6 +25,28 @@ use heimdex_domain::ids::Target;
 
 /// What a job touches: its org and a point or an asset.
 pub(crate) type Key = (Uuid, Target);
+
+/// How a job touches a [`Key`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// It changes it (writes or deletes the point; deletes or replaces the asset).
+    Changes,
+    /// It needs it to stay as it is while it works: the asset of a point it writes.
+    Shared,
+}
+
+/// What a batch touches, and how (the stronger access when its jobs differ).
+pub(crate) type Touched = HashMap<Key, Access>;
+
+/// Whether two batches must run in order: they touch one thing and one of them changes it.
+fn conflict(a: &Touched, b: &Touched) -> bool {
+    let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    small.iter().any(|(key, access)| {
+        large
+            .get(key)
+            .is_some_and(|other| *access == Access::Changes || *other == Access::Changes)
+    })
+}
 
 #[derive(Default)]
 pub(crate) struct Gate {
@@ -33,7 +58,7 @@ pub(crate) struct Gate {
 struct State {
     next: u64,
     /// The batches in work or waiting, by ticket, with what they touch.
-    pending: BTreeMap<u64, HashSet<Key>>,
+    pending: BTreeMap<u64, Touched>,
 }
 
 /// A batch's place in the order; leaving (dropping it) lets later batches that wait on it go.
@@ -44,7 +69,7 @@ pub(crate) struct Ticket {
 
 impl Gate {
     /// Takes the next ticket for a batch touching `keys`. Call it in stream order.
-    pub(crate) fn enter(self: &Arc<Self>, keys: HashSet<Key>) -> Ticket {
+    pub(crate) fn enter(self: &Arc<Self>, keys: Touched) -> Ticket {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let number = state.next;
         state.next += 1;
@@ -63,7 +88,7 @@ impl Gate {
         state
             .pending
             .range(..number)
-            .any(|(_, earlier)| !earlier.is_disjoint(mine))
+            .any(|(_, earlier)| conflict(earlier, mine))
     }
 }
 
@@ -99,11 +124,70 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn keys(targets: &[&str]) -> HashSet<Key> {
+    fn keys(targets: &[&str]) -> Touched {
         targets
             .iter()
-            .map(|t| (Uuid::nil(), Target::Asset((*t).to_owned())))
+            .map(|t| {
+                (
+                    (Uuid::nil(), Target::Asset((*t).to_owned())),
+                    Access::Changes,
+                )
+            })
             .collect()
+    }
+
+    /// Writes of `points` (numbered) of asset `asset`.
+    fn writes(asset: &str, points: &[u128]) -> Touched {
+        let mut touched = Touched::new();
+        touched.insert(
+            (Uuid::nil(), Target::Asset(asset.to_owned())),
+            Access::Shared,
+        );
+        for point in points {
+            touched.insert(
+                (Uuid::nil(), Target::Point(Uuid::from_u128(*point))),
+                Access::Changes,
+            );
+        }
+        touched
+    }
+
+    async fn goes(ticket: &Ticket) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), ticket.turn())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn writes_of_different_points_of_an_asset_run_together_and_a_change_of_it_waits() {
+        let gate = Arc::new(Gate::default());
+        let first = gate.enter(writes("a", &[1, 2]));
+        let other_points = gate.enter(writes("a", &[3, 4]));
+        let same_point = gate.enter(writes("a", &[4, 5]));
+        let delete = gate.enter(keys(&["a"]));
+        let after_delete = gate.enter(writes("a", &[6]));
+        assert!(goes(&first).await);
+        assert!(
+            goes(&other_points).await,
+            "other points of the same asset go at once"
+        );
+        assert!(!goes(&same_point).await, "a point written earlier waits");
+        assert!(
+            !goes(&delete).await,
+            "a change of the asset waits for its writes"
+        );
+        drop(other_points);
+        assert!(goes(&same_point).await);
+        drop(first);
+        assert!(!goes(&delete).await, "still a write of the asset in work");
+        drop(same_point);
+        assert!(goes(&delete).await);
+        assert!(
+            !goes(&after_delete).await,
+            "a write after the change waits for it"
+        );
+        drop(delete);
+        assert!(goes(&after_delete).await);
     }
 
     #[tokio::test]
