@@ -14,12 +14,23 @@
 //! Messages are handled in batches: the events of one job within a batch are folded together
 //! and written once, and the revisions of jobs still in progress are cached, so the common case
 //! is one CAS write per job per batch and no read.
+//!
+//! A job in progress is held back: events that leave it QUEUED or RUNNING wait (unacknowledged)
+//! for up to [`HOLD`], so that a job that ends within it is written once, with its end, instead
+//! of once per event. Each status write also moves the job's listing entry, so a job that goes
+//! QUEUED → RUNNING → SUCCEEDED between two writes costs one bucket write and one listing
+//! entry instead of three writes, three entries and two deletes. An end (`succeeded`,
+//! `failed`) is written at once, with whatever of its job is held, and so is a `retried`
+//! event, which takes a job out of FAILED (held, the bucket would show it ended). The price is
+//! that a job's QUEUED or RUNNING status reaches the bucket and the listing up to [`HOLD`]
+//! later; `GET /jobs/{id}` answers a job the bucket does not have yet from its `requested`
+//! event.
 
 pub mod files;
 pub mod rebuild;
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
@@ -27,9 +38,9 @@ use futures::StreamExt;
 use futures::future::join_all;
 
 use heimdex_domain::documents::DocumentChange;
-use heimdex_domain::events::{self, JobEvent};
+use heimdex_domain::events::{self, EventData, EventKind, JobEvent};
 use heimdex_domain::jobs::{Applied, JobStatus};
-use heimdex_event_store::batching::{Batching, next_batch};
+use heimdex_event_store::batching::{Batching, gather};
 use heimdex_event_store::documents::DocumentError;
 use heimdex_event_store::log::LogReadError;
 use heimdex_event_store::status::{Listed, StatusError, WriteError, status_key};
@@ -37,6 +48,9 @@ use heimdex_event_store::{DocumentStore, JobLog, StatusStore};
 use heimdex_telemetry::ErrorChain;
 use tokio_util::sync::CancellationToken;
 
+/// How long events that leave their job in progress wait for its end before they are written
+/// (see the module documentation).
+pub const HOLD: Duration = Duration::from_millis(200);
 /// The cache of in-progress jobs is cleared past this many entries.
 const CACHE_LIMIT: usize = 200_000;
 /// CAS attempts per key before the batch is retried later.
@@ -72,6 +86,8 @@ pub struct Projector {
     deps: ProjectorDeps,
     /// key → the written state of jobs not yet terminal.
     cache: HashMap<String, Written>,
+    /// Events of jobs in progress, not yet written (see [`HOLD`]).
+    held: Held<Message>,
     batch_size: usize,
     batching: Batching,
 }
@@ -81,6 +97,7 @@ impl Projector {
         Self {
             deps,
             cache: HashMap::new(),
+            held: Held::default(),
             batch_size: 1_000,
             // Busy (a chunk of 64+ events): wait up to 5 ms so a job's events share one write.
             batching: Batching {
@@ -105,11 +122,16 @@ impl Projector {
         {
             let mut batches = messages.ready_chunks(self.batch_size);
             loop {
-                let batch = tokio::select! {
+                let due = self.held.due();
+                // Only the first chunk is raced against the clocks: taking it is cancel-safe,
+                // a batch being gathered is not.
+                let first = tokio::select! {
                     () = shutdown.cancelled() => break,
-                    batch = next_batch(&mut batches, self.batching) => batch,
+                    first = batches.next() => first,
+                    () = sleep_until(due), if due.is_some() => Some(Vec::new()),
                 };
-                let Some(batch) = batch else { break };
+                let Some(first) = first else { break };
+                let batch = gather(first, &mut batches, self.batching).await;
                 let messages: Vec<Message> = batch
                     .into_iter()
                     .filter_map(|m| {
@@ -117,9 +139,13 @@ impl Projector {
                             .ok()
                     })
                     .collect();
-                self.handle_batch(messages).await;
+                let ready = self.held.admit(messages, Instant::now());
+                self.handle_batch(ready).await;
             }
         }
+        // What is held is written before the projector stops.
+        let held = self.held.release_all();
+        self.handle_batch(held).await;
         tracing::info!("projector stopped");
     }
 
@@ -221,25 +247,31 @@ impl Projector {
                 (key, cached, events)
             })
             .collect();
+        // Documents first: a job that reads SUCCEEDED has its document listed. (Held jobs
+        // bring their `requested` event, which carries the document, in the same batch as
+        // their end.)
         let documents = &self.deps.documents;
-        let (results, documents) = futures::join!(
-            join_all(jobs.into_iter().map(|(key, cached, events)| async move {
-                let result = project(statuses, log, &key, cached, &events).await;
-                (key, result)
-            })),
-            join_all(changes.into_values().map(|change| async move {
-                match documents.apply(&change, CAS_ATTEMPTS).await {
-                    Ok(Some(_)) => Ok(()),
-                    Ok(None) => Err(ProjectError::Contention(change.key())),
-                    Err(err) => Err(ProjectError::from(err)),
-                }
-            }))
-        );
+        let documents = join_all(changes.into_values().map(|change| async move {
+            match documents.apply(&change, CAS_ATTEMPTS).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(ProjectError::Contention(change.key())),
+                Err(err) => Err(ProjectError::from(err)),
+            }
+        }))
+        .await;
+        if let Some(err) = documents.into_iter().find_map(Result::err) {
+            return Err(err);
+        }
+        let results = join_all(jobs.into_iter().map(|(key, cached, events)| async move {
+            let result = project(statuses, log, &key, cached, &events).await;
+            (key, result)
+        }))
+        .await;
 
         if self.cache.len() > CACHE_LIMIT {
             self.cache.clear();
         }
-        let mut first_error = documents.into_iter().find_map(Result::err);
+        let mut first_error = None;
         for (key, result) in results {
             match result {
                 Ok(Some(written)) if !written.status.status.is_terminal() => {
@@ -252,6 +284,96 @@ impl Projector {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The events of jobs in progress that wait for their job's end (see [`HOLD`]), by job.
+struct Held<M = Message> {
+    jobs: HashMap<(uuid::Uuid, uuid::Uuid), HeldJob<M>>,
+}
+
+impl<M> Default for Held<M> {
+    fn default() -> Self {
+        Self {
+            jobs: HashMap::new(),
+        }
+    }
+}
+
+struct HeldJob<M> {
+    /// When its first held event arrived.
+    since: Instant,
+    messages: Vec<M>,
+}
+
+/// What [`Held`] reads of a message: its subject, which names the job and the event.
+trait Subject {
+    fn subject(&self) -> &str;
+}
+
+impl Subject for Message {
+    fn subject(&self) -> &str {
+        self.subject.as_str()
+    }
+}
+
+impl<M: Subject> Held<M> {
+    /// Takes `arrived` in and returns, in arrival order, the messages to write now: every
+    /// event of a job that has ended or been retried (that event just arrived) or has been
+    /// held for [`HOLD`], and anything that names no job (the fold logs and skips it).
+    fn admit(&mut self, arrived: Vec<M>, now: Instant) -> Vec<M> {
+        let mut ready = Vec::new();
+        for message in arrived {
+            let Some(parts) = events::parse_subject(message.subject()) else {
+                ready.push(message);
+                continue;
+            };
+            let key = (parts.org_id, parts.job_id);
+            // An end, or a retry (which takes a job out of FAILED: until it is written, the
+            // bucket would still show the job ended), is written at once.
+            let now_visible = matches!(
+                parts.kind,
+                Some(EventKind::Succeeded | EventKind::Failed | EventKind::Retried)
+            );
+            let mut job = self.jobs.remove(&key).unwrap_or_else(|| HeldJob {
+                since: now,
+                messages: Vec::new(),
+            });
+            job.messages.push(message);
+            if now_visible {
+                ready.append(&mut job.messages);
+            } else {
+                self.jobs.insert(key, job);
+            }
+        }
+        self.jobs.retain(|_, job| {
+            let due = now.duration_since(job.since) >= HOLD;
+            if due {
+                ready.append(&mut job.messages);
+            }
+            !due
+        });
+        ready
+    }
+
+    /// When the longest-held job is due.
+    fn due(&self) -> Option<Instant> {
+        self.jobs.values().map(|job| job.since + HOLD).min()
+    }
+
+    fn release_all(&mut self) -> Vec<M> {
+        self.jobs
+            .drain()
+            .flat_map(|(_, job)| job.messages)
+            .collect()
+    }
+}
+
+/// Sleeps until `at` (`None`: never; the caller does not poll it then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -301,9 +423,14 @@ async fn project(
     let Some((_, first)) = events.first() else {
         return Ok(cached);
     };
+    // A job's `requested` event is its first: the bucket has the job only if this event was
+    // delivered before (a redelivery), so its create is tried without a read, and reads after a
+    // conflict.
+    let mut new_job = matches!(first.data, EventData::Requested(_));
     for _ in 0..CAS_ATTEMPTS {
         let current = match cached.take() {
             Some(written) => Some((written.revision, Some(written.status), written.listed)),
+            None if std::mem::take(&mut new_job) => None,
             None => statuses
                 .entry(first.org_id, first.job_id)
                 .await?
@@ -353,4 +480,85 @@ async fn project(
         }
     }
     Err(ProjectError::Contention(key.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Event(String);
+
+    impl Subject for Event {
+        fn subject(&self) -> &str {
+            &self.0
+        }
+    }
+
+    fn event(job: u128, kind: EventKind) -> Event {
+        let org = uuid::Uuid::from_u128(1);
+        Event(events::subject(org, uuid::Uuid::from_u128(job), kind))
+    }
+
+    fn subjects(events: &[Event]) -> Vec<&str> {
+        events.iter().map(|e| e.0.as_str()).collect()
+    }
+
+    #[test]
+    fn a_job_in_progress_waits_for_its_end_or_the_hold_and_nothing_else_waits() {
+        let mut held = Held::default();
+        let t0 = Instant::now();
+        // Job 1 is requested and started, job 2 requested: nothing is written yet.
+        let ready = held.admit(
+            vec![
+                event(1, EventKind::Requested),
+                event(2, EventKind::Requested),
+                event(1, EventKind::Started),
+            ],
+            t0,
+        );
+        assert!(ready.is_empty());
+        assert_eq!(held.due(), Some(t0 + HOLD));
+        // Job 1 ends: its three events go together, in order; job 2 still waits. A subject
+        // that names no job is not held.
+        let t1 = t0 + HOLD / 2;
+        let ready = held.admit(
+            vec![
+                Event("heimdex.jobs.not-a-job".to_owned()),
+                event(1, EventKind::Succeeded),
+            ],
+            t1,
+        );
+        let job1 = [
+            event(1, EventKind::Requested),
+            event(1, EventKind::Started),
+            event(1, EventKind::Succeeded),
+        ];
+        let mut expected = vec!["heimdex.jobs.not-a-job"];
+        expected.extend(subjects(&job1));
+        assert_eq!(subjects(&ready), expected);
+        // Job 2 is written once held for HOLD, with what arrived for it meanwhile.
+        assert!(
+            held.admit(vec![event(2, EventKind::Started)], t1)
+                .is_empty()
+        );
+        let ready = held.admit(Vec::new(), t0 + HOLD);
+        let job2 = [event(2, EventKind::Requested), event(2, EventKind::Started)];
+        assert_eq!(subjects(&ready), subjects(&job2));
+        assert_eq!(held.due(), None);
+        // A failure ends a job too; a retry is written at once (the bucket shows the job
+        // FAILED until then); stopping writes whatever is held.
+        assert!(
+            held.admit(vec![event(3, EventKind::Started)], t1)
+                .is_empty()
+        );
+        let ready = held.admit(vec![event(3, EventKind::Failed)], t1);
+        assert_eq!(ready.len(), 2);
+        assert_eq!(held.admit(vec![event(3, EventKind::Retried)], t1).len(), 1);
+        assert!(
+            held.admit(vec![event(4, EventKind::Requested)], t1)
+                .is_empty()
+        );
+        assert_eq!(held.release_all().len(), 1);
+        assert_eq!(held.due(), None);
+    }
 }

@@ -17,15 +17,16 @@ pub struct Batching {
     pub linger: Duration,
 }
 
-/// The next batch from a stream of chunks: the first chunk, extended (while busy) until `max`
-/// items or `linger` has passed. `None` when the stream ends.
-pub async fn next_batch<S, T>(chunks: &mut S, policy: Batching) -> Option<Vec<T>>
+/// The next batch from a stream of chunks, given its first chunk `batch`: extended (while busy)
+/// until `max` items or `linger` has passed. Taking the first chunk (`chunks.next()`) is left to
+/// the caller because it is cancel-safe (nothing leaves the stream until it is returned), so it
+/// can be raced against other events; a batch being gathered cannot.
+pub async fn gather<S, T>(mut batch: Vec<T>, chunks: &mut S, policy: Batching) -> Vec<T>
 where
     S: Stream<Item = Vec<T>> + Unpin,
 {
-    let mut batch = chunks.next().await?;
     if batch.len() < policy.busy {
-        return Some(batch);
+        return batch;
     }
     let deadline = tokio::time::sleep(policy.linger);
     tokio::pin!(deadline);
@@ -38,7 +39,7 @@ where
             },
         }
     }
-    Some(batch)
+    batch
 }
 
 #[cfg(test)]
@@ -50,6 +51,14 @@ mod tests {
         busy: 3,
         linger: Duration::from_millis(5),
     };
+
+    async fn next_batch(
+        chunks: &mut futures::channel::mpsc::UnboundedReceiver<Vec<u32>>,
+        policy: Batching,
+    ) -> Option<Vec<u32>> {
+        let first = chunks.next().await?;
+        Some(gather(first, chunks, policy).await)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn small_chunks_go_at_once_busy_ones_gather_up_to_max() {
