@@ -346,7 +346,7 @@ async fn cluster_stream_leader_kill_9_loses_nothing() {
     )
     .await;
     for worker in &mut workers {
-        assert!(worker.terminate().await.success());
+        worker.stop_cleanly().await;
     }
     outcome
         .count_points(&[open_remote_store(&store_url).await])
@@ -376,9 +376,9 @@ async fn cluster_stream_leader_kill_9_loses_nothing() {
         }
     ));
     for api in &mut apis {
-        assert!(api.terminate().await.success());
+        api.stop_cleanly().await;
     }
-    assert!(projector.terminate().await.success());
+    projector.stop_cleanly().await;
     let mut logs: Vec<&Heimdex> = apis.iter().chain(&workers).collect();
     logs.push(&projector);
     outcome.attach_logs(&logs);

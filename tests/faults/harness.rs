@@ -178,6 +178,18 @@ impl Heimdex {
             .expect("wait")
     }
 
+    /// [`Self::terminate`], and the process must exit 0; if not, the panic names its exit status
+    /// and shows the tail of its log.
+    pub async fn stop_cleanly(&mut self) {
+        let status = self.terminate().await;
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM\n{}",
+            self.name,
+            self.log_tail()
+        );
+    }
+
     /// The last lines of this process's log, for a failure message.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -84,7 +84,7 @@ async fn serve_kill_9_repeatedly_loses_nothing() {
     let fault_over = Instant::now();
     assert_eq!(submitting.await.unwrap(), jobs, "every job accepted");
     let mut outcome = settle("kill -9 serve", &ledger, &js, &watch, fault_over).await;
-    assert!(serve.terminate().await.success());
+    serve.stop_cleanly().await;
     outcome
         .count_points(&[open_embedded_store(&root.join("data")).await])
         .await;

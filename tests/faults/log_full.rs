@@ -23,7 +23,7 @@ async fn a_full_job_log_holds_jobs_without_spending_deliveries() {
         &[("NATS_WORKER_ACK_WAIT_MS", &ack_wait.as_millis().to_string())],
     )
     .await;
-    assert!(split.worker.terminate().await.success(), "worker stops");
+    split.worker.stop_cleanly().await;
 
     let jobs = scale(40, 200);
     let accepted = submit_mock_jobs(&split.client, "capped", jobs, 8, 1_000.0).await;

@@ -129,7 +129,7 @@ async fn worker_kill_9_mid_replace_leaves_only_the_new_version() {
     }
 
     // The store, read directly once the worker has stopped: each document is its version 2.
-    assert!(split.worker.terminate().await.success());
+    split.worker.stop_cleanly().await;
     let store = open_embedded_store(&dir.path().join("worker")).await;
     let mut stale = 0;
     let mut wrong = Vec::new();
@@ -169,7 +169,7 @@ async fn worker_kill_9_mid_replace_leaves_only_the_new_version() {
         writeln!(file, "{line}").unwrap();
     }
     assert!(wrong.is_empty(), "documents not at version 2: {wrong:#?}");
-    assert!(split.api.terminate().await.success());
-    assert!(split.projector.terminate().await.success());
+    split.api.stop_cleanly().await;
+    split.projector.stop_cleanly().await;
     split.nats.stop().await;
 }

@@ -89,7 +89,7 @@ async fn progress_acks_keep_slow_jobs_from_being_redelivered() {
         .count();
 
     let worker_dir = root.join("worker-2");
-    assert!(second.terminate().await.success());
+    second.stop_cleanly().await;
     let second_store = open_embedded_store(&worker_dir).await;
     let mut outcome = split
         .finish_with("slow worker vs ack wait", started, &[second_store])
