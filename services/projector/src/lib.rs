@@ -288,7 +288,7 @@ impl Projector {
 }
 
 /// The events of jobs in progress that wait for their job's end (see [`HOLD`]), by job.
-struct Held<M = Message> {
+struct Held<M> {
     jobs: HashMap<(uuid::Uuid, uuid::Uuid), HeldJob<M>>,
 }
 

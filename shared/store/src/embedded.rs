@@ -242,7 +242,7 @@ impl EmbeddedStore {
             // A poisoned lock only means an earlier write panicked (e.g. flush on a full disk);
             // the shard itself stays usable, so carry on.
             let lock_it = || lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mine = {
+            let (out, update) = {
                 let mut commits = lock_it();
                 let (out, wrote) = f(&shard)?;
                 if !wrote {
@@ -251,7 +251,6 @@ impl EmbeddedStore {
                 commits.applied += 1;
                 (out, commits.applied)
             };
-            let (out, update) = mine;
             let mut commits = lock_it();
             if commits.flushed < update {
                 // Durability point: without this the write is lost on kill -9.

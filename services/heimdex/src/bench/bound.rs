@@ -109,7 +109,7 @@ async fn run(
 ) -> anyhow::Result<Bound> {
     let nats = EventStore::connect(&settings.nats, url, "heimdex-bench-bound", stop).await?;
     let projector = crate::serve::build_projector(&nats).await?;
-    tokio::spawn(projector.run(stop.clone()));
+    let projector = tokio::spawn(projector.run(stop.clone()));
     let consumer =
         heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
     let batch_size = settings.worker.concurrency.clamp(1, 1_000);
@@ -144,6 +144,8 @@ async fn run(
     watcher.abort();
     stop.cancel();
     let worker_batches = worker.await?;
+    // The projector writes what it holds before it stops.
+    projector.await?;
     let completed_per_s = completed as f64 / last.duration_since(started).as_secs_f64();
     println!(
         "  bound: {completed}/{n} SUCCEEDED in {:.2} s -> {completed_per_s:.0} jobs/s \
@@ -158,9 +160,7 @@ async fn run(
         "the bound run completed {completed} of {n} jobs"
     );
 
-    // The projector's stale listing entries are deleted in the background: let it finish.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let writes = Writes::read(&nats.js).await?;
+    let writes = settled(&nats.js).await?;
     Ok(Bound {
         completed_per_s,
         ops: Ops {
@@ -171,6 +171,21 @@ async fn run(
             listing_deletes: writes.appended - writes.live,
         },
     })
+}
+
+/// The projector's writes once its stale listing entries, deleted in the background, are
+/// gone: two reads 50 ms apart that agree (or what is there after 5 s).
+async fn settled(js: &async_nats::jetstream::Context) -> anyhow::Result<Writes> {
+    let mut last = Writes::read(js).await?;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = Writes::read(js).await?;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    Ok(last)
 }
 
 /// The `requested` event of the bound's job `i`, as the API appends it for `POST
@@ -336,6 +351,7 @@ async fn work(worker: &LeanWorker, batch: &[Message]) {
 
 /// What the projector has stored so far: stream sequences, which deletes and history limits
 /// do not lower, and the listing's live entries.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Writes {
     /// Writes to the status bucket.
     pub status: u64,
