@@ -71,6 +71,11 @@ pub fn subject(org_id: Uuid, job_id: Uuid, kind: EventKind) -> String {
     format!("{SUBJECT_ROOT}.{org_id}.{job_id}.{}", kind.as_str())
 }
 
+/// The subjects of every job's events of one kind: `heimdex.jobs.*.*.<event>`
+pub fn kind_subjects(kind: EventKind) -> String {
+    format!("{SUBJECT_ROOT}.*.*.{}", kind.as_str())
+}
+
 /// All subjects of one job: `heimdex.jobs.<org_id>.<job_id>.*`
 pub fn job_subjects(org_id: Uuid, job_id: Uuid) -> String {
     format!("{SUBJECT_ROOT}.{org_id}.{job_id}.*")

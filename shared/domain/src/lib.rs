@@ -9,6 +9,7 @@ pub mod documents;
 pub mod events;
 pub mod ident;
 pub mod ids;
+pub mod index;
 pub mod jobs;
 pub mod metadata;
 

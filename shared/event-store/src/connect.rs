@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::documents::DocumentStore;
 use crate::files::FileStore;
+use crate::index::IndexRegistry;
 use crate::jetstream::{self, BootstrapError, Definitions, NatsConfig};
 use crate::log::JobLog;
 use crate::status::StatusStore;
@@ -28,6 +29,8 @@ pub struct EventStore {
     pub statuses: StatusStore,
     pub documents: DocumentStore,
     pub files: FileStore,
+    /// Which vector collections there are and what each is for.
+    pub index: IndexRegistry,
     /// The URL connected to (as given: it may carry credentials; strip them before showing it).
     pub url: String,
 }
@@ -54,10 +57,13 @@ impl EventStore {
                 let tombstones = jetstream::ensure_tombstones(&js, &defs).await?;
                 let documents = jetstream::ensure_documents(&js, &defs).await?;
                 let files = jetstream::ensure_files(&js, &defs).await?;
-                Ok::<_, BootstrapError>((stream, status, listing, tombstones, documents, files))
+                let index = jetstream::ensure_index(&js, &defs).await?;
+                Ok::<_, BootstrapError>((
+                    stream, status, listing, tombstones, documents, files, index,
+                ))
             };
             match attempt.await {
-                Ok((stream, status, listing, tombstones, documents, files)) => {
+                Ok((stream, status, listing, tombstones, documents, files, index)) => {
                     return Ok(Self {
                         log: JobLog::new(client.clone(), js.clone(), stream.clone(), tombstones),
                         statuses: StatusStore::new(
@@ -74,6 +80,7 @@ impl EventStore {
                             LIST_STALL,
                         ),
                         files: FileStore::new(files),
+                        index: IndexRegistry::new(index),
                         client,
                         js,
                         defs,

@@ -48,6 +48,7 @@ pub const LEGACY_INDEX_STREAM: &str = "HEIMDEX_JOB_INDEX";
 pub const DOCUMENT_BUCKET: &str = "HEIMDEX_DOCUMENTS";
 pub const DOCUMENT_LISTING_STREAM: &str = "HEIMDEX_DOCUMENT_LISTING";
 pub const FILES_BUCKET: &str = "HEIMDEX_FILES";
+pub const INDEX_BUCKET: &str = "HEIMDEX_INDEX";
 pub const TOMBSTONE_STREAM: &str = "HEIMDEX_TOMBSTONES";
 pub const ADVISORY_STREAM: &str = "HEIMDEX_ADVISORIES";
 pub const WORKER_CONSUMER: &str = "worker";
@@ -60,6 +61,7 @@ const DOCUMENT_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_DOCUMENTS.jso
 const DOCUMENT_LISTING_JSON: &str =
     include_str!("../../../nats/stream.HEIMDEX_DOCUMENT_LISTING.json");
 const FILES_JSON: &str = include_str!("../../../nats/obj.HEIMDEX_FILES.json");
+const INDEX_JSON: &str = include_str!("../../../nats/kv.HEIMDEX_INDEX.json");
 const TOMBSTONE_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_TOMBSTONES.json");
 const ADVISORY_JSON: &str = include_str!("../../../nats/stream.HEIMDEX_ADVISORIES.json");
 const ADVISORY_CONSUMER_JSON: &str = include_str!("../../../nats/consumer.advisories.json");
@@ -106,6 +108,8 @@ pub struct Definitions {
     pub document_listing: stream::Config,
     /// The object store of uploaded files.
     pub files: stream::Config,
+    /// The index state's bucket.
+    pub index: stream::Config,
     pub tombstones: stream::Config,
     pub advisories: stream::Config,
     pub worker: consumer::pull::Config,
@@ -132,6 +136,8 @@ impl Definitions {
         document_listing.num_replicas = nats.replicas;
         let mut files: stream::Config = parse("obj.HEIMDEX_FILES.json", FILES_JSON)?;
         files.num_replicas = nats.replicas;
+        let mut index: stream::Config = parse("kv.HEIMDEX_INDEX.json", INDEX_JSON)?;
+        index.num_replicas = nats.replicas;
         let mut tombstones: stream::Config =
             parse("stream.HEIMDEX_TOMBSTONES.json", TOMBSTONE_JSON)?;
         tombstones.num_replicas = nats.replicas;
@@ -147,6 +153,7 @@ impl Definitions {
             documents,
             document_listing,
             files,
+            index,
             tombstones,
             advisories,
             worker,
@@ -349,6 +356,17 @@ pub async fn ensure_documents(
     js.get_key_value(DOCUMENT_BUCKET)
         .await
         .map_err(|err| request_error(DOCUMENT_BUCKET, err))
+}
+
+/// Creates (or finds) the index state's bucket, checks it and opens it as a KV store.
+pub async fn ensure_index(
+    js: &jetstream::Context,
+    defs: &Definitions,
+) -> Result<kv::Store, BootstrapError> {
+    ensure_stream_config(js, &defs.index).await?;
+    js.get_key_value(INDEX_BUCKET)
+        .await
+        .map_err(|err| request_error(INDEX_BUCKET, err))
 }
 
 /// Creates (or finds) the files object store's stream, checks it and opens it.

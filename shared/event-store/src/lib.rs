@@ -7,6 +7,8 @@
 //! * [`documents`]: the document projection (the latest request for each asset) and its
 //!   listing;
 //! * [`files`]: uploaded files, in the object store `HEIMDEX_FILES`;
+//! * [`index`]: the index state (which vector collection is live, built or kept), in the
+//!   bucket `HEIMDEX_INDEX`;
 //! * [`listing`]: listings whose pages cost what they hold, shared by jobs and documents;
 //! * [`jetstream`]: the stream, the status bucket and the durable consumers, created from the
 //!   definition files in `nats/` and checked at every start; connecting; whole-slice reads
@@ -20,6 +22,7 @@ mod connect;
 pub mod direct;
 pub mod documents;
 pub mod files;
+pub mod index;
 pub mod jetstream;
 pub mod listing;
 pub mod log;
@@ -29,6 +32,7 @@ pub mod status;
 pub use connect::EventStore;
 pub use documents::DocumentStore;
 pub use files::FileStore;
+pub use index::IndexRegistry;
 pub use jetstream::NatsConfig;
 pub use log::JobLog;
 pub use status::StatusStore;

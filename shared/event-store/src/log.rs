@@ -113,6 +113,8 @@ pub enum LogReadError {
     Read(#[from] ReadError),
     #[error("direct get from the job log failed")]
     DirectGet(#[source] async_nats::jetstream::stream::DirectGetError),
+    #[error("cannot read the log's state")]
+    Info(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read the tombstones")]
     Tombstones(#[from] BatchGetError),
     #[error("tombstone at sequence {seq} does not name a job")]
@@ -427,6 +429,62 @@ impl JobLog {
             }
         }
         Ok(status)
+    }
+}
+
+/// A pass over the log from a sequence on, in stream order, up to its end when the pass began
+/// (and whatever is appended meanwhile; see [`StreamRead`]). Undecodable events are skipped
+/// and logged, as the projector skips them.
+pub struct LogCursor {
+    read: StreamRead,
+}
+
+impl LogCursor {
+    /// The next event; `None` once the pass has caught up with the log.
+    pub async fn next(&mut self) -> Result<Option<Stored<JobEvent>>, LogReadError> {
+        while let Some(message) = self.read.next().await? {
+            let seq = message.info().map_err(ReadError::Read)?.stream_sequence;
+            match JobEvent::decode(&message.payload) {
+                Ok(event) => return Ok(Some(Stored { seq, event })),
+                Err(err) => tracing::error!(%err, seq, "undecodable event skipped in a log pass"),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl JobLog {
+    /// Reads the log from sequence `from` on: every event, or those of one `kind`.
+    pub async fn read_from(
+        &self,
+        from: u64,
+        kind: Option<EventKind>,
+        stall: Duration,
+    ) -> Result<LogCursor, LogReadError> {
+        let filter = match kind {
+            Some(kind) => events::kind_subjects(kind),
+            None => format!("{}.>", events::SUBJECT_ROOT),
+        };
+        let read = StreamRead::open(
+            &self.stream,
+            filter,
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from.max(1),
+            },
+            stall,
+        )
+        .await?;
+        Ok(LogCursor { read })
+    }
+
+    /// The sequence of the log's last event (0 when it is empty).
+    pub async fn last_seq(&self) -> Result<u64, LogReadError> {
+        let info = self
+            .stream
+            .get_info()
+            .await
+            .map_err(|err| LogReadError::Info(Box::new(err)))?;
+        Ok(info.state.last_sequence)
     }
 }
 
