@@ -37,6 +37,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod collections;
 mod embedded;
 pub mod keyword;
 pub mod meta;
@@ -54,6 +55,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use collections::{Collections, Named};
 pub use embedded::EmbeddedStore;
 pub use keyword::{KEYWORD_VECTOR, SparseVector};
 pub use metered::Metered;
