@@ -259,6 +259,25 @@ async fn b_jobs_finish(
 async fn probe(app: &TestApp, a: &Owner, b: &str, label: &str) -> Option<usize> {
     let mut requests = 0;
     match label {
+        // The operator's routes: a tenant's token is never the admin credential (403 here,
+        // where no admin token is configured; 401 where one is).
+        "GET /admin/index"
+        | "POST /admin/index/rebuild"
+        | "POST /admin/index/switch"
+        | "POST /admin/index/rollback"
+        | "POST /admin/index/drop" => {
+            let (method, path) = label.split_once(' ').expect("METHOD /path");
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let r = app
+                .http
+                .request(method, app.url(path))
+                .bearer_auth(b)
+                .send()
+                .await
+                .expect("request sent");
+            expect(a, label, r, &[401, 403], &[]).await;
+            requests += 1;
+        }
         "GET /vectors/{point_id}" => {
             for p in &a.points {
                 for query in ["", "?with_vector=true", "?with_vector=false"] {

@@ -23,6 +23,7 @@ mod metadata;
 mod metrics;
 mod overload;
 mod pipeline;
+mod rebuild;
 mod redrive;
 mod retries;
 mod semantic;

@@ -94,8 +94,12 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub settings: Settings,
     pub store: Arc<dyn VectorStore>,
+    /// Every collection of the store the app opened, and which one is live.
+    pub collections: Arc<heimdex_store::Collections>,
     shutdown: CancellationToken,
-    running: Option<tokio::task::JoinHandle<()>>,
+    /// Cancels `shutdown` when the app is dropped without [`TestApp::stop`].
+    _stop_on_drop: tokio_util::sync::DropGuard,
+    running: Option<tokio::task::JoinHandle<Option<TempDir>>>,
     /// Workers started later by [`TestApp::start_worker`].
     late_workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -134,17 +138,22 @@ impl TestApp {
     async fn spawn_roles_in(data: TempDir, extra: &[(&str, &str)], roles: Roles) -> Self {
         let nats = TestNats::start().await;
         let settings = settings(data.path(), &nats.url(), extra);
+        Self::start_on(nats, settings, data, roles).await
+    }
+
+    async fn start_on(nats: TestNats, settings: Settings, data: TempDir, roles: Roles) -> Self {
         let shutdown = CancellationToken::new();
         let running = serve::start(&settings, roles, &nats.url(), shutdown.clone())
             .await
             .expect("services start");
         let addr = running.api_addr.expect("api runs");
         let store = running.store.clone().expect("store is open");
+        let collections = running.collections.clone().expect("store is open");
         // The task owns the data dir and drops it only after the services (and the store's
         // shard, which flushes on drop) are gone, even when the runtime drops the task.
         let running = tokio::spawn(OutlivedBy {
             services: Box::pin(running.wait()),
-            _data: data,
+            data: Some(data),
         });
         Self {
             nats,
@@ -153,6 +162,8 @@ impl TestApp {
             http: reqwest::Client::new(),
             settings,
             store,
+            collections,
+            _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             running: Some(running),
             late_workers: Vec::new(),
@@ -186,10 +197,10 @@ impl TestApp {
         .expect("models load");
         // A worker of its own, as another process would be: its own models and queue.
         let queue = heimdex_embed::EmbedQueue::start().expect("embedding queue starts");
-        let worker = serve::build_worker(
+        let (worker, indexer) = serve::build_worker(
             &self.settings,
             &nats,
-            self.store.clone(),
+            self.collections.clone(),
             Arc::new(models),
             queue,
         )
@@ -197,6 +208,36 @@ impl TestApp {
         .expect("worker builds");
         self.late_workers
             .push(tokio::spawn(worker.run(self.shutdown.clone())));
+        self.late_workers
+            .push(tokio::spawn(indexer.run(self.shutdown.clone())));
+    }
+
+    /// Stops the services, lets `prepare` change their data dir (delete the vector store, say)
+    /// and starts them again on it, against the same NATS.
+    pub async fn restart(self, prepare: impl FnOnce(&std::path::Path)) -> Self {
+        let TestApp {
+            nats,
+            settings,
+            store,
+            collections,
+            shutdown,
+            running,
+            late_workers,
+            ..
+        } = self;
+        // The store's shard closes (and flushes) with the last handle on it.
+        drop((store, collections));
+        shutdown.cancel();
+        for worker in late_workers {
+            let _ = worker.await;
+        }
+        let data = match running {
+            Some(running) => running.await.ok().flatten(),
+            None => None,
+        }
+        .expect("the services hand their data dir back");
+        prepare(data.path());
+        Self::start_on(nats, settings, data, Roles::ALL).await
     }
 
     /// Stops the services gracefully and waits for them.
@@ -319,23 +360,18 @@ impl TestApp {
 /// declaration order, whether the future completes or the runtime drops it mid-flight.
 struct OutlivedBy<F> {
     services: std::pin::Pin<Box<F>>,
-    _data: TempDir,
+    data: Option<TempDir>,
 }
 
-impl<F: std::future::Future> std::future::Future for OutlivedBy<F> {
-    type Output = F::Output;
+impl<F: std::future::Future<Output = ()>> std::future::Future for OutlivedBy<F> {
+    /// The data dir, handed back once the services are gone.
+    type Output = Option<TempDir>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<F::Output> {
-        self.services.as_mut().poll(cx)
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
+    ) -> std::task::Poll<Option<TempDir>> {
+        self.services.as_mut().poll(cx).map(|()| self.data.take())
     }
 }
 

@@ -28,11 +28,13 @@ use poem_openapi::OpenApiService;
 use heimdex_store::VectorStore;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::AdminKey;
 use crate::auth::{JwtConfig, Verifier};
 use crate::connections::ConnectionLimit;
 use crate::overload::Admission;
 use crate::overload::OverloadConfig;
 use crate::probes::{CachedProbe, ProbeConfig};
+use crate::routes::admin::AdminApi;
 use crate::routes::documents::DocumentsApi;
 use crate::routes::health::HealthApi;
 use crate::routes::ingest::IngestApi;
@@ -77,6 +79,9 @@ pub struct ApiConfig {
     /// [`connections::DEFAULT_MAX_CONNECTIONS`], or fewer if the process's file-descriptor limit
     /// does not allow that many.
     pub max_connections: Option<usize>,
+    /// The operator's bearer token for `/admin/*` (`HEIMDEX_ADMIN_TOKEN`); `None`: those
+    /// routes answer 403.
+    pub admin_token: Option<secrecy::SecretString>,
 }
 
 /// Connections and stores the API needs; `heimdex serve` shares them with the other services.
@@ -90,6 +95,8 @@ pub struct ApiDeps {
     pub embeddings: heimdex_embed::EmbedQueue,
     /// Vector store URL shown in `/readyz` (`None`: the embedded store).
     pub store_url: Option<String>,
+    /// The configured collection: the live one until the index state says otherwise.
+    pub collection: String,
 }
 
 /// Shared by every handler.
@@ -108,6 +115,9 @@ pub struct AppState {
     pub nats_probe: CachedProbe,
     pub store_probe: CachedProbe,
     pub store_probe_enabled: bool,
+    /// The index state (`/admin/index`), and the configured collection it starts from.
+    pub index: heimdex_event_store::IndexRegistry,
+    pub collection: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +165,11 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
         nats_probe: CachedProbe::new(config.probes.clone()),
         store_probe: CachedProbe::new(config.probes.clone()),
         store_probe_enabled: config.probe_store,
+        index: events.index.clone(),
+        collection: deps.collection,
     });
-    let app = routes(state, verifier);
+    let admin = Arc::new(AdminKey::new(config.admin_token.clone()));
+    let app = routes(state, verifier, admin);
 
     let max_connections =
         connections::effective_bound(config.max_connections, connections::raise_fd_limit())?;
@@ -187,6 +200,7 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
 pub fn routes(
     state: Arc<AppState>,
     verifier: Arc<Verifier>,
+    admin: Arc<AdminKey>,
 ) -> poem::endpoint::BoxEndpoint<'static> {
     let api = OpenApiService::new(
         (
@@ -203,6 +217,9 @@ pub fn routes(
                 state: state.clone(),
             },
             DocumentsApi {
+                state: state.clone(),
+            },
+            AdminApi {
                 state: state.clone(),
             },
             HealthApi { state },
@@ -223,6 +240,7 @@ pub fn routes(
         .nest("/docs", docs)
         .around(limit_body)
         .data(verifier)
+        .data(admin)
         .around(access_log)
         .catch_all_error(problem::catch_all)
         .boxed()

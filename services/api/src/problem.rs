@@ -322,6 +322,7 @@ impl From<LogReadError> for ApiError {
                 ApiError::internal(err)
             }
             err @ (LogReadError::Read(_)
+            | LogReadError::Info(_)
             | LogReadError::DirectGet(_)
             | LogReadError::Tombstones(_)) => ApiError::nats(err),
         }
@@ -376,6 +377,17 @@ pub async fn catch_all(err: poem::Error) -> Response {
     let status = err.status();
     if let Some(auth) = err.downcast_ref::<AuthError>() {
         return unauthorized(&auth.to_string()).into_response();
+    }
+    if let Some(admin) = err.downcast_ref::<crate::auth::AdminError>() {
+        return match admin {
+            crate::auth::AdminError::Invalid => unauthorized(&admin.to_string()).into_response(),
+            crate::auth::AdminError::Disabled => problem_response(Problem::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "Forbidden",
+                admin.to_string(),
+            )),
+        };
     }
     let response = err.into_response();
     let is_problem = response

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use heimdex_event_store::EventStore;
-use heimdex_store::VectorStore;
+use heimdex_event_store::IndexRegistry;
+use heimdex_store::{Collections, VectorStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::Settings;
@@ -23,4 +24,66 @@ pub async fn connect_nats(
 /// Opens the vector store: Qdrant Edge under the data dir, or a Qdrant server at `QDRANT_URL`.
 pub async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn VectorStore>> {
     Ok(heimdex_store::open(settings.store.clone()).await?)
+}
+
+/// Opens the vector collections with the live one as the index state says (the configured
+/// one until a switch), and keeps following the state until `shutdown`: a switch anywhere
+/// moves this process's reads and writes at once.
+pub async fn open_collections(
+    settings: &Settings,
+    index: &IndexRegistry,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<Collections>> {
+    let collections = Collections::open(settings.store.clone()).await?;
+    let state = index.get(collections.configured()).await?;
+    if collections.set_live(&state.state.live).await? {
+        tracing::info!(live = %state.state.live, "the index state names the live collection");
+    }
+    tokio::spawn(follow_index(
+        collections.clone(),
+        index.clone(),
+        shutdown.clone(),
+    ));
+    Ok(collections)
+}
+
+/// Sets the live collection on every change of the index state; re-watches after an error.
+async fn follow_index(
+    collections: Arc<Collections>,
+    index: IndexRegistry,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt as _;
+    loop {
+        match index.watch().await {
+            Ok(watch) => {
+                let mut watch = std::pin::pin!(watch);
+                loop {
+                    let stored = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        next = watch.next() => match next {
+                            Some(stored) => stored,
+                            None => break,
+                        },
+                    };
+                    match collections.set_live(&stored.state.live).await {
+                        Ok(true) => {
+                            tracing::info!(live = %stored.state.live, "switched the live collection")
+                        }
+                        Ok(false) => {}
+                        Err(err) => {
+                            tracing::error!(error = %heimdex_telemetry::ErrorChain(&err), live = %stored.state.live, "cannot open the live collection")
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %heimdex_telemetry::ErrorChain(&err), "cannot watch the index state")
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
 }

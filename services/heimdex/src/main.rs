@@ -63,6 +63,9 @@ enum Command {
     Search(client::search::SearchArgs),
     /// List the documents a running service holds (asset, state, chunks, version).
     Documents(client::documents::DocumentsArgs),
+    /// The vector collections of a running service: rebuild from the log, switch, roll back,
+    /// drop (with the admin token).
+    Index(client::index::IndexArgs),
     /// Benchmarks against a running service.
     Bench {
         #[command(subcommand)]
@@ -157,6 +160,7 @@ async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Ingest(args) => client::ingest::run(args, &settings).await,
         Command::Search(args) => client::search::run(args, &settings).await,
         Command::Documents(args) => client::documents::run(args, &settings).await,
+        Command::Index(args) => client::index::run(args, &settings).await,
         Command::Serve => run_roles(settings, serve::Roles::ALL, "heimdex").await,
         Command::Api => {
             run_roles(

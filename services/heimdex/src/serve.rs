@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::settings::Settings;
 use heimdex_embed::{EmbedQueue, Registry, ThreadBudget};
 use heimdex_event_store::nats_server::{self, NatsServer, NatsServerConfig};
-use heimdex_store::VectorStore;
+use heimdex_store::{Collections, VectorStore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -74,7 +74,9 @@ pub struct Running {
     /// Where the process's own metrics listener is, when it has one (`/metrics` is on the API's
     /// port too).
     pub metrics_addr: Option<SocketAddr>,
+    /// The live collection of the moment (a reader of `collections`).
     pub store: Option<Arc<dyn VectorStore>>,
+    pub collections: Option<Arc<Collections>>,
     tasks: JoinSet<()>,
     client: async_nats::Client,
     shutdown: CancellationToken,
@@ -141,17 +143,18 @@ pub async fn start(
         (None, None) => None,
     };
     let nats = infra::connect_nats(settings, nats_url, "heimdex", &shutdown).await?;
-    let store: Option<Arc<dyn VectorStore>> = if roles.api || roles.worker {
+    let collections: Option<Arc<Collections>> = if roles.api || roles.worker {
         if settings.store_url().is_none() && !(roles.api && roles.worker) {
             tracing::warn!(
                 "the embedded vector store lives in this process only: run api and worker together \
                  (`heimdex serve`) or set QDRANT_URL for scale-out"
             );
         }
-        Some(infra::open_store(settings).await?)
+        Some(infra::open_collections(settings, &nats.index, &shutdown).await?)
     } else {
         None
     };
+    let store = collections.as_ref().map(Collections::reader);
 
     // The models and the one embedding queue, shared by the worker and search (queries first).
     let models = if roles.api || roles.worker {
@@ -174,21 +177,22 @@ pub async fn start(
     };
 
     let mut tasks = JoinSet::new();
-    if let (Some(store), Some(models), Some(embeddings), true) = (
-        store.as_ref(),
+    if let (Some(collections), Some(models), Some(embeddings), true) = (
+        collections.as_ref(),
         models.as_ref(),
         embeddings.as_ref(),
         roles.worker,
     ) {
-        let worker = build_worker(
+        let (worker, indexer) = build_worker(
             settings,
             &nats,
-            store.clone(),
+            collections.clone(),
             models.clone(),
             embeddings.clone(),
         )
         .await?;
         tasks.spawn(worker.run(shutdown.clone()));
+        tasks.spawn(indexer.run(shutdown.clone()));
         let advisories = heimdex_worker::advisory::consumer(&nats).await?;
         tasks.spawn(heimdex_worker::advisory::run(
             nats.log.clone(),
@@ -227,6 +231,7 @@ pub async fn start(
                 models: models.clone(),
                 embeddings: embeddings.clone(),
                 store_url: settings.store_url().map(str::to_owned),
+                collection: settings.store.collection.clone(),
             },
         )
         .await?;
@@ -263,35 +268,37 @@ pub async fn start(
         api_addr,
         metrics_addr,
         store,
+        collections,
         tasks,
         client: nats.client,
         shutdown,
     })
 }
 
+/// The worker, and the indexer that runs beside it (see `heimdex_worker::indexer`).
 pub async fn build_worker(
     settings: &Settings,
     nats: &EventStore,
-    store: Arc<dyn VectorStore>,
+    collections: Arc<Collections>,
     models: Arc<Registry>,
     embeddings: EmbedQueue,
-) -> anyhow::Result<heimdex_worker::Worker> {
+) -> anyhow::Result<(heimdex_worker::Worker, heimdex_worker::indexer::Indexer)> {
     let consumer =
         heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
-    let worker = heimdex_worker::Worker::build(
-        heimdex_worker::WorkerConfig::new(settings.worker.concurrency, &nats.defs, &settings.store),
-        heimdex_worker::WorkerDeps {
-            log: nats.log.clone(),
-            statuses: nats.statuses.clone(),
-            consumer,
-            store,
-            models,
-            embeddings,
-            files: nats.files.clone(),
-        },
-    )
-    .await?;
-    Ok(worker)
+    let config =
+        heimdex_worker::WorkerConfig::new(settings.worker.concurrency, &nats.defs, &settings.store);
+    let deps = heimdex_worker::WorkerDeps {
+        log: nats.log.clone(),
+        statuses: nats.statuses.clone(),
+        collections,
+        models,
+        embeddings,
+        files: nats.files.clone(),
+    };
+    let indexer =
+        heimdex_worker::indexer::Indexer::new(config.clone(), deps.clone(), nats.index.clone());
+    let worker = heimdex_worker::Worker::build(config, deps, consumer).await?;
+    Ok((worker, indexer))
 }
 
 pub async fn build_projector(nats: &EventStore) -> anyhow::Result<heimdex_projector::Projector> {

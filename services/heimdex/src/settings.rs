@@ -221,6 +221,11 @@ pub const SETTINGS: &[Setting] = &[
         "HS256 secret. If unset in `dev`, a public development secret is used and a warning is \
          logged",
     ),
+    unset("HEIMDEX_ADMIN_TOKEN", "admin-token").secret().help(
+        "the operator's bearer token for `/admin/*` (the index rebuild, switch, rollback and \
+         drop) and the `heimdex index` commands; never a tenant's JWT. Unset: the admin \
+         endpoints answer 403",
+    ),
     unset("JWT_PUBLIC_KEY", "jwt-public-key")
         .help("PEM public key; when set, tokens are verified as RS256 or ES256 instead of HS256"),
     unset("JWT_ISSUER", "jwt-issuer").help("checked against `iss` when set"),
@@ -521,6 +526,7 @@ impl Settings {
                 header_timeout: Duration::from_millis(env.parse("HEIMDEX_HTTP_HEADER_TIMEOUT_MS")?),
                 read_timeout: Duration::from_millis(env.parse("HEIMDEX_HTTP_READ_TIMEOUT_MS")?),
                 max_connections: env.parse_opt("HEIMDEX_MAX_CONNECTIONS")?,
+                admin_token: env.value("HEIMDEX_ADMIN_TOKEN").map(SecretString::from),
             },
             worker: WorkerSettings {
                 concurrency: env.parse("HEIMDEX_WORKER_CONCURRENCY")?,

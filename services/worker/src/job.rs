@@ -35,6 +35,22 @@ use crate::backoff::retry_delay;
 use crate::order::{Access, Key};
 use crate::{WorkerConfig, WorkerDeps};
 
+/// What a batch works with: the worker's dependencies, and the collection it writes (the live
+/// one when the batch began, or the indexer's target). The rest of [`WorkerDeps`] reads
+/// through.
+pub(crate) struct Deps<'a> {
+    pub base: &'a WorkerDeps,
+    pub store: std::sync::Arc<dyn heimdex_store::VectorStore>,
+}
+
+impl std::ops::Deref for Deps<'_> {
+    type Target = WorkerDeps;
+
+    fn deref(&self) -> &WorkerDeps {
+        self.base
+    }
+}
+
 /// How a message's job ended this time. It decides the message's fate ([`Outcome::ack`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
@@ -122,8 +138,7 @@ impl From<&StoreError> for JobFailure {
 }
 
 /// One delivery of a job, and everything the pipeline has learnt about it.
-struct Job<'m> {
-    message: &'m Message,
+struct Job {
     org_id: Uuid,
     job_id: Uuid,
     /// 0 for a `requested` message, n for the n-th `retried`.
@@ -146,17 +161,21 @@ struct Job<'m> {
 /// Runs the batch through the pipeline; each message comes back with its outcome, in order.
 pub(crate) async fn process<'m>(
     config: &WorkerConfig,
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     embeddings: &EmbedQueue,
     collection_ready: &AtomicBool,
     stopping: &CancellationToken,
     messages: &'m [Message],
 ) -> Vec<(&'m Message, Outcome)> {
     let mut unusable = Vec::new();
-    let mut jobs: Vec<Job<'m>> = Vec::with_capacity(messages.len());
+    let mut jobs: Vec<Job> = Vec::with_capacity(messages.len());
+    let mut delivered: Vec<&Message> = Vec::with_capacity(messages.len());
     for message in messages {
         match decode(message) {
-            Some(job) => jobs.push(job),
+            Some(job) => {
+                jobs.push(job);
+                delivered.push(message);
+            }
             None => unusable.push(message),
         }
     }
@@ -170,7 +189,7 @@ pub(crate) async fn process<'m>(
         .into_iter()
         .map(|message| (message, Outcome::Unusable))
         .collect();
-    outcomes.extend(jobs.into_iter().map(|job| {
+    outcomes.extend(jobs.into_iter().zip(delivered).map(|(job, message)| {
         let outcome = match job.step {
             Step::Over(outcome) => outcome,
             // Every step moves a job on; one left behind did not get its end recorded.
@@ -178,13 +197,79 @@ pub(crate) async fn process<'m>(
                 Outcome::Unrecorded
             }
         };
-        (job.message, outcome)
+        (message, outcome)
     }));
     outcomes
 }
 
+/// A job that succeeded, as the log holds it: the round that succeeded, started by the event
+/// at `seq` (its `requested` or `retried` event), to be applied again to another collection
+/// (the indexer's work, see `crate::indexer`).
+#[derive(Clone, Debug)]
+pub struct Replay {
+    pub org_id: Uuid,
+    pub job_id: Uuid,
+    pub round: u32,
+    pub seq: u64,
+    pub spec: JobSpec,
+}
+
+/// Why a replayed job wrote nothing.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ReplayError {
+    /// It cannot be written again as it was (its file is no longer stored, its model is not
+    /// served here): skipped.
+    #[error("{0}")]
+    Invalid(String),
+    /// It may be written later (the vector store is down, say): the replay tries again.
+    #[error("{0}")]
+    Retryable(String),
+}
+
+/// Runs jobs again through the pipeline's plan and store steps, against `deps.store`
+/// (`config.collection`), recording no event: the same reads, embeddings, writes and deletes
+/// in the same order as a worker's batch, so a collection given a log's jobs in log order ends
+/// as the one the workers wrote. The jobs must not conflict with one another (see
+/// [`touched`]): documents are planned together.
+pub(crate) async fn apply(
+    config: &WorkerConfig,
+    deps: &Deps<'_>,
+    embeddings: &EmbedQueue,
+    replays: Vec<Replay>,
+) -> Vec<Result<JobResult, ReplayError>> {
+    let mut jobs: Vec<Job> = replays
+        .into_iter()
+        .map(|replay| Job {
+            span: tracing::info_span!("indexer.apply", job_id = %replay.job_id, org_id = %replay.org_id, seq = replay.seq),
+            org_id: replay.org_id,
+            job_id: replay.job_id,
+            round: replay.round,
+            attempt: 1,
+            asked_at: Utc::now(),
+            seq: replay.seq,
+            spec: replay.spec,
+            started: None,
+            step: Step::Started,
+        })
+        .collect();
+    plan(config, deps, embeddings, &mut jobs).await;
+    store(config, deps, &AtomicBool::new(true), &mut jobs).await;
+    jobs.into_iter()
+        .map(|job| match job.step {
+            Step::Done(Ok(result)) => Ok(result),
+            Step::Done(Err(JobFailure::Invalid(message))) => Err(ReplayError::Invalid(message)),
+            Step::Done(Err(JobFailure::Retryable(_, message))) => {
+                Err(ReplayError::Retryable(message))
+            }
+            Step::Received | Step::Started | Step::Planned(_) | Step::Over(_) => {
+                Err(ReplayError::Retryable("the job was left unfinished".into()))
+            }
+        })
+        .collect()
+}
+
 /// Reads a delivery; `None` (logged) when it is not a job this worker can run.
-fn decode(message: &Message) -> Option<Job<'_>> {
+fn decode(message: &Message) -> Option<Job> {
     let unusable = |reason: &dyn std::fmt::Display| {
         tracing::error!(subject = %message.subject, %reason, "unusable job message; terminating");
     };
@@ -218,7 +303,6 @@ fn decode(message: &Message) -> Option<Job<'_>> {
     );
     heimdex_telemetry::set_parent_from_headers(&span, message.headers.as_ref());
     Some(Job {
-        message,
         org_id: event.org_id,
         job_id: event.job_id,
         round,
@@ -240,7 +324,7 @@ fn decode(message: &Message) -> Option<Job<'_>> {
 /// is not this round's end. The projection can lag the log (NATS was away, say, and the ack of
 /// the earlier attempt was lost with it), so when it shows no end, the log itself is asked for
 /// this round's `succeeded` or `failed`.
-async fn guard(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+async fn guard(deps: &Deps<'_>, jobs: &mut [Job]) {
     let ended = join_all(jobs.iter().map(|job| async move {
         if job.attempt <= 1 {
             return false;
@@ -268,7 +352,7 @@ async fn guard(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
 
 /// Whether the log holds a `succeeded` or `failed` event of the job's current round (the last
 /// of each kind is enough: rounds only grow). A failed read counts as "no".
-async fn round_ended_in_log(deps: &WorkerDeps, job: &Job<'_>) -> bool {
+async fn round_ended_in_log(deps: &Deps<'_>, job: &Job) -> bool {
     for kind in [EventKind::Succeeded, EventKind::Failed] {
         if let Ok(Some(stored)) = deps.log.last(job.org_id, job.job_id, kind).await
             && stored.event.data.round() == job.round
@@ -281,8 +365,8 @@ async fn round_ended_in_log(deps: &WorkerDeps, job: &Job<'_>) -> bool {
 
 /// Sends every live job's `started` event; their acknowledgements are awaited in [`record`],
 /// while the work runs.
-async fn start(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
-    let live: Vec<&mut Job<'_>> = jobs
+async fn start(deps: &Deps<'_>, jobs: &mut [Job]) {
+    let live: Vec<&mut Job> = jobs
         .iter_mut()
         .filter(|job| matches!(job.step, Step::Received))
         .collect();
@@ -295,7 +379,7 @@ async fn start(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
 
 /// The job's `started` event for this delivery (its id names the attempt, so sending it again
 /// is de-duplicated).
-fn started_event(job: &Job<'_>) -> JobEvent {
+fn started_event(job: &Job) -> JobEvent {
     JobEvent::new(
         job.org_id,
         job.job_id,
@@ -321,9 +405,9 @@ const RESEND_MAX: Duration = Duration::from_secs(5);
 /// delivered again, redo its work and fail to record it each time, until JetStream gave it up
 /// as crashed and it were marked failed with its work done.
 async fn persist(
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     stopping: &CancellationToken,
-    job: &Job<'_>,
+    job: &Job,
     event: &JobEvent,
     sent: Result<PendingAppend, AppendError>,
 ) -> Result<(), AppendError> {
@@ -361,23 +445,14 @@ async fn persist(
 }
 
 /// Sends one of the job's events within its span, so the event carries the job's trace.
-async fn send(
-    deps: &WorkerDeps,
-    job: &Job<'_>,
-    event: JobEvent,
-) -> Result<PendingAppend, AppendError> {
+async fn send(deps: &Deps<'_>, job: &Job, event: JobEvent) -> Result<PendingAppend, AppendError> {
     use tracing::Instrument as _;
     deps.log.send(&event).instrument(job.span.clone()).await
 }
 
 /// Works out every started job's store operation. The texts of the batch are embedded
 /// together, one call per model, so one forward pass serves many jobs.
-async fn plan(
-    config: &WorkerConfig,
-    deps: &WorkerDeps,
-    embeddings: &EmbedQueue,
-    jobs: &mut [Job<'_>],
-) {
+async fn plan(config: &WorkerConfig, deps: &Deps<'_>, embeddings: &EmbedQueue, jobs: &mut [Job]) {
     let documents = jobs.iter_mut().filter(|job| {
         matches!(job.step, Step::Started) && matches!(job.spec, JobSpec::Document(_))
     });
@@ -393,7 +468,7 @@ async fn plan(
         };
     }))
     .await;
-    let mut to_embed: HashMap<String, Vec<&mut Job<'_>>> = HashMap::new();
+    let mut to_embed: HashMap<String, Vec<&mut Job>> = HashMap::new();
     for job in jobs
         .iter_mut()
         .filter(|job| matches!(job.step, Step::Started))
@@ -455,7 +530,7 @@ async fn plan(
 
 /// The step a job's work leads to, when no model is needed to work it out; `None` for a text
 /// to embed.
-fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
+fn plan_without_model(config: &WorkerConfig, job: &Job) -> Option<Step> {
     Some(match &job.spec {
         JobSpec::MockEmbedding(MockParams {
             asset_id,
@@ -508,9 +583,9 @@ fn plan_without_model(config: &WorkerConfig, job: &Job<'_>) -> Option<Step> {
 /// of the asset, or a later version already written, supersedes writes nothing.
 async fn plan_document(
     config: &WorkerConfig,
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     embeddings: &EmbedQueue,
-    job: &Job<'_>,
+    job: &Job,
 ) -> Result<Step, JobFailure> {
     let JobSpec::Document(params) = &job.spec else {
         return Err(JobFailure::Invalid("not a document job".into()));
@@ -695,7 +770,7 @@ fn superseded_result(config: &WorkerConfig, org_id: Uuid, params: &DocumentParam
 /// it sits in the file. A file that cannot be read as its format (encrypted, damaged, no text)
 /// or that makes more than [`MAX_FILE_CHUNKS`] chunks fails the job at once.
 async fn read_file(
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     embedder: std::sync::Arc<dyn heimdex_embed::Embedder>,
     file: &FileSource,
 ) -> Result<(Vec<DocumentChunk>, Vec<SourceLocation>), JobFailure> {
@@ -774,11 +849,7 @@ fn add_location(payload: &mut Payload, location: &SourceLocation) {
 /// the job's write is undone, so it writes nothing. The delete's tombstone is stored before
 /// the delete is requested, so a delete this misses is requested after this read, and is
 /// either applied after the write (and removes it) or seen by [`undo_if_deleted`] after it.
-async fn superseded(
-    deps: &WorkerDeps,
-    job: &Job<'_>,
-    targets: &[Target],
-) -> Result<bool, JobFailure> {
+async fn superseded(deps: &Deps<'_>, job: &Job, targets: &[Target]) -> Result<bool, JobFailure> {
     let last = deps
         .log
         .last_delete_seqs(job.org_id, &[targets])
@@ -791,8 +862,8 @@ async fn superseded(
 /// write targets that comes after it, if any (see [`superseded`]). The tombstones of all the
 /// org's picked jobs are read together; a failed read retries those jobs.
 async fn later_deletes(
-    deps: &WorkerDeps,
-    jobs: &[Job<'_>],
+    deps: &Deps<'_>,
+    jobs: &[Job],
     picked: &[usize],
 ) -> Vec<Result<Option<u64>, JobFailure>> {
     let targets: Vec<Vec<Target>> = picked
@@ -891,10 +962,10 @@ pub(crate) fn touched(org_id: Uuid, spec: &JobSpec) -> Vec<(Key, Access)> {
 /// Embeds the texts of `jobs` (all naming `model`) in one call. Returns a vector, or the reason
 /// there is none, per job.
 async fn embed(
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     embeddings: &EmbedQueue,
     model: &str,
-    jobs: &[&mut Job<'_>],
+    jobs: &[&mut Job],
 ) -> Vec<Result<Vec<f32>, JobFailure>> {
     let all = |failure: JobFailure| vec![Err(failure); jobs.len()];
     let embedder = match deps.models.get(Some(model)) {
@@ -956,7 +1027,7 @@ async fn embed(
 
 #[allow(clippy::too_many_arguments)]
 fn payload(
-    job: &Job<'_>,
+    job: &Job,
     asset_id: &AssetId,
     segment_id: &SegmentId,
     model: &str,
@@ -1037,9 +1108,9 @@ fn delete_result(config: &WorkerConfig, point_ids: Vec<Uuid>) -> JobResult {
 /// and "delete, then write" ends written).
 async fn store(
     config: &WorkerConfig,
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     collection_ready: &AtomicBool,
-    jobs: &mut [Job<'_>],
+    jobs: &mut [Job],
 ) {
     let planned = jobs.iter().any(|job| matches!(job.step, Step::Planned(_)));
     if !planned {
@@ -1071,7 +1142,7 @@ async fn store(
         })
         .collect();
     drop_superseded_upserts(deps, jobs).await;
-    let mut upserts: Vec<&mut Job<'_>> = Vec::new();
+    let mut upserts: Vec<&mut Job> = Vec::new();
     for job in jobs.iter_mut() {
         let step = std::mem::replace(&mut job.step, Step::Received);
         let seq = job.seq;
@@ -1112,7 +1183,7 @@ async fn store(
 /// Deletes one point, unless it was written after the delete in the log (its `seq` is
 /// higher): a delete removes what came before it, never what came after.
 async fn delete_point(
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     org_id: Uuid,
     id: Uuid,
     seq: u64,
@@ -1127,7 +1198,7 @@ async fn delete_point(
 
 /// Writes a document's new or changed chunks, then deletes its stale ones.
 async fn write_document(
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     org_id: Uuid,
     work: DocumentWork,
 ) -> Result<JobResult, JobFailure> {
@@ -1153,7 +1224,7 @@ async fn write_document(
 
 /// Single-segment writes that a later delete of their point or asset supersedes write nothing
 /// (see [`superseded`]); a failed read retries the job.
-async fn drop_superseded_upserts(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+async fn drop_superseded_upserts(deps: &Deps<'_>, jobs: &mut [Job]) {
     let upserts: Vec<usize> = jobs
         .iter()
         .enumerate()
@@ -1182,7 +1253,7 @@ async fn drop_superseded_upserts(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
 /// [`superseded`] check) may have been applied before the write landed. Its tombstone was
 /// stored before it was requested, so it is visible now; the write is undone as that delete
 /// would have done it (only what came before the delete in the log).
-async fn undo_if_deleted(deps: &WorkerDeps, jobs: &mut [Job<'_>]) {
+async fn undo_if_deleted(deps: &Deps<'_>, jobs: &mut [Job]) {
     let writes: Vec<usize> = jobs
         .iter()
         .enumerate()
@@ -1257,7 +1328,7 @@ fn finish_delete(
 
 /// Writes the jobs' points in one call; if that fails for bad input, each point is written
 /// alone so one bad job cannot sink the others.
-async fn write_upserts(deps: &WorkerDeps, jobs: Vec<&mut Job<'_>>) {
+async fn write_upserts(deps: &Deps<'_>, jobs: Vec<&mut Job>) {
     let points: Vec<NewPoint> = jobs
         .iter()
         .filter_map(|job| match &job.step {
@@ -1295,9 +1366,9 @@ async fn write_upserts(deps: &WorkerDeps, jobs: Vec<&mut Job<'_>>) {
 /// `succeeded` or `failed` event (or, for a failure that may pass, nothing: it is retried).
 async fn record(
     config: &WorkerConfig,
-    deps: &WorkerDeps,
+    deps: &Deps<'_>,
     stopping: &CancellationToken,
-    jobs: &mut [Job<'_>],
+    jobs: &mut [Job],
 ) {
     let started = join_all(jobs.iter_mut().map(|job| async move {
         match job.started.take() {
@@ -1372,7 +1443,7 @@ async fn record(
 }
 
 /// Counts a job round whose end is stored, and its latency.
-fn count_end(job: &Job<'_>, outcome: &Outcome) {
+fn count_end(job: &Job, outcome: &Outcome) {
     let job_type = job.spec.job_type();
     let ended = match outcome {
         Outcome::Succeeded => {
@@ -1402,7 +1473,7 @@ fn count_end(job: &Job<'_>, outcome: &Outcome) {
     .record(latency.as_secs_f64());
 }
 
-fn failed(job: &Job<'_>, code: JobErrorCode, message: String) -> EventData {
+fn failed(job: &Job, code: JobErrorCode, message: String) -> EventData {
     EventData::Failed(Failed {
         attempt: job.attempt,
         round: job.round,

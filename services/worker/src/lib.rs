@@ -15,6 +15,7 @@
 
 pub mod advisory;
 mod backoff;
+pub mod indexer;
 mod job;
 mod order;
 
@@ -28,7 +29,7 @@ use async_nats::jetstream::consumer::PullConsumer;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
-use heimdex_store::VectorStore;
+use heimdex_store::Collections;
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::retry_delay;
@@ -110,8 +111,8 @@ pub struct WorkerDeps {
     pub log: heimdex_event_store::JobLog,
     /// The job-status projection, read by the terminal guard.
     pub statuses: heimdex_event_store::StatusStore,
-    pub consumer: PullConsumer,
-    pub store: Arc<dyn VectorStore>,
+    /// The vector collections: jobs are written to the live one (taken once per batch).
+    pub collections: Arc<Collections>,
     /// The models jobs may name.
     pub models: Arc<heimdex_embed::Registry>,
     /// The process's embedding queue (shared with search, which goes first).
@@ -124,6 +125,8 @@ pub struct WorkerDeps {
 pub struct Worker {
     config: Arc<WorkerConfig>,
     deps: WorkerDeps,
+    /// The durable consumer of `requested` and `retried` events.
+    consumer: PullConsumer,
     /// Whether the collection is known to exist; until then each batch tries to create it.
     collection_ready: Arc<AtomicBool>,
     /// Embeds the texts of every batch in flight (`deps.embeddings`).
@@ -146,8 +149,12 @@ impl Worker {
     /// store that is down is not fatal: jobs retry (with backoff) until it is back, and the
     /// collection is created then. One that refuses the collection (say, it exists with another
     /// vector size) is a configuration error.
-    pub async fn build(config: WorkerConfig, deps: WorkerDeps) -> Result<Self, WorkerError> {
-        let ready = match deps.store.ensure_collection().await {
+    pub async fn build(
+        config: WorkerConfig,
+        deps: WorkerDeps,
+        consumer: PullConsumer,
+    ) -> Result<Self, WorkerError> {
+        let ready = match deps.collections.live().store.ensure_collection().await {
             Ok(()) => true,
             Err(err) if err.is_retryable() => {
                 tracing::warn!(%err, "vector store unavailable at start-up; jobs will retry");
@@ -159,6 +166,7 @@ impl Worker {
             config: Arc::new(config),
             embeddings: deps.embeddings.clone(),
             deps,
+            consumer,
             collection_ready: Arc::new(AtomicBool::new(ready)),
             gate: Arc::new(order::Gate::default()),
             stopping: CancellationToken::new(),
@@ -198,7 +206,6 @@ impl Worker {
             }
             if pull.is_none() && in_hand < capacity {
                 match self
-                    .deps
                     .consumer
                     .batch()
                     .max_messages(capacity - in_hand)
@@ -277,9 +284,19 @@ impl Worker {
             }
         }
         tracing::debug!(messages = messages.len(), "worker batch");
+        // The batch writes the collection live when it begins, and its results name it.
+        let live = self.deps.collections.live();
+        let config = WorkerConfig {
+            collection: live.name,
+            ..(*self.config).clone()
+        };
+        let deps = job::Deps {
+            base: &self.deps,
+            store: live.store,
+        };
         let work = job::process(
-            &self.config,
-            &self.deps,
+            &config,
+            &deps,
             &self.embeddings,
             &self.collection_ready,
             &self.stopping,
@@ -315,18 +332,18 @@ impl Worker {
 fn touched(messages: &[async_nats::jetstream::Message]) -> order::Touched {
     use heimdex_domain::events::{EventData, JobEvent};
     let mut touched = order::Touched::new();
-    let jobs = messages
-        .iter()
-        .filter_map(|message| JobEvent::decode(&message.payload).ok())
-        .flat_map(|event| match &event.data {
-            EventData::Requested(requested) => job::touched(event.org_id, &requested.spec),
-            EventData::Retried(retried) => job::touched(event.org_id, &retried.spec),
-            EventData::Started(_) | EventData::Succeeded(_) | EventData::Failed(_) => Vec::new(),
-        });
-    for (key, access) in jobs {
-        let held = touched.entry(key).or_insert(access);
-        if access == order::Access::Changes {
-            *held = access;
+    for message in messages {
+        let Ok(event) = JobEvent::decode(&message.payload) else {
+            continue;
+        };
+        match &event.data {
+            EventData::Requested(requested) => {
+                order::add(&mut touched, job::touched(event.org_id, &requested.spec));
+            }
+            EventData::Retried(retried) => {
+                order::add(&mut touched, job::touched(event.org_id, &retried.spec));
+            }
+            EventData::Started(_) | EventData::Succeeded(_) | EventData::Failed(_) => {}
         }
     }
     touched

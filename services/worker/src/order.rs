@@ -38,8 +38,18 @@ pub(crate) enum Access {
 /// What a batch touches, and how (the stronger access when its jobs differ).
 pub(crate) type Touched = HashMap<Key, Access>;
 
+/// Adds what one job touches to a batch's [`Touched`], keeping the stronger access.
+pub(crate) fn add(touched: &mut Touched, job: impl IntoIterator<Item = (Key, Access)>) {
+    for (key, access) in job {
+        let held = touched.entry(key).or_insert(access);
+        if access == Access::Changes {
+            *held = access;
+        }
+    }
+}
+
 /// Whether two batches must run in order: they touch one thing and one of them changes it.
-fn conflict(a: &Touched, b: &Touched) -> bool {
+pub(crate) fn conflict(a: &Touched, b: &Touched) -> bool {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     small.iter().any(|(key, access)| {
         large

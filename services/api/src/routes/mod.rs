@@ -1,6 +1,7 @@
 //! HTTP routes, one module per resource. Each handler validates, authenticates (through
 //! [`crate::auth::BearerAuth`]) and delegates; errors go through [`crate::problem`].
 
+pub mod admin;
 pub mod documents;
 pub mod health;
 pub mod ingest;

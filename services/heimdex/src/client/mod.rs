@@ -2,6 +2,7 @@
 //! (the same routes any client uses; nothing here reaches into NATS or the store).
 
 pub mod documents;
+pub mod index;
 pub mod ingest;
 pub mod search;
 pub mod sync;
@@ -76,6 +77,17 @@ impl Client {
                 .timeout(Duration::from_secs(60))
                 .build()?,
             base: connection.url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// A client presenting `token` as it is (the admin token, say).
+    pub fn with_token(url: &str, token: String) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
+            base: url.trim_end_matches('/').to_owned(),
             token,
         })
     }

@@ -1,0 +1,464 @@
+//! The vectors are derived from the log: `POST /admin/index/rebuild` replays it into a new
+//! collection that ends equal to the live one (ids, payloads, vectors), writes made during the
+//! build reach it, a switch moves reads in one step, the collection left keeps up for a
+//! rollback, and a store that was lost comes back exactly. Every admin route takes the admin
+//! token only.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use heimdex_store::{PointFilter, VectorStore};
+use heimdex_tests::{TestApp, eventually};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+const ADMIN: &str = "admin-token-for-the-rebuild-tests";
+
+fn admin_app_vars() -> [(&'static str, &'static str); 1] {
+    [("HEIMDEX_ADMIN_TOKEN", ADMIN)]
+}
+
+async fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> (u16, Value) {
+    let response = app
+        .http
+        .request(method, app.url(path))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn index(app: &TestApp) -> Value {
+    let (status, state) = admin(app, reqwest::Method::GET, "/admin/index").await;
+    assert_eq!(status, 200, "{state}");
+    state
+}
+
+/// Waits until the build is built; returns it.
+async fn built(app: &TestApp) -> Value {
+    let build = eventually(WAIT, || async {
+        let state = index(app).await;
+        (state["building"]["phase"] == "built").then(|| state["building"].clone())
+    })
+    .await;
+    match build {
+        Some(build) => build,
+        None => panic!("the build did not finish: {}", index(app).await),
+    }
+}
+
+/// The job id of a 202.
+async fn accepted(response: reqwest::Response) -> String {
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    body["job_id"].as_str().unwrap().to_owned()
+}
+
+async fn put_document(app: &TestApp, token: &str, asset: &str, text: &str) -> String {
+    let response = app
+        .http
+        .put(app.url(&format!("/documents/{asset}")))
+        .bearer_auth(token)
+        .json(
+            &json!({"text": text, "model": "mock", "chunk": {"max_tokens": 8, "overlap": 0},
+                      "metadata": {"team": "docs"}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    accepted(response).await
+}
+
+fn sentences(n: usize, changed: Option<usize>) -> String {
+    (0..n)
+        .map(|i| match Some(i) == changed {
+            true => format!("Sentence {i} was rewritten about oceans and tides."),
+            false => format!("Sentence {i} talks about planets and distant stars."),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A log with every kind of job: a document and a second version of it (some chunks kept,
+/// one rewritten, the last dropped), single segments, mock points, a point delete, an asset
+/// written then deleted, and a second org. Returns the orgs.
+async fn history(app: &TestApp) -> Vec<Uuid> {
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (ta, tb) = (app.token(a), app.token(b));
+    let mut jobs: Vec<(String, String)> = Vec::new();
+    jobs.push((
+        ta.clone(),
+        put_document(app, &ta, "handbook", &sentences(6, None)).await,
+    ));
+    app.wait_for_jobs(&ta, &[jobs[0].1.clone()], "SUCCEEDED", WAIT)
+        .await;
+    jobs.push((
+        ta.clone(),
+        put_document(app, &ta, "handbook", &sentences(5, Some(2))).await,
+    ));
+    for i in 0..3 {
+        let response = app
+            .post_json(
+                &ta,
+                "/vectors/embed",
+                &json!({"asset_id": "notes", "segment_id": format!("s{i}"), "model": "mock",
+                        "text": format!("note {i} on kernels and schedulers")}),
+            )
+            .await;
+        jobs.push((ta.clone(), accepted(response).await));
+    }
+    for segment in ["m1", "m2", "m3"] {
+        let response = app.post_mock(&ta, "mocked", segment).await;
+        jobs.push((ta.clone(), accepted(response).await));
+    }
+    let response = app
+        .post_json(
+            &ta,
+            "/vectors/embed",
+            &json!({"asset_id": "gone", "segment_id": "s", "model": "mock", "text": "soon deleted"}),
+        )
+        .await;
+    jobs.push((ta.clone(), accepted(response).await));
+    let response = app.post_mock(&tb, "other-org", "x").await;
+    jobs.push((tb.clone(), accepted(response).await));
+    for (token, job) in &jobs {
+        app.wait_for_jobs(token, std::slice::from_ref(job), "SUCCEEDED", WAIT)
+            .await;
+    }
+    // Deletes: one mock point, and the whole `gone` asset.
+    let m2 = heimdex_domain::ids::point_id(a, "mocked", "m2", "mock", "v1");
+    let deletes = [
+        app.delete(&ta, &format!("/vectors/{m2}")).await,
+        app.delete(&ta, "/assets/gone").await,
+    ];
+    for response in deletes {
+        let job = accepted(response).await;
+        app.wait_for_jobs(&ta, &[job], "SUCCEEDED", WAIT).await;
+    }
+    vec![a, b]
+}
+
+/// Every point of `orgs` in `store`: id → (payload, vector).
+async fn snapshot(
+    store: &dyn VectorStore,
+    orgs: &[Uuid],
+) -> BTreeMap<Uuid, (heimdex_store::Payload, Vec<f32>)> {
+    let mut all = BTreeMap::new();
+    for &org in orgs {
+        let points = store
+            .scroll_points(org, PointFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.count(org, PointFilter::default()).await.unwrap(),
+            points.len() as u64
+        );
+        for point in points {
+            let vector = store
+                .get(org, point.id, true)
+                .await
+                .unwrap()
+                .and_then(|p| p.vector)
+                .expect("the point has its vector");
+            all.insert(point.id, (point.payload, vector));
+        }
+    }
+    all
+}
+
+fn assert_same(
+    expected: &BTreeMap<Uuid, (heimdex_store::Payload, Vec<f32>)>,
+    got: &BTreeMap<Uuid, (heimdex_store::Payload, Vec<f32>)>,
+) {
+    assert_eq!(
+        expected.keys().collect::<Vec<_>>(),
+        got.keys().collect::<Vec<_>>(),
+        "the same point ids"
+    );
+    for (id, (payload, vector)) in expected {
+        let (their_payload, their_vector) = &got[id];
+        assert_eq!(payload, their_payload, "payload of {id}");
+        let close = vector
+            .iter()
+            .zip(their_vector)
+            .all(|(x, y)| (x - y).abs() < 1e-5);
+        assert!(close, "vector of {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_take_the_admin_token_and_nothing_else() {
+    let app = TestApp::spawn_with(&admin_app_vars()).await;
+    let tenant = app.token(Uuid::new_v4());
+    for (token, status) in [
+        (Some(tenant.as_str()), 401),
+        (None, 401),
+        (Some(ADMIN), 200),
+    ] {
+        let mut request = app.http.get(app.url("/admin/index"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        if status != 200 {
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json"
+            );
+        }
+    }
+    let response = app
+        .http
+        .post(app.url("/admin/index/rebuild"))
+        .bearer_auth(&tenant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "a tenant cannot start a rebuild");
+    // Nothing to switch to, roll back to, or drop: 409 problems naming why.
+    for path in [
+        "/admin/index/switch",
+        "/admin/index/rollback",
+        "/admin/index/drop",
+    ] {
+        let (status, problem) = admin(&app, reqwest::Method::POST, path).await;
+        assert_eq!(status, 409, "{path}: {problem}");
+        assert_eq!(problem["code"], "index_state", "{problem}");
+    }
+    app.stop().await;
+
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .get(app.url("/admin/index"))
+        .bearer_auth("anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "no admin token configured: off");
+    app.stop().await;
+}
+
+/// Rebuild, switch, write, roll back, drop: the build equals the live collection, a write
+/// during the build and one after the switch reach both collections, and reads follow the
+/// switch and the rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_is_rebuilt_from_the_log_switched_and_rolled_back() {
+    let app = TestApp::spawn_with(&admin_app_vars()).await;
+    let orgs = history(&app).await;
+    let before = snapshot(app.store.as_ref(), &orgs).await;
+    assert_eq!(
+        before.len(),
+        5 + 3 + 2 + 1,
+        "handbook v2, notes, mocked, other org"
+    );
+    let base = app.collections.configured().to_owned();
+
+    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/rebuild").await;
+    assert_eq!(status, 202, "{state}");
+    let collection = format!("{base}-1");
+    assert_eq!(state["building"]["collection"], collection.as_str());
+    assert_eq!(state["live"], base.as_str());
+    let (status, problem) = admin(&app, reqwest::Method::POST, "/admin/index/rebuild").await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (409, Some("index_state"))
+    );
+
+    let build = built(&app).await;
+    let comparison = &build["comparison"];
+    assert_eq!(comparison["identical"], true, "{build}");
+    assert_eq!(comparison["built"], before.len(), "{build}");
+    assert_eq!(build["jobs"], 12, "every succeeded job: {build}");
+    assert_eq!(build["skipped"], 0, "{build}");
+    let rebuilt = app.collections.get(&collection).await.unwrap();
+    assert_same(&before, &snapshot(rebuilt.as_ref(), &orgs).await);
+
+    // A write while the build is not live yet reaches it.
+    let org = orgs[0];
+    let token = app.token(org);
+    let during = put_document(&app, &token, "during", "Written while the build waited.").await;
+    app.wait_for_jobs(&token, &[during], "SUCCEEDED", WAIT)
+        .await;
+    let during_id = heimdex_domain::ids::point_id(org, "during", "chunk-0", "mock", "v1");
+    let reached = |store: std::sync::Arc<dyn VectorStore>, id: Uuid| async move {
+        eventually(WAIT, || {
+            let store = store.clone();
+            async move { store.get(org, id, false).await.unwrap().map(|_| ()) }
+        })
+        .await
+        .is_some()
+    };
+    assert!(
+        reached(rebuilt.clone(), during_id).await,
+        "the write during the build reached it"
+    );
+
+    // Switch: reads move to the build.
+    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/switch").await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(
+        (state["live"].as_str(), state["previous"].as_str()),
+        (Some(collection.as_str()), Some(base.as_str()))
+    );
+    eventually(WAIT, || async {
+        (app.collections.live().name == collection).then_some(())
+    })
+    .await
+    .expect("the process follows the switch");
+    let search = app
+        .search(
+            &token,
+            &json!({"query": "planets distant stars", "model": "mock", "mode": "keyword", "limit": 20}),
+        )
+        .await;
+    assert!(
+        !search["results"].as_array().unwrap().is_empty(),
+        "{search}"
+    );
+
+    // A write after the switch lands in the new live collection and, through the indexer,
+    // in the one kept for a rollback.
+    let after = put_document(&app, &token, "after", "Written after the switch.").await;
+    let job = app.wait_for_jobs(&token, &[after], "SUCCEEDED", WAIT).await;
+    assert_eq!(
+        job[0]["result"]["collection"],
+        collection.as_str(),
+        "{}",
+        job[0]
+    );
+    let after_id = heimdex_domain::ids::point_id(org, "after", "chunk-0", "mock", "v1");
+    let old = app.collections.get(&base).await.unwrap();
+    assert!(reached(rebuilt.clone(), after_id).await);
+    assert!(
+        reached(old.clone(), after_id).await,
+        "the previous collection keeps up"
+    );
+    assert!(reached(old.clone(), during_id).await);
+
+    // Roll back: reads go back, and nothing written meanwhile is missing.
+    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/rollback").await;
+    assert_eq!(status, 200, "{state}");
+    assert_eq!(state["live"], base.as_str());
+    eventually(WAIT, || async {
+        (app.collections.live().name == base).then_some(())
+    })
+    .await
+    .expect("the process follows the rollback");
+    let live = snapshot(app.store.as_ref(), &orgs).await;
+    assert!(live.contains_key(&after_id) && live.contains_key(&during_id));
+    assert_eq!(live.len(), before.len() + 2);
+
+    // Drop the other one: no more writes to it.
+    let (status, dropped) = admin(&app, reqwest::Method::POST, "/admin/index/drop").await;
+    assert_eq!(status, 200, "{dropped}");
+    assert_eq!(dropped["dropped"], collection.as_str());
+    assert!(dropped["index"]["previous"].is_null(), "{dropped}");
+    app.stop().await;
+}
+
+/// The store's directory is lost (deleted while the service was down): the service starts on
+/// an empty collection, a rebuild brings back exactly the points it had (ids, payloads,
+/// vectors), and a switch serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_store_comes_back_exactly_from_the_log() {
+    let app = TestApp::spawn_with(&admin_app_vars()).await;
+    let orgs = history(&app).await;
+    let before = snapshot(app.store.as_ref(), &orgs).await;
+    let app = app
+        .restart(|data| std::fs::remove_dir_all(data.join("qdrant")).expect("the store's dir"))
+        .await;
+    for &org in &orgs {
+        assert_eq!(
+            app.store.count(org, PointFilter::default()).await.unwrap(),
+            0,
+            "the store is lost"
+        );
+    }
+    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/rebuild").await;
+    assert_eq!(status, 202, "{state}");
+    let build = built(&app).await;
+    let comparison = &build["comparison"];
+    assert_eq!(
+        (&comparison["missing"], &comparison["extra"]),
+        (&json!(0), &json!(before.len())),
+        "{build}"
+    );
+    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/switch").await;
+    assert_eq!(status, 200, "{state}");
+    let live = state["live"].as_str().unwrap().to_owned();
+    eventually(WAIT, || async {
+        (app.collections.live().name == live).then_some(())
+    })
+    .await
+    .expect("the process follows the switch");
+    assert_same(&before, &snapshot(app.store.as_ref(), &orgs).await);
+    app.stop().await;
+}
+
+/// A rebuild stopped part-way (its process stopped) goes on from where it was when the
+/// service is back, and ends as an uninterrupted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_stopped_part_way_resumes_and_ends_the_same() {
+    // Batches of one job, so the replay records its progress many times on the way.
+    let app = TestApp::spawn_with(&[
+        ("HEIMDEX_ADMIN_TOKEN", ADMIN),
+        ("HEIMDEX_WORKER_CONCURRENCY", "1"),
+    ])
+    .await;
+    let org = Uuid::new_v4();
+    let token = app.token(org);
+    let mut jobs = Vec::new();
+    for i in 0..400 {
+        let response = app
+            .post_json(
+                &token,
+                "/vectors/embed",
+                &json!({"asset_id": format!("a{}", i % 40), "segment_id": format!("s{i}"),
+                        "model": "mock", "text": format!("text number {i} about rebuilding")}),
+            )
+            .await;
+        jobs.push(accepted(response).await);
+    }
+    app.wait_for_jobs(&token, &jobs, "SUCCEEDED", WAIT).await;
+    let before = snapshot(app.store.as_ref(), &[org]).await;
+    assert_eq!(before.len(), 400);
+
+    let (status, _) = admin(&app, reqwest::Method::POST, "/admin/index/rebuild").await;
+    assert_eq!(status, 202);
+    let part = eventually(WAIT, || async {
+        let state = index(&app).await;
+        let replayed = state["building"]["replayed"].as_u64().unwrap_or(0);
+        (replayed > 0).then_some(state)
+    })
+    .await
+    .expect("the replay records progress");
+    assert_eq!(
+        part["building"]["phase"], "replaying",
+        "stopped part-way: {part}"
+    );
+    let app = app.restart(|_| {}).await;
+    let build = built(&app).await;
+    assert_eq!(
+        build["comparison"]["identical"], true,
+        "{build} after {part}"
+    );
+    // Resumed, not begun again: every job counted once, from where it was.
+    assert_eq!(
+        (&build["jobs"], &build["replayed"]),
+        (&json!(400), &json!(400)),
+        "{build}"
+    );
+    assert_eq!(build["started_at"], part["building"]["started_at"]);
+    let rebuilt = app
+        .collections
+        .get(build["collection"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_same(&before, &snapshot(rebuilt.as_ref(), &[org]).await);
+    app.stop().await;
+}
