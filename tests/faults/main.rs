@@ -21,6 +21,7 @@ mod log_full;
 mod nats_faults;
 mod poison;
 mod projector;
+mod rebuild;
 mod replace;
 mod slow_worker;
 mod store_proxy;

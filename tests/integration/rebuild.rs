@@ -462,3 +462,76 @@ async fn a_rebuild_stopped_part_way_resumes_and_ends_the_same() {
     assert_same(&before, &snapshot(rebuilt.as_ref(), &[org]).await);
     app.stop().await;
 }
+
+/// The remote store, started again on an empty collection (with `QDRANT_URL`, a new collection
+/// on that Qdrant server; else an empty stand-in server): a rebuild fills it from the log with
+/// exactly the points the first one had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_remote_collection_is_filled_again_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = |name: &str| {
+        heimdex_qdrant_standin::Standin::start(
+            dir.path().join(name),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+    };
+    let server = std::env::var("QDRANT_URL")
+        .ok()
+        .filter(|url| !url.is_empty());
+    let (first, second) = match &server {
+        Some(_) => (None, None),
+        None => (
+            Some(standin("first").await.expect("stand-in starts")),
+            Some(standin("second").await.expect("stand-in starts")),
+        ),
+    };
+    let url = |standin: &Option<heimdex_qdrant_standin::Standin>| match (standin, &server) {
+        (Some(standin), _) => standin.url(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => unreachable!("a stand-in when there is no server"),
+    };
+    let (first_url, second_url) = (url(&first), url(&second));
+    let name = format!("rebuild_{}", Uuid::new_v4().simple());
+    let empty = format!("{name}_empty");
+    let app = TestApp::spawn_with(&[
+        ("HEIMDEX_ADMIN_TOKEN", ADMIN),
+        ("QDRANT_URL", &first_url),
+        ("QDRANT_COLLECTION_NAME", &name),
+    ])
+    .await;
+    let orgs = history(&app).await;
+    let before = snapshot(app.store.as_ref(), &orgs).await;
+    let app = app
+        .restart_with(
+            &[
+                ("HEIMDEX_ADMIN_TOKEN", ADMIN),
+                ("QDRANT_URL", &second_url),
+                ("QDRANT_COLLECTION_NAME", &empty),
+            ],
+            |_| {},
+        )
+        .await;
+    drop(first);
+    for &org in &orgs {
+        assert_eq!(
+            app.store.count(org, PointFilter::default()).await.unwrap(),
+            0
+        );
+    }
+    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/rebuild").await;
+    assert_eq!(status, 202, "{state}");
+    let build = built(&app).await;
+    assert_eq!(build["collection"], format!("{empty}-1"), "{build}");
+    assert_eq!(build["comparison"]["extra"], before.len(), "{build}");
+    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/switch").await;
+    assert_eq!(status, 200, "{state}");
+    let live = state["live"].as_str().unwrap().to_owned();
+    eventually(WAIT, || async {
+        (app.collections.live().name == live).then_some(())
+    })
+    .await
+    .expect("the process follows the switch");
+    assert_same(&before, &snapshot(app.store.as_ref(), &orgs).await);
+    app.stop().await;
+    drop(second);
+}

@@ -97,6 +97,8 @@ pub struct TestApp {
     /// Every collection of the store the app opened, and which one is live.
     pub collections: Arc<heimdex_store::Collections>,
     shutdown: CancellationToken,
+    /// The settings the test gave beyond [`settings`]'s, for a restart.
+    extra: Vec<(String, String)>,
     /// Cancels `shutdown` when the app is dropped without [`TestApp::stop`].
     _stop_on_drop: tokio_util::sync::DropGuard,
     running: Option<tokio::task::JoinHandle<Option<TempDir>>>,
@@ -138,10 +140,16 @@ impl TestApp {
     async fn spawn_roles_in(data: TempDir, extra: &[(&str, &str)], roles: Roles) -> Self {
         let nats = TestNats::start().await;
         let settings = settings(data.path(), &nats.url(), extra);
-        Self::start_on(nats, settings, data, roles).await
+        Self::start_on(nats, settings, data, roles, extra).await
     }
 
-    async fn start_on(nats: TestNats, settings: Settings, data: TempDir, roles: Roles) -> Self {
+    async fn start_on(
+        nats: TestNats,
+        settings: Settings,
+        data: TempDir,
+        roles: Roles,
+        extra: &[(&str, &str)],
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let running = serve::start(&settings, roles, &nats.url(), shutdown.clone())
             .await
@@ -163,6 +171,10 @@ impl TestApp {
             settings,
             store,
             collections,
+            extra: extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
             _stop_on_drop: shutdown.clone().drop_guard(),
             shutdown,
             running: Some(running),
@@ -215,9 +227,23 @@ impl TestApp {
     /// Stops the services, lets `prepare` change their data dir (delete the vector store, say)
     /// and starts them again on it, against the same NATS.
     pub async fn restart(self, prepare: impl FnOnce(&std::path::Path)) -> Self {
+        let extra = self.extra.clone();
+        let extra: Vec<(&str, &str)> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.restart_with(&extra, prepare).await
+    }
+
+    /// [`TestApp::restart`] with the settings `extra` instead of the first start's (another
+    /// `QDRANT_URL`, say).
+    pub async fn restart_with(
+        self,
+        extra: &[(&str, &str)],
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Self {
         let TestApp {
             nats,
-            settings,
             store,
             collections,
             shutdown,
@@ -237,7 +263,8 @@ impl TestApp {
         }
         .expect("the services hand their data dir back");
         prepare(data.path());
-        Self::start_on(nats, settings, data, Roles::ALL).await
+        let settings = self::settings(data.path(), &nats.url(), extra);
+        Self::start_on(nats, settings, data, Roles::ALL, extra).await
     }
 
     /// Stops the services gracefully and waits for them.

@@ -35,7 +35,22 @@ pub async fn open_collections(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Arc<Collections>> {
     let collections = Collections::open(settings.store.clone()).await?;
-    let state = index.get(collections.configured()).await?;
+    // Right after the bucket is created (a cluster still electing its leader, say) a read may
+    // find no responder: wait for it as the connection waited for JetStream.
+    let mut delay = std::time::Duration::from_millis(100);
+    let state = loop {
+        match index.get(collections.configured()).await {
+            Ok(state) => break state,
+            Err(err) => {
+                tracing::warn!(error = %heimdex_telemetry::ErrorChain(&err), "waiting for the index state");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the index state"),
+                }
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    };
     if collections.set_live(&state.state.live).await? {
         tracing::info!(live = %state.state.live, "the index state names the live collection");
     }

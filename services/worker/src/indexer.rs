@@ -42,6 +42,9 @@ const STALL: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(1);
 /// How often progress is recorded (and the lease renewed) while work goes on.
 const CHECKPOINT: Duration = Duration::from_secs(1);
+/// How often the lease is renewed during one long batch (it lasts
+/// `heimdex_domain::index::INDEXER_LEASE`, 15 s).
+const RENEW: Duration = Duration::from_secs(5);
 /// Vectors compared per org, and the cosine below which two differ.
 const VECTOR_SAMPLE: usize = 64;
 const SAME_VECTOR: f32 = 0.999;
@@ -184,6 +187,25 @@ impl Indexer {
             .await;
     }
 
+    /// Runs `work`, renewing the lease meanwhile, so that a long batch (a large document
+    /// embedded by a real model) does not let it lapse; `Lost` if another process took it.
+    async fn renewing<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, IndexerError> {
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(RENEW);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = tick.tick() => {
+                    self.renew(|_| Ok(())).await?;
+                }
+            }
+        }
+    }
+
     /// The batch context for collection `name`.
     async fn target(
         &self,
@@ -212,7 +234,9 @@ impl Indexer {
         let mut skipped = 0;
         for batch in conflict_free(replays, self.config.batch_size) {
             let ids: Vec<Uuid> = batch.iter().map(|r| r.job_id).collect();
-            let results = job::apply(config, &deps, &self.deps.embeddings, batch).await;
+            let results = self
+                .renewing(job::apply(config, &deps, &self.deps.embeddings, batch))
+                .await?;
             for (job_id, result) in ids.into_iter().zip(results) {
                 match result {
                     Ok(_) => {}
