@@ -535,3 +535,136 @@ async fn an_empty_remote_collection_is_filled_again_from_the_log() {
     app.stop().await;
     drop(second);
 }
+
+/// A rebuild, a switch and a rollback under a steady search load and steady writes: no search
+/// fails, none comes back empty for a query that matched before, and every write made
+/// meanwhile is in both collections at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_and_writes_go_on_through_a_rebuild_a_switch_and_a_rollback() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let app = Arc::new(TestApp::spawn_with(&admin_app_vars()).await);
+    let org = Uuid::new_v4();
+    let token = app.token(org);
+    let topics = [
+        "aurora", "basalt", "cobalt", "dune", "ember", "fjord", "glacier", "harbor",
+    ];
+    let mut seeded = Vec::new();
+    for (i, topic) in topics.iter().enumerate() {
+        let response = app
+            .post_json(
+                &token,
+                "/vectors/embed",
+                &json!({"asset_id": "seed", "segment_id": format!("s{i}"), "model": "mock",
+                        "text": format!("a note about {topic} and nothing else")}),
+            )
+            .await;
+        seeded.push(accepted(response).await);
+    }
+    app.wait_for_jobs(&token, &seeded, "SUCCEEDED", WAIT).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (searches, failed, empty) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let searching = tokio::spawn({
+        let (app, token, stop) = (app.clone(), token.clone(), stop.clone());
+        let (searches, failed, empty) = (searches.clone(), failed.clone(), empty.clone());
+        async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let body = json!({"query": topics[i % topics.len()], "model": "mock",
+                                  "mode": "keyword", "limit": 3});
+                let response = app.post_json(&token, "/vectors/search", &body).await;
+                searches.fetch_add(1, Ordering::Relaxed);
+                if response.status() != 200 {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let results: Value = response.json().await.unwrap();
+                    if results["results"].as_array().is_none_or(Vec::is_empty) {
+                        empty.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let writing = tokio::spawn({
+        let (app, token, stop) = (app.clone(), token.clone(), stop.clone());
+        async move {
+            let mut written = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let i = written.len();
+                let response = app
+                    .post_json(
+                        &token,
+                        "/vectors/embed",
+                        &json!({"asset_id": "meanwhile", "segment_id": format!("w{i}"),
+                                "model": "mock", "text": format!("written meanwhile, number {i}")}),
+                    )
+                    .await;
+                written.push((accepted(response).await, format!("w{i}")));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            written
+        }
+    });
+
+    let base = app.collections.configured().to_owned();
+    let collection = format!("{base}-1");
+    let (status, _) = admin(&app, reqwest::Method::POST, "/admin/index/rebuild").await;
+    assert_eq!(status, 202);
+    built(&app).await;
+    for (path, live) in [
+        ("/admin/index/switch", &collection),
+        ("/admin/index/rollback", &base),
+    ] {
+        let (status, state) = admin(&app, reqwest::Method::POST, path).await;
+        assert_eq!(status, 200, "{path}: {state}");
+        eventually(WAIT, || async {
+            (app.collections.live().name == *live).then_some(())
+        })
+        .await
+        .expect("the process follows");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    searching.await.unwrap();
+    let written = writing.await.unwrap();
+    let jobs: Vec<String> = written.iter().map(|(job, _)| job.clone()).collect();
+    app.wait_for_jobs(&token, &jobs, "SUCCEEDED", WAIT).await;
+
+    let searches = searches.load(Ordering::Relaxed);
+    assert!(searches > 20, "a steady load: {searches} searches");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no search failed of {searches}"
+    );
+    assert_eq!(
+        empty.load(Ordering::Relaxed),
+        0,
+        "no search came back empty of {searches}"
+    );
+    assert!(written.len() > 5, "steady writes: {}", written.len());
+    for name in [&base, &collection] {
+        let store = app.collections.get(name).await.unwrap();
+        for (_, segment) in &written {
+            let id = heimdex_domain::ids::point_id(org, "meanwhile", segment, "mock", "v1");
+            let found = eventually(WAIT, || {
+                let store = store.clone();
+                async move { store.get(org, id, false).await.unwrap().map(|_| ()) }
+            })
+            .await;
+            assert!(found.is_some(), "{segment} written meanwhile is in {name}");
+        }
+    }
+    Arc::into_inner(app)
+        .expect("the test's own handle")
+        .stop()
+        .await;
+}

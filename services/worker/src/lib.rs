@@ -12,6 +12,9 @@
 //! first attempt; everything else is retried with backoff until the last delivery.
 //! Delivery is at-least-once: a job whose status is already terminal is skipped, point ids are
 //! deterministic and event ids are `<job>:<event>:<attempt>`, so a redelivery changes nothing.
+//!
+//! Beside the worker runs the [`indexer`]: it rebuilds the index from the log into a new
+//! collection and keeps the collections the workers do not write given every job.
 
 pub mod advisory;
 mod backoff;

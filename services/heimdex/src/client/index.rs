@@ -18,7 +18,12 @@ use super::Client;
 #[derive(Args, Debug)]
 pub struct IndexArgs {
     /// Base URL of the API.
-    #[arg(long, env = "HEIMDEX_URL", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        global = true,
+        env = "HEIMDEX_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
     pub url: String,
     #[command(subcommand)]
     pub action: IndexAction,
