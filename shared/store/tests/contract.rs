@@ -2982,3 +2982,74 @@ mod embedded_only {
         assert!(matches!(err, StoreError::InvalidInput(_)), "{err:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Deleting a collection (a dropped index): its data goes, and deleting again is a no-op.
+
+async fn write_one(store: &Arc<dyn VectorStore>) {
+    store
+        .upsert(vec![point(Uuid::new_v4(), "a", "s", [1.0, 0.0, 0.0, 0.0])])
+        .await
+        .expect("upsert");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_delete_collection_removes_its_directory() {
+    let h = Harness::embedded().await;
+    write_one(&h.store).await;
+    let dir = h
+        ._dir
+        .as_ref()
+        .expect("temp dir")
+        .path()
+        .join("qdrant/chunks");
+    assert!(dir.exists());
+    h.store.delete_collection().await.expect("delete");
+    assert!(!dir.exists(), "the shard's directory is gone");
+    h.store
+        .delete_collection()
+        .await
+        .expect("deleting again is a no-op");
+    h.cleanup().await;
+}
+
+async fn remote_delete_collection(h: Harness) {
+    write_one(&h.store).await;
+    let (url, api_key, collection) = h.remote.clone().expect("a remote harness");
+    let client = qdrant_client::Qdrant::from_url(&url)
+        .api_key(api_key)
+        .skip_compatibility_check()
+        .build()
+        .expect("client");
+    assert!(
+        client
+            .collection_exists(&collection)
+            .await
+            .expect("collection_exists")
+    );
+    h.store.delete_collection().await.expect("delete");
+    assert!(
+        !client
+            .collection_exists(&collection)
+            .await
+            .expect("collection_exists"),
+        "the collection is gone"
+    );
+    h.store
+        .delete_collection()
+        .await
+        .expect("deleting again is a no-op");
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_delete_collection_removes_the_collection() {
+    remote_delete_collection(Harness::remote().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_delete_collection_removes_the_collection() {
+    if let Some(h) = Harness::server("server_delete_collection_removes_the_collection").await {
+        remote_delete_collection(h).await;
+    }
+}
