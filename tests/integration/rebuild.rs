@@ -353,19 +353,11 @@ async fn the_index_is_rebuilt_from_the_log_switched_and_rolled_back() {
     assert!(live.contains_key(&after_id) && live.contains_key(&during_id));
     assert_eq!(live.len(), before.len() + 2);
 
-    // Drop the other one: no more writes to it, and its data is deleted.
-    let dir = app.settings.data_dir.join("qdrant").join(&collection);
-    assert!(dir.exists());
+    // Drop the other one: no more writes to it.
     let (status, dropped) = admin(&app, reqwest::Method::POST, "/admin/index/drop").await;
     assert_eq!(status, 200, "{dropped}");
     assert_eq!(dropped["dropped"], collection.as_str());
     assert!(dropped["index"]["previous"].is_null(), "{dropped}");
-    eventually(WAIT, || async {
-        index(&app).await["dropped"].is_null().then_some(())
-    })
-    .await
-    .expect("the indexer deletes the dropped collection");
-    assert!(!dir.exists(), "{} is deleted", dir.display());
     app.stop().await;
 }
 

@@ -12,8 +12,6 @@
 //!   mid-way is resumed from there by the next indexer, and re-applying a job is idempotent.
 //! * **Compare.** The build is then compared with the live collection (counts, ids, payloads,
 //!   a sample of vectors) and marked built.
-//! * **Delete.** A dropped collection's data is deleted (its directory, or the collection on
-//!   the Qdrant server).
 //! * **Follow.** Every job that succeeds after `through` is given to each collection that
 //!   takes writes other than the one its worker wrote (its result names it), in the order of
 //!   the `succeeded` events, up to the state's `followed` sequence: so the build catches up
@@ -148,15 +146,6 @@ impl Indexer {
             return Ok(());
         }
         let state = self.renew(|_| Ok(())).await?;
-        for name in &state.dropped {
-            self.deps.collections.delete(name).await?;
-            tracing::info!(collection = %name, "indexer: dropped collection deleted");
-            self.renew(|state| {
-                state.deleted(name);
-                Ok(())
-            })
-            .await?;
-        }
         if let Some(build) = state.building.filter(|b| b.phase == Phase::Replaying) {
             self.replay(build).await?;
         }

@@ -36,9 +36,6 @@ pub struct IndexState {
     /// How many builds were begun: names each build's collection (`<base>-<n>`).
     #[serde(default)]
     pub builds: u32,
-    /// Collections dropped whose data the indexer has still to delete.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dropped: Vec<String>,
     /// Every job whose `succeeded` event is at or before this log sequence has reached every
     /// collection that takes writes (the indexer's cursor; see [`IndexState::needs_indexer`]).
     #[serde(default)]
@@ -159,7 +156,6 @@ impl IndexState {
             building: None,
             previous: None,
             builds: 0,
-            dropped: Vec::new(),
             followed: 0,
             indexer: None,
         }
@@ -177,15 +173,9 @@ impl IndexState {
         all
     }
 
-    /// Whether there is indexer work: a build, a collection kept beside the live one, or a
-    /// dropped one to delete.
+    /// Whether there is indexer work: a build, or a collection kept beside the live one.
     pub fn needs_indexer(&self) -> bool {
-        self.building.is_some() || self.previous.is_some() || !self.dropped.is_empty()
-    }
-
-    /// Records that a dropped collection's data is deleted.
-    pub fn deleted(&mut self, name: &str) {
-        self.dropped.retain(|dropped| dropped != name);
+        self.building.is_some() || self.previous.is_some()
     }
 
     /// Claims (or renews) the indexer's lease for `holder`, unless another holder's lease is
@@ -271,15 +261,12 @@ impl IndexState {
     }
 
     /// Stops keeping a collection that does not serve: the build, if there is one (it stops),
-    /// else `previous`. It takes no more writes, and the indexer deletes its data. Returns its
-    /// name.
+    /// else `previous`. It takes no more writes and may be deleted. Returns its name.
     pub fn drop(&mut self) -> Result<String, IndexStateError> {
-        let name = match self.building.take() {
-            Some(build) => build.collection,
-            None => self.previous.take().ok_or(IndexStateError::NothingToDrop)?,
-        };
-        self.dropped.push(name.clone());
-        Ok(name)
+        match self.building.take() {
+            Some(build) => Ok(build.collection),
+            None => self.previous.take().ok_or(IndexStateError::NothingToDrop),
+        }
     }
 }
 
@@ -332,10 +319,6 @@ mod tests {
         assert_eq!(state.drop().unwrap(), "heimdex");
         assert_eq!(state.drop(), Err(IndexStateError::NothingToDrop));
         assert_eq!(state.writes_to(), ["heimdex-1"]);
-        assert_eq!(state.dropped, ["heimdex"]);
-        assert!(state.needs_indexer(), "its data is to be deleted");
-        state.deleted("heimdex");
-        assert!(!state.needs_indexer());
     }
 
     #[test]

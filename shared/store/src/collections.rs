@@ -89,20 +89,6 @@ impl Collections {
         Ok(true)
     }
 
-    /// Deletes the collection `name` and its data (see [`VectorStore::delete_collection`]),
-    /// and forgets it. Never the live one.
-    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
-        if self.live().name == name {
-            return Err(StoreError::InvalidInput(format!(
-                "`{name}` is the live collection"
-            )));
-        }
-        let store = self.get(name).await?;
-        store.delete_collection().await?;
-        self.opened.lock().await.remove(name);
-        Ok(())
-    }
-
     /// A store whose every operation goes to the live collection of the moment.
     pub fn reader(self: &Arc<Self>) -> Arc<dyn VectorStore> {
         Arc::new(Live(self.clone()))
@@ -175,12 +161,5 @@ impl VectorStore for Live {
 
     async fn probe(&self) -> Result<(), StoreError> {
         self.store().probe().await
-    }
-
-    /// The live collection is never deleted through the reader.
-    async fn delete_collection(&self) -> Result<(), StoreError> {
-        Err(StoreError::InvalidInput(
-            "the live collection cannot be deleted".into(),
-        ))
     }
 }

@@ -565,29 +565,6 @@ impl VectorStore for EmbeddedStore {
             .await
     }
 
-    /// Removes the shard's directory, between writes and once no optimization runs (none
-    /// starts afterwards: the flag is kept). The shard stays in memory, leaked when the store
-    /// is dropped (see its `Drop`): there is nothing left to flush.
-    async fn delete_collection(&self) -> Result<(), StoreError> {
-        while self.optimizing.swap(true, Ordering::AcqRel) {
-            if !self.dir.exists() {
-                // Deleted already (the flag is the earlier delete's).
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        let dir = self.dir.clone();
-        self.write(move |_| match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(((), false)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(((), false)),
-            Err(err) => Err(StoreError::Internal(format!(
-                "cannot delete {}: {err}",
-                dir.display()
-            ))),
-        })
-        .await
-    }
-
     async fn probe(&self) -> Result<(), StoreError> {
         self.read(|shard| {
             count_exact(

@@ -344,10 +344,6 @@ pub trait VectorStore: Send + Sync + 'static {
 
     /// Cheap health check.
     async fn probe(&self) -> Result<(), StoreError>;
-
-    /// Deletes the whole collection with its data; idempotent. The handle is not to be used
-    /// afterwards (an embedded store keeps its shard in memory until it is dropped).
-    async fn delete_collection(&self) -> Result<(), StoreError>;
 }
 
 impl fmt::Debug for dyn VectorStore {

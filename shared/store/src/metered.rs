@@ -118,9 +118,4 @@ impl<S: VectorStore> VectorStore for Metered<S> {
     async fn probe(&self) -> Result<(), StoreError> {
         self.timed("probe", self.inner.probe()).await
     }
-
-    async fn delete_collection(&self) -> Result<(), StoreError> {
-        self.timed("delete_collection", self.inner.delete_collection())
-            .await
-    }
 }

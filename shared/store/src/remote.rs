@@ -453,21 +453,6 @@ impl VectorStore for RemoteStore {
         self.client.health_check().await.map_err(map_err)?;
         Ok(())
     }
-
-    async fn delete_collection(&self) -> Result<(), StoreError> {
-        if self
-            .client
-            .collection_exists(&self.collection)
-            .await
-            .map_err(map_err)?
-        {
-            self.client
-                .delete_collection(&self.collection)
-                .await
-                .map_err(map_err)?;
-        }
-        Ok(())
-    }
 }
 
 #[async_trait::async_trait]

@@ -44,9 +44,6 @@ pub struct IndexView {
     pub followed: u64,
     /// The log's last sequence now.
     pub log_seq: u64,
-    /// Dropped collections whose data is still to be deleted.
-    #[oai(skip_serializing_if_is_empty)]
-    pub dropped: Vec<String>,
     /// The process doing the indexer's work, while there is some.
     #[oai(skip_serializing_if_is_none)]
     pub indexer: Option<String>,
@@ -164,7 +161,6 @@ fn view(state: &IndexState, log_seq: u64) -> IndexView {
         previous: state.previous.clone(),
         followed: state.followed,
         log_seq,
-        dropped: state.dropped.clone(),
         indexer: state
             .indexer
             .as_ref()
@@ -266,8 +262,8 @@ impl AdminApi {
     /// Drop the collection that does not serve
     ///
     /// Stops a build (if there is one), or else stops keeping the previous collection: it
-    /// takes no more writes, can no longer be switched or rolled back to, and a worker's
-    /// indexer deletes its data (`dropped` lists it until then). 409 when there is neither.
+    /// takes no more writes and can no longer be switched or rolled back to. 409 when there
+    /// is neither.
     #[oai(path = "/admin/index/drop", method = "post")]
     async fn drop_collection(&self, _admin: AdminAuth) -> Result<DropResponse, ProblemResponse> {
         let mut dropped = String::new();

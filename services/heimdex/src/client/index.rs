@@ -72,10 +72,7 @@ pub async fn run(args: IndexArgs, settings: &Settings) -> anyhow::Result<()> {
         }
         IndexAction::Drop => {
             let dropped = client.post("/admin/index/drop", &json!({})).await?;
-            println!(
-                "dropped {}: it takes no more writes, and its data is deleted",
-                dropped["dropped"]
-            );
+            println!("dropped {}: it takes no more writes", dropped["dropped"]);
             print_state(&dropped["index"]);
         }
         IndexAction::Rebuild { no_wait, switch } => {
@@ -197,10 +194,6 @@ fn print_state(state: &Value) {
     }
     if let Some(previous) = state.get("previous").filter(|p| p.is_string()) {
         println!("previous  {previous} (kept up to date for a rollback)");
-    }
-    if let Some(dropped) = state["dropped"].as_array().filter(|d| !d.is_empty()) {
-        let names: Vec<String> = dropped.iter().map(Value::to_string).collect();
-        println!("dropped   {} (data being deleted)", names.join(", "));
     }
     println!(
         "followed  {} of {} log events",
