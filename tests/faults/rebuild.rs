@@ -3,38 +3,15 @@
 //! end, and after the switch the store holds exactly the points it held before the loss (ids,
 //! payloads, vectors).
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use heimdex_store::{PointFilter, StoreConfig, VectorStore};
+use heimdex_store::{StoreConfig, VectorStore};
 use serde_json::Value;
-use uuid::Uuid;
 
+use crate::common::{differences, snapshot};
 use crate::harness::*;
 
 const ADMIN: &str = "faults-admin-token";
-
-/// Every point of `org`: id → (payload, vector).
-async fn snapshot(
-    store: &dyn VectorStore,
-    org: Uuid,
-) -> BTreeMap<Uuid, (heimdex_store::Payload, Vec<f32>)> {
-    let mut all = BTreeMap::new();
-    for point in store
-        .scroll_points(org, PointFilter::default())
-        .await
-        .unwrap()
-    {
-        let vector = store
-            .get(org, point.id, true)
-            .await
-            .unwrap()
-            .and_then(|p| p.vector)
-            .expect("the point has its vector");
-        all.insert(point.id, (point.payload, vector));
-    }
-    all
-}
 
 async fn open_collection(
     data_dir: &std::path::Path,
@@ -104,7 +81,7 @@ async fn lost_store_rebuilt_through_a_kill_9_comes_back_exactly() {
     deployment.serve.stop_cleanly().await;
     let before = {
         let store = open_embedded_store(&deployment.data_dir).await;
-        snapshot(store.as_ref(), org).await
+        snapshot(store.as_ref(), &[org]).await
     };
     assert_eq!(before.len(), jobs);
     std::fs::remove_dir_all(deployment.data_dir.join("qdrant")).unwrap();
@@ -155,32 +132,24 @@ async fn lost_store_rebuilt_through_a_kill_9_comes_back_exactly() {
     deployment.serve.stop_cleanly().await;
     outcome.attach_logs(&[&deployment.serve]);
     let store = open_collection(&deployment.data_dir, &live).await;
-    let after = snapshot(store.as_ref(), org).await;
-    let (mut payloads_differ, mut vectors_differ) = (0, 0);
-    for (id, (payload, vector)) in &before {
-        if let Some((their_payload, their_vector)) = after.get(id) {
-            payloads_differ += usize::from(payload != their_payload);
-            let close = vector
-                .iter()
-                .zip(their_vector)
-                .all(|(x, y)| (x - y).abs() < 1e-5);
-            vectors_differ += usize::from(!close);
-        }
-    }
-    let missing = before.keys().filter(|id| !after.contains_key(id)).count();
-    let extra = after.keys().filter(|id| !before.contains_key(id)).count();
+    let after = snapshot(store.as_ref(), &[org]).await;
+    let diff = differences(&before, &after);
     outcome.count_points(&[store]).await;
     outcome.note(format!(
         "{jobs} points lost with the store's dir; rebuild killed at {replayed_at_kill} jobs \
-         replayed, resumed, switched {:.1} s after it began; after: {} points, {missing} \
-         missing, {extra} extra, {payloads_differ} payloads and {vectors_differ} vectors differ",
+         replayed, resumed, switched {:.1} s after it began; after: {} points, {} missing, \
+         {} extra, {} payloads and {} vectors differ",
         rebuilt_in.as_secs_f64(),
-        after.len()
+        after.len(),
+        diff.missing,
+        diff.extra,
+        diff.payloads,
+        diff.vectors
     ));
     deployment.nats.stop().await;
     assert_eq!(
-        (missing, extra, payloads_differ, vectors_differ),
-        (0, 0, 0, 0),
+        diff,
+        crate::common::Differences::default(),
         "the store comes back exactly"
     );
     outcome.report_and_assert();

@@ -175,3 +175,63 @@ impl Services {
         drop(self.store);
     }
 }
+
+/// Every point of `orgs` in a store, with its payload and vector: what an index rebuild must
+/// reproduce.
+pub type Snapshot = std::collections::BTreeMap<Uuid, (heimdex_store::Payload, Vec<f32>)>;
+
+/// The points of `orgs` in `store` (a filtered count must equal the scroll).
+pub async fn snapshot(store: &dyn VectorStore, orgs: &[Uuid]) -> Snapshot {
+    let mut all = Snapshot::new();
+    for &org in orgs {
+        let points = store
+            .scroll_points(org, heimdex_store::PointFilter::default())
+            .await
+            .expect("scroll");
+        let counted = store
+            .count(org, heimdex_store::PointFilter::default())
+            .await
+            .expect("count");
+        assert_eq!(counted, points.len() as u64, "count = scroll");
+        for point in points {
+            let vector = store
+                .get(org, point.id, true)
+                .await
+                .expect("get")
+                .and_then(|p| p.vector)
+                .expect("the point has its vector");
+            all.insert(point.id, (point.payload, vector));
+        }
+    }
+    all
+}
+
+/// How `got` differs from `expected`: points missing, points extra, payloads and vectors
+/// (beyond 1e-5 a component) that differ.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Differences {
+    pub missing: usize,
+    pub extra: usize,
+    pub payloads: usize,
+    pub vectors: usize,
+}
+
+pub fn differences(expected: &Snapshot, got: &Snapshot) -> Differences {
+    let mut diff = Differences {
+        missing: expected.keys().filter(|id| !got.contains_key(id)).count(),
+        extra: got.keys().filter(|id| !expected.contains_key(id)).count(),
+        ..Differences::default()
+    };
+    for (id, (payload, vector)) in expected {
+        if let Some((their_payload, their_vector)) = got.get(id) {
+            diff.payloads += usize::from(payload != their_payload);
+            let close = vector.len() == their_vector.len()
+                && vector
+                    .iter()
+                    .zip(their_vector)
+                    .all(|(x, y)| (x - y).abs() < 1e-5);
+            diff.vectors += usize::from(!close);
+        }
+    }
+    diff
+}

@@ -63,6 +63,10 @@ struct Operation {
     params: Vec<Param>,
     body: Option<Value>,
     secured: bool,
+    /// An operator route (`/admin/*`): it takes the admin token, which the fuzzed service does
+    /// not have, so requests stop at authentication (never a 5xx); `rebuild.rs` tests what
+    /// they do.
+    admin: bool,
 }
 
 impl Operation {
@@ -108,6 +112,9 @@ fn operations(spec: &Value) -> Vec<Operation> {
                 params,
                 body,
                 secured: op["security"].as_array().is_some_and(|s| !s.is_empty()),
+                admin: op["security"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|scheme| scheme.get("AdminAuth").is_some())),
             });
         }
     }
@@ -990,7 +997,7 @@ async fn generated_requests_from_the_spec_never_get_5xx() {
     );
     // Every operation got requests its handler accepted as valid (2xx, or 404 for an id that
     // names nothing of the caller's), so the generator is not only exercising the error paths.
-    for op in &ops {
+    for op in ops.iter().filter(|op| !op.admin) {
         let reached = outcomes.iter().any(|(n, outcome)| {
             let case = &cases[*n];
             case.operation == op.label()

@@ -4,11 +4,12 @@
 //! rollback, and a store that was lost comes back exactly. Every admin route takes the admin
 //! token only.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use heimdex_store::{PointFilter, VectorStore};
 use heimdex_tests::{TestApp, eventually};
+
+use crate::common::{Differences, Snapshot, differences, snapshot};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -141,52 +142,8 @@ async fn history(app: &TestApp) -> Vec<Uuid> {
     vec![a, b]
 }
 
-/// Every point of `orgs` in `store`: id → (payload, vector).
-async fn snapshot(
-    store: &dyn VectorStore,
-    orgs: &[Uuid],
-) -> BTreeMap<Uuid, (heimdex_store::Payload, Vec<f32>)> {
-    let mut all = BTreeMap::new();
-    for &org in orgs {
-        let points = store
-            .scroll_points(org, PointFilter::default())
-            .await
-            .unwrap();
-        assert_eq!(
-            store.count(org, PointFilter::default()).await.unwrap(),
-            points.len() as u64
-        );
-        for point in points {
-            let vector = store
-                .get(org, point.id, true)
-                .await
-                .unwrap()
-                .and_then(|p| p.vector)
-                .expect("the point has its vector");
-            all.insert(point.id, (point.payload, vector));
-        }
-    }
-    all
-}
-
-fn assert_same(
-    expected: &BTreeMap<Uuid, (heimdex_store::Payload, Vec<f32>)>,
-    got: &BTreeMap<Uuid, (heimdex_store::Payload, Vec<f32>)>,
-) {
-    assert_eq!(
-        expected.keys().collect::<Vec<_>>(),
-        got.keys().collect::<Vec<_>>(),
-        "the same point ids"
-    );
-    for (id, (payload, vector)) in expected {
-        let (their_payload, their_vector) = &got[id];
-        assert_eq!(payload, their_payload, "payload of {id}");
-        let close = vector
-            .iter()
-            .zip(their_vector)
-            .all(|(x, y)| (x - y).abs() < 1e-5);
-        assert!(close, "vector of {id}");
-    }
+fn assert_same(expected: &Snapshot, got: &Snapshot) {
+    assert_eq!(differences(expected, got), Differences::default());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -330,17 +330,9 @@ impl Indexer {
                 progress.error = None;
                 let applied = applied.unwrap_or(build.applied);
                 let recorded = progress.clone();
-                self.renew(|state| {
-                    let Some(current) = state
-                        .building
-                        .as_mut()
-                        .filter(|b| b.collection == build.collection)
-                    else {
-                        return Err(Moved);
-                    };
+                self.update_build(&build.collection, |current| {
                     current.applied = current.applied.max(applied);
                     current.progress = recorded.clone();
-                    Ok(())
                 })
                 .await?;
                 tracing::info!(collection = %build.collection, replayed = progress.replayed, jobs, per_second = rate.per_second(), "indexer: replay progress");
@@ -355,16 +347,27 @@ impl Indexer {
         let live = self.deps.collections.live();
         let comparison = compare(live.store.as_ref(), store.as_ref(), &orgs).await?;
         tracing::info!(collection = %build.collection, live = %live.name, ?comparison, "indexer: build replayed and compared");
-        self.renew(|state| {
-            let Some(current) = state
-                .building
-                .as_mut()
-                .filter(|b| b.collection == build.collection)
-            else {
-                return Err(Moved);
-            };
+        self.update_build(&build.collection, |current| {
             current.phase = Phase::Built { comparison };
             current.progress.error = None;
+        })
+        .await
+    }
+
+    /// Renews the lease and changes the build into `collection`; `Lost` if it is no longer
+    /// the build (dropped meanwhile).
+    async fn update_build(
+        &self,
+        collection: &str,
+        mut change: impl FnMut(&mut Build),
+    ) -> Result<(), IndexerError> {
+        self.renew(|state| {
+            let current = state
+                .building
+                .as_mut()
+                .filter(|b| b.collection == collection)
+                .ok_or(Moved)?;
+            change(current);
             Ok(())
         })
         .await?;
