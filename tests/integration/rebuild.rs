@@ -51,6 +51,23 @@ async fn built(app: &TestApp) -> Value {
     }
 }
 
+/// Posts a switch or rollback (expecting 200) and waits until this process reads from the
+/// collection the state now names live; returns the state.
+async fn transition(app: &TestApp, path: &str) -> Value {
+    let (status, state) = admin(app, reqwest::Method::POST, path).await;
+    assert_eq!(status, 200, "{path}: {state}");
+    let live = state["live"]
+        .as_str()
+        .expect("a live collection")
+        .to_owned();
+    eventually(WAIT, || async {
+        (app.collections.live().name == live).then_some(())
+    })
+    .await
+    .unwrap_or_else(|| panic!("the process follows {path} to {live}"));
+    state
+}
+
 /// The job id of a 202.
 async fn accepted(response: reqwest::Response) -> String {
     assert_eq!(response.status(), 202);
@@ -256,17 +273,11 @@ async fn the_index_is_rebuilt_from_the_log_switched_and_rolled_back() {
     );
 
     // Switch: reads move to the build.
-    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/switch").await;
-    assert_eq!(status, 200, "{state}");
+    let state = transition(&app, "/admin/index/switch").await;
     assert_eq!(
         (state["live"].as_str(), state["previous"].as_str()),
         (Some(collection.as_str()), Some(base.as_str()))
     );
-    eventually(WAIT, || async {
-        (app.collections.live().name == collection).then_some(())
-    })
-    .await
-    .expect("the process follows the switch");
     let search = app
         .search(
             &token,
@@ -298,14 +309,8 @@ async fn the_index_is_rebuilt_from_the_log_switched_and_rolled_back() {
     assert!(reached(old.clone(), during_id).await);
 
     // Roll back: reads go back, and nothing written meanwhile is missing.
-    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/rollback").await;
-    assert_eq!(status, 200, "{state}");
+    let state = transition(&app, "/admin/index/rollback").await;
     assert_eq!(state["live"], base.as_str());
-    eventually(WAIT, || async {
-        (app.collections.live().name == base).then_some(())
-    })
-    .await
-    .expect("the process follows the rollback");
     let live = snapshot(app.store.as_ref(), &orgs).await;
     assert!(live.contains_key(&after_id) && live.contains_key(&during_id));
     assert_eq!(live.len(), before.len() + 2);
@@ -345,14 +350,7 @@ async fn a_lost_store_comes_back_exactly_from_the_log() {
         (&json!(0), &json!(before.len())),
         "{build}"
     );
-    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/switch").await;
-    assert_eq!(status, 200, "{state}");
-    let live = state["live"].as_str().unwrap().to_owned();
-    eventually(WAIT, || async {
-        (app.collections.live().name == live).then_some(())
-    })
-    .await
-    .expect("the process follows the switch");
+    transition(&app, "/admin/index/switch").await;
     assert_same(&before, &snapshot(app.store.as_ref(), &orgs).await);
     app.stop().await;
 }
@@ -480,14 +478,7 @@ async fn an_empty_remote_collection_is_filled_again_from_the_log() {
     let build = built(&app).await;
     assert_eq!(build["collection"], format!("{empty}-1"), "{build}");
     assert_eq!(build["comparison"]["extra"], before.len(), "{build}");
-    let (status, state) = admin(&app, reqwest::Method::POST, "/admin/index/switch").await;
-    assert_eq!(status, 200, "{state}");
-    let live = state["live"].as_str().unwrap().to_owned();
-    eventually(WAIT, || async {
-        (app.collections.live().name == live).then_some(())
-    })
-    .await
-    .expect("the process follows the switch");
+    transition(&app, "/admin/index/switch").await;
     assert_same(&before, &snapshot(app.store.as_ref(), &orgs).await);
     app.stop().await;
     drop(second);
@@ -580,13 +571,8 @@ async fn searches_and_writes_go_on_through_a_rebuild_a_switch_and_a_rollback() {
         ("/admin/index/switch", &collection),
         ("/admin/index/rollback", &base),
     ] {
-        let (status, state) = admin(&app, reqwest::Method::POST, path).await;
-        assert_eq!(status, 200, "{path}: {state}");
-        eventually(WAIT, || async {
-            (app.collections.live().name == *live).then_some(())
-        })
-        .await
-        .expect("the process follows");
+        let state = transition(&app, path).await;
+        assert_eq!(state["live"], live.as_str());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     stop.store(true, Ordering::Relaxed);
