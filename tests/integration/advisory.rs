@@ -35,7 +35,9 @@ async fn max_deliveries_advisory_marks_the_job_failed() {
         .unwrap();
     // The advisories' stream and consumer exist (as they do once any worker has started), but
     // no listener consumes them yet.
-    let consumer = heimdex_worker::advisory::consumer(&events).await.unwrap();
+    let consumer = heimdex_worker::advisory::consumer(&events, &shutdown)
+        .await
+        .unwrap();
 
     let http = reqwest::Client::new();
     let token =

@@ -409,7 +409,9 @@ async fn max_deliveries_advisory_ends_a_retried_round() {
     let events = heimdex::infra::connect_nats(&s, &nats.url(), "t", &api.shutdown)
         .await
         .unwrap();
-    let consumer = heimdex_worker::advisory::consumer(&events).await.unwrap();
+    let consumer = heimdex_worker::advisory::consumer(&events, &api.shutdown)
+        .await
+        .unwrap();
     let listener = tokio::spawn(heimdex_worker::advisory::run(
         events.log.clone(),
         consumer,

@@ -215,6 +215,7 @@ impl TestApp {
             self.collections.clone(),
             Arc::new(models),
             queue,
+            &self.shutdown,
         )
         .await
         .expect("worker builds");

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{infra, metrics};
 use heimdex_event_store::EventStore;
+use heimdex_event_store::jetstream::BootstrapError;
 
 /// Which services a process runs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -189,11 +190,12 @@ pub async fn start(
             collections.clone(),
             models.clone(),
             embeddings.clone(),
+            &shutdown,
         )
         .await?;
         tasks.spawn(worker.run(shutdown.clone()));
         tasks.spawn(indexer.run(shutdown.clone()));
-        let advisories = heimdex_worker::advisory::consumer(&nats).await?;
+        let advisories = heimdex_worker::advisory::consumer(&nats, &shutdown).await?;
         tasks.spawn(heimdex_worker::advisory::run(
             nats.log.clone(),
             advisories,
@@ -201,7 +203,7 @@ pub async fn start(
         ));
     }
     if roles.projector {
-        let projector = build_projector(&nats).await?;
+        let projector = build_projector(&nats, &shutdown).await?;
         tasks.spawn(projector.run(shutdown.clone()));
         let sweeper = heimdex_projector::files::Sweeper {
             files: nats.files.clone(),
@@ -220,8 +222,7 @@ pub async fn start(
         if settings.api.overload.max_backlog > 0 {
             // The backlog bound reads the worker consumer's pending counts: create it (with
             // its checked definition) so jobs are counted before any worker has started.
-            heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker)
-                .await?;
+            durable(&nats, &nats.defs.worker, &shutdown).await?;
         }
         let api = heimdex_api::build(
             &settings.api,
@@ -275,6 +276,19 @@ pub async fn start(
     })
 }
 
+/// A durable consumer of the job stream, created (or checked) from its definition, waiting
+/// through transient errors.
+async fn durable(
+    nats: &EventStore,
+    config: &async_nats::jetstream::consumer::pull::Config,
+    shutdown: &CancellationToken,
+) -> Result<async_nats::jetstream::consumer::PullConsumer, BootstrapError> {
+    heimdex_event_store::jetstream::until_ready("a durable consumer", shutdown, || {
+        heimdex_event_store::jetstream::ensure_consumer(&nats.stream, config)
+    })
+    .await
+}
+
 /// The worker, and the indexer that runs beside it (see `heimdex_worker::indexer`).
 pub async fn build_worker(
     settings: &Settings,
@@ -282,9 +296,9 @@ pub async fn build_worker(
     collections: Arc<Collections>,
     models: Arc<Registry>,
     embeddings: EmbedQueue,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<(heimdex_worker::Worker, heimdex_worker::indexer::Indexer)> {
-    let consumer =
-        heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
+    let consumer = durable(nats, &nats.defs.worker, shutdown).await?;
     let config =
         heimdex_worker::WorkerConfig::new(settings.worker.concurrency, &nats.defs, &settings.store);
     let deps = heimdex_worker::WorkerDeps {
@@ -301,9 +315,11 @@ pub async fn build_worker(
     Ok((worker, indexer))
 }
 
-pub async fn build_projector(nats: &EventStore) -> anyhow::Result<heimdex_projector::Projector> {
-    let consumer =
-        heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.projector).await?;
+pub async fn build_projector(
+    nats: &EventStore,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<heimdex_projector::Projector> {
+    let consumer = durable(nats, &nats.defs.projector, shutdown).await?;
     Ok(heimdex_projector::Projector::new(
         heimdex_projector::ProjectorDeps {
             statuses: nats.statuses.clone(),

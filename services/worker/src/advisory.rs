@@ -54,9 +54,15 @@ pub fn subject() -> String {
 
 /// The stream that keeps the advisories, and the workers' durable consumer of it, created (or
 /// checked) from their definitions in `nats/`.
-pub async fn consumer(events: &EventStore) -> Result<PullConsumer, BootstrapError> {
-    let stream = jetstream::ensure_advisories(&events.js, &events.defs).await?;
-    jetstream::ensure_consumer(&stream, &events.defs.advisory_consumer).await
+pub async fn consumer(
+    events: &EventStore,
+    shutdown: &CancellationToken,
+) -> Result<PullConsumer, BootstrapError> {
+    jetstream::until_ready("the advisory consumer", shutdown, || async {
+        let stream = jetstream::ensure_advisories(&events.js, &events.defs).await?;
+        jetstream::ensure_consumer(&stream, &events.defs.advisory_consumer).await
+    })
+    .await
 }
 
 /// Consumes advisories until `shutdown`.

@@ -48,59 +48,37 @@ impl EventStore {
         let defs = Definitions::load(config)?;
         let client = jetstream::connect(url, client_name).await?;
         let js = jetstream::context(client.clone(), config.publish_timeout);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let attempt = async {
-                let stream = jetstream::ensure_stream(&js, &defs).await?;
-                let status = jetstream::ensure_status_bucket(&js, &defs).await?;
-                let listing = jetstream::ensure_listing(&js, &defs).await?;
-                let tombstones = jetstream::ensure_tombstones(&js, &defs).await?;
-                let documents = jetstream::ensure_documents(&js, &defs).await?;
-                let files = jetstream::ensure_files(&js, &defs).await?;
-                let index = jetstream::ensure_index(&js, &defs).await?;
-                Ok::<_, BootstrapError>((
-                    stream, status, listing, tombstones, documents, files, index,
+        let (stream, status, listing, tombstones, documents, files, index) =
+            jetstream::until_ready("the event store", shutdown, || async {
+                Ok((
+                    jetstream::ensure_stream(&js, &defs).await?,
+                    jetstream::ensure_status_bucket(&js, &defs).await?,
+                    jetstream::ensure_listing(&js, &defs).await?,
+                    jetstream::ensure_tombstones(&js, &defs).await?,
+                    jetstream::ensure_documents(&js, &defs).await?,
+                    jetstream::ensure_files(&js, &defs).await?,
+                    jetstream::ensure_index(&js, &defs).await?,
                 ))
-            };
-            match attempt.await {
-                Ok((stream, status, listing, tombstones, documents, files, index)) => {
-                    return Ok(Self {
-                        log: JobLog::new(client.clone(), js.clone(), stream.clone(), tombstones),
-                        statuses: StatusStore::new(
-                            client.clone(),
-                            js.clone(),
-                            status.clone(),
-                            listing,
-                            LIST_STALL,
-                        ),
-                        documents: DocumentStore::new(
-                            client.clone(),
-                            js.clone(),
-                            documents,
-                            LIST_STALL,
-                        ),
-                        files: FileStore::new(files),
-                        index: IndexRegistry::new(index),
-                        client,
-                        js,
-                        defs,
-                        stream,
-                        status,
-                        url: url.to_owned(),
-                    });
-                }
-                Err(err @ (BootstrapError::Conflict { .. } | BootstrapError::Definition(..))) => {
-                    return Err(err);
-                }
-                Err(err) => {
-                    tracing::warn!(%err, url, "waiting for NATS JetStream");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => return Err(BootstrapError::Cancelled),
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+            })
+            .await?;
+        Ok(Self {
+            log: JobLog::new(client.clone(), js.clone(), stream.clone(), tombstones),
+            statuses: StatusStore::new(
+                client.clone(),
+                js.clone(),
+                status.clone(),
+                listing,
+                LIST_STALL,
+            ),
+            documents: DocumentStore::new(client.clone(), js.clone(), documents, LIST_STALL),
+            files: FileStore::new(files),
+            index: IndexRegistry::new(index),
+            client,
+            js,
+            defs,
+            stream,
+            status,
+            url: url.to_owned(),
+        })
     }
 }

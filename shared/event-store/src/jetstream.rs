@@ -97,6 +97,45 @@ pub enum BootstrapError {
     Cancelled,
 }
 
+impl BootstrapError {
+    /// Whether trying again can help: NATS unreachable, or a request that failed while the
+    /// server (or a cluster's meta leader) was not ready. A conflicting or invalid definition,
+    /// and a shutdown, stay what they are however long one waits.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Request { .. })
+    }
+}
+
+/// Runs a bootstrap `step` until it succeeds, retrying transient errors with a backoff (100 ms
+/// doubling to 5 s) and giving up on the others or on `shutdown`. Every creation or check of a
+/// stream, bucket or consumer goes through it: at start-up, processes of a cluster race to
+/// create the same objects and a server may answer before its peers know of them.
+pub async fn until_ready<T, F, Fut>(
+    what: &str,
+    shutdown: &CancellationToken,
+    mut step: F,
+) -> Result<T, BootstrapError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BootstrapError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(value) => return Ok(value),
+            Err(err) if err.is_transient() => {
+                tracing::warn!(%err, what, "waiting for NATS JetStream");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Err(BootstrapError::Cancelled),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// The parsed definition files, with the deployment's overrides applied.
 #[derive(Clone, Debug)]
 pub struct Definitions {

@@ -108,7 +108,7 @@ async fn run(
     stop: &CancellationToken,
 ) -> anyhow::Result<Bound> {
     let nats = EventStore::connect(&settings.nats, url, "heimdex-bench-bound", stop).await?;
-    let projector = crate::serve::build_projector(&nats).await?;
+    let projector = crate::serve::build_projector(&nats, stop).await?;
     let projector = tokio::spawn(projector.run(stop.clone()));
     let consumer =
         heimdex_event_store::jetstream::ensure_consumer(&nats.stream, &nats.defs.worker).await?;
