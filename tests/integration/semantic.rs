@@ -386,3 +386,51 @@ async fn a_missing_model_is_reported_by_readyz_and_requests() {
     assert_eq!(response.status(), 202);
     app.stop().await;
 }
+
+/// The second MiniLM is served beside the default one: a document sent with
+/// `model: paraphrase-minilm-l3-v2` is embedded by it, found by a search naming it, with its
+/// `model_ver`, and never answers a search of the default model (vectors of two models are
+/// not comparable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_model_embeds_and_searches_apart_from_the_default() {
+    const L3: &str = "paraphrase-minilm-l3-v2";
+    let app = TestApp::spawn().await;
+    let token = app.token(Uuid::new_v4());
+    let mut jobs = Vec::new();
+    for (asset, text) in TOPICS {
+        let response = app
+            .post_json(
+                &token,
+                "/vectors/documents",
+                &json!({"asset_id": asset, "text": text, "model": L3}),
+            )
+            .await;
+        assert_eq!(response.status(), 202, "{asset}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["model"], L3);
+        jobs.extend(job_ids(&body, "chunks"));
+    }
+    app.wait_for_jobs(&token, &jobs, "SUCCEEDED", WAIT).await;
+
+    let l3 = heimdex_embed::Registry::load(None, 384, heimdex_embed::ThreadBudget::ONE)
+        .get(Some(L3))
+        .expect("paraphrase-minilm-l3-v2 installed by deploy/setup.sh");
+    for (query, topic) in [
+        ("How do telescopes observe faraway galaxies?", "astronomy"),
+        ("recipe for baking a loaf of bread", "cooking"),
+        ("when should I plant tomatoes", "gardening"),
+    ] {
+        let results = app
+            .search(&token, &json!({"query": query, "limit": 3, "model": L3}))
+            .await;
+        assert_eq!(results["model"], L3, "{results}");
+        assert_eq!(results["model_ver"], l3.model_ver(), "{results}");
+        let top = &results["results"][0];
+        assert_eq!(top["payload"]["asset_id"], topic, "{query}: {results}");
+        assert_eq!(top["payload"]["model"], L3);
+        let default = app.search(&token, &json!({"query": query})).await;
+        assert_eq!(default["model"], "minilm-l6-v2");
+        assert_eq!(default["results"], json!([]), "{default}");
+    }
+    app.stop().await;
+}

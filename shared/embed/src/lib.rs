@@ -15,7 +15,7 @@ mod queue;
 mod registry;
 
 pub use chunk::{Chunk, ChunkOptions, chunk};
-pub use minilm::{MiniLm, Products};
+pub use minilm::{MiniLm, Products, Variant};
 pub use mock::Mock;
 pub use queue::{EmbedQueue, Priority};
 pub use registry::{ModelError, ModelStatus, Registry};

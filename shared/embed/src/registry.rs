@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::{DEFAULT_MODEL_SUBDIR, Embedder, MiniLm, Mock, ThreadBudget, default_model_dir};
+use crate::{
+    DEFAULT_MODEL_SUBDIR, Embedder, MiniLm, Mock, Products, ThreadBudget, Variant,
+    default_model_dir,
+};
 
 /// A model's state in the registry.
 #[derive(Clone)]
@@ -44,45 +47,39 @@ impl Registry {
     /// The default model when a request names none.
     pub const DEFAULT_MODEL: &'static str = MiniLm::NAME;
 
-    /// `mock` (always available, `vector_size`-d) and `minilm-l6-v2` from `model_dir` (else
-    /// [`default_model_dir`]). MiniLM is unavailable, with the reason, when its files are missing
-    /// or the collection's `vector_size` is not its 384. Its forward passes use `threads`.
+    /// `mock` (always available, `vector_size`-d), `minilm-l6-v2` from `model_dir` (else
+    /// [`default_model_dir`]) and `paraphrase-minilm-l3-v2` from the directory beside it
+    /// (`<model_dir>/../paraphrase-minilm-l3-v2`). A MiniLM is unavailable, with the reason,
+    /// when its files are missing or the collection's `vector_size` is not its 384. Their
+    /// forward passes use `threads` (each model its own pool of that size).
     pub fn load(model_dir: Option<&Path>, vector_size: usize, threads: ThreadBudget) -> Self {
         let dir: PathBuf = model_dir
             .map(Path::to_path_buf)
             .or_else(default_model_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_MODEL_SUBDIR));
-        let minilm = match MiniLm::load_with(&dir, threads) {
-            Ok(m) if m.dim() == vector_size => {
-                tracing::info!(
-                    model = MiniLm::NAME,
-                    model_ver = m.model_ver(),
-                    dir = %dir.display(),
-                    threads = m.threads(),
-                    products = %m.products(),
-                    "model loaded"
-                );
-                ModelStatus::Ready(Arc::new(m))
-            }
-            Ok(m) => ModelStatus::Unavailable(format!(
-                "it produces {}-d vectors but the collection is configured for VECTOR_SIZE={vector_size}",
-                m.dim()
-            )),
-            Err(err) => ModelStatus::Unavailable(err.to_string()),
+        let beside = |variant: Variant| {
+            dir.parent()
+                .map_or_else(|| PathBuf::from(variant.subdir), |p| p.join(variant.subdir))
         };
-        if let ModelStatus::Unavailable(reason) = &minilm {
-            tracing::error!(model = MiniLm::NAME, %reason, "model unavailable: requests naming it will be refused");
+        let mut models = vec![(
+            Mock::NAME.to_owned(),
+            ModelStatus::Ready(Arc::new(Mock::new(vector_size))),
+        )];
+        for (variant, dir) in [
+            (Variant::ALL_L6_V2, dir.clone()),
+            (Variant::PARAPHRASE_L3_V2, beside(Variant::PARAPHRASE_L3_V2)),
+        ] {
+            let status = load_minilm(variant, &dir, vector_size, threads);
+            if let ModelStatus::Unavailable(reason) = &status {
+                if variant.name == Self::DEFAULT_MODEL {
+                    tracing::error!(model = variant.name, %reason, "model unavailable: requests naming it will be refused");
+                } else {
+                    tracing::warn!(model = variant.name, %reason, "model unavailable: requests naming it will be refused");
+                }
+            }
+            models.push((variant.name.to_owned(), status));
         }
-        Self::new(
-            [
-                (
-                    Mock::NAME.to_owned(),
-                    ModelStatus::Ready(Arc::new(Mock::new(vector_size))),
-                ),
-                (MiniLm::NAME.to_owned(), minilm),
-            ],
-            Self::DEFAULT_MODEL,
-        )
+        Self::new(models, Self::DEFAULT_MODEL)
     }
 
     /// A registry of exactly these models.
@@ -119,6 +116,33 @@ impl Registry {
     }
 }
 
+/// One MiniLM from `dir`, or why it cannot serve.
+fn load_minilm(
+    variant: Variant,
+    dir: &Path,
+    vector_size: usize,
+    threads: ThreadBudget,
+) -> ModelStatus {
+    match MiniLm::load_variant(variant, dir, threads, Products::Auto) {
+        Ok(m) if m.dim() == vector_size => {
+            tracing::info!(
+                model = variant.name,
+                model_ver = m.model_ver(),
+                dir = %dir.display(),
+                threads = m.threads(),
+                products = %m.products(),
+                "model loaded"
+            );
+            ModelStatus::Ready(Arc::new(m))
+        }
+        Ok(m) => ModelStatus::Unavailable(format!(
+            "it produces {}-d vectors but the collection is configured for VECTOR_SIZE={vector_size}",
+            m.dim()
+        )),
+        Err(err) => ModelStatus::Unavailable(err.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +157,12 @@ mod tests {
                 assert_eq!(name, "minilm-l6-v2");
                 assert!(reason.contains("config.json"), "{reason}");
                 assert!(reason.contains("setup.sh"), "{reason}");
+            }
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+        match registry.get(Some("paraphrase-minilm-l3-v2")).map(|_| ()) {
+            Err(ModelError::Unavailable { reason, .. }) => {
+                assert!(reason.contains("paraphrase-minilm-l3-v2"), "{reason}");
             }
             other => panic!("expected unavailable, got {other:?}"),
         }

@@ -1,9 +1,13 @@
-//! Fidelity against sentence-transformers: every golden text's cosine with the reference vector
-//! must be at least 0.9999. Uses the real weights; fails (never skips) if they are missing.
+//! Fidelity against the models' reference implementations: every golden text's cosine with the
+//! reference vector must be at least 0.9999. Uses the real weights; fails (never skips) if they
+//! are missing.
 //!
-//! The reference vectors are `tests/data/minilm-l6-v2-golden.jsonl`, a copy of
-//! `shared/reference/minilm-l6-v2-golden.jsonl` (sentence-transformers 6.2.0, torch 2.15.0, CPU;
-//! its first line says so) kept in the repository, so a fresh clone needs nothing beside it.
+//! * all-MiniLM-L6-v2: `tests/data/minilm-l6-v2-golden.jsonl`, a copy of
+//!   `shared/reference/minilm-l6-v2-golden.jsonl` (sentence-transformers 6.2.0, torch 2.15.0,
+//!   CPU; its first line says so) kept in the repository, so a fresh clone needs nothing beside
+//!   it.
+//! * paraphrase-MiniLM-L3-v2: `tests/data/paraphrase-minilm-l3-v2-golden.jsonl`, the same texts
+//!   run through the packaged ONNX export by onnxruntime (`deploy/models/l3_golden.py`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -11,7 +15,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use heimdex_embed::{Embedder, Products, ThreadBudget};
+use heimdex_embed::{Embedder, MiniLm, Products, ThreadBudget, Variant};
 
 const MIN_COSINE: f64 = 0.9999;
 
@@ -21,8 +25,10 @@ struct Golden {
     embedding: Option<Vec<f32>>,
 }
 
-fn golden_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/minilm-l6-v2-golden.jsonl")
+fn golden_path(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(file)
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -38,7 +44,19 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn golden_cosine_at_least_0_9999() {
-    let path = golden_path();
+    fidelity(Variant::ALL_L6_V2, "minilm-l6-v2-golden.jsonl");
+}
+
+#[test]
+fn paraphrase_l3_golden_cosine_at_least_0_9999() {
+    fidelity(
+        Variant::PARAPHRASE_L3_V2,
+        "paraphrase-minilm-l3-v2-golden.jsonl",
+    );
+}
+
+fn fidelity(variant: Variant, golden: &str) {
+    let path = golden_path(golden);
     assert!(path.is_file(), "golden file missing: {}", path.display());
     let content = std::fs::read_to_string(&path).unwrap();
     let mut texts = Vec::new();
@@ -61,18 +79,18 @@ fn golden_cosine_at_least_0_9999() {
     // Every library the large products can run on (BLIS through the FFI module, whatever
     // kernels it has for this CPU, and the `gemm` crate), with the tests' thread budget, and the
     // automatic choice with a budget of one thread.
-    let models = [
+    let models: [(&str, MiniLm); 3] = [
         (
             "BLIS",
-            common::load_model_with_products(common::threads(), Products::Blis),
+            common::load_variant(variant, common::threads(), Products::Blis),
         ),
         (
             "gemm crate",
-            common::load_model_with_products(common::threads(), Products::GemmCrate),
+            common::load_variant(variant, common::threads(), Products::GemmCrate),
         ),
         (
             "auto, one thread",
-            common::load_model_with_products(ThreadBudget::ONE, Products::Auto),
+            common::load_variant(variant, ThreadBudget::ONE, Products::Auto),
         ),
     ];
     for (products, model) in &models {
@@ -85,7 +103,8 @@ fn golden_cosine_at_least_0_9999() {
             .map(|t| model.embed(&[t]).unwrap().pop().unwrap())
             .collect();
         println!(
-            "{products}: {}, {} threads",
+            "{} {products}: {}, {} threads",
+            variant.name,
             model.products(),
             model.threads()
         );
@@ -106,8 +125,9 @@ fn golden_cosine_at_least_0_9999() {
             #[allow(clippy::cast_precision_loss)]
             let mean = sum / refs.len() as f64;
             println!(
-                "fidelity ({name}): {} texts, min cosine {min:.9} (text {worst}), mean {mean:.9}, \
+                "{} fidelity ({name}): {} texts, min cosine {min:.9} (text {worst}), mean {mean:.9}, \
              max 1-cos {:.2e}",
+                variant.name,
                 refs.len(),
                 1.0 - min
             );
@@ -118,7 +138,7 @@ fn golden_cosine_at_least_0_9999() {
             );
         }
     }
-    let model = common::load_model();
+    let model = common::load_variant(variant, common::threads(), Products::Auto);
 
     // Rough throughput on the golden texts (meaningful in --release only).
     let rounds = 5;

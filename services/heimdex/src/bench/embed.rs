@@ -8,27 +8,43 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use heimdex_embed::{Embedder, MiniLm, ThreadBudget};
+use heimdex_embed::{Embedder, MiniLm, Products, ThreadBudget, Variant};
 
 use super::{corpus, median, percentile};
 
-fn load(model_dir: Option<PathBuf>, threads: Option<NonZeroUsize>) -> anyhow::Result<MiniLm> {
-    let threads = threads.map(ThreadBudget::new).unwrap_or_default();
-    let dir = model_dir
-        .or_else(heimdex_embed::default_model_dir)
-        .unwrap_or_else(|| PathBuf::from(heimdex_embed::DEFAULT_MODEL_SUBDIR));
-    Ok(MiniLm::load_with(dir, threads)?)
+/// Which model to measure, from where, with how many threads.
+pub struct Load {
+    /// A MiniLM's name (`minilm-l6-v2`, `paraphrase-minilm-l3-v2`).
+    pub model: String,
+    /// Its directory (default: as the service finds it).
+    pub model_dir: Option<PathBuf>,
+    pub threads: Option<NonZeroUsize>,
 }
 
-pub fn run(
-    texts: &Path,
-    repeat: usize,
-    model_dir: Option<PathBuf>,
-    threads: Option<NonZeroUsize>,
-) -> anyhow::Result<()> {
+impl Load {
+    fn load(self) -> anyhow::Result<MiniLm> {
+        let variant = [Variant::ALL_L6_V2, Variant::PARAPHRASE_L3_V2]
+            .into_iter()
+            .find(|v| v.name == self.model)
+            .ok_or_else(|| anyhow::anyhow!("no MiniLM named `{}`", self.model))?;
+        let threads = self.threads.map(ThreadBudget::new).unwrap_or_default();
+        let default = heimdex_embed::default_model_dir()
+            .unwrap_or_else(|| PathBuf::from(heimdex_embed::DEFAULT_MODEL_SUBDIR));
+        let dir = match (self.model_dir, variant == Variant::ALL_L6_V2) {
+            (Some(dir), _) => dir,
+            (None, true) => default,
+            (None, false) => default
+                .parent()
+                .map_or_else(|| PathBuf::from(variant.subdir), |p| p.join(variant.subdir)),
+        };
+        Ok(MiniLm::load_variant(variant, dir, threads, Products::Auto)?)
+    }
+}
+
+pub fn run(texts: &Path, repeat: usize, load: Load) -> anyhow::Result<()> {
     let texts = corpus::read(texts)?;
     anyhow::ensure!(!texts.is_empty(), "no texts");
-    let model = load(model_dir, threads)?;
+    let model = load.load()?;
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let mut flop = 0.0;
     for text in &refs {
@@ -50,6 +66,7 @@ pub fn run(
         "{}",
         serde_json::json!({
             "impl": "heimdex",
+            "model": model.model(),
             "model_ver": model.model_ver(),
             "threads": model.threads(),
             "kernels": MiniLm::kernel_isa(),
@@ -67,14 +84,9 @@ pub fn run(
 
 /// Latency of embedding one short query per call: the `queries` texts `bench search` sends
 /// (seed 99, 5-12 words), `repeat` rounds over them, one JSON line per round with p50/p90/p99.
-pub fn queries(
-    queries: usize,
-    repeat: usize,
-    model_dir: Option<PathBuf>,
-    threads: Option<NonZeroUsize>,
-) -> anyhow::Result<()> {
+pub fn queries(queries: usize, repeat: usize, load: Load) -> anyhow::Result<()> {
     let texts = corpus::texts(queries, 99, 12);
-    let model = load(model_dir, threads)?;
+    let model = load.load()?;
     for text in texts.iter().take(20) {
         model.embed(&[text.as_str()])?; // warm-up
     }

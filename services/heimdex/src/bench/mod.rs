@@ -73,7 +73,11 @@ pub enum BenchCommand {
         /// Timed runs over all texts (the median is reported).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
-        /// Model directory (default: HEIMDEX_MODEL_DIR or .tools/models/all-minilm-l6-v2).
+        /// The model: `minilm-l6-v2` or `paraphrase-minilm-l3-v2`.
+        #[arg(long, default_value = "minilm-l6-v2")]
+        model: String,
+        /// Model directory (default: HEIMDEX_MODEL_DIR or .tools/models/all-minilm-l6-v2, and
+        /// the directory beside it for paraphrase-minilm-l3-v2).
         #[arg(long)]
         model_dir: Option<PathBuf>,
         /// The embedder's thread budget (default: every core the process may use).
@@ -241,13 +245,21 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<(
             texts,
             queries,
             repeat,
+            model,
             model_dir,
             threads,
-        } => match (texts, queries) {
-            (_, Some(queries)) => embed::queries(queries.max(1), repeat.max(1), model_dir, threads),
-            (Some(texts), None) => embed::run(&texts, repeat.max(1), model_dir, threads),
-            (None, None) => anyhow::bail!("give --texts or --queries"),
-        },
+        } => {
+            let load = embed::Load {
+                model,
+                model_dir,
+                threads,
+            };
+            match (texts, queries) {
+                (_, Some(queries)) => embed::queries(queries.max(1), repeat.max(1), load),
+                (Some(texts), None) => embed::run(&texts, repeat.max(1), load),
+                (None, None) => anyhow::bail!("give --texts or --queries"),
+            }
+        }
         BenchCommand::IngestText {
             url,
             n,

@@ -1,4 +1,6 @@
-//! sentence-transformers/all-MiniLM-L6-v2 on the CPU: tokenizer, encoder, pooling.
+//! The sentence-transformers MiniLM models on the CPU: tokenizer, encoder, pooling.
+//! all-MiniLM-L6-v2 is the default model; paraphrase-MiniLM-L3-v2 ([`Variant::PARAPHRASE_L3_V2`])
+//! is a second, smaller one, the same BERT encoder with 3 layers instead of 6.
 
 mod bert;
 mod gemm;
@@ -16,12 +18,39 @@ use crate::{
 };
 use bert::{Config, Encoder};
 
-/// sentence-transformers/all-MiniLM-L6-v2 on the CPU.
+/// Which MiniLM: its name in the API, its token limit and its directory under `.tools/models`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    pub name: &'static str,
+    /// The model's `max_seq_length`: longer texts are truncated to it (`[CLS]`/`[SEP]`
+    /// included).
+    pub max_tokens: usize,
+    /// Its directory beside the others (`.tools/models/<subdir>`).
+    pub subdir: &'static str,
+}
+
+impl Variant {
+    /// sentence-transformers/all-MiniLM-L6-v2: 6 layers, 256 tokens. The default model.
+    pub const ALL_L6_V2: Self = Self {
+        name: "minilm-l6-v2",
+        max_tokens: 256,
+        subdir: "all-minilm-l6-v2",
+    };
+    /// sentence-transformers/paraphrase-MiniLM-L3-v2: 3 layers, 128 tokens, about twice as
+    /// fast. Installed by `deploy/setup.sh` from its ONNX export (see `deploy/models/`).
+    pub const PARAPHRASE_L3_V2: Self = Self {
+        name: "paraphrase-minilm-l3-v2",
+        max_tokens: 128,
+        subdir: "paraphrase-minilm-l3-v2",
+    };
+}
+
+/// A sentence-transformers MiniLM on the CPU ([`Variant`]).
 ///
-/// * `model()` is `minilm-l6-v2`.
+/// * `model()` is the variant's name (`minilm-l6-v2`, `paraphrase-minilm-l3-v2`).
 /// * `model_ver()` is `st-v1-<first 8 hex chars of sha256(model.safetensors)>`: `st-v1` names this
-///   pipeline (sentence-transformers semantics: mean pooling, L2 norm, 256-token truncation), the
-///   hash pins the weights, so a change of either gives new point ids.
+///   pipeline (sentence-transformers semantics: mean pooling, L2 norm, truncation to the
+///   variant's limit), the hash pins the weights, so a change of either gives new point ids.
 /// * Batching: the texts of a call are packed without padding into passes of at most
 ///   [`MiniLm::TOKENS_PER_PASS`] tokens (a longer single text still gets its own pass), so a
 ///   batch costs what its tokens cost, whatever the mix of lengths. Results come back in input
@@ -33,11 +62,13 @@ pub struct MiniLm {
     /// The same tokenizer without truncation, for [`Embedder::token_spans`].
     spans_tokenizer: Tokenizer,
     model_ver: String,
+    variant: Variant,
 }
 
 impl std::fmt::Debug for MiniLm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MiniLm")
+            .field("model", &self.variant.name)
             .field("model_ver", &self.model_ver)
             .field("dim", &self.encoder.hidden())
             .finish_non_exhaustive()
@@ -45,10 +76,11 @@ impl std::fmt::Debug for MiniLm {
 }
 
 impl MiniLm {
-    /// Model name.
-    pub const NAME: &'static str = "minilm-l6-v2";
-    /// Maximum sequence length in tokens (including `[CLS]`/`[SEP]`); longer texts are truncated.
-    pub const MAX_TOKENS: usize = 256;
+    /// The default model's name.
+    pub const NAME: &'static str = Variant::ALL_L6_V2.name;
+    /// The default model's maximum sequence length in tokens (including `[CLS]`/`[SEP]`);
+    /// longer texts are truncated.
+    pub const MAX_TOKENS: usize = Variant::ALL_L6_V2.max_tokens;
     /// Most tokens in one forward pass: large enough that every dense layer is one big matrix
     /// product, small enough that a pass's activations stay in cache-friendly sizes.
     pub const TOKENS_PER_PASS: usize = 2048;
@@ -67,6 +99,16 @@ impl MiniLm {
     /// [`MiniLm::load_with`], with the library for the large matrix products named (the
     /// fidelity suite checks each).
     pub fn load_with_products(
+        dir: impl AsRef<Path>,
+        threads: ThreadBudget,
+        products: Products,
+    ) -> Result<Self, EmbedError> {
+        Self::load_variant(Variant::ALL_L6_V2, dir, threads, products)
+    }
+
+    /// Loads `variant` from its Hugging Face layout directory.
+    pub fn load_variant(
+        variant: Variant,
         dir: impl AsRef<Path>,
         threads: ThreadBudget,
         products: Products,
@@ -96,7 +138,7 @@ impl MiniLm {
             .map_err(|e| EmbedError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
         tokenizer
             .with_truncation(Some(TruncationParams {
-                max_length: Self::MAX_TOKENS,
+                max_length: variant.max_tokens,
                 ..TruncationParams::default()
             }))
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
@@ -117,6 +159,7 @@ impl MiniLm {
             tokenizer,
             spans_tokenizer,
             model_ver,
+            variant,
         })
     }
 
@@ -173,7 +216,7 @@ impl MiniLm {
 
 impl Embedder for MiniLm {
     fn model(&self) -> &str {
-        Self::NAME
+        self.variant.name
     }
 
     fn model_ver(&self) -> &str {
@@ -185,7 +228,7 @@ impl Embedder for MiniLm {
     }
 
     fn max_tokens(&self) -> usize {
-        Self::MAX_TOKENS
+        self.variant.max_tokens
     }
 
     fn special_tokens(&self) -> usize {
