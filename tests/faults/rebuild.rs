@@ -154,3 +154,270 @@ async fn lost_store_rebuilt_through_a_kill_9_comes_back_exactly() {
     );
     outcome.report_and_assert();
 }
+
+const WORDS: [&str; 12] = [
+    "volcano",
+    "harbor",
+    "compiler",
+    "orchard",
+    "glacier",
+    "violin",
+    "satellite",
+    "bakery",
+    "cathedral",
+    "reef",
+    "tournament",
+    "telescope",
+];
+
+/// A model change under constant search and write load, through the processes an operator
+/// runs: texts sent with the default model, `heimdex index rebuild --model
+/// paraphrase-minilm-l3-v2`, `switch`, `rollback`. No search fails or comes back empty, the
+/// searches after the switch carry the new model's version and those after the rollback the
+/// old one, and every write made meanwhile is in both collections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_change_under_load_switches_and_rolls_back_without_a_gap() {
+    use futures::StreamExt as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    const L3: &str = "paraphrase-minilm-l3-v2";
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut deployment =
+        Deployment::start(dir.path(), &[("HEIMDEX_ADMIN_TOKEN", ADMIN)], Vec::new()).await;
+    let org = deployment.ledger.org;
+    let texts = scale(300, 10_000);
+    let text = |i: usize| {
+        format!(
+            "note {i} about a {} near the {}",
+            WORDS[i % WORDS.len()],
+            WORDS[(i / WORDS.len()) % WORDS.len()]
+        )
+    };
+    let client = Arc::new(deployment.client.clone());
+    let accepted = futures::stream::iter(0..texts)
+        .map(|i| {
+            let (client, body) = (
+                client.clone(),
+                serde_json::json!({"asset_id": "seed", "segment_id": format!("s-{i}"), "text": text(i)}),
+            );
+            async move {
+                let answer = client.post_until_accepted(i, "/vectors/embed", &body).await?;
+                let job: uuid::Uuid = answer["job_id"].as_str()?.parse().ok()?;
+                client.ledger.accept(job, Vec::new());
+                Some(job)
+            }
+        })
+        .buffer_unordered(16)
+        .filter_map(|job| async move { job })
+        .count()
+        .await;
+    assert_eq!(accepted, texts, "every text accepted");
+    wait_terminal(&deployment.js, &deployment.ledger, Duration::from_secs(600)).await;
+
+    // The load: searches naming no model (4 a second) and writes (4 a second).
+    let stop = Arc::new(AtomicBool::new(false));
+    let searching = tokio::spawn({
+        let (client, base, stop) = (client.clone(), deployment.base.clone(), stop.clone());
+        async move {
+            let mut seen: Vec<(Instant, Result<Value, String>)> = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let body = serde_json::json!({"query": WORDS[i % WORDS.len()], "limit": 5});
+                let began = Instant::now();
+                let answer = match client
+                    .http
+                    .post(format!("{base}/vectors/search"))
+                    .bearer_auth(&client.token)
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(response) if response.status() == 200 => {
+                        response.json().await.map_err(|err| err.to_string())
+                    }
+                    Ok(response) => Err(format!("{}", response.status())),
+                    Err(err) => Err(err.to_string()),
+                };
+                seen.push((began, answer));
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            seen
+        }
+    });
+    let writing = tokio::spawn({
+        let (client, stop) = (client.clone(), stop.clone());
+        async move {
+            let mut written: Vec<(uuid::Uuid, String)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let segment = format!("w-{}", written.len());
+                let body = serde_json::json!({"asset_id": "meanwhile", "segment_id": segment,
+                                              "text": format!("written meanwhile: {segment}")});
+                let answer = client
+                    .post_until_accepted(written.len(), "/vectors/embed", &body)
+                    .await
+                    .expect("a write is accepted");
+                let job: uuid::Uuid = answer["job_id"].as_str().unwrap().parse().unwrap();
+                client.ledger.accept(job, Vec::new());
+                written.push((job, segment));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            written
+        }
+    });
+
+    let started = Instant::now();
+    let said = heimdex_index(&deployment.base, &["rebuild", "--model", L3]).await;
+    let built_in = started.elapsed();
+    assert!(said.contains("extra 0"), "{said}");
+    let requested_switch = Instant::now();
+    heimdex_index(&deployment.base, &["switch"]).await;
+    let switched = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let requested_rollback = Instant::now();
+    heimdex_index(&deployment.base, &["rollback"]).await;
+    let rolled_back = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = searching.await.unwrap();
+    let written = writing.await.unwrap();
+    let fault_over = Instant::now();
+
+    // Every search answered, none empty, one model each; the model by phase (a process takes
+    // up the state's change within a second).
+    let margin = Duration::from_secs(1);
+    let (mut failed, mut empty, mut wrong) = (Vec::new(), 0usize, Vec::new());
+    let mut versions: [std::collections::BTreeSet<String>; 3] = Default::default();
+    for (began, answer) in &seen {
+        let body = match answer {
+            Ok(body) => body,
+            Err(err) => {
+                failed.push(err.clone());
+                continue;
+            }
+        };
+        let results = body["results"].as_array().cloned().unwrap_or_default();
+        if results.is_empty() {
+            empty += 1;
+        }
+        let (model, ver) = (
+            body["model"].as_str().unwrap_or(""),
+            body["model_ver"].as_str().unwrap_or(""),
+        );
+        if results.iter().any(|hit| hit["payload"]["model_ver"] != ver) {
+            wrong.push(body.clone());
+        }
+        let phase = if *began < requested_switch {
+            0
+        } else if *began >= switched + margin && *began < requested_rollback {
+            1
+        } else if *began >= rolled_back + margin {
+            2
+        } else {
+            continue;
+        };
+        versions[phase].insert(format!("{model} {ver}"));
+    }
+
+    // Every write made meanwhile, in both collections.
+    let http = reqwest::Client::new();
+    let mut results = Vec::new();
+    for (job, segment) in &written {
+        let job_body = heimdex_tests::eventually(Duration::from_secs(120), || async {
+            let body: Value = http
+                .get(format!("{}/jobs/{job}", deployment.base))
+                .bearer_auth(&client.token)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (body["status"] == "SUCCEEDED").then_some(body)
+        })
+        .await
+        .unwrap_or_else(|| panic!("write {segment} succeeds"));
+        results.push((segment.clone(), job_body["result"].clone()));
+    }
+    let l3_ver = versions[1]
+        .iter()
+        .next()
+        .and_then(|v| v.strip_prefix(&format!("{L3} ")))
+        .unwrap_or_default()
+        .to_owned();
+    let mut outcome = settle(
+        "model change under load (`rebuild::a_model_change…`)",
+        &deployment.ledger,
+        &deployment.js,
+        &deployment.watch,
+        fault_over,
+    )
+    .await;
+    // The collection left is given what succeeded in the live one once the indexer has
+    // followed the log that far.
+    heimdex_tests::eventually(Duration::from_secs(60), || async {
+        let state = admin_index(&http, &deployment.base).await;
+        (state["followed"].as_u64()? >= state["log_seq"].as_u64()?).then_some(())
+    })
+    .await
+    .expect("the indexer follows the log to its end");
+    deployment.serve.stop_cleanly().await;
+    outcome.attach_logs(&[&deployment.serve]);
+    let (old, new) = (
+        open_collection(&deployment.data_dir, "embeddings").await,
+        open_collection(&deployment.data_dir, "embeddings-1").await,
+    );
+    let mut missing = Vec::new();
+    for (segment, result) in &results {
+        let model = result["model"].as_str().unwrap_or_default();
+        let ver = result["model_ver"].as_str().unwrap_or_default();
+        for (store, model, ver, name) in [
+            (&old, model, ver, "embeddings"),
+            (&new, L3, l3_ver.as_str(), "embeddings-1"),
+        ] {
+            let id = heimdex_domain::ids::point_id(org, "meanwhile", segment, model, ver);
+            if store.get(org, id, false).await.unwrap().is_none() {
+                missing.push(format!("{segment} in {name}"));
+            }
+        }
+    }
+    outcome.note(format!(
+        "{texts} texts by minilm-l6-v2, rebuilt by {L3} in {:.1} s under load, switched, \
+         rolled back; {} searches: {} failed, {empty} empty, {} mixing models, by phase \
+         {:?}; {} writes meanwhile: {} missing from either collection",
+        built_in.as_secs_f64(),
+        seen.len(),
+        failed.len(),
+        wrong.len(),
+        versions,
+        written.len(),
+        missing.len()
+    ));
+    deployment.nats.stop().await;
+    assert!(failed.is_empty(), "searches failed: {failed:?}");
+    assert_eq!(empty, 0, "no search came back empty");
+    assert!(wrong.is_empty(), "searches mixing models: {wrong:?}");
+    assert_eq!(
+        versions[0].len(),
+        1,
+        "one model before the switch: {versions:?}"
+    );
+    assert_eq!(
+        versions[0], versions[2],
+        "the rollback brings the old model back: {versions:?}"
+    );
+    assert_eq!(
+        versions[1].len(),
+        1,
+        "one model after the switch: {versions:?}"
+    );
+    assert!(
+        versions[1].iter().all(|v| v.starts_with(L3)),
+        "{versions:?}"
+    );
+    assert!(written.len() > 10, "steady writes: {}", written.len());
+    assert!(missing.is_empty(), "writes missing: {missing:?}");
+    outcome.report_and_assert();
+}

@@ -383,9 +383,24 @@ type TypoCase = (
 /// live OpenAPI spec: a new route taking a JSON body fails this test until it has cases here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misspelt_fields_are_refused_on_every_json_body() {
-    let app = TestApp::spawn().await;
-    let token = app.token(Uuid::new_v4());
+    const ADMIN: &str = "admin-token-for-the-typo-test-0123456789";
+    let app = TestApp::spawn_with(&[("HEIMDEX_ADMIN_TOKEN", ADMIN)]).await;
+    let tenant = app.token(Uuid::new_v4());
+    // The admin route takes the admin token; every other one a tenant's.
+    let token_for = |route: &str| match route.starts_with("/admin/") {
+        true => ADMIN.to_owned(),
+        false => tenant.clone(),
+    };
+    let token = tenant.clone();
     let cases: Vec<TypoCase> = vec![
+        (
+            "/admin/index/rebuild",
+            json!({}),
+            vec![
+                (json!({"modle": "mock"}), "modle"),
+                (json!({"model": "mock", "form": ["minilm-l6-v2"]}), "form"),
+            ],
+        ),
         (
             "/vectors/mock",
             json!({"asset_id": "a", "segment_id": "s"}),
@@ -539,6 +554,7 @@ async fn misspelt_fields_are_refused_on_every_json_body() {
     }
 
     for (route, valid, typos) in cases {
+        let token = token_for(route);
         let response = app.post_json(&token, route, &valid).await;
         assert!(
             response.status().is_success(),

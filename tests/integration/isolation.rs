@@ -175,6 +175,7 @@ async fn snapshot(app: &TestApp, a: &Owner) -> BTreeMap<String, Value> {
         segment_id: None,
         model: None,
         model_ver: None,
+        moved_from: None,
         before_seq: None,
         meta: heimdex_domain::MetaFilter::default(),
     };

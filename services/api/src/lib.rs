@@ -34,6 +34,7 @@ use crate::connections::ConnectionLimit;
 use crate::overload::Admission;
 use crate::overload::OverloadConfig;
 use crate::probes::{CachedProbe, ProbeConfig};
+use crate::problem::ApiError;
 use crate::routes::admin::AdminApi;
 use crate::routes::documents::DocumentsApi;
 use crate::routes::health::HealthApi;
@@ -88,15 +89,14 @@ pub struct ApiConfig {
 #[derive(Clone)]
 pub struct ApiDeps {
     pub events: EventStore,
-    pub store: Arc<dyn VectorStore>,
+    /// The collections, the live one of the moment with the models it holds.
+    pub collections: Arc<heimdex_store::Collections>,
     /// The models requests may name.
     pub models: Arc<heimdex_embed::Registry>,
     /// The process's embedding queue: search embeds text queries there, ahead of ingest.
     pub embeddings: heimdex_embed::EmbedQueue,
     /// Vector store URL shown in `/readyz` (`None`: the embedded store).
     pub store_url: Option<String>,
-    /// The configured collection: the live one until the index state says otherwise.
-    pub collection: String,
 }
 
 /// Shared by every handler.
@@ -107,7 +107,10 @@ pub struct AppState {
     pub documents: heimdex_event_store::DocumentStore,
     /// Uploaded files (the object store `HEIMDEX_FILES`).
     pub files: heimdex_event_store::FileStore,
+    /// Reads the live collection of the moment (see [`AppState::model`] for a search's
+    /// snapshot).
     pub store: Arc<dyn VectorStore>,
+    pub collections: Arc<heimdex_store::Collections>,
     pub models: Arc<heimdex_embed::Registry>,
     pub embeddings: heimdex_embed::EmbedQueue,
     pub nats_url: String,
@@ -118,6 +121,32 @@ pub struct AppState {
     /// The index state (`/admin/index`), and the configured collection it starts from.
     pub index: heimdex_event_store::IndexRegistry,
     pub collection: String,
+}
+
+impl AppState {
+    /// The model a request gets (the one it names, else the live collection's default), and
+    /// the live collection it was resolved against: one snapshot, so a search embeds its query
+    /// with the model of the collection it searches, whatever switch happens meanwhile. A
+    /// model that a model change moved to another is not indexed in the live collection:
+    /// naming it is a conflict (`model_moved`) until a rollback.
+    pub fn model(
+        &self,
+        named: Option<&str>,
+    ) -> Result<(Arc<dyn heimdex_embed::Embedder>, heimdex_store::Named), ApiError> {
+        let live = self.collections.live();
+        if let Some(to) = named.and_then(|name| live.models.moved.get(name)) {
+            return Err(ApiError::Conflict {
+                code: "model_moved",
+                detail: format!(
+                    "model `{}` is no longer indexed: the index moved its texts to `{to}` \
+                     (name `{to}`, or none, instead)",
+                    named.unwrap_or_default()
+                ),
+            });
+        }
+        let embedder = self.models.get(named.or(live.models.default.as_deref()))?;
+        Ok((embedder, live))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +186,9 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
         statuses: events.statuses.clone(),
         documents: events.documents.clone(),
         files: events.files.clone(),
-        store: deps.store,
+        store: deps.collections.reader(),
+        collection: deps.collections.configured().to_owned(),
+        collections: deps.collections,
         models: deps.models,
         embeddings: deps.embeddings,
         nats_url: strip_credentials(&events.url),
@@ -166,7 +197,6 @@ pub async fn build(config: &ApiConfig, deps: ApiDeps) -> Result<Api, BuildError>
         store_probe: CachedProbe::new(config.probes.clone()),
         store_probe_enabled: config.probe_store,
         index: events.index.clone(),
-        collection: deps.collection,
     });
     let admin = Arc::new(AdminKey::new(config.admin_token.clone()));
     let app = routes(state, verifier, admin);

@@ -51,7 +51,11 @@ pub async fn open_collections(
             }
         }
     };
-    if collections.set_live(&state.state.live).await? {
+    let live = &state.state.live;
+    if collections
+        .set_live(live, state.state.models_of(live))
+        .await?
+    {
         tracing::info!(live = %state.state.live, "the index state names the live collection");
     }
     tokio::spawn(follow_index(
@@ -81,7 +85,11 @@ async fn follow_index(
                             None => break,
                         },
                     };
-                    match collections.set_live(&stored.state.live).await {
+                    let live = &stored.state.live;
+                    match collections
+                        .set_live(live, stored.state.models_of(live))
+                        .await
+                    {
                         Ok(true) => {
                             tracing::info!(live = %stored.state.live, "switched the live collection")
                         }

@@ -213,8 +213,8 @@ pub async fn start(
         tasks.spawn(sweeper.run(settings.file_sweep, shutdown.clone()));
     }
     let mut api_addr = None;
-    if let (Some(store), Some(models), Some(embeddings), true) = (
-        store.as_ref(),
+    if let (Some(collections), Some(models), Some(embeddings), true) = (
+        collections.as_ref(),
         models.as_ref(),
         embeddings.as_ref(),
         roles.api,
@@ -228,11 +228,10 @@ pub async fn start(
             &settings.api,
             heimdex_api::ApiDeps {
                 events: nats.clone(),
-                store: store.clone(),
+                collections: collections.clone(),
                 models: models.clone(),
                 embeddings: embeddings.clone(),
                 store_url: settings.store_url().map(str::to_owned),
-                collection: settings.store.collection.clone(),
             },
         )
         .await?;

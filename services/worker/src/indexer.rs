@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use heimdex_domain::events::{EventData, EventKind};
-use heimdex_domain::index::{Build, Comparison, IndexState, Phase};
+use heimdex_domain::index::{Build, Comparison, IndexState, Models, Phase};
+use heimdex_domain::jobs::JobSpec;
 use heimdex_event_store::IndexRegistry;
 use heimdex_event_store::index::{IndexError, UpdateError};
 use heimdex_event_store::log::LogReadError;
@@ -76,6 +77,13 @@ impl From<UpdateError<Moved>> for IndexerError {
             UpdateError::Store(err) => IndexerError::State(err),
         }
     }
+}
+
+/// A collection the indexer writes: the batch context the workers' steps take.
+struct Target {
+    config: WorkerConfig,
+    store: Arc<dyn VectorStore>,
+    models: Arc<Models>,
 }
 
 pub struct Indexer {
@@ -146,8 +154,15 @@ impl Indexer {
             return Ok(());
         }
         let state = self.renew(|_| Ok(())).await?;
-        if let Some(build) = state.building.filter(|b| b.phase == Phase::Replaying) {
-            self.replay(build).await?;
+        let models = state
+            .building
+            .as_ref()
+            .map(|b| state.models_of(&b.collection));
+        if let (Some(build), Some(models)) = (
+            state.building.filter(|b| b.phase == Phase::Replaying),
+            models,
+        ) {
+            self.replay(build, models).await?;
         }
         self.follow().await
     }
@@ -206,30 +221,32 @@ impl Indexer {
         }
     }
 
-    /// The batch context for collection `name`.
-    async fn target(
-        &self,
-        name: &str,
-    ) -> Result<(WorkerConfig, Arc<dyn VectorStore>), IndexerError> {
+    /// The batch context for collection `name`, which holds `models`.
+    async fn target(&self, name: &str, models: Models) -> Result<Target, IndexerError> {
         let store = self.deps.collections.get(name).await?;
         let config = WorkerConfig {
             collection: name.to_owned(),
             ..self.config.clone()
         };
-        Ok((config, store))
+        Ok(Target {
+            config,
+            store,
+            models: Arc::new(models),
+        })
     }
 
     /// Applies `replays` (in log order) to one collection, in batches whose jobs do not
     /// conflict. Returns how many could not be written again (skipped).
-    async fn apply(
-        &self,
-        config: &WorkerConfig,
-        store: &Arc<dyn VectorStore>,
-        replays: Vec<Replay>,
-    ) -> Result<u64, IndexerError> {
+    async fn apply(&self, target: &Target, replays: Vec<Replay>) -> Result<u64, IndexerError> {
+        let Target {
+            config,
+            store,
+            models,
+        } = target;
         let deps = Deps {
             base: &self.deps,
             store: store.clone(),
+            held: models.clone(),
         };
         let mut skipped = 0;
         for batch in conflict_free(replays, self.config.batch_size) {
@@ -254,9 +271,9 @@ impl Indexer {
     }
 
     /// Replays the log into `build` from its resume point, compares it and marks it built.
-    async fn replay(&self, build: Build) -> Result<(), IndexerError> {
-        let (config, store) = self.target(&build.collection).await?;
-        store.ensure_collection().await?;
+    async fn replay(&self, build: Build, models: Models) -> Result<(), IndexerError> {
+        let target = self.target(&build.collection, models).await?;
+        target.store.ensure_collection().await?;
         tracing::info!(collection = %build.collection, through = build.through, from = build.applied, "indexer: replaying the log");
 
         // Pass 1: which round of which job succeeded (and wrote something) by `through`.
@@ -305,6 +322,12 @@ impl Indexer {
                     }
                 };
                 if rounds.get(&stored.event.job_id) == Some(&round) {
+                    if let JobSpec::MockEmbedding(params) = &spec {
+                        // No text: it keeps its own model's vector.
+                        if target.models.moved.contains_key(&params.model) {
+                            progress.not_reembeddable += 1;
+                        }
+                    }
                     pending.push(Replay {
                         org_id: stored.event.org_id,
                         job_id: stored.event.job_id,
@@ -319,9 +342,7 @@ impl Indexer {
             }
             let applied = pending.last().map(|r| r.seq);
             let count = pending.len() as u64;
-            progress.skipped += self
-                .apply(&config, &store, std::mem::take(&mut pending))
-                .await?;
+            progress.skipped += self.apply(&target, std::mem::take(&mut pending)).await?;
             progress.replayed += count;
             rate.add(count);
             if end || last_checkpoint.elapsed() >= CHECKPOINT {
@@ -345,7 +366,7 @@ impl Indexer {
         // Catch up with what succeeded meanwhile, then compare.
         self.follow().await?;
         let live = self.deps.collections.live();
-        let comparison = compare(live.store.as_ref(), store.as_ref(), &orgs).await?;
+        let comparison = compare(live.store.as_ref(), target.store.as_ref(), &orgs).await?;
         tracing::info!(collection = %build.collection, live = %live.name, ?comparison, "indexer: build replayed and compared");
         self.update_build(&build.collection, |current| {
             current.phase = Phase::Built { comparison };
@@ -381,7 +402,11 @@ impl Indexer {
         if !state.needs_indexer() {
             return Ok(());
         }
-        let writes_to: Vec<String> = state.writes_to().into_iter().map(str::to_owned).collect();
+        let writes_to: Vec<(String, Models)> = state
+            .writes_to()
+            .into_iter()
+            .map(|name| (name.to_owned(), state.models_of(name)))
+            .collect();
         let mut read = self
             .deps
             .log
@@ -456,10 +481,10 @@ impl Indexer {
     /// only once a build's replay is over (the replay itself follows before it compares).
     async fn give(
         &self,
-        writes_to: &[String],
+        writes_to: &[(String, Models)],
         batch: Vec<(String, Replay)>,
     ) -> Result<(), IndexerError> {
-        for name in writes_to {
+        for (name, models) in writes_to {
             let replays: Vec<Replay> = batch
                 .iter()
                 .filter(|(written, _)| written != name)
@@ -468,8 +493,8 @@ impl Indexer {
             if replays.is_empty() {
                 continue;
             }
-            let (config, store) = self.target(name).await?;
-            self.apply(&config, &store, replays).await?;
+            let target = self.target(name, models.clone()).await?;
+            self.apply(&target, replays).await?;
         }
         Ok(())
     }
@@ -509,44 +534,63 @@ fn conflict_free(replays: Vec<Replay>, max: usize) -> Vec<Vec<Replay>> {
 }
 
 /// The built collection against the live one over `orgs`: ids and payloads of every point,
-/// and the vectors of a sample.
+/// and the vectors of a sample. A point a model change re-embedded is matched by the id it has
+/// under its job's model ([`heimdex_store::Payload::moved_from`]); its payload is compared but
+/// for the model, its version and that id, and its vector (another model's) is not compared.
 async fn compare(
     live: &dyn VectorStore,
     built: &dyn VectorStore,
     orgs: &HashSet<Uuid>,
 ) -> Result<Comparison, StoreError> {
+    type Points = HashMap<Uuid, (Uuid, heimdex_store::Payload)>;
+    async fn points(store: &dyn VectorStore, org_id: Uuid) -> Result<Points, StoreError> {
+        Ok(store
+            .scroll_points(org_id, PointFilter::default())
+            .await?
+            .into_iter()
+            .map(|p| (p.payload.moved_from.unwrap_or(p.id), (p.id, p.payload)))
+            .collect())
+    }
+    fn unmoved(payload: &heimdex_store::Payload) -> heimdex_store::Payload {
+        heimdex_store::Payload {
+            model: String::new(),
+            model_ver: String::new(),
+            moved_from: None,
+            ..payload.clone()
+        }
+    }
     let mut comparison = Comparison::default();
     for &org_id in orgs {
-        let ours: HashMap<Uuid, heimdex_store::Payload> = live
-            .scroll_points(org_id, PointFilter::default())
-            .await?
-            .into_iter()
-            .map(|p| (p.id, p.payload))
-            .collect();
-        let theirs: HashMap<Uuid, heimdex_store::Payload> = built
-            .scroll_points(org_id, PointFilter::default())
-            .await?
-            .into_iter()
-            .map(|p| (p.id, p.payload))
-            .collect();
+        let ours = points(live, org_id).await?;
+        let theirs = points(built, org_id).await?;
         comparison.live += ours.len() as u64;
         comparison.built += theirs.len() as u64;
-        comparison.missing += ours.keys().filter(|id| !theirs.contains_key(id)).count() as u64;
-        comparison.extra += theirs.keys().filter(|id| !ours.contains_key(id)).count() as u64;
-        let mut both: Vec<Uuid> = ours
-            .iter()
-            .filter_map(|(id, payload)| {
-                let other = theirs.get(id)?;
-                if other != payload {
-                    comparison.payload_differs += 1;
-                }
-                Some(*id)
-            })
-            .collect();
-        both.sort_unstable();
-        for id in both.into_iter().take(VECTOR_SAMPLE) {
+        comparison.missing += ours.keys().filter(|k| !theirs.contains_key(k)).count() as u64;
+        comparison.extra += theirs.keys().filter(|k| !ours.contains_key(k)).count() as u64;
+        let mut same_model: Vec<(Uuid, Uuid)> = Vec::new();
+        for (key, (id, payload)) in &ours {
+            let Some((other_id, other)) = theirs.get(key) else {
+                continue;
+            };
+            let same = (&payload.model, &payload.model_ver) == (&other.model, &other.model_ver);
+            let differs = match same {
+                true => other != payload,
+                false => unmoved(other) != unmoved(payload),
+            };
+            if differs {
+                comparison.payload_differs += 1;
+            }
+            if same {
+                same_model.push((*id, *other_id));
+            }
+        }
+        same_model.sort_unstable();
+        for (id, other_id) in same_model.into_iter().take(VECTOR_SAMPLE) {
             let a = live.get(org_id, id, true).await?.and_then(|p| p.vector);
-            let b = built.get(org_id, id, true).await?.and_then(|p| p.vector);
+            let b = built
+                .get(org_id, other_id, true)
+                .await?
+                .and_then(|p| p.vector);
             if let (Some(a), Some(b)) = (a, b) {
                 comparison.vectors_checked += 1;
                 if cosine(&a, &b) < SAME_VECTOR {

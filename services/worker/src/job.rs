@@ -41,6 +41,10 @@ use crate::{WorkerConfig, WorkerDeps};
 pub(crate) struct Deps<'a> {
     pub base: &'a WorkerDeps,
     pub store: std::sync::Arc<dyn heimdex_store::VectorStore>,
+    /// The models the collection holds: a job naming a model moved to another is written
+    /// with that other model, under its point id, and the point records its id under the
+    /// job's own model ([`Payload::moved_from`]).
+    pub held: std::sync::Arc<heimdex_domain::index::Models>,
 }
 
 impl std::ops::Deref for Deps<'_> {
@@ -477,7 +481,7 @@ async fn plan(config: &WorkerConfig, deps: &Deps<'_>, embeddings: &EmbedQueue, j
             Some(step) => job.step = step,
             None => {
                 if let JobSpec::Embedding(params) = &job.spec {
-                    let model = params.model.clone();
+                    let model = deps.held.written_with(&params.model).to_owned();
                     to_embed.entry(model).or_default().push(job);
                 }
             }
@@ -492,7 +496,7 @@ async fn plan(config: &WorkerConfig, deps: &Deps<'_>, embeddings: &EmbedQueue, j
                 tracing::info_span!(parent: &job.span, "worker.embed", model = %model, batch = jobs.len())
             })
             .collect();
-        let vectors = embed(deps, embeddings, &model, &jobs).await;
+        let (vectors, written_ver) = embed(deps, embeddings, &model, &jobs).await;
         drop(spans);
         for (job, vector) in jobs.into_iter().zip(vectors) {
             let JobSpec::Embedding(params) = &job.spec else {
@@ -503,23 +507,33 @@ async fn plan(config: &WorkerConfig, deps: &Deps<'_>, embeddings: &EmbedQueue, j
                     let EmbedParams {
                         asset_id,
                         segment_id,
-                        model,
-                        model_ver,
+                        model: named,
+                        model_ver: named_ver,
                         text,
                         chunk,
                         generation: _,
                         metadata,
                     } = params;
-                    let payload = payload(
+                    let moved = *named != model;
+                    let mut payload = payload(
                         job,
                         asset_id,
                         segment_id,
-                        model,
-                        model_ver,
+                        &model,
+                        if moved { &written_ver } else { named_ver },
                         text.clone(),
                         *chunk,
                         metadata.clone(),
                     );
+                    if moved {
+                        payload.moved_from = Some(ids::point_id(
+                            job.org_id,
+                            asset_id.as_str(),
+                            segment_id.as_str(),
+                            named,
+                            named_ver,
+                        ));
+                    }
                     Step::Planned(upsert(config, job.org_id, payload, vector))
                 }
                 Err(failure) => Step::Done(Err(failure)),
@@ -597,7 +611,11 @@ async fn plan_document(
         metadata,
         ..
     } = params;
-    let embedder = match deps.models.get(Some(model)) {
+    // In a collection a model change built, the model the document named may be moved to
+    // another: its chunks are embedded by that one, under that one's point ids.
+    let written = deps.held.written_with(model).to_owned();
+    let moved = written != *model;
+    let embedder = match deps.models.get(Some(&written)) {
         Ok(embedder) => embedder,
         Err(err @ ModelError::Unknown { .. }) => return Err(JobFailure::Invalid(err.to_string())),
         Err(err @ ModelError::Unavailable { .. }) => {
@@ -607,12 +625,13 @@ async fn plan_document(
             ));
         }
     };
-    if embedder.model_ver() != model_ver {
+    if !moved && embedder.model_ver() != model_ver {
         return Err(JobFailure::Invalid(format!(
             "model `{model}` version `{model_ver}` is not served here (this worker has `{}`)",
             embedder.model_ver()
         )));
     }
+    let written_ver = embedder.model_ver().to_owned();
     if superseded(deps, job, &[Target::Asset(asset_id.to_string())]).await? {
         return Ok(Step::Done(Ok(superseded_result(
             config, job.org_id, params,
@@ -633,19 +652,37 @@ async fn plan_document(
             config, job.org_id, params,
         ))));
     }
+    // A file is cut into the chunks the model it named cut it into, while that model is
+    // served, so that its chunks keep their places when a model change moves it.
+    let chunker = match moved {
+        true => deps
+            .models
+            .get(Some(model))
+            .unwrap_or_else(|_| embedder.clone()),
+        false => embedder.clone(),
+    };
     let (chunks, locations) = match &params.file {
         None => (params.chunks.clone(), Vec::new()),
-        Some(file) => read_file(deps, embedder.clone(), file).await?,
+        Some(file) => read_file(deps, chunker, file).await?,
     };
     let ids: Vec<Uuid> = (0..chunks.len())
-        .map(|i| params.chunk_point_id(job.org_id, i))
+        .map(|i| match moved {
+            false => params.chunk_point_id(job.org_id, i),
+            true => ids::point_id(
+                job.org_id,
+                asset_id.as_str(),
+                DocumentParams::segment_id(i).as_str(),
+                &written,
+                &written_ver,
+            ),
+        })
         .collect();
     let mut result = JobResult {
         collection: config.collection.clone(),
         point_ids: ids.clone(),
         vector_size: config.vector_size,
-        model: Some(model.clone()),
-        model_ver: Some(model_ver.clone()),
+        model: Some(written.clone()),
+        model_ver: Some(written_ver.clone()),
         deleted: Some(0),
         written: Some(0),
         kept: Some(0),
@@ -665,12 +702,15 @@ async fn plan_document(
             job,
             asset_id,
             &DocumentParams::segment_id(index),
-            model,
-            model_ver,
+            &written,
+            &written_ver,
             chunk.text.clone(),
             Some(info),
             metadata.clone(),
         );
+        if moved {
+            payload.moved_from = Some(params.chunk_point_id(job.org_id, index));
+        }
         if let Some(location) = locations.get(index) {
             add_location(&mut payload, location);
         }
@@ -959,9 +999,25 @@ pub(crate) fn touched(org_id: Uuid, spec: &JobSpec) -> Vec<(Key, Access)> {
     }
 }
 
-/// Embeds the texts of `jobs` (all naming `model`) in one call. Returns a vector, or the reason
-/// there is none, per job.
+/// Embeds the texts of `jobs` (all written with `model`: they named it, or a model moved to
+/// it) in one call. Returns a vector, or the reason there is none, per job, and the version of
+/// the model that embedded them.
 async fn embed(
+    deps: &Deps<'_>,
+    embeddings: &EmbedQueue,
+    model: &str,
+    jobs: &[&mut Job],
+) -> (Vec<Result<Vec<f32>, JobFailure>>, String) {
+    let vectors = embed_with(deps, embeddings, model, jobs).await;
+    let version = deps
+        .models
+        .get(Some(model))
+        .map(|embedder| embedder.model_ver().to_owned())
+        .unwrap_or_default();
+    (vectors, version)
+}
+
+async fn embed_with(
     deps: &Deps<'_>,
     embeddings: &EmbedQueue,
     model: &str,
@@ -989,7 +1045,8 @@ async fn embed(
             ))));
             continue;
         };
-        if params.model_ver == embedder.model_ver() {
+        // A job of a moved model is embedded by this one whatever version it named.
+        if params.model != model || params.model_ver == embedder.model_ver() {
             texts.push(params.text.clone());
             results.push(None);
         } else {
@@ -1056,6 +1113,7 @@ fn payload(
         text: Some(text),
         seq: Some(job.seq),
         meta,
+        moved_from: None,
         extra,
     }
 }
@@ -1188,12 +1246,23 @@ async fn delete_point(
     id: Uuid,
     seq: u64,
 ) -> Result<u64, StoreError> {
-    match deps.store.get(org_id, id, false).await? {
+    let deleted = match deps.store.get(org_id, id, false).await? {
         Some(point) if point.payload.seq.is_none_or(|written| written < seq) => {
-            deps.store.delete_points(org_id, &[id]).await
+            deps.store.delete_points(org_id, &[id]).await?
         }
-        Some(_) | None => Ok(0),
+        Some(_) | None => 0,
+    };
+    if deps.held.moved.is_empty() {
+        return Ok(deleted);
     }
+    // A model change re-embedded the point under another id: it is deleted by the id the
+    // client knows, as it would have been before the change.
+    let moved = PointFilter {
+        moved_from: Some(id),
+        before_seq: Some(seq),
+        ..PointFilter::default()
+    };
+    Ok(deleted + deps.store.delete_by_filter(org_id, moved).await?)
 }
 
 /// Writes a document's new or changed chunks, then deletes its stale ones.

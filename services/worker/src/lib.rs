@@ -296,6 +296,7 @@ impl Worker {
         let deps = job::Deps {
             base: &self.deps,
             store: live.store,
+            held: live.models,
         };
         let work = job::process(
             &config,

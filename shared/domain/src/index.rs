@@ -19,6 +19,8 @@
 //! collection each job that succeeded in another (a job's result names the collection its
 //! worker wrote), up to [`IndexState::followed`].
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,65 @@ pub struct IndexState {
     /// log into a build and then gives every collection each job the workers wrote elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub indexer: Option<Lease>,
+    /// What each collection holds of which model, by collection name; a collection not named
+    /// here holds every model as its jobs named it, and its default is the service's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, Models>,
+}
+
+/// A collection's models, after the model changes its build made.
+///
+/// The default model is global (the collection is shared by every tenant): writes and
+/// searches that name no model get it. A model `moved` to another is not indexed in the
+/// collection: every text a job sent with it is embedded by the other model instead, under
+/// the other model's point id, and a request naming it is refused. Models not moved keep
+/// working when named.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Models {
+    /// The model of requests that name none (`None`: the service's configured default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    /// Models re-embedded with another one: `from` → `to`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub moved: BTreeMap<String, String>,
+}
+
+impl Models {
+    /// The model a job that named `model` is written with here.
+    pub fn written_with<'a>(&'a self, model: &'a str) -> &'a str {
+        self.moved.get(model).map_or(model, String::as_str)
+    }
+
+    /// The models of a collection built from one holding `self`, with `change` made: the
+    /// default becomes its target, and every model it moves (and every model moved to one of
+    /// those) is moved to the target.
+    pub fn changed(&self, change: &ModelChange) -> Self {
+        let to = change.to.clone();
+        let mut moved: BTreeMap<String, String> = self
+            .moved
+            .iter()
+            .map(|(from, via)| {
+                let target = if change.from.contains(via) { &to } else { via };
+                (from.clone(), target.clone())
+            })
+            .collect();
+        for from in &change.from {
+            moved.insert(from.clone(), to.clone());
+        }
+        moved.retain(|from, to| from != to);
+        Self {
+            default: Some(to),
+            moved,
+        }
+    }
+}
+
+/// A build that changes the model: every text sent with a `from` model is embedded by `to`,
+/// which becomes the default model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelChange {
+    pub to: String,
+    pub from: Vec<String>,
 }
 
 /// A process's claim on the indexer's work, renewed while it runs; once it lapses (the process
@@ -69,6 +130,9 @@ pub struct Build {
     pub started_at: DateTime<Utc>,
     pub progress: Progress,
     pub phase: Phase,
+    /// The model change this build makes, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ModelChange>,
 }
 
 /// How far a build is, in jobs of the log.
@@ -80,6 +144,10 @@ pub struct Progress {
     pub replayed: u64,
     /// Replayed jobs that could not be written again (a file no longer stored, say).
     pub skipped: u64,
+    /// Replayed jobs of a moved model that carry no text (`/vectors/mock`): they cannot be
+    /// embedded by the new model and keep their own.
+    #[serde(default)]
+    pub not_reembeddable: u64,
     /// When the replay last recorded its progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<DateTime<Utc>>,
@@ -146,6 +214,8 @@ pub enum IndexStateError {
     NoPrevious,
     #[error("nothing to drop: no build, and no previous collection")]
     NothingToDrop,
+    #[error("a model change needs models to move from, and `{0}` cannot move to itself")]
+    NoChange(String),
 }
 
 impl IndexState {
@@ -158,7 +228,13 @@ impl IndexState {
             builds: 0,
             followed: 0,
             indexer: None,
+            models: BTreeMap::new(),
         }
+    }
+
+    /// The models of collection `name`.
+    pub fn models_of(&self, name: &str) -> Models {
+        self.models.get(name).cloned().unwrap_or_default()
     }
 
     /// Every collection that takes writes: the live one first.
@@ -215,12 +291,19 @@ impl IndexState {
 
     /// Begins a build from the log, through sequence `through` (the log's last sequence now),
     /// into a new collection named after `base`.
+    /// With a `change`, the build embeds the moved models' texts with its target.
     pub fn begin(
         &mut self,
         base: &str,
         through: u64,
         now: DateTime<Utc>,
+        change: Option<ModelChange>,
     ) -> Result<&Build, IndexStateError> {
+        if let Some(change) = &change
+            && (change.from.is_empty() || change.from.contains(&change.to))
+        {
+            return Err(IndexStateError::NoChange(change.to.clone()));
+        }
         if let Some(build) = &self.building {
             return Err(match build.phase {
                 Phase::Built { .. } => IndexStateError::BuildWaiting(build.collection.clone()),
@@ -232,13 +315,25 @@ impl IndexState {
         }
         self.builds += 1;
         self.followed = through;
+        let collection = format!("{base}-{}", self.builds);
+        let live = self.models_of(&self.live);
+        let models = match &change {
+            Some(change) => live.changed(change),
+            None => live,
+        };
+        if models == Models::default() {
+            self.models.remove(&collection);
+        } else {
+            self.models.insert(collection.clone(), models);
+        }
         Ok(self.building.insert(Build {
-            collection: format!("{base}-{}", self.builds),
+            collection,
             through,
             applied: 0,
             started_at: now,
             progress: Progress::default(),
             phase: Phase::Replaying,
+            change,
         }))
     }
 
@@ -263,10 +358,12 @@ impl IndexState {
     /// Stops keeping a collection that does not serve: the build, if there is one (it stops),
     /// else `previous`. It takes no more writes and may be deleted. Returns its name.
     pub fn drop(&mut self) -> Result<String, IndexStateError> {
-        match self.building.take() {
-            Some(build) => Ok(build.collection),
-            None => self.previous.take().ok_or(IndexStateError::NothingToDrop),
-        }
+        let dropped = match self.building.take() {
+            Some(build) => build.collection,
+            None => self.previous.take().ok_or(IndexStateError::NothingToDrop)?,
+        };
+        self.models.remove(&dropped);
+        Ok(dropped)
     }
 }
 
@@ -288,7 +385,7 @@ mod tests {
     fn a_build_takes_writes_then_a_switch_moves_reads_and_keeps_the_old_collection_written() {
         let mut state = IndexState::new("heimdex");
         assert_eq!(state.writes_to(), ["heimdex"]);
-        let build = state.begin("heimdex", 42, now()).unwrap();
+        let build = state.begin("heimdex", 42, now(), None).unwrap();
         assert_eq!(build.collection, "heimdex-1");
         assert_eq!(build.through, 42);
         assert_eq!(state.live, "heimdex");
@@ -308,7 +405,7 @@ mod tests {
     fn a_rollback_swaps_back_and_a_drop_ends_the_writes_to_the_old_collection() {
         let mut state = IndexState::new("heimdex");
         assert_eq!(state.rollback(), Err(IndexStateError::NoPrevious));
-        state.begin("heimdex", 1, now()).unwrap();
+        state.begin("heimdex", 1, now(), None).unwrap();
         built(&mut state);
         state.switch().unwrap();
         state.rollback().unwrap();
@@ -325,11 +422,11 @@ mod tests {
     fn one_build_at_a_time_and_it_is_followed_from_where_it_began() {
         let mut state = IndexState::new("heimdex");
         assert!(!state.needs_indexer());
-        state.begin("heimdex", 10, now()).unwrap();
+        state.begin("heimdex", 10, now(), None).unwrap();
         assert!(state.needs_indexer());
         assert_eq!(state.followed, 10);
         assert_eq!(
-            state.begin("heimdex", 20, now()).unwrap_err(),
+            state.begin("heimdex", 20, now(), None).unwrap_err(),
             IndexStateError::BuildUnderway("heimdex-1".into())
         );
     }
@@ -354,31 +451,77 @@ mod tests {
     #[test]
     fn a_new_build_waits_until_the_previous_collection_is_dropped() {
         let mut state = IndexState::new("heimdex");
-        state.begin("heimdex", 1, now()).unwrap();
+        state.begin("heimdex", 1, now(), None).unwrap();
         built(&mut state);
         state.switch().unwrap();
         assert_eq!(
-            state.begin("heimdex", 2, now()).unwrap_err(),
+            state.begin("heimdex", 2, now(), None).unwrap_err(),
             IndexStateError::PreviousKept("heimdex".into())
         );
         state.drop().unwrap();
         assert_eq!(
-            state.begin("heimdex", 2, now()).unwrap().collection,
+            state.begin("heimdex", 2, now(), None).unwrap().collection,
             "heimdex-2"
         );
         built(&mut state);
         assert_eq!(
-            state.begin("heimdex", 3, now()).unwrap_err(),
+            state.begin("heimdex", 3, now(), None).unwrap_err(),
             IndexStateError::BuildWaiting("heimdex-2".into())
         );
         assert_eq!(state.drop().unwrap(), "heimdex-2");
         assert_eq!(state.live, "heimdex-1");
     }
 
+    fn change(to: &str, from: &[&str]) -> Option<ModelChange> {
+        Some(ModelChange {
+            to: to.into(),
+            from: from.iter().map(|m| (*m).to_owned()).collect(),
+        })
+    }
+
+    #[test]
+    fn a_model_change_moves_the_default_with_the_build_and_back_with_a_rollback() {
+        let mut state = IndexState::new("heimdex");
+        assert_eq!(state.models_of("heimdex"), Models::default());
+        assert_eq!(
+            state
+                .begin("heimdex", 1, now(), change("l3", &["l3"]))
+                .unwrap_err(),
+            IndexStateError::NoChange("l3".into())
+        );
+        state
+            .begin("heimdex", 1, now(), change("l3", &["l6", "mock"]))
+            .unwrap();
+        let built_models = state.models_of("heimdex-1");
+        assert_eq!(built_models.default.as_deref(), Some("l3"));
+        assert_eq!(built_models.written_with("l6"), "l3");
+        assert_eq!(built_models.written_with("mock"), "l3");
+        assert_eq!(built_models.written_with("other"), "other");
+        built(&mut state);
+        state.switch().unwrap();
+        assert_eq!(state.models_of(&state.live).default.as_deref(), Some("l3"));
+        state.rollback().unwrap();
+        assert_eq!(state.models_of(&state.live), Models::default());
+        state.rollback().unwrap();
+        assert_eq!(state.drop().unwrap(), "heimdex");
+        // Back to l6: what moved to l3 moves on to l6, and nothing moves to itself.
+        state
+            .begin("heimdex", 2, now(), change("l6", &["l3"]))
+            .unwrap();
+        let back = state.models_of("heimdex-2");
+        assert_eq!(back.default.as_deref(), Some("l6"));
+        assert_eq!(back.written_with("l3"), "l6");
+        assert_eq!(back.written_with("mock"), "l6");
+        assert_eq!(back.written_with("l6"), "l6");
+        assert!(!back.moved.contains_key("l6"), "{back:?}");
+        assert_eq!(state.drop().unwrap(), "heimdex-2");
+        assert!(!state.models.contains_key("heimdex-2"));
+    }
+
     #[test]
     fn the_state_round_trips_through_json() {
         let mut state = IndexState::new("heimdex");
-        state.begin("heimdex", 5, now()).unwrap();
+        state.begin("heimdex", 5, now(), None).unwrap();
         let json = serde_json::to_string(&state).unwrap();
         assert_eq!(serde_json::from_str::<IndexState>(&json).unwrap(), state);
         assert!(json.contains(r#""phase":"replaying""#), "{json}");

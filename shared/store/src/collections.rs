@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use heimdex_domain::index::Models;
 use uuid::Uuid;
 
 use crate::{
@@ -14,11 +15,14 @@ use crate::{
     StoredPoint, VectorStore,
 };
 
-/// A collection, by name.
+/// A collection, by name, with the models it holds (see `heimdex_domain::index::Models`): a
+/// search embeds its query with the model the same snapshot names, so it never embeds with one
+/// model and searches the other's collection.
 #[derive(Clone)]
 pub struct Named {
     pub name: String,
     pub store: Arc<dyn VectorStore>,
+    pub models: Arc<Models>,
 }
 
 /// Every collection this process has opened on its backend, and the live one.
@@ -35,6 +39,7 @@ impl Collections {
         let live = Named {
             name: config.collection.clone(),
             store: store.clone(),
+            models: Arc::default(),
         };
         Ok(Arc::new(Self {
             opened: tokio::sync::Mutex::new(HashMap::from([(config.collection.clone(), store)])),
@@ -72,9 +77,10 @@ impl Collections {
             .clone()
     }
 
-    /// Makes `name` the live collection; returns whether it changed.
-    pub async fn set_live(&self, name: &str) -> Result<bool, StoreError> {
-        if self.live().name == name {
+    /// Makes `name`, holding `models`, the live collection; returns whether it changed.
+    pub async fn set_live(&self, name: &str, models: Models) -> Result<bool, StoreError> {
+        let now = self.live();
+        if now.name == name && *now.models == models {
             return Ok(false);
         }
         let store = self.get(name).await?;
@@ -85,6 +91,7 @@ impl Collections {
         *live = Named {
             name: name.to_owned(),
             store,
+            models: Arc::new(models),
         };
         Ok(true)
     }

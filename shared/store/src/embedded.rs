@@ -45,9 +45,10 @@ use crate::meta::{self, MetaCond};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
 use crate::{
-    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, Payload, PointFilter,
-    SEGMENT_ID_KEY, SEQ_KEY, ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint,
-    VectorStore, check_collection_name, finish_hits, payload_from_json, prepare_points,
+    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, MOVED_FROM_KEY, NewPoint, ORG_ID_KEY, Payload,
+    PointFilter, SEGMENT_ID_KEY, SEQ_KEY, ScoredPoint, SearchRequest, StoreError, StoreKind,
+    StoredPoint, VectorStore, check_collection_name, finish_hits, payload_from_json,
+    prepare_points,
 };
 
 /// File Qdrant Edge writes when a shard is created; its presence means "load, don't create".
@@ -812,6 +813,7 @@ fn empty_payload(org_id: Uuid) -> Payload {
         text: None,
         seq: None,
         meta: heimdex_domain::Metadata::default(),
+        moved_from: None,
         extra: serde_json::Map::new(),
     }
 }
@@ -841,6 +843,9 @@ fn build_filter(
     }
     if let Some(model_ver) = &filter.model_ver {
         must.push(keyword(MODEL_VER_KEY, model_ver)?);
+    }
+    if let Some(moved_from) = &filter.moved_from {
+        must.push(keyword(MOVED_FROM_KEY, &moved_from.to_string())?);
     }
     if let Some(ids) = ids {
         must.push(Condition::HasId(

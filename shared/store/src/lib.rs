@@ -64,7 +64,7 @@ pub use remote::RemoteStore;
 
 /// Payload field names that are stored as first-class fields of [`Payload`]. They may not
 /// appear in [`Payload::extra`].
-pub const RESERVED_PAYLOAD_KEYS: [&str; 8] = [
+pub const RESERVED_PAYLOAD_KEYS: [&str; 9] = [
     "org_id",
     "asset_id",
     "segment_id",
@@ -73,6 +73,7 @@ pub const RESERVED_PAYLOAD_KEYS: [&str; 8] = [
     "text",
     "seq",
     "meta",
+    "moved_from",
 ];
 
 /// Payload key holding the client's metadata, an object: a client's key `k` is the payload
@@ -94,6 +95,9 @@ pub const SEGMENT_ID_KEY: &str = "segment_id";
 pub const MODEL_KEY: &str = "model";
 /// Payload key holding the model version (keyword index: every search filters on it).
 pub const MODEL_VER_KEY: &str = "model_ver";
+/// Payload key holding, in a point a model change re-embedded, the id the point has under the
+/// model its job named (see [`Payload::moved_from`]; filterable, not indexed).
+pub const MOVED_FROM_KEY: &str = "moved_from";
 
 /// Where and how vectors are stored.
 #[derive(Clone, Debug)]
@@ -152,6 +156,11 @@ pub struct Payload {
     /// The client's metadata, under [`META_KEY`] (absent when empty).
     #[serde(default, skip_serializing_if = "Metadata::is_empty")]
     pub meta: Metadata,
+    /// In a collection a model change built, a point whose job named a model moved to another
+    /// one: the id it has under that model (the id its job's result named, and a client may
+    /// delete by). Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<Uuid>,
     /// Free-form extra fields. Keys must not be one of [`RESERVED_PAYLOAD_KEYS`].
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -214,6 +223,8 @@ pub struct PointFilter {
     pub model: Option<String>,
     /// Only points of this model version.
     pub model_ver: Option<String>,
+    /// Only points re-embedded from this id by a model change ([`Payload::moved_from`]).
+    pub moved_from: Option<Uuid>,
     /// Only points written before this stream sequence (or with none recorded): what a delete
     /// at that sequence may remove.
     pub before_seq: Option<u64>,
@@ -565,6 +576,7 @@ mod tests {
             text: None,
             seq: None,
             meta: Metadata::default(),
+            moved_from: None,
             extra: serde_json::Map::new(),
         }
     }

@@ -29,9 +29,9 @@ use crate::meta::{self, MetaCond};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
 use crate::{
-    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, NewPoint, ORG_ID_KEY, PointFilter, SEGMENT_ID_KEY,
-    SEQ_KEY, ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint, VectorStore,
-    finish_hits, payload_from_json, prepare_points,
+    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, MOVED_FROM_KEY, NewPoint, ORG_ID_KEY, PointFilter,
+    SEGMENT_ID_KEY, SEQ_KEY, ScoredPoint, SearchRequest, StoreError, StoreKind, StoredPoint,
+    VectorStore, finish_hits, payload_from_json, prepare_points,
 };
 
 /// Per-request timeout (large upsert batches with `wait=true` need more than the default 5 s).
@@ -640,6 +640,9 @@ fn build_filter(org_id: Uuid, filter: &PointFilter, ids: Option<&[Uuid]>) -> Fil
     }
     if let Some(model_ver) = &filter.model_ver {
         must.push(Condition::matches(MODEL_VER_KEY, model_ver.clone()));
+    }
+    if let Some(moved_from) = &filter.moved_from {
+        must.push(Condition::matches(MOVED_FROM_KEY, moved_from.to_string()));
     }
     if let Some(ids) = ids {
         must.push(Condition::has_id(ids.iter().map(|id| id.to_string())));

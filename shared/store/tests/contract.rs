@@ -38,6 +38,7 @@ fn payload(org_id: Uuid, asset_id: &str, segment_id: &str) -> Payload {
         text: None,
         seq: None,
         meta: Metadata::default(),
+        moved_from: None,
         extra: serde_json::Map::new(),
     }
 }

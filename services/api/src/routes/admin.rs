@@ -12,12 +12,15 @@ use chrono::{DateTime, Utc};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi, Tags};
 
-use heimdex_domain::index::{Build, Comparison, IndexState, IndexStateError, Phase};
+use heimdex_domain::index::{
+    Build, Comparison, IndexState, IndexStateError, ModelChange, Models, Phase,
+};
 use heimdex_event_store::index::UpdateError;
 
 use crate::AppState;
 use crate::auth::AdminAuth;
 use crate::problem::{ApiError, ProblemResponse};
+use crate::strict::{Known, StrictString};
 
 #[derive(Tags)]
 enum Tag {
@@ -47,6 +50,30 @@ pub struct IndexView {
     /// The process doing the indexer's work, while there is some.
     #[oai(skip_serializing_if_is_none)]
     pub indexer: Option<String>,
+    /// The model of writes and searches that name none, in the live collection.
+    pub default_model: String,
+    /// Models the live collection no longer indexes, and the model that took each over.
+    #[oai(skip_serializing_if_is_none)]
+    pub moved: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// `POST /admin/index/rebuild`: a plain rebuild (`{}`), or a model change.
+#[derive(Object, Debug, Default)]
+pub struct RebuildRequest {
+    /// Change the model: every text sent with a model of `from` is embedded by this one in
+    /// the new collection, and it becomes the default model of writes and searches once the
+    /// collection is switched to.
+    pub model: Option<StrictString>,
+    /// The models it takes over (default: the live collection's default model).
+    #[oai(validator(max_items = 16))]
+    pub from: Option<Vec<StrictString>>,
+}
+
+/// A build's model change.
+#[derive(Object, Debug)]
+pub struct ModelChangeView {
+    pub to: String,
+    pub from: Vec<String>,
 }
 
 /// A build: how far its replay of the log is.
@@ -65,6 +92,12 @@ pub struct BuildView {
     pub jobs: u64,
     pub replayed: u64,
     pub skipped: u64,
+    /// Replayed jobs of a moved model that carry no text (`/vectors/mock`): they keep their
+    /// own model's vector.
+    pub not_reembeddable: u64,
+    /// The model change this build makes, if any.
+    #[oai(skip_serializing_if_is_none)]
+    pub model_change: Option<ModelChangeView>,
     #[oai(skip_serializing_if_is_none)]
     pub progress_at: Option<DateTime<Utc>>,
     /// The last error the replay met; it is retried.
@@ -147,6 +180,11 @@ impl From<&Build> for BuildView {
             jobs: build.progress.jobs,
             replayed: build.progress.replayed,
             skipped: build.progress.skipped,
+            not_reembeddable: build.progress.not_reembeddable,
+            model_change: build.change.as_ref().map(|c| ModelChangeView {
+                to: c.to.clone(),
+                from: c.from.clone(),
+            }),
             progress_at: build.progress.at,
             error: build.progress.error.clone(),
             comparison,
@@ -154,8 +192,11 @@ impl From<&Build> for BuildView {
     }
 }
 
-fn view(state: &IndexState, log_seq: u64) -> IndexView {
+fn view(state: &IndexState, log_seq: u64, configured_model: &str) -> IndexView {
+    let Models { default, moved } = state.models_of(&state.live);
     IndexView {
+        default_model: default.unwrap_or_else(|| configured_model.to_owned()),
+        moved: (!moved.is_empty()).then_some(moved),
         live: state.live.clone(),
         building: state.building.as_ref().map(BuildView::from),
         previous: state.previous.clone(),
@@ -191,7 +232,11 @@ impl AdminApi {
             .index
             .update(&self.state.collection, change)
             .await?;
-        Ok(view(&stored.state, self.log_seq().await?))
+        Ok(view(
+            &stored.state,
+            self.log_seq().await?,
+            self.state.models.default_model(),
+        ))
     }
 
     async fn log_seq(&self) -> Result<u64, ApiError> {
@@ -216,6 +261,7 @@ impl AdminApi {
         Ok(IndexResponse::Ok(Json(view(
             &stored.state,
             self.log_seq().await?,
+            self.state.models.default_model(),
         ))))
     }
 
@@ -226,12 +272,56 @@ impl AdminApi {
     /// compares with the live collection; jobs that succeed meanwhile reach it as well. Reads
     /// stay on the live collection until `POST /admin/index/switch`. 409 while another build is
     /// under way or a previous collection is kept.
+    ///
+    /// With `model`, the build changes the model: the texts of the jobs sent with a model of
+    /// `from` (default: the live default model) are embedded by `model`, under its point ids,
+    /// and `model` becomes the default of writes and searches at the switch; a rollback moves
+    /// both back. Jobs without text (`/vectors/mock`) keep their vectors and are counted as
+    /// `not_reembeddable`.
     #[oai(path = "/admin/index/rebuild", method = "post")]
-    async fn rebuild(&self, _admin: AdminAuth) -> Result<RebuildResponse, ProblemResponse> {
+    async fn rebuild(
+        &self,
+        _admin: AdminAuth,
+        body: Json<Known<RebuildRequest>>,
+    ) -> Result<RebuildResponse, ProblemResponse> {
+        let RebuildRequest { model, from } = body.0.0;
+        let model = model.map(|m| m.0);
+        let from = from.map(|from| from.into_iter().map(|m| m.0).collect::<Vec<_>>());
+        let change = match (model, from) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ApiError::Validation(
+                    "`from` names the models a model change takes over: give `model` too".into(),
+                )
+                .into());
+            }
+            (Some(to), from) => {
+                // The target must be served here; the models it takes over must be known.
+                self.state.models.get(Some(&to))?;
+                let from = match from {
+                    Some(from) => from,
+                    None => {
+                        let (embedder, _) = self.state.model(None)?;
+                        vec![embedder.model().to_owned()]
+                    }
+                };
+                for model in &from {
+                    match self.state.models.get(Some(model)) {
+                        Ok(_) | Err(heimdex_embed::ModelError::Unavailable { .. }) => {}
+                        Err(err) => return Err(ApiError::from(err).into()),
+                    }
+                }
+                Some(ModelChange { to, from })
+            }
+        };
         let through = self.log_seq().await?;
         let base = self.state.collection.clone();
         let view = self
-            .change(|state| state.begin(&base, through, Utc::now()).map(|_| ()))
+            .change(|state| {
+                state
+                    .begin(&base, through, Utc::now(), change.clone())
+                    .map(|_| ())
+            })
             .await?;
         Ok(RebuildResponse::Accepted(Json(view)))
     }

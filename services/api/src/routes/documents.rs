@@ -606,7 +606,7 @@ pub(crate) async fn submit_document(
         ));
     }
     let options = chunk_options(chunk)?;
-    let embedder = state.models.get(model.as_deref())?;
+    let (embedder, _) = state.model(model.as_deref())?;
     let options = ChunkOptions {
         max_tokens: options
             .max_tokens

@@ -123,8 +123,15 @@ impl HealthApi {
         let (nats, store) = tokio::join!(nats_probe, store_probe);
         let nats = status(Some(nats), Some(state.nats_url.clone()));
         let qdrant = status(store, state.store_url.clone());
-        let name = state.models.default_model().to_owned();
-        let model = match state.models.get(None) {
+        // The default model of the live collection (a model change moves it).
+        let name = state
+            .collections
+            .live()
+            .models
+            .default
+            .clone()
+            .unwrap_or_else(|| state.models.default_model().to_owned());
+        let model = match state.models.get(Some(&name)) {
             Ok(embedder) => ModelStatusView {
                 enabled: true,
                 skipped: false,

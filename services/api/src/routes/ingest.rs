@@ -198,10 +198,7 @@ impl IngestApi {
         let segment_id: SegmentId = parse_ident("segment_id", segment_id.0)?;
         validate_text("text", &text.0)?;
         let metadata = parse_metadata("metadata", metadata)?;
-        let embedder = self
-            .state
-            .models
-            .get(model.as_ref().map(|m| m.0.as_str()))?;
+        let (embedder, _) = self.state.model(model.as_ref().map(|m| m.0.as_str()))?;
         let point_id = point_of(&auth.0, &*embedder, &asset_id, &segment_id);
         let generation = self
             .state
@@ -275,10 +272,7 @@ impl IngestApi {
                 .into());
             }
         }
-        let embedder = self
-            .state
-            .models
-            .get(model.as_ref().map(|m| m.0.as_str()))?;
+        let (embedder, _) = self.state.model(model.as_ref().map(|m| m.0.as_str()))?;
         let point_ids: Vec<Uuid> = segment_ids
             .iter()
             .map(|segment_id| point_of(&auth.0, &*embedder, &asset_id, segment_id))

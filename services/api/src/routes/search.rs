@@ -312,10 +312,11 @@ impl SearchApi {
             mmr: parse_mmr(body.mmr, (offset + limit) as usize)?,
             explain: body.explain.unwrap_or(false),
         };
-        let embedder = self
+        // The model and the collection come from one snapshot of the index state: a switch
+        // meanwhile moves the next search, never half of this one.
+        let (embedder, live) = self
             .state
-            .models
-            .get(body.model.as_ref().map(|m| m.0.as_str()))?;
+            .model(body.model.as_ref().map(|m| m.0.as_str()))?;
 
         let started = std::time::Instant::now();
         let query_kind = if body.vector.is_some() {
@@ -405,6 +406,7 @@ impl SearchApi {
                 segment_id: filter.segment_id.map(|s| s.0),
                 model: Some(embedder.model().to_owned()),
                 model_ver: Some(embedder.model_ver().to_owned()),
+                moved_from: None,
                 before_seq: None,
                 meta,
             },
@@ -412,12 +414,7 @@ impl SearchApi {
             with_vector: body.with_vector.unwrap_or(false),
         };
         let mode = request.effective_mode();
-        let hits = self
-            .state
-            .store
-            .search(request)
-            .await
-            .map_err(ApiError::from)?;
+        let hits = live.store.search(request).await.map_err(ApiError::from)?;
         metrics::histogram!(
             "heimdex_search_duration_seconds",
             "mode" => mode.as_str(),

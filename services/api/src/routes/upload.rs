@@ -127,7 +127,7 @@ pub(crate) async fn submit_file(
     )?;
     check_content(format, &bytes)?;
     let options = chunk_options(upload.chunk)?;
-    let embedder = state.models.get(upload.model.as_deref())?;
+    let (embedder, _) = state.model(upload.model.as_deref())?;
     let options = ChunkOptions {
         max_tokens: options
             .max_tokens

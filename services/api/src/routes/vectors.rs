@@ -154,11 +154,24 @@ impl VectorsApi {
         point_id: Path<Uuid>,
         #[oai(name = "Idempotency-Key")] idempotency_key: Header<Option<String>>,
     ) -> Result<DeleteResponse, ProblemResponse> {
+        // A point a model change re-embedded is deleted by the id its job named, which every
+        // collection knows it by (the others hold it under that id, or record it as
+        // `moved_from`), and which the job's tombstone names.
+        // The delete is queued whatever the store's state: a store that cannot answer now
+        // leaves the id as sent.
+        let named = match self.state.store.get(auth.0.org_id, point_id.0, false).await {
+            Ok(Some(point)) => point.payload.moved_from.unwrap_or(point_id.0),
+            Ok(None) => point_id.0,
+            Err(err) => {
+                tracing::warn!(error = %heimdex_telemetry::ErrorChain(&err), "cannot look the point up before its delete; deleting it by the id sent");
+                point_id.0
+            }
+        };
         let spec = JobSpec::DeletePoint(DeletePointParams {
-            point_id: point_id.0,
+            point_id: named,
             request_id: request_id(idempotency_key.0)?,
         });
-        let target = Target::Point(point_id.0);
+        let target = Target::Point(named);
         let submitted = self.state.submitter.delete(&auth.0, &target, spec).await?;
         Ok(DeleteResponse::Accepted(Json(DeleteAccepted {
             job_id: submitted.job_id,

@@ -42,6 +42,13 @@ pub enum IndexAction {
         /// Switch reads to the build once it is built.
         #[arg(long)]
         switch: bool,
+        /// Change the model: embed the texts of the `--from` models with this one in the new
+        /// collection; it becomes the default model at the switch.
+        #[arg(long)]
+        model: Option<String>,
+        /// The models `--model` takes over (repeat the flag; default: the live default model).
+        #[arg(long, requires = "model")]
+        from: Vec<String>,
     },
     /// Move reads to the built collection (the live one is kept up to date, for a rollback).
     Switch,
@@ -75,7 +82,19 @@ pub async fn run(args: IndexArgs, settings: &Settings) -> anyhow::Result<()> {
             println!("dropped {}: it takes no more writes", dropped["dropped"]);
             print_state(&dropped["index"]);
         }
-        IndexAction::Rebuild { no_wait, switch } => {
+        IndexAction::Rebuild {
+            no_wait,
+            switch,
+            model,
+            from,
+        } => {
+            let mut request = json!({});
+            if let Some(model) = model {
+                request["model"] = json!(model);
+                if !from.is_empty() {
+                    request["from"] = json!(from);
+                }
+            }
             let state = client.get("/admin/index").await?;
             let state = match state.get("building") {
                 Some(build) if build.is_object() => {
@@ -85,7 +104,7 @@ pub async fn run(args: IndexArgs, settings: &Settings) -> anyhow::Result<()> {
                     );
                     state
                 }
-                _ => client.post("/admin/index/rebuild", &json!({})).await?,
+                _ => client.post("/admin/index/rebuild", &request).await?,
             };
             let collection = state["building"]["collection"].clone();
             println!(
@@ -182,12 +201,21 @@ fn print_comparison(build: &Value) {
 }
 
 fn print_state(state: &Value) {
-    println!("live      {}", state["live"]);
+    println!(
+        "live      {} (default model {})",
+        state["live"], state["default_model"]
+    );
     if let Some(build) = state.get("building").filter(|b| b.is_object()) {
         println!(
             "building  {} ({}: {}/{} jobs replayed, {} skipped)",
             build["collection"], build["phase"], build["replayed"], build["jobs"], build["skipped"]
         );
+        if let Some(change) = build.get("model_change").filter(|c| c.is_object()) {
+            println!(
+                "          model change: {} takes over {}; {} jobs without text keep their model",
+                change["to"], change["from"], build["not_reembeddable"]
+            );
+        }
         if let Some(error) = build["error"].as_str() {
             println!("          last error: {error}");
         }
