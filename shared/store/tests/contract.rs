@@ -315,6 +315,7 @@ contract_tests!(
     metadata_is_stored_under_meta,
     metadata_filters,
     tenant_isolation_with_metadata_filters,
+    moved_points_are_found_and_deleted_by_the_id_they_moved_from,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -322,6 +323,73 @@ contract_tests!(
 
 mod contract {
     use super::*;
+
+    /// A point a model change re-embedded records the id its job named (`moved_from`): it
+    /// comes back as written, a filter on it finds exactly it (in the caller's org only), and
+    /// a delete by it (before a sequence) removes it.
+    pub async fn moved_points_are_found_and_deleted_by_the_id_they_moved_from(
+        store: Arc<dyn VectorStore>,
+    ) {
+        let (org, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let original = Uuid::new_v4();
+        let mut moved = point(org, "doc", "s-0", [1.0, 0.0, 0.0, 0.0]);
+        moved.payload.moved_from = Some(original);
+        moved.payload.seq = Some(7);
+        let plain = point(org, "doc", "s-1", [0.0, 1.0, 0.0, 0.0]);
+        let mut foreign = point(other, "doc", "s-0", [1.0, 0.0, 0.0, 0.0]);
+        foreign.payload.moved_from = Some(original);
+        store
+            .upsert(vec![moved.clone(), plain.clone(), foreign.clone()])
+            .await
+            .expect("upsert");
+        let read = store.get(org, moved.id, false).await.expect("get");
+        assert_eq!(read.map(|p| p.payload.moved_from), Some(Some(original)));
+        let by = |before_seq| PointFilter {
+            moved_from: Some(original),
+            before_seq,
+            ..PointFilter::default()
+        };
+        assert_eq!(
+            store.scroll_ids(org, by(None)).await.expect("scroll"),
+            vec![moved.id]
+        );
+        // A delete that comes before the write in the log spares it.
+        assert_eq!(
+            store
+                .delete_by_filter(org, by(Some(5)))
+                .await
+                .expect("delete"),
+            0
+        );
+        assert_eq!(
+            store
+                .delete_by_filter(org, by(Some(9)))
+                .await
+                .expect("delete"),
+            1
+        );
+        assert!(
+            store
+                .get(org, moved.id, false)
+                .await
+                .expect("get")
+                .is_none()
+        );
+        assert!(
+            store
+                .get(org, plain.id, false)
+                .await
+                .expect("get")
+                .is_some()
+        );
+        assert!(
+            store
+                .get(other, foreign.id, false)
+                .await
+                .expect("get")
+                .is_some()
+        );
+    }
 
     pub async fn ensure_collection_is_idempotent(store: Arc<dyn VectorStore>) {
         // Harness already called it once.
