@@ -75,6 +75,34 @@ async fn transition(app: &TestApp, path: &str) -> Value {
     state
 }
 
+/// Whether, within [`WAIT`], point `id` of `org` is in `store` (`held`) or gone from it.
+async fn eventually_held(
+    store: &std::sync::Arc<dyn VectorStore>,
+    org: Uuid,
+    id: Uuid,
+    held: bool,
+) -> bool {
+    eventually(WAIT, || {
+        let store = store.clone();
+        async move { (store.get(org, id, false).await.unwrap().is_some() == held).then_some(()) }
+    })
+    .await
+    .is_some()
+}
+
+/// `DELETE /vectors/{id}`, waited for.
+async fn delete_point(app: &TestApp, token: &str, id: Uuid) {
+    let response = app
+        .http
+        .delete(app.url(&format!("/vectors/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let job = accepted(response).await;
+    app.wait_for_job(token, &job, "SUCCEEDED", WAIT).await;
+}
+
 /// The job id of a 202.
 async fn accepted(response: reqwest::Response) -> String {
     assert_eq!(response.status(), 202);
@@ -605,12 +633,10 @@ async fn searches_and_writes_go_on_through_a_rebuild_a_switch_and_a_rollback() {
         let store = app.collections.get(name).await.unwrap();
         for (_, segment) in &written {
             let id = heimdex_domain::ids::point_id(org, "meanwhile", segment, "mock", "v1");
-            let found = eventually(WAIT, || {
-                let store = store.clone();
-                async move { store.get(org, id, false).await.unwrap().map(|_| ()) }
-            })
-            .await;
-            assert!(found.is_some(), "{segment} written meanwhile is in {name}");
+            assert!(
+                eventually_held(&store, org, id, true).await,
+                "{segment} written meanwhile is in {name}"
+            );
         }
     }
     Arc::into_inner(app)
@@ -771,16 +797,7 @@ async fn a_model_change_goes_from_build_to_switch_to_rollback_without_a_gap() {
     // delete of the id its job named: it reaches both collections.
     let s1_new = heimdex_domain::ids::point_id(org, "seed", "s1", L3, &l3_ver);
     let s1_old = heimdex_domain::ids::point_id(org, "seed", "s1", L6, &l6_ver);
-    let response = app
-        .http
-        .delete(app.url(&format!("/vectors/{s1_new}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let deleted_s1 = accepted(response).await;
-    app.wait_for_job(&token, &deleted_s1, "SUCCEEDED", WAIT)
-        .await;
+    delete_point(&app, &token, s1_new).await;
 
     let requested_rollback = Instant::now();
     let state = transition(&app, "/admin/index/rollback").await;
@@ -842,13 +859,8 @@ async fn a_model_change_goes_from_build_to_switch_to_rollback_without_a_gap() {
             (&new, L3, l3_ver.as_str(), &collection),
         ] {
             let id = heimdex_domain::ids::point_id(org, "meanwhile", segment, model, ver);
-            let found = eventually(WAIT, || {
-                let store = store.clone();
-                async move { store.get(org, id, false).await.unwrap().map(|_| ()) }
-            })
-            .await;
             assert!(
-                found.is_some(),
+                eventually_held(store, org, id, true).await,
                 "{segment} written meanwhile is in {name} ({model})"
             );
         }
@@ -867,47 +879,18 @@ async fn a_model_change_goes_from_build_to_switch_to_rollback_without_a_gap() {
     assert!(new.get(org, mock, false).await.unwrap().is_some());
 
     for (store, id, name) in [(&old, s1_old, &base), (&new, s1_new, &collection)] {
-        let gone = eventually(WAIT, || {
-            let store = store.clone();
-            async move {
-                store
-                    .get(org, id, false)
-                    .await
-                    .unwrap()
-                    .is_none()
-                    .then_some(())
-            }
-        })
-        .await;
         assert!(
-            gone.is_some(),
+            eventually_held(store, org, id, false).await,
             "s1, deleted by its new id, is gone from {name}"
         );
     }
     // A delete by the id the job named removes the point from both collections.
-    let response = app
-        .http
-        .delete(app.url(&format!("/vectors/{original}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    let deleted = accepted(response).await;
-    app.wait_for_job(&token, &deleted, "SUCCEEDED", WAIT).await;
+    delete_point(&app, &token, original).await;
     for (store, id, name) in [(&old, original, &base), (&new, moved, &collection)] {
-        let gone = eventually(WAIT, || {
-            let store = store.clone();
-            async move {
-                store
-                    .get(org, id, false)
-                    .await
-                    .unwrap()
-                    .is_none()
-                    .then_some(())
-            }
-        })
-        .await;
-        assert!(gone.is_some(), "the deleted point is gone from {name}");
+        assert!(
+            eventually_held(store, org, id, false).await,
+            "the deleted point is gone from {name}"
+        );
     }
     Arc::into_inner(app)
         .expect("the test's own handle")

@@ -368,27 +368,14 @@ mod contract {
                 .expect("delete"),
             1
         );
-        assert!(
-            store
-                .get(org, moved.id, false)
-                .await
-                .expect("get")
-                .is_none()
-        );
-        assert!(
-            store
-                .get(org, plain.id, false)
-                .await
-                .expect("get")
-                .is_some()
-        );
-        assert!(
-            store
-                .get(other, foreign.id, false)
-                .await
-                .expect("get")
-                .is_some()
-        );
+        for (org, id, held) in [
+            (org, moved.id, false),
+            (org, plain.id, true),
+            (other, foreign.id, true),
+        ] {
+            let got = store.get(org, id, false).await.expect("get");
+            assert_eq!(got.is_some(), held, "{id}");
+        }
     }
 
     pub async fn ensure_collection_is_idempotent(store: Arc<dyn VectorStore>) {
