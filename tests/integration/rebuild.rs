@@ -103,6 +103,33 @@ async fn delete_point(app: &TestApp, token: &str, id: Uuid) {
     app.wait_for_job(token, &job, "SUCCEEDED", WAIT).await;
 }
 
+/// Writes segments `w0`, `w1`, … of asset `meanwhile` (with `model`, else the default), one
+/// every `pause`, until `stop`; returns each job id with its segment.
+fn steady_writes(
+    app: &std::sync::Arc<TestApp>,
+    token: &str,
+    stop: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    model: Option<&'static str>,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Vec<(String, String)>> {
+    let (app, token, stop) = (app.clone(), token.to_owned(), stop.clone());
+    tokio::spawn(async move {
+        let mut written = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let i = written.len();
+            let mut body = json!({"asset_id": "meanwhile", "segment_id": format!("w{i}"),
+                                  "text": format!("written meanwhile, number {i}")});
+            if let Some(model) = model {
+                body["model"] = json!(model);
+            }
+            let response = app.post_json(&token, "/vectors/embed", &body).await;
+            written.push((accepted(response).await, format!("w{i}")));
+            tokio::time::sleep(pause).await;
+        }
+        written
+    })
+}
+
 /// The job id of a 202.
 async fn accepted(response: reqwest::Response) -> String {
     assert_eq!(response.status(), 202);
@@ -576,26 +603,7 @@ async fn searches_and_writes_go_on_through_a_rebuild_a_switch_and_a_rollback() {
             }
         }
     });
-    let writing = tokio::spawn({
-        let (app, token, stop) = (app.clone(), token.clone(), stop.clone());
-        async move {
-            let mut written = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let i = written.len();
-                let response = app
-                    .post_json(
-                        &token,
-                        "/vectors/embed",
-                        &json!({"asset_id": "meanwhile", "segment_id": format!("w{i}"),
-                                "model": "mock", "text": format!("written meanwhile, number {i}")}),
-                    )
-                    .await;
-                written.push((accepted(response).await, format!("w{i}")));
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            written
-        }
-    });
+    let writing = steady_writes(&app, &token, &stop, Some("mock"), Duration::from_millis(50));
 
     let base = app.collections.configured().to_owned();
     let collection = format!("{base}-1");
@@ -730,26 +738,7 @@ async fn a_model_change_goes_from_build_to_switch_to_rollback_without_a_gap() {
             seen
         }
     });
-    let writing = tokio::spawn({
-        let (app, token, stop) = (app.clone(), token.clone(), stop.clone());
-        async move {
-            let mut written = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                let i = written.len();
-                let response = app
-                    .post_json(
-                        &token,
-                        "/vectors/embed",
-                        &json!({"asset_id": "meanwhile", "segment_id": format!("w{i}"),
-                                "text": format!("written meanwhile, number {i}")}),
-                    )
-                    .await;
-                written.push((accepted(response).await, format!("w{i}")));
-                tokio::time::sleep(Duration::from_millis(150)).await;
-            }
-            written
-        }
-    });
+    let writing = steady_writes(&app, &token, &stop, None, Duration::from_millis(150));
 
     let base = app.collections.configured().to_owned();
     let collection = format!("{base}-1");
