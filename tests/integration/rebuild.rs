@@ -798,7 +798,7 @@ async fn a_model_change_goes_from_build_to_switch_to_rollback_without_a_gap() {
     let seen = searching.await.unwrap();
     let written = writing.await.unwrap();
     let jobs: Vec<String> = written.iter().map(|(job, _)| job.clone()).collect();
-    let finished = app.wait_for_jobs(&token, &jobs, "SUCCEEDED", WAIT).await;
+    app.wait_for_jobs(&token, &jobs, "SUCCEEDED", WAIT).await;
 
     assert!(seen.len() > 20, "a steady load: {} searches", seen.len());
     let (mut before, mut during, mut after) = (0, 0, 0);
@@ -840,19 +840,25 @@ async fn a_model_change_goes_from_build_to_switch_to_rollback_without_a_gap() {
         app.collections.get(&base).await.unwrap(),
         app.collections.get(&collection).await.unwrap(),
     );
-    for ((_, segment), job) in written.iter().zip(&finished) {
-        let model = job["result"]["model"].as_str().unwrap().to_owned();
-        let ver = job["result"]["model_ver"].as_str().unwrap().to_owned();
-        for (store, model, ver, name) in [
-            (&old, model.as_str(), ver.as_str(), &base),
-            (&new, L3, l3_ver.as_str(), &collection),
-        ] {
-            let id = heimdex_domain::ids::point_id(org, "meanwhile", segment, model, ver);
-            assert!(
-                eventually_held(store, org, id, true).await,
-                "{segment} written meanwhile is in {name} ({model})"
-            );
-        }
+    // (A write whose model was resolved before the switch and written after it is moved in
+    // the new collection and kept as sent in the old one: the old one is asked by segment.)
+    for (_, segment) in &written {
+        let id = heimdex_domain::ids::point_id(org, "meanwhile", segment, L3, &l3_ver);
+        assert!(
+            eventually_held(&new, org, id, true).await,
+            "{segment} written meanwhile is in {collection} by {L3}"
+        );
+        let filter = PointFilter {
+            asset_id: Some("meanwhile".into()),
+            segment_id: Some(segment.clone()),
+            ..PointFilter::default()
+        };
+        let found = eventually(WAIT, || {
+            let (old, filter) = (old.clone(), filter.clone());
+            async move { (old.count(org, filter).await.unwrap() == 1).then_some(()) }
+        })
+        .await;
+        assert!(found.is_some(), "{segment} written meanwhile is in {base}");
     }
     // The seeded texts: moved to paraphrase-MiniLM in the new collection, which records the id
     // each had; the mock job without text keeps its model.

@@ -124,6 +124,16 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The name of the model requests that name none get: the live collection's default.
+    pub fn default_model(&self) -> String {
+        self.collections
+            .live()
+            .models
+            .default
+            .clone()
+            .unwrap_or_else(|| self.models.default_model().to_owned())
+    }
+
     /// The model a request gets (the one it names, else the live collection's default), and
     /// the live collection it was resolved against: one snapshot, so a search embeds its query
     /// with the model of the collection it searches, whatever switch happens meanwhile. A

@@ -154,15 +154,13 @@ impl Indexer {
             return Ok(());
         }
         let state = self.renew(|_| Ok(())).await?;
-        let models = state
+        if let Some(build) = state
             .building
             .as_ref()
-            .map(|b| state.models_of(&b.collection));
-        if let (Some(build), Some(models)) = (
-            state.building.filter(|b| b.phase == Phase::Replaying),
-            models,
-        ) {
-            self.replay(build, models).await?;
+            .filter(|b| b.phase == Phase::Replaying)
+        {
+            let models = state.models_of(&build.collection);
+            self.replay(build.clone(), models).await?;
         }
         self.follow().await
     }

@@ -298,13 +298,7 @@ impl AdminApi {
             (Some(to), from) => {
                 // The target must be served here; the models it takes over must be known.
                 self.state.models.get(Some(&to))?;
-                let from = match from {
-                    Some(from) => from,
-                    None => {
-                        let (embedder, _) = self.state.model(None)?;
-                        vec![embedder.model().to_owned()]
-                    }
-                };
+                let from = from.unwrap_or_else(|| vec![self.state.default_model()]);
                 for model in &from {
                     match self.state.models.get(Some(model)) {
                         Ok(_) | Err(heimdex_embed::ModelError::Unavailable { .. }) => {}

@@ -124,13 +124,7 @@ impl HealthApi {
         let nats = status(Some(nats), Some(state.nats_url.clone()));
         let qdrant = status(store, state.store_url.clone());
         // The default model of the live collection (a model change moves it).
-        let name = state
-            .collections
-            .live()
-            .models
-            .default
-            .clone()
-            .unwrap_or_else(|| state.models.default_model().to_owned());
+        let name = state.default_model();
         let model = match state.models.get(Some(&name)) {
             Ok(embedder) => ModelStatusView {
                 enabled: true,
