@@ -323,24 +323,17 @@ async fn a_model_change_under_load_switches_and_rolls_back_without_a_gap() {
 
     // Every write made meanwhile, in both collections.
     let http = reqwest::Client::new();
-    let mut results = Vec::new();
     for (job, segment) in &written {
-        let job_body = heimdex_tests::eventually(Duration::from_secs(120), || async {
-            let body: Value = http
-                .get(format!("{}/jobs/{job}", deployment.base))
-                .bearer_auth(&client.token)
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            (body["status"] == "SUCCEEDED").then_some(body)
-        })
-        .await
-        .unwrap_or_else(|| panic!("write {segment} succeeds"));
-        assert_eq!(job_body["status"], "SUCCEEDED");
-        results.push(segment.clone());
+        let job = heimdex_tests::wait_for_job(
+            &http,
+            &deployment.base,
+            &client.token,
+            &job.to_string(),
+            "SUCCEEDED",
+            Duration::from_secs(120),
+        )
+        .await;
+        assert_eq!(job["status"], "SUCCEEDED", "write {segment}: {job}");
     }
     let l3_ver = versions[1]
         .iter()
@@ -373,7 +366,7 @@ async fn a_model_change_under_load_switches_and_rolls_back_without_a_gap() {
     // In the new collection by paraphrase-MiniLM; in the old one by the model it was sent
     // with (resolved before the switch, or after it), asked by segment.
     let mut missing = Vec::new();
-    for segment in &results {
+    for (_, segment) in &written {
         let id = heimdex_domain::ids::point_id(org, "meanwhile", segment, L3, &l3_ver);
         if new.get(org, id, false).await.unwrap().is_none() {
             missing.push(format!("{segment} in embeddings-1"));
