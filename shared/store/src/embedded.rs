@@ -12,6 +12,11 @@
 //! it again to flush, unless a flush that began after its update already covered it. Writes
 //! that queue behind one flush (the worker's batches in flight) share the next.
 //!
+//! The optimizers (HNSW indexing, merging) run beside the writes, not under their lock: they
+//! take seconds to minutes as the collection grows, and writes waited for them all that time.
+//! Their one conflict with a write is `flush`, which `try_read`s the segment holder and panics
+//! in the moments an optimizer holds it to swap segments; [`flush`] retries it then.
+//!
 //! Known limitation of qdrant-edge 0.7: the WAL is written but never truncated (nothing acks
 //! it), so `<dir>/wal` grows with the total volume of writes. It must not be deleted by hand:
 //! point versions come from WAL sequence numbers, and a reset WAL would make later updates of
@@ -65,9 +70,7 @@ const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(1
 pub struct EmbeddedStore {
     shard: Arc<EdgeShard>,
     write_lock: Arc<Mutex<Commits>>,
-    /// Points written since the optimizers last ran, and whether they are running.
-    since_optimize: Arc<AtomicUsize>,
-    optimizing: Arc<AtomicBool>,
+    optimizer: Arc<Optimizer>,
     dir: PathBuf,
     vector_size: usize,
 }
@@ -107,8 +110,7 @@ impl EmbeddedStore {
         let store = Self {
             shard: Arc::new(shard),
             write_lock: Arc::new(Mutex::new(Commits::default())),
-            since_optimize: Arc::new(AtomicUsize::new(0)),
-            optimizing: Arc::new(AtomicBool::new(false)),
+            optimizer: Arc::default(),
             dir,
             vector_size,
         };
@@ -159,18 +161,24 @@ impl EmbeddedStore {
     }
 
     /// Runs Qdrant's optimizers (HNSW indexing of large segments, merging, vacuum of deleted
-    /// points) to the end, under the write lock, then flushes. Qdrant Edge has no background
-    /// optimizer: without this, every segment stays a plain one and search is a full scan.
+    /// points) to the end, then flushes. Qdrant Edge has no background optimizer: without this,
+    /// every segment stays a plain one and search is a full scan. Writes go on meanwhile: the
+    /// optimizer wraps the segments it rebuilds in proxies that take them, and swaps the new
+    /// segment in under the segment holder's lock, which [`flush`] waits out. One run at a time.
     /// Returns whether anything changed.
     pub async fn optimize(&self) -> Result<bool, StoreError> {
-        self.since_optimize.store(0, Ordering::Relaxed);
+        self.optimizer.since.store(0, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let changed = self
-            .write(|shard| {
-                let changed = shard.optimize().map_err(map_err)?;
-                Ok((changed, changed))
-            })
-            .await?;
+        let (shard, optimizer) = (Arc::clone(&self.shard), Arc::clone(&self.optimizer));
+        let changed = blocking(move || {
+            let _one_at_a_time = optimizer.lock.lock().unwrap_or_else(|p| p.into_inner());
+            shard.optimize().map_err(map_err)
+        })
+        .await?;
+        if changed {
+            // The new segments, and what the proxies took meanwhile, made durable.
+            self.write(|_| Ok(((), true))).await?;
+        }
         tracing::info!(
             dir = %self.dir.display(),
             changed,
@@ -180,6 +188,11 @@ impl EmbeddedStore {
         Ok(changed)
     }
 
+    /// Whether a background run of [`Self::optimize`] is under way.
+    pub fn optimizing(&self) -> bool {
+        self.optimizer.running.load(Ordering::Acquire)
+    }
+
     /// Vectors covered by a vector index (HNSW), approximately; the rest are scanned.
     pub async fn indexed_vectors(&self) -> Result<usize, StoreError> {
         self.read(|shard| Ok(shard.info().indexed_vectors_count))
@@ -187,9 +200,9 @@ impl EmbeddedStore {
     }
 
     /// Counts written points; past [`OPTIMIZE_EVERY`], runs [`Self::optimize`] in the
-    /// background (one at a time; writes wait for it, reads do not).
+    /// background (one at a time; writes and reads go on meanwhile).
     fn wrote(&self, points: usize) {
-        let total = self.since_optimize.fetch_add(points, Ordering::Relaxed) + points;
+        let total = self.optimizer.since.fetch_add(points, Ordering::Relaxed) + points;
         if total >= OPTIMIZE_EVERY {
             self.optimize_in_background();
         }
@@ -197,14 +210,13 @@ impl EmbeddedStore {
 
     /// Starts [`Self::optimize`] on a background task unless one is running.
     fn optimize_in_background(&self) {
-        if self.optimizing.swap(true, Ordering::AcqRel) {
+        if self.optimizer.running.swap(true, Ordering::AcqRel) {
             return;
         }
         let store = Self {
             shard: Arc::clone(&self.shard),
             write_lock: Arc::clone(&self.write_lock),
-            since_optimize: Arc::clone(&self.since_optimize),
-            optimizing: Arc::clone(&self.optimizing),
+            optimizer: Arc::clone(&self.optimizer),
             dir: self.dir.clone(),
             vector_size: self.vector_size,
         };
@@ -212,7 +224,7 @@ impl EmbeddedStore {
             if let Err(err) = store.optimize().await {
                 tracing::warn!(%err, "vector store optimization failed; will retry later");
             }
-            store.optimizing.store(false, Ordering::Release);
+            store.optimizer.running.store(false, Ordering::Release);
         });
     }
 
@@ -255,13 +267,72 @@ impl EmbeddedStore {
             let mut commits = lock_it();
             if commits.flushed < update {
                 // Durability point: without this the write is lost on kill -9.
-                shard.flush();
+                flush(&shard);
                 commits.flushed = commits.applied;
             }
             Ok(out)
         })
         .await
     }
+}
+
+/// `EdgeShard::flush`, retried while the optimizer holds the segment holder.
+///
+/// The optimizer runs beside writes (its proxy segments take them), but takes the segment
+/// holder's write lock for the moments it swaps segments in and out; `EdgeShard::flush`
+/// `try_read`s that lock and panics when it cannot have it. Those panics are caught here and the
+/// flush retried (the WAL flush before it is idempotent, and nothing is left locked: parking_lot
+/// does not poison). Any other panic of the flush (a full disk) goes on after the retries.
+fn flush(shard: &EdgeShard) {
+    const ATTEMPTS: u32 = 1_000;
+    let mut attempt = 0;
+    loop {
+        let outcome = quiet_panics(|| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.flush()))
+        });
+        match outcome {
+            Ok(()) => return,
+            Err(_) if attempt < ATTEMPTS => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's panics kept out of the panic hook's output (they are expected
+/// and handled by the caller). Installs, once, a hook that defers to the previous one except
+/// on such a thread.
+fn quiet_panics<T>(f: impl FnOnce() -> T) -> T {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let out = f();
+    QUIET.with(|q| q.set(false));
+    out
+}
+
+/// The background optimizer's state.
+#[derive(Debug, Default)]
+struct Optimizer {
+    /// Points written since the optimizers last ran.
+    since: AtomicUsize,
+    /// Whether a background run is under way.
+    running: AtomicBool,
+    /// Held by the run in progress.
+    lock: Mutex<()>,
 }
 
 /// The group commit's count: updates applied, and how many of them the last flush covered.

@@ -2693,6 +2693,85 @@ mod embedded_only {
         );
     }
 
+    /// The optimizer indexes beside the writes: while a background run builds the HNSW index of
+    /// a segment past the indexing threshold, upserts and deletes keep returning (each flushed),
+    /// and after a reopen every one of them is there (or gone) as written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_go_on_while_the_optimizer_indexes() {
+        use heimdex_store::EmbeddedStore;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let org = Uuid::new_v4();
+        const D: usize = 384;
+        let store = EmbeddedStore::open(dir.path().to_owned(), "chunks".into(), D)
+            .await
+            .expect("open");
+        store.ensure_collection().await.expect("ensure");
+        let vector = |i: usize| -> Vec<f32> {
+            (0..D)
+                .map(|d| ((i * D + d) as f32 * 0.618_034).sin())
+                .collect()
+        };
+        let point = |i: usize| NewPoint {
+            id: Uuid::from_u128(i as u128 + 1),
+            vector: vector(i),
+            payload: payload(org, &format!("a-{}", i % 10), &format!("s-{i}")),
+        };
+        // 4,000 points stay under the background trigger (5,000) and the indexing threshold
+        // (~6,700 such vectors); 3,000 more cross both, and the write that does starts the run.
+        store
+            .upsert((0..4_000).map(point).collect())
+            .await
+            .expect("upsert");
+        assert!(!store.optimizing());
+        store
+            .upsert((4_000..7_000).map(point).collect())
+            .await
+            .expect("upsert");
+        assert!(
+            store.optimizing(),
+            "7,000 points written: a run has started"
+        );
+
+        let (mut next, mut deleted, mut written_meanwhile) = (7_000, Vec::new(), 0);
+        while store.optimizing() {
+            store
+                .upsert((next..next + 20).map(point).collect())
+                .await
+                .expect("upsert while optimizing");
+            next += 20;
+            let gone = Uuid::from_u128(deleted.len() as u128 * 7 + 1);
+            store.delete_points(org, &[gone]).await.expect("delete");
+            deleted.push(gone);
+            written_meanwhile += 1;
+        }
+        // Before, every write waited for the whole run: at most the one queued when it ended.
+        assert!(
+            written_meanwhile >= 5,
+            "only {written_meanwhile} writes returned while the optimizer ran"
+        );
+        let indexed = store.indexed_vectors().await.expect("info");
+        assert!(indexed >= 5_000, "only {indexed} vectors indexed");
+
+        drop(store);
+        let reopened = heimdex_tests_reopen(dir.path()).await;
+        let expected = set((0..next)
+            .map(|i| Uuid::from_u128(i as u128 + 1))
+            .filter(|id| !deleted.contains(id)));
+        assert_eq!(
+            set(reopened
+                .scroll_ids(org, PointFilter::default())
+                .await
+                .expect("scroll")),
+            expected
+        );
+        let last = next - 1;
+        let hits = reopened
+            .search(SearchRequest::dense(org, vector(last), 1))
+            .await
+            .expect("search");
+        assert_eq!(hits[0].id, Uuid::from_u128(last as u128 + 1));
+    }
+
     async fn heimdex_tests_reopen(path: &std::path::Path) -> Arc<dyn VectorStore> {
         for _ in 0..50 {
             match open(StoreConfig {
