@@ -179,10 +179,21 @@ impl EmbeddedStore {
             // The new segments, and what the proxies took meanwhile, made durable.
             self.write(|_| Ok(((), true))).await?;
         }
+        let elapsed = started.elapsed();
+        let collection = self.collection_label();
+        metrics::histogram!("heimdex_vector_store_optimize_duration_seconds", "collection" => collection.clone())
+            .record(elapsed.as_secs_f64());
+        let info = self.read(|shard| Ok(shard.info())).await?;
+        metrics::gauge!("heimdex_vector_store_points", "collection" => collection.clone())
+            .set(info.points_count as f64);
+        metrics::gauge!("heimdex_vector_store_indexed_vectors", "collection" => collection)
+            .set(info.indexed_vectors_count as f64);
         tracing::info!(
             dir = %self.dir.display(),
             changed,
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
+            points = info.points_count,
+            indexed = info.indexed_vectors_count,
             "vector store optimized"
         );
         Ok(changed)
@@ -220,12 +231,34 @@ impl EmbeddedStore {
             dir: self.dir.clone(),
             vector_size: self.vector_size,
         };
+        let collection = self.collection_label();
+        metrics::gauge!("heimdex_vector_store_optimizing", "collection" => collection.clone())
+            .set(1.0);
         tokio::spawn(async move {
-            if let Err(err) = store.optimize().await {
-                tracing::warn!(%err, "vector store optimization failed; will retry later");
-            }
+            let outcome = store.optimize().await;
+            metrics::gauge!("heimdex_vector_store_optimizing", "collection" => collection)
+                .set(0.0);
             store.optimizer.running.store(false, Ordering::Release);
+            match outcome {
+                // Writes made during the run may have crossed the trigger again: index them
+                // now, not at the next write, which may never come (the end of a bulk load).
+                Ok(_) if store.optimizer.since.load(Ordering::Relaxed) >= OPTIMIZE_EVERY => {
+                    store.optimize_in_background();
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(%err, "vector store optimization failed; the next write retries")
+                }
+            }
         });
+    }
+
+    /// The `collection` label of this store's metrics: its directory's name.
+    fn collection_label(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// Directory holding the shard.

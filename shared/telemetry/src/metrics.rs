@@ -164,6 +164,32 @@ pub const CATALOGUE: &[MetricDef] = &[
         "Vector-store operations by operation, backend (`embedded` or `remote`) and outcome.",
     ),
     def(
+        "heimdex_vector_store_optimizing",
+        Kind::Gauge,
+        &["collection"],
+        "Embedded store: 1 while its optimizers (HNSW indexing, merging, vacuum) run, else 0. \
+         Writes and searches go on meanwhile.",
+    ),
+    def(
+        "heimdex_vector_store_optimize_duration_seconds",
+        Kind::Histogram,
+        &["collection"],
+        "Embedded store: one run of its optimizers, to its end.",
+    ),
+    def(
+        "heimdex_vector_store_points",
+        Kind::Gauge,
+        &["collection"],
+        "Embedded store: points held, as of the end of the last optimizer run.",
+    ),
+    def(
+        "heimdex_vector_store_indexed_vectors",
+        Kind::Gauge,
+        &["collection"],
+        "Embedded store: vectors covered by an index (HNSW, or the keyword vector's inverted \
+         index) as of the end of the last optimizer run; the rest are scanned.",
+    ),
+    def(
         "heimdex_search_duration_seconds",
         Kind::Histogram,
         &["mode", "query"],
@@ -182,7 +208,8 @@ const SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0,
 ];
-/// A job's latency includes its time in the queue: up to an hour.
+/// A job's latency includes its time in the queue, and an optimizer run of a large collection
+/// takes minutes: up to an hour.
 const JOB_SECONDS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
     3600.0,
@@ -220,6 +247,13 @@ fn buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
         Matcher::Full("heimdex_job_duration_seconds".into()),
         JOB_SECONDS,
     )
+    .and_then(|b| {
+        with(
+            b,
+            Matcher::Full("heimdex_vector_store_optimize_duration_seconds".into()),
+            JOB_SECONDS,
+        )
+    })
     .and_then(|b| with(b, Matcher::Suffix("_seconds".into()), SECONDS))
     .and_then(|b| with(b, Matcher::Full("heimdex_embed_batch_texts".into()), TEXTS));
     match configured {

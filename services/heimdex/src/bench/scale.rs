@@ -1,0 +1,589 @@
+//! `heimdex bench scale`: one collection grown to each of several sizes (10,000, 100,000 and
+//! 1,000,000 points by default) and measured at each: how long the load took, how long the
+//! index build after it, the service's resident memory and disk, and vector searches at several
+//! numbers of concurrent connections (1, 64 and 1,000 by default): queries/s, p50, p99, errors.
+//!
+//! It starts its own `serve` (this binary) on a fresh data directory, with the embedded
+//! nats-server and Qdrant Edge, so that it can read the processes' memory and the store's disk,
+//! and loads through the public API: `POST /vectors/embed/batch` with `model: mock` (a vector
+//! derived from each text, no model to run; the keyword vector and payload indexes are built as
+//! for any text), each job timed to SUCCEEDED in the status bucket. The index build is read
+//! from the service's own metrics (`heimdex_vector_store_optimizing`). With `--text-points N`,
+//! N texts embedded by the default model are loaded first, and text queries (embedding
+//! included) are measured beside the vector queries at every size: they search only those
+//! points, among all the others.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use uuid::Uuid;
+
+use heimdex_api::auth::JwtConfig;
+
+use super::{
+    await_completions, corpus, cpu_flags, ms, percentile, send_honouring_retry_after, watch_bucket,
+};
+
+pub struct Options {
+    /// Collection sizes in mock points, ascending.
+    pub sizes: Vec<usize>,
+    /// Concurrent connections of each search round.
+    pub connections: Vec<usize>,
+    /// Searches per round (at least 10 per connection).
+    pub queries: usize,
+    /// Real-model texts loaded first (0: no text queries).
+    pub text_points: usize,
+    /// Segments per batch call, and batch calls in flight.
+    pub batch: usize,
+    pub concurrency: usize,
+    /// Where `serve` keeps its data (default: a temporary directory, removed at the end).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Vector size of the mock model and of the default one.
+const DIM: usize = 384;
+/// Results per search.
+const LIMIT: usize = 10;
+
+pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        o.sizes.windows(2).all(|w| w[0] < w[1]),
+        "--sizes must be ascending"
+    );
+    // 1,000 connections need more descriptors than the usual soft limit of 1,024.
+    let fd_limit = heimdex_api::connections::raise_fd_limit();
+    let temp = match &o.data_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("heimdex-scale").tempdir()?),
+    };
+    let data_dir = match (&o.data_dir, &temp) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(temp)) => temp.path().to_owned(),
+        (None, None) => unreachable!("a temporary directory is made when none is given"),
+    };
+    let service = Service::start(&data_dir).await?;
+    let url = service.url.clone();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let nats_url = super::nats_url_of(&http, &url).await?;
+    let org = Uuid::new_v4();
+    let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(86_400))?;
+
+    println!(
+        "scale: sizes={:?} connections={:?} queries={} text_points={} data={} url={url}",
+        o.sizes,
+        o.connections,
+        o.queries,
+        o.text_points,
+        data_dir.display()
+    );
+    println!("cpu: {}", cpu_flags());
+    println!(
+        "descriptors: {} (soft limit, raised to the hard one)",
+        fd_limit.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+    );
+    let load = Load {
+        http: &http,
+        url: &url,
+        nats_url: &nats_url,
+        token: &token,
+        org,
+        batch: o.batch.clamp(1, 1_000),
+        concurrency: o.concurrency.max(1),
+    };
+    if o.text_points > 0 {
+        let took = load.run(0, o.text_points, None).await?;
+        println!(
+            "text points: {} by the default model in {:.1} s ({:.0}/s)",
+            o.text_points,
+            took.as_secs_f64(),
+            o.text_points as f64 / took.as_secs_f64()
+        );
+        let built = service.index_settled(&http).await?;
+        println!("  index settled {:.1} s later", built.as_secs_f64());
+    }
+    let text_queries = corpus::texts(o.queries.max(1), 99, 12);
+    let mut loaded = 0;
+    for &size in &o.sizes {
+        let took = load.run(loaded, size, Some("mock")).await?;
+        let added = size - loaded;
+        loaded = size;
+        let built = service.index_settled(&http).await?;
+        let metrics = service.store_metrics(&http).await?;
+        let memory = service.memory();
+        let disk = Disk::of(&data_dir);
+        println!("== {size} mock points (+{} texts)", o.text_points);
+        println!(
+            "  load: {added} in {:.1} s ({:.0} points/s end to end); index settled {:.1} s after",
+            took.as_secs_f64(),
+            added as f64 / took.as_secs_f64(),
+            built.as_secs_f64()
+        );
+        println!(
+            "  store, at the end of its last optimizer run: {} points, {} vectors indexed; \
+             {} runs so far, {:.1} s in all",
+            metrics.points, metrics.indexed, metrics.runs, metrics.run_seconds
+        );
+        println!(
+            "  memory: serve {} MiB resident (peak {} MiB), nats-server {} MiB (peak {} MiB)",
+            memory.serve.0 >> 20,
+            memory.serve.1 >> 20,
+            memory.nats.0 >> 20,
+            memory.nats.1 >> 20
+        );
+        println!(
+            "  disk: qdrant {} MiB, nats {} MiB",
+            disk.qdrant >> 20,
+            disk.nats >> 20
+        );
+        for &c in &o.connections {
+            let queries = o.queries.max(10 * c);
+            let round = search_round(&url, &token, c, queries, |i| vector_query(size, i)).await?;
+            round.print("vector", c);
+            if o.text_points > 0 {
+                let round = search_round(&url, &token, c, queries, |i| {
+                    serde_json::json!({
+                        "query": text_queries[i % text_queries.len()],
+                        "limit": LIMIT,
+                    })
+                })
+                .await?;
+                round.print("text", c);
+            }
+        }
+    }
+    service.stop().await;
+    Ok(())
+}
+
+/// A seeded random query vector (the mock model's vectors are as unstructured).
+fn vector_query(size: usize, i: usize) -> serde_json::Value {
+    let mut rng = ChaCha8Rng::seed_from_u64((size as u64) << 32 | i as u64);
+    let vector: Vec<f32> = (0..DIM)
+        .map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0)
+        .collect();
+    serde_json::json!({"vector": vector, "model": "mock", "limit": LIMIT})
+}
+
+/// What a loading step posts to.
+struct Load<'a> {
+    http: &'a reqwest::Client,
+    url: &'a str,
+    nats_url: &'a str,
+    token: &'a str,
+    org: Uuid,
+    batch: usize,
+    concurrency: usize,
+}
+
+impl Load<'_> {
+    /// Posts segments `from..to` (texts seeded by their number) with `model`, and waits for
+    /// every job to be SUCCEEDED; returns the time from the first post to the last success.
+    async fn run(&self, from: usize, to: usize, model: Option<&str>) -> anyhow::Result<Duration> {
+        let (mut done_rx, watcher) = watch_bucket(self.nats_url, self.org).await?;
+        let endpoint = format!("{}/vectors/embed/batch", self.url);
+        let tag = model.unwrap_or("default");
+        let batches: Vec<(usize, usize)> = (from..to)
+            .step_by(self.batch)
+            .map(|start| (start, (start + self.batch).min(to)))
+            .collect();
+        let started = Instant::now();
+        let accepted: Vec<anyhow::Result<usize>> = futures::stream::iter(batches)
+            .map(|(start, end)| {
+                let endpoint = &endpoint;
+                async move {
+                    let texts = corpus::texts(end - start, start as u64, 12);
+                    let segments: Vec<serde_json::Value> = texts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, text)| {
+                            serde_json::json!({"segment_id": format!("s-{}", start + i), "text": text})
+                        })
+                        .collect();
+                    let mut body = serde_json::json!({
+                        "asset_id": format!("scale-{tag}-{start}"),
+                        "segments": segments,
+                    });
+                    if let Some(model) = model {
+                        body["model"] = model.into();
+                    }
+                    let (response, _waits) = send_honouring_retry_after(|| {
+                        self.http
+                            .post(endpoint)
+                            .bearer_auth(self.token)
+                            .json(&body)
+                    })
+                    .await;
+                    let response = response?;
+                    anyhow::ensure!(
+                        response.status() == reqwest::StatusCode::ACCEPTED,
+                        "batch at {start} answered {}: {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    );
+                    Ok(end - start)
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let accepted = accepted
+            .into_iter()
+            .collect::<anyhow::Result<Vec<usize>>>()?
+            .into_iter()
+            .sum::<usize>();
+        let (completed, last) =
+            await_completions(&mut done_rx, accepted, started, Duration::from_secs(7_200)).await;
+        watcher.abort();
+        anyhow::ensure!(
+            completed == accepted,
+            "{completed} of {accepted} jobs completed"
+        );
+        Ok(last.duration_since(started))
+    }
+}
+
+/// One round of searches: `queries` requests over `connections` connections, each its own
+/// client with one connection, sending one request after another.
+async fn search_round(
+    url: &str,
+    token: &str,
+    connections: usize,
+    queries: usize,
+    body: impl Fn(usize) -> serde_json::Value,
+) -> anyhow::Result<Round> {
+    let endpoint = format!("{url}/vectors/search");
+    let bodies: Vec<serde_json::Value> = (0..queries).map(&body).collect();
+    let clients = (0..connections)
+        .map(|_| {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .tcp_nodelay(true)
+                .timeout(Duration::from_secs(60))
+                .build()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Warm-up: every connection opened and used once.
+    let warm = futures::future::join_all(
+        clients
+            .iter()
+            .enumerate()
+            .map(|(i, client)| send(client, &endpoint, token, &bodies[i % bodies.len()])),
+    )
+    .await;
+    let warm_errors = warm.iter().filter(|r| r.is_err()).count();
+
+    let started = Instant::now();
+    let per_connection = futures::future::join_all(clients.iter().enumerate().map(|(c, client)| {
+        let (endpoint, bodies) = (&endpoint, &bodies);
+        async move {
+            let mut outcomes = Vec::new();
+            for i in (c..queries).step_by(connections) {
+                outcomes.push(send(client, endpoint, token, &bodies[i]).await);
+            }
+            outcomes
+        }
+    }))
+    .await;
+    let elapsed = started.elapsed();
+    let mut round = Round {
+        elapsed,
+        warm_errors,
+        ..Round::default()
+    };
+    for outcome in per_connection.into_iter().flatten() {
+        match outcome {
+            Ok((latency, hits)) => {
+                round.latencies.push(latency);
+                if hits == 0 {
+                    round.empty += 1;
+                }
+            }
+            Err(err) => {
+                if round.first_error.is_none() {
+                    round.first_error = Some(format!("{err:#}"));
+                }
+                round.errors += 1;
+            }
+        }
+    }
+    round.latencies.sort();
+    Ok(round)
+}
+
+/// One search: its latency and number of hits, or why it failed (transport or non-2xx).
+async fn send(
+    client: &reqwest::Client,
+    endpoint: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<(Duration, usize)> {
+    let sent = Instant::now();
+    let response = client
+        .post(endpoint)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await?;
+    let status = response.status();
+    anyhow::ensure!(
+        status.is_success(),
+        "search answered {status}: {}",
+        response.text().await.unwrap_or_default()
+    );
+    let answer: serde_json::Value = response.json().await?;
+    let hits = answer["results"].as_array().map_or(0, Vec::len);
+    Ok((sent.elapsed(), hits))
+}
+
+#[derive(Default)]
+struct Round {
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    errors: usize,
+    warm_errors: usize,
+    empty: usize,
+    first_error: Option<String>,
+}
+
+impl Round {
+    fn print(&self, kind: &str, connections: usize) {
+        let done = self.latencies.len() + self.errors;
+        println!(
+            "  {kind} queries, {connections} connections: {done} in {:.1} s -> {:.0} queries/s; \
+             p50 {} p99 {} max {}; {} errors ({} in the warm-up), {} empty",
+            self.elapsed.as_secs_f64(),
+            self.latencies.len() as f64 / self.elapsed.as_secs_f64(),
+            ms(percentile(&self.latencies, 0.50)),
+            ms(percentile(&self.latencies, 0.99)),
+            ms(self.latencies.last().copied().unwrap_or_default()),
+            self.errors,
+            self.warm_errors,
+            self.empty
+        );
+        if let Some(error) = &self.first_error {
+            println!("    first error: {error}");
+        }
+    }
+}
+
+/// The `serve` this bench runs.
+struct Service {
+    child: tokio::process::Child,
+    url: String,
+}
+
+/// The store's figures from the service's metrics.
+struct StoreMetrics {
+    points: f64,
+    indexed: f64,
+    runs: f64,
+    run_seconds: f64,
+}
+
+/// Resident and peak resident bytes of `serve` and of its nats-server.
+struct Memory {
+    serve: (u64, u64),
+    nats: (u64, u64),
+}
+
+/// Bytes on disk (allocated blocks) under the data directory.
+struct Disk {
+    qdrant: u64,
+    nats: u64,
+}
+
+impl Service {
+    async fn start(data_dir: &Path) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let log = std::fs::File::create(data_dir.join("serve.log"))?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .env("HEIMDEX_DATA_DIR", data_dir)
+            .env("HEIMDEX_API_ADDR", format!("127.0.0.1:{port}"))
+            .env("HEIMDEX_NATS_LISTEN", "127.0.0.1:0")
+            // One tenant loads a million jobs: the per-org rate limit is for shared services.
+            .env("HEIMDEX_RATE_LIMIT_JOBS_PER_SEC", "0")
+            .env_remove("HEIMDEX_METRICS_ADDR")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = http.get(format!("{url}/readyz")).send().await;
+            if matches!(&ready, Ok(r) if r.status().is_success()) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "serve did not become ready; see {}",
+                data_dir.join("serve.log").display()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(Self { child, url })
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SIGTERM, for a clean shutdown; the drop kills it if that does not come.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+
+    /// Waits until the store's optimizers have been idle for two scrapes in a row; returns how
+    /// long that took.
+    async fn index_settled(&self, http: &reqwest::Client) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let mut idle = 0;
+        loop {
+            let text = self.scrape(http).await?;
+            let running = samples(&text, "heimdex_vector_store_optimizing")
+                .iter()
+                .any(|v| *v > 0.0);
+            idle = if running { 0 } else { idle + 1 };
+            if idle == 2 {
+                return Ok(started.elapsed().saturating_sub(Duration::from_secs(1)));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    async fn store_metrics(&self, http: &reqwest::Client) -> anyhow::Result<StoreMetrics> {
+        let text = self.scrape(http).await?;
+        let sum = |name: &str| samples(&text, name).iter().sum::<f64>();
+        Ok(StoreMetrics {
+            points: sum("heimdex_vector_store_points"),
+            indexed: sum("heimdex_vector_store_indexed_vectors"),
+            runs: sum("heimdex_vector_store_optimize_duration_seconds_count"),
+            run_seconds: sum("heimdex_vector_store_optimize_duration_seconds_sum"),
+        })
+    }
+
+    async fn scrape(&self, http: &reqwest::Client) -> anyhow::Result<String> {
+        Ok(http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    fn memory(&self) -> Memory {
+        let serve = self.child.id().unwrap_or_default();
+        let nats = children_of(serve)
+            .into_iter()
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "nats-server")
+            })
+            .unwrap_or_default();
+        Memory {
+            serve: resident(serve),
+            nats: resident(nats),
+        }
+    }
+}
+
+/// The values of every sample of `name` in a Prometheus text exposition.
+fn samples(text: &str, name: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// `VmRSS` and `VmHWM` of a process, in bytes (0 if it cannot be read).
+fn resident(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kib| kib << 10)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+                // `pid (comm) state ppid …`: the fields after the last ')'.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
+}
+
+impl Disk {
+    fn of(data_dir: &Path) -> Self {
+        Self {
+            qdrant: allocated(&data_dir.join("qdrant")),
+            nats: allocated(&data_dir.join("nats")),
+        }
+    }
+}
+
+/// Allocated bytes of every file under `path` (sparse and preallocated files as they sit).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if meta.is_dir() {
+        std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| allocated(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        meta.blocks() * 512
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_read_by_exact_name() {
+        let text = "# TYPE heimdex_vector_store_points gauge\n\
+                    heimdex_vector_store_points{collection=\"a\"} 10\n\
+                    heimdex_vector_store_points{collection=\"b\"} 5\n\
+                    heimdex_vector_store_points_other 7\n\
+                    heimdex_vector_store_optimize_duration_seconds_count{collection=\"a\"} 3\n";
+        assert_eq!(samples(text, "heimdex_vector_store_points"), vec![10.0, 5.0]);
+        assert_eq!(
+            samples(text, "heimdex_vector_store_optimize_duration_seconds_count"),
+            vec![3.0]
+        );
+        assert!(samples(text, "heimdex_vector_store_indexed_vectors").is_empty());
+    }
+}
