@@ -171,6 +171,11 @@ pub enum BenchCommand {
         /// Data directory of the service it starts (default: a temporary one, removed after).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// How the mock points are loaded: `api` (as jobs, through `POST
+        /// /vectors/embed/batch`) or `store` (straight into the embedded store, `serve`
+        /// stopped meanwhile).
+        #[arg(long, value_enum, default_value = "api")]
+        load: scale::LoadVia,
     },
     /// Chunk lengths as BM25 counts them, for text files cut as `POST /vectors/documents`
     /// cuts them: the measurement behind BM25's `avg_len`.
@@ -342,6 +347,7 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<(
             batch,
             concurrency,
             data_dir,
+            load,
         } => {
             scale::run(
                 jwt,
@@ -353,6 +359,8 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<(
                     batch,
                     concurrency,
                     data_dir,
+                    load,
+                    collection: settings.store.collection.clone(),
                 },
             )
             .await

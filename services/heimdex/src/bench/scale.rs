@@ -4,25 +4,33 @@
 //! numbers of concurrent connections (1, 64 and 1,000 by default): queries/s, p50, p99, errors.
 //!
 //! It starts its own `serve` (this binary) on a fresh data directory, with the embedded
-//! nats-server and Qdrant Edge, so that it can read the processes' memory and the store's disk,
-//! and loads through the public API: `POST /vectors/embed/batch` with `model: mock` (a vector
-//! derived from each text, no model to run; the keyword vector and payload indexes are built as
-//! for any text), each job timed to SUCCEEDED in the status bucket. The index build is read
-//! from the service's own metrics (`heimdex_vector_store_optimizing`). With `--text-points N`,
-//! N texts embedded by the default model are loaded first, and text queries (embedding
-//! included) are measured beside the vector queries at every size: they search only those
-//! points, among all the others.
+//! nats-server and Qdrant Edge, so that it can read the processes' memory and the store's disk.
+//! The points are texts with `model: mock` (a vector derived from each text, no model to run;
+//! the keyword vector and payload indexes are built as for any text), loaded in one of two ways:
+//!
+//! * `--load api` (the default): through the public API, `POST /vectors/embed/batch`, each job
+//!   timed to SUCCEEDED in the status bucket, the index build read from the service's metrics
+//!   (`heimdex_vector_store_optimizing`). This loads the job pipeline as much as the store;
+//! * `--load store`: straight into the embedded store, with the worker's payloads and point
+//!   ids, while `serve` is stopped, then indexed by the same optimizer, so that the sizes and
+//!   the searches do not depend on how many jobs the broker holds.
+//!
+//! With `--text-points N`, N texts embedded by the default model are loaded first (through the
+//! API), and text queries (embedding included) are measured beside the vector queries at every
+//! size: they search only those points, among all the others.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
 use uuid::Uuid;
 
 use heimdex_api::auth::JwtConfig;
+use heimdex_domain::Metadata;
+use heimdex_domain::ids::point_id;
+use heimdex_embed::{Embedder, Mock};
+use heimdex_store::{EmbeddedStore, NewPoint, Payload, VectorStore};
 
 use super::{
     await_completions, corpus, cpu_flags, ms, percentile, send_honouring_retry_after, watch_bucket,
@@ -42,6 +50,19 @@ pub struct Options {
     pub concurrency: usize,
     /// Where `serve` keeps its data (default: a temporary directory, removed at the end).
     pub data_dir: Option<PathBuf>,
+    /// How the mock points are loaded.
+    pub load: LoadVia,
+    /// The collection `serve` writes (its `QDRANT_COLLECTION_NAME`).
+    pub collection: String,
+}
+
+/// How `bench scale` loads its mock points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadVia {
+    /// Through `POST /vectors/embed/batch`, as jobs.
+    Api,
+    /// Straight into the embedded store while `serve` is stopped.
+    Store,
 }
 
 /// Vector size of the mock model and of the default one.
@@ -65,21 +86,18 @@ pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
         (None, Some(temp)) => temp.path().to_owned(),
         (None, None) => unreachable!("a temporary directory is made when none is given"),
     };
-    let service = Service::start(&data_dir).await?;
-    let url = service.url.clone();
+    let org = Uuid::new_v4();
+    let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(86_400))?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?;
-    let nats_url = super::nats_url_of(&http, &url).await?;
-    let org = Uuid::new_v4();
-    let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(86_400))?;
-
     println!(
-        "scale: sizes={:?} connections={:?} queries={} text_points={} data={} url={url}",
+        "scale: sizes={:?} connections={:?} queries={} text_points={} load={:?} data={}",
         o.sizes,
         o.connections,
         o.queries,
         o.text_points,
+        o.load,
         data_dir.display()
     );
     println!("cpu: {}", cpu_flags());
@@ -87,16 +105,10 @@ pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
         "descriptors: {} (soft limit, raised to the hard one)",
         fd_limit.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
     );
-    let load = Load {
-        http: &http,
-        url: &url,
-        nats_url: &nats_url,
-        token: &token,
-        org,
-        batch: o.batch.clamp(1, 1_000),
-        concurrency: o.concurrency.max(1),
-    };
+    let (batch, concurrency) = (o.batch.clamp(1, 1_000), o.concurrency.max(1));
+    let mut service = Service::start(&data_dir).await?;
     if o.text_points > 0 {
+        let load = Load::of(&service, &http, &token, org, batch, concurrency).await?;
         let took = load.run(0, o.text_points, None).await?;
         println!(
             "text points: {} by the default model in {:.1} s ({:.0}/s)",
@@ -110,23 +122,36 @@ pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
     let text_queries = corpus::texts(o.queries.max(1), 99, 12);
     let mut loaded = 0;
     for &size in &o.sizes {
-        let took = load.run(loaded, size, Some("mock")).await?;
         let added = size - loaded;
+        let (took, built) = match o.load {
+            LoadVia::Api => {
+                let load = Load::of(&service, &http, &token, org, batch, concurrency).await?;
+                let took = load.run(loaded, size, Some("mock")).await?;
+                (took, service.index_settled(&http).await?)
+            }
+            LoadVia::Store => {
+                service.stop().await;
+                let store = data_dir.join("qdrant");
+                let (took, built) = load_store(&store, &o.collection, org, loaded, size).await?;
+                service = Service::start(&data_dir).await?;
+                service.index_settled(&http).await?;
+                (took, built)
+            }
+        };
         loaded = size;
-        let built = service.index_settled(&http).await?;
         let metrics = service.store_metrics(&http).await?;
         let memory = service.memory();
         let disk = Disk::of(&data_dir);
         println!("== {size} mock points (+{} texts)", o.text_points);
         println!(
-            "  load: {added} in {:.1} s ({:.0} points/s end to end); index settled {:.1} s after",
+            "  load: {added} in {:.1} s ({:.0} points/s); index settled {:.1} s after",
             took.as_secs_f64(),
             added as f64 / took.as_secs_f64(),
             built.as_secs_f64()
         );
         println!(
             "  store, at the end of its last optimizer run: {} points, {} vectors indexed; \
-             {} runs so far, {:.1} s in all",
+             {} runs in this serve, {:.1} s in all",
             metrics.points, metrics.indexed, metrics.runs, metrics.run_seconds
         );
         println!(
@@ -141,9 +166,13 @@ pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
             disk.qdrant >> 20,
             disk.nats >> 20
         );
+        let url = service.url.clone();
         for &c in &o.connections {
             let queries = o.queries.max(10 * c);
-            let round = search_round(&url, &token, c, queries, |i| vector_query(size, i)).await?;
+            let round = search_round(&url, &token, c, queries, |i| {
+                vector_query(&text_queries[i % text_queries.len()])
+            })
+            .await?;
             round.print("vector", c);
             if o.text_points > 0 {
                 let round = search_round(&url, &token, c, queries, |i| {
@@ -161,31 +190,107 @@ pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A seeded random query vector (the mock model's vectors are as unstructured).
-fn vector_query(size: usize, i: usize) -> serde_json::Value {
-    let mut rng = ChaCha8Rng::seed_from_u64((size as u64) << 32 | i as u64);
-    let vector: Vec<f32> = (0..DIM)
-        .map(|_| (rng.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0)
-        .collect();
-    serde_json::json!({"vector": vector, "model": "mock", "limit": LIMIT})
+/// Writes mock points `from..to` into the embedded store under `root`, as the worker writes
+/// them (payload, point id, the mock model's vector of the text), 1,000 a call; then waits for
+/// its optimizer. Returns the time of the writes and of the index build after them.
+async fn load_store(
+    root: &Path,
+    collection: &str,
+    org: Uuid,
+    from: usize,
+    to: usize,
+) -> anyhow::Result<(Duration, Duration)> {
+    let store = EmbeddedStore::open(root.to_owned(), collection.to_owned(), DIM).await?;
+    store.ensure_collection().await?;
+    let mock = Mock::new(DIM);
+    let started = Instant::now();
+    for start in (from..to).step_by(1_000) {
+        let end = (start + 1_000).min(to);
+        let texts = corpus::texts(end - start, start as u64, 12);
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let vectors = mock.embed(&refs)?;
+        let asset_id = format!("scale-mock-{start}");
+        let points = texts
+            .into_iter()
+            .zip(vectors)
+            .enumerate()
+            .map(|(i, (text, vector))| {
+                let segment_id = format!("s-{}", start + i);
+                NewPoint {
+                    id: point_id(org, &asset_id, &segment_id, Mock::NAME, Mock::VERSION),
+                    vector,
+                    payload: Payload {
+                        org_id: org,
+                        asset_id: asset_id.clone(),
+                        segment_id,
+                        model: Mock::NAME.to_owned(),
+                        model_ver: Mock::VERSION.to_owned(),
+                        text: Some(text),
+                        seq: None,
+                        meta: Metadata::default(),
+                        moved_from: None,
+                        extra: serde_json::Map::new(),
+                    },
+                }
+            })
+            .collect();
+        store.upsert(points).await?;
+    }
+    let took = started.elapsed();
+    while store.optimizing() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let built = started.elapsed() - took;
+    Ok((took, built))
+}
+
+/// A vector query: the mock model's vector of a query text, as its points' vectors are made.
+fn vector_query(text: &str) -> serde_json::Value {
+    let vector = Mock::new(DIM)
+        .embed(&[text])
+        .ok()
+        .and_then(|mut vectors| vectors.pop())
+        .unwrap_or_default();
+    serde_json::json!({"vector": vector, "model": Mock::NAME, "limit": LIMIT})
 }
 
 /// What a loading step posts to.
 struct Load<'a> {
     http: &'a reqwest::Client,
     url: &'a str,
-    nats_url: &'a str,
+    nats_url: String,
     token: &'a str,
     org: Uuid,
     batch: usize,
     concurrency: usize,
 }
 
-impl Load<'_> {
+impl<'a> Load<'a> {
+    /// Loading through `service`, whose NATS URL its `/readyz` reports.
+    async fn of(
+        service: &'a Service,
+        http: &'a reqwest::Client,
+        token: &'a str,
+        org: Uuid,
+        batch: usize,
+        concurrency: usize,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            http,
+            url: &service.url,
+            nats_url: super::nats_url_of(http, &service.url).await?,
+            token,
+            org,
+            batch,
+            concurrency,
+        })
+    }
+
+
     /// Posts segments `from..to` (texts seeded by their number) with `model`, and waits for
     /// every job to be SUCCEEDED; returns the time from the first post to the last success.
     async fn run(&self, from: usize, to: usize, model: Option<&str>) -> anyhow::Result<Duration> {
-        let (mut done_rx, watcher) = watch_bucket(self.nats_url, self.org).await?;
+        let (mut done_rx, watcher) = watch_bucket(&self.nats_url, self.org).await?;
         let endpoint = format!("{}/vectors/embed/batch", self.url);
         let tag = model.unwrap_or("default");
         let batches: Vec<(usize, usize)> = (from..to)
@@ -403,7 +508,10 @@ impl Service {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let log = std::fs::File::create(data_dir.join("serve.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("serve.log"))?;
         let child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("serve")
             .env("HEIMDEX_DATA_DIR", data_dir)
@@ -412,6 +520,8 @@ impl Service {
             // One tenant loads a million jobs: the per-org rate limit is for shared services.
             .env("HEIMDEX_RATE_LIMIT_JOBS_PER_SEC", "0")
             .env_remove("HEIMDEX_METRICS_ADDR")
+            // The embedded store: its memory and disk are what is measured.
+            .env_remove("QDRANT_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -435,7 +545,7 @@ impl Service {
         Ok(Self { child, url })
     }
 
-    async fn stop(mut self) {
+    async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
             // SIGTERM, for a clean shutdown; the drop kills it if that does not come.
             let _ = nix::sys::signal::kill(
