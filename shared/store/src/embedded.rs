@@ -232,23 +232,35 @@ impl EmbeddedStore {
             vector_size: self.vector_size,
         };
         let collection = self.collection_label();
-        metrics::gauge!("heimdex_vector_store_optimizing", "collection" => collection.clone())
-            .set(1.0);
+        let busy = move |running: bool| {
+            metrics::gauge!("heimdex_vector_store_optimizing", "collection" => collection.clone())
+                .set(if running { 1.0 } else { 0.0 });
+        };
+        busy(true);
         tokio::spawn(async move {
-            let outcome = store.optimize().await;
-            metrics::gauge!("heimdex_vector_store_optimizing", "collection" => collection)
-                .set(0.0);
-            store.optimizer.running.store(false, Ordering::Release);
-            match outcome {
-                // Writes made during the run may have crossed the trigger again: index them
-                // now, not at the next write, which may never come (the end of a bulk load).
-                Ok(_) if store.optimizer.since.load(Ordering::Relaxed) >= OPTIMIZE_EVERY => {
-                    store.optimize_in_background();
+            let due =
+                |store: &Self| store.optimizer.since.load(Ordering::Relaxed) >= OPTIMIZE_EVERY;
+            loop {
+                match store.optimize().await {
+                    // Writes made during the run crossed the trigger again: index them now, not
+                    // at the next write, which may never come (the end of a bulk load).
+                    Ok(_) if due(&store) => continue,
+                    Ok(_) => {}
+                    Err(err) => {
+                        tracing::warn!(%err, "vector store optimization failed; the next write retries");
+                        busy(false);
+                        store.optimizer.running.store(false, Ordering::Release);
+                        break;
+                    }
                 }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%err, "vector store optimization failed; the next write retries")
+                busy(false);
+                store.optimizer.running.store(false, Ordering::Release);
+                // A write that crossed the trigger just before saw this run and started none.
+                if due(&store) && !store.optimizer.running.swap(true, Ordering::AcqRel) {
+                    busy(true);
+                    continue;
                 }
+                break;
             }
         });
     }

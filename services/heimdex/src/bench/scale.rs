@@ -286,7 +286,6 @@ impl<'a> Load<'a> {
         })
     }
 
-
     /// Posts segments `from..to` (texts seeded by their number) with `model`, and waits for
     /// every job to be SUCCEEDED; returns the time from the first post to the last success.
     async fn run(&self, from: usize, to: usize, model: Option<&str>) -> anyhow::Result<Duration> {
@@ -384,17 +383,18 @@ async fn search_round(
     let warm_errors = warm.iter().filter(|r| r.is_err()).count();
 
     let started = Instant::now();
-    let per_connection = futures::future::join_all(clients.iter().enumerate().map(|(c, client)| {
-        let (endpoint, bodies) = (&endpoint, &bodies);
-        async move {
-            let mut outcomes = Vec::new();
-            for i in (c..queries).step_by(connections) {
-                outcomes.push(send(client, endpoint, token, &bodies[i]).await);
+    let per_connection =
+        futures::future::join_all(clients.iter().enumerate().map(|(c, client)| {
+            let (endpoint, bodies) = (&endpoint, &bodies);
+            async move {
+                let mut outcomes = Vec::new();
+                for i in (c..queries).step_by(connections) {
+                    outcomes.push(send(client, endpoint, token, &bodies[i]).await);
+                }
+                outcomes
             }
-            outcomes
-        }
-    }))
-    .await;
+        }))
+        .await;
     let elapsed = started.elapsed();
     let mut round = Round {
         elapsed,
@@ -689,7 +689,10 @@ mod tests {
                     heimdex_vector_store_points{collection=\"b\"} 5\n\
                     heimdex_vector_store_points_other 7\n\
                     heimdex_vector_store_optimize_duration_seconds_count{collection=\"a\"} 3\n";
-        assert_eq!(samples(text, "heimdex_vector_store_points"), vec![10.0, 5.0]);
+        assert_eq!(
+            samples(text, "heimdex_vector_store_points"),
+            vec![10.0, 5.0]
+        );
         assert_eq!(
             samples(text, "heimdex_vector_store_optimize_duration_seconds_count"),
             vec![3.0]
