@@ -2609,24 +2609,34 @@ mod embedded_only {
         assert!(open_at(dir.path(), DIM).await.is_ok());
     }
 
+    /// An embedded store of 384-d vectors: a few thousand points cross Qdrant's indexing
+    /// threshold (about 6,700 of them).
+    async fn indexable_store(path: &std::path::Path) -> heimdex_store::EmbeddedStore {
+        let store =
+            heimdex_store::EmbeddedStore::open(path.to_owned(), "chunks".into(), INDEXABLE_DIM)
+                .await
+                .expect("open");
+        store.ensure_collection().await.expect("ensure");
+        store
+    }
+
+    const INDEXABLE_DIM: usize = 384;
+
+    /// A spread-out vector of [`INDEXABLE_DIM`] per `i`.
+    fn vector(i: usize) -> Vec<f32> {
+        (0..INDEXABLE_DIM)
+            .map(|d| ((i * INDEXABLE_DIM + d) as f32 * 0.618_034).sin())
+            .collect()
+    }
+
     /// Past a few thousand points the optimizers index the segments (in the background, and on
     /// demand): afterwards the vectors are HNSW-indexed, and search, counts, scroll and a reopen
     /// see exactly the same data. 384-d, so the segment crosses Qdrant's indexing threshold.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn optimizing_keeps_every_point_and_the_same_answers() {
-        use heimdex_store::EmbeddedStore;
         let dir = tempfile::tempdir().expect("tempdir");
         let org = Uuid::new_v4();
-        const D: usize = 384;
-        let store = EmbeddedStore::open(dir.path().to_owned(), "chunks".into(), D)
-            .await
-            .expect("open");
-        store.ensure_collection().await.expect("ensure");
-        let vector = |i: usize| -> Vec<f32> {
-            (0..D)
-                .map(|d| ((i * D + d) as f32 * 0.618_034).sin())
-                .collect()
-        };
+        let store = indexable_store(dir.path()).await;
         let mut ids = Vec::new();
         for batch in 0..14 {
             let points: Vec<NewPoint> = (batch * 500..(batch + 1) * 500)
@@ -2698,19 +2708,9 @@ mod embedded_only {
     /// and after a reopen every one of them is there (or gone) as written.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_go_on_while_the_optimizer_indexes() {
-        use heimdex_store::EmbeddedStore;
         let dir = tempfile::tempdir().expect("tempdir");
         let org = Uuid::new_v4();
-        const D: usize = 384;
-        let store = EmbeddedStore::open(dir.path().to_owned(), "chunks".into(), D)
-            .await
-            .expect("open");
-        store.ensure_collection().await.expect("ensure");
-        let vector = |i: usize| -> Vec<f32> {
-            (0..D)
-                .map(|d| ((i * D + d) as f32 * 0.618_034).sin())
-                .collect()
-        };
+        let store = indexable_store(dir.path()).await;
         let point = |i: usize| NewPoint {
             id: Uuid::from_u128(i as u128 + 1),
             vector: vector(i),

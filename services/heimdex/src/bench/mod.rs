@@ -148,35 +148,7 @@ pub enum BenchCommand {
     /// One collection grown to each size and measured there: load time, index build time,
     /// memory, disk, and searches at each number of concurrent connections. Starts its own
     /// `serve` on a fresh data directory (docs/BENCHMARKS.md, "Scale").
-    Scale {
-        /// Collection sizes in mock points, ascending.
-        #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
-        sizes: Vec<usize>,
-        /// Concurrent connections of each search round.
-        #[arg(long, value_delimiter = ',', default_value = "1,64,1000")]
-        connections: Vec<usize>,
-        /// Searches per round (at least 10 per connection).
-        #[arg(long, default_value_t = 5_000)]
-        queries: usize,
-        /// Texts embedded by the default model, loaded first; text queries are then measured
-        /// too (0: vector queries only).
-        #[arg(long, default_value_t = 0)]
-        text_points: usize,
-        /// Segments per `POST /vectors/embed/batch`.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
-        /// Batch calls in flight.
-        #[arg(long, short, default_value_t = 8)]
-        concurrency: usize,
-        /// Data directory of the service it starts (default: a temporary one, removed after).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// How the mock points are loaded: `api` (as jobs, through `POST
-        /// /vectors/embed/batch`) or `store` (straight into the embedded store, `serve`
-        /// stopped meanwhile).
-        #[arg(long, value_enum, default_value = "api")]
-        load: scale::LoadVia,
-    },
+    Scale(scale::Options),
     /// Chunk lengths as BM25 counts them, for text files cut as `POST /vectors/documents`
     /// cuts them: the measurement behind BM25's `avg_len`.
     Lengths {
@@ -339,32 +311,7 @@ pub async fn run(command: BenchCommand, settings: &Settings) -> anyhow::Result<(
             )
             .await
         }
-        BenchCommand::Scale {
-            sizes,
-            connections,
-            queries,
-            text_points,
-            batch,
-            concurrency,
-            data_dir,
-            load,
-        } => {
-            scale::run(
-                jwt,
-                scale::Options {
-                    sizes,
-                    connections,
-                    queries,
-                    text_points,
-                    batch,
-                    concurrency,
-                    data_dir,
-                    load,
-                    collection: settings.store.collection.clone(),
-                },
-            )
-            .await
-        }
+        BenchCommand::Scale(options) => scale::run(jwt, options, &settings.store.collection).await,
         BenchCommand::Search {
             url,
             org,

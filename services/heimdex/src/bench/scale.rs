@@ -36,24 +36,34 @@ use super::{
     await_completions, corpus, cpu_flags, ms, percentile, send_honouring_retry_after, watch_bucket,
 };
 
+#[derive(clap::Args)]
 pub struct Options {
     /// Collection sizes in mock points, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     pub sizes: Vec<usize>,
     /// Concurrent connections of each search round.
+    #[arg(long, value_delimiter = ',', default_value = "1,64,1000")]
     pub connections: Vec<usize>,
     /// Searches per round (at least 10 per connection).
+    #[arg(long, default_value_t = 5_000)]
     pub queries: usize,
-    /// Real-model texts loaded first (0: no text queries).
+    /// Texts embedded by the default model, loaded first (through the API); text queries are
+    /// then measured too (0: vector queries only).
+    #[arg(long, default_value_t = 0)]
     pub text_points: usize,
-    /// Segments per batch call, and batch calls in flight.
+    /// Segments per `POST /vectors/embed/batch`.
+    #[arg(long, default_value_t = 500)]
     pub batch: usize,
+    /// Batch calls in flight.
+    #[arg(long, short, default_value_t = 8)]
     pub concurrency: usize,
-    /// Where `serve` keeps its data (default: a temporary directory, removed at the end).
+    /// Data directory of the service it starts (default: a temporary one, removed after).
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// How the mock points are loaded.
+    /// How the mock points are loaded: `api` (as jobs, through `POST /vectors/embed/batch`) or
+    /// `store` (straight into the embedded store, `serve` stopped meanwhile).
+    #[arg(long, value_enum, default_value = "api")]
     pub load: LoadVia,
-    /// The collection `serve` writes (its `QDRANT_COLLECTION_NAME`).
-    pub collection: String,
 }
 
 /// How `bench scale` loads its mock points.
@@ -70,22 +80,17 @@ const DIM: usize = 384;
 /// Results per search.
 const LIMIT: usize = 10;
 
-pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
+/// Runs the benchmark; `collection` is the one `serve` writes (its `QDRANT_COLLECTION_NAME`).
+pub async fn run(jwt: &JwtConfig, o: Options, collection: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
         o.sizes.windows(2).all(|w| w[0] < w[1]),
         "--sizes must be ascending"
     );
     // 1,000 connections need more descriptors than the usual soft limit of 1,024.
     let fd_limit = heimdex_api::connections::raise_fd_limit();
-    let temp = match &o.data_dir {
-        Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("heimdex-scale").tempdir()?),
-    };
-    let data_dir = match (&o.data_dir, &temp) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(temp)) => temp.path().to_owned(),
-        (None, None) => unreachable!("a temporary directory is made when none is given"),
-    };
+    // Removed at the end; unused when a data directory is given.
+    let temp = tempfile::Builder::new().prefix("heimdex-scale").tempdir()?;
+    let data_dir = o.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
     let org = Uuid::new_v4();
     let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(86_400))?;
     let http = reqwest::Client::builder()
@@ -132,7 +137,7 @@ pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
             LoadVia::Store => {
                 service.stop().await;
                 let store = data_dir.join("qdrant");
-                let (took, built) = load_store(&store, &o.collection, org, loaded, size).await?;
+                let (took, built) = load_store(&store, collection, org, loaded, size).await?;
                 service = Service::start(&data_dir).await?;
                 service.index_settled(&http).await?;
                 (took, built)
