@@ -341,7 +341,16 @@ fn flush(shard: &EdgeShard) {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            Err(panic) => std::panic::resume_unwind(panic),
+            Err(panic) => {
+                // The hook was kept quiet for this thread: say what failed before going on.
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a panic without a message");
+                tracing::error!(%message, attempts = attempt + 1, "the vector store's flush failed");
+                std::panic::resume_unwind(panic)
+            }
         }
     }
 }
