@@ -241,22 +241,22 @@ impl EmbeddedStore {
             let due =
                 |store: &Self| store.optimizer.since.load(Ordering::Relaxed) >= OPTIMIZE_EVERY;
             loop {
-                match store.optimize().await {
-                    // Writes made during the run crossed the trigger again: index them now, not
-                    // at the next write, which may never come (the end of a bulk load).
-                    Ok(_) if due(&store) => continue,
-                    Ok(_) => {}
-                    Err(err) => {
-                        tracing::warn!(%err, "vector store optimization failed; the next write retries");
-                        busy(false);
-                        store.optimizer.running.store(false, Ordering::Release);
-                        break;
-                    }
+                let ran = store.optimize().await;
+                if let Err(err) = &ran {
+                    tracing::warn!(%err, "vector store optimization failed; the next write retries");
+                }
+                // Writes made during the run crossed the trigger again: index them now, not at
+                // the next write, which may never come (the end of a bulk load).
+                if ran.is_ok() && due(&store) {
+                    continue;
                 }
                 busy(false);
                 store.optimizer.running.store(false, Ordering::Release);
                 // A write that crossed the trigger just before saw this run and started none.
-                if due(&store) && !store.optimizer.running.swap(true, Ordering::AcqRel) {
+                if ran.is_ok()
+                    && due(&store)
+                    && !store.optimizer.running.swap(true, Ordering::AcqRel)
+                {
                     busy(true);
                     continue;
                 }
