@@ -388,6 +388,42 @@ pub(crate) fn cpu_flags() -> String {
     format!("{model}, {cores} cores, {}", flags.join(" "))
 }
 
+/// Waits until the vector store's optimizers (the HNSW builds that follow a load) have been
+/// idle for two scrapes of the service's `/metrics` in a row; returns how long that took.
+/// Timings taken before then share the cores with a build.
+pub(crate) async fn index_settled(http: &reqwest::Client, url: &str) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut idle = 0;
+    loop {
+        let text = http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        let running = samples(&text, "heimdex_vector_store_optimizing")
+            .iter()
+            .any(|v| *v > 0.0);
+        idle = if running { 0 } else { idle + 1 };
+        if idle == 2 {
+            return Ok(started.elapsed().saturating_sub(Duration::from_secs(1)));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The values of every sample of `name` in a Prometheus text exposition.
+pub(crate) fn samples(text: &str, name: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect()
+}
+
 /// Watches the status bucket for `org`'s jobs (at `nats_url`, or the NATS URL `/readyz`
 /// reports) and sends the instant each is first seen SUCCEEDED; FAILED jobs are printed.
 pub(crate) async fn watch_completions(

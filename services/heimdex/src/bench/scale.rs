@@ -33,7 +33,8 @@ use heimdex_embed::{Embedder, Mock};
 use heimdex_store::{EmbeddedStore, NewPoint, Payload, VectorStore};
 
 use super::{
-    await_completions, corpus, cpu_flags, ms, percentile, send_honouring_retry_after, watch_bucket,
+    await_completions, corpus, cpu_flags, ms, percentile, samples, send_honouring_retry_after,
+    watch_bucket,
 };
 
 #[derive(clap::Args)]
@@ -561,22 +562,9 @@ impl Service {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
     }
 
-    /// Waits until the store's optimizers have been idle for two scrapes in a row; returns how
-    /// long that took.
+    /// See [`super::index_settled`].
     async fn index_settled(&self, http: &reqwest::Client) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let mut idle = 0;
-        loop {
-            let text = self.scrape(http).await?;
-            let running = samples(&text, "heimdex_vector_store_optimizing")
-                .iter()
-                .any(|v| *v > 0.0);
-            idle = if running { 0 } else { idle + 1 };
-            if idle == 2 {
-                return Ok(started.elapsed().saturating_sub(Duration::from_secs(1)));
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+        super::index_settled(http, &self.url).await
     }
 
     async fn store_metrics(&self, http: &reqwest::Client) -> anyhow::Result<StoreMetrics> {
@@ -614,17 +602,6 @@ impl Service {
             nats: resident(nats),
         }
     }
-}
-
-/// The values of every sample of `name` in a Prometheus text exposition.
-fn samples(text: &str, name: &str) -> Vec<f64> {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-        .collect()
 }
 
 /// `VmRSS` and `VmHWM` of a process, in bytes (0 if it cannot be read).
