@@ -1,9 +1,14 @@
-//! ADR-31's batched direct get, which async-nats does not offer: one request to
-//! `$JS.API.DIRECT.GET.<stream>`, answered by the matching messages one reply each, then an
-//! end-of-batch status (`204`, with `Nats-Num-Pending`: how many more match), or `404` when
-//! nothing matches. Two requests use it: `{"seq", "next_by_subj", "batch"}` reads a page of a
-//! listing ([`crate::listing`]), `{"multi_last", "batch"}` the last message of each of a list
-//! of subjects (the tombstones of a worker batch, [`crate::log`]).
+//! Direct gets from `$JS.API.DIRECT.GET.<stream>`, as the listings and the job log need them.
+//!
+//! ADR-31's batched direct get, which async-nats does not offer: one request, answered by the
+//! matching messages one reply each, then an end-of-batch status (`204`, with
+//! `Nats-Num-Pending`: how many more match), or `404` when nothing matches. Two requests use
+//! it: `{"seq", "next_by_subj", "batch"}` reads the first page of a listing
+//! ([`crate::listing`]), `{"multi_last", "batch"}` the last message of each of a list of
+//! subjects (the tombstones of a worker batch, [`crate::log`]).
+//!
+//! [`next_get`]: the plain `{"seq", "next_by_subj"}` get of one message, for a listing's later
+//! pages.
 
 use std::time::Duration;
 
@@ -19,6 +24,10 @@ pub enum BatchGetError {
     Subscribe(#[source] async_nats::SubscribeError),
     #[error("batched direct get: cannot send the request")]
     Publish(#[source] async_nats::PublishError),
+    #[error("direct get: the request failed")]
+    Request(#[source] async_nats::RequestError),
+    #[error("direct get answered without a sequence")]
+    NoSequence,
     #[error("batched direct get answered status {0}")]
     Status(u16),
     #[error("batched direct get stalled after {0:?}")]
@@ -84,6 +93,51 @@ pub(crate) async fn batch_get(
             payload: reply.payload,
         });
     }
+}
+
+/// `{"seq", "next_by_subj"}`: the first message matching `filter` at or after `seq`, or `None`.
+/// One message, so the server counts nothing: a batched get counts what matches after the
+/// batch, which from the middle of a stream walks a whole message block (tens of thousands of
+/// messages) under the stream's lock.
+pub(crate) async fn next_get(
+    client: &async_nats::Client,
+    stream: &str,
+    seq: u64,
+    filter: &str,
+    stall: Duration,
+) -> Result<Option<Entry>, BatchGetError> {
+    #[derive(Serialize)]
+    struct NextGet<'a> {
+        seq: u64,
+        next_by_subj: &'a str,
+    }
+    let request = serde_json::to_vec(&NextGet {
+        seq,
+        next_by_subj: filter,
+    })
+    .expect("a direct get request serializes");
+    let reply = tokio::time::timeout(
+        stall,
+        client.request(format!("$JS.API.DIRECT.GET.{stream}"), request.into()),
+    )
+    .await
+    .map_err(|_| BatchGetError::Stalled(stall))?
+    .map_err(BatchGetError::Request)?;
+    match reply.status.map(|s| s.as_u16()) {
+        Some(404) => return Ok(None),
+        Some(other) => return Err(BatchGetError::Status(other)),
+        None => {}
+    }
+    let headers = reply.headers.as_ref();
+    let seq = header_u64(headers, "Nats-Sequence").ok_or(BatchGetError::NoSequence)?;
+    Ok(Some(Entry {
+        seq,
+        subject: headers
+            .and_then(|h| h.get("Nats-Subject"))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default(),
+        payload: reply.payload,
+    }))
 }
 
 fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {

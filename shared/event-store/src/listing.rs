@@ -1,12 +1,12 @@
 //! A listing: an append-only stream of small entries (an id as payload) on a few literal
-//! subjects, read a page at a time with one batched direct get, and pruned by sequence. The job
-//! listing ([`crate::status`]) and the document listing ([`crate::documents`]) are both made of
-//! one.
+//! subjects, read a page at a time with direct gets, and pruned by sequence. The job listing
+//! ([`crate::status`]) and the document listing ([`crate::documents`]) are both made of one.
 //!
-//! A page costs what it holds: the direct get reads `limit` entries from the cursor on, and the
-//! server's count of what remains (`Nats-Num-Pending`, computed on every batched read) is per
-//! subject, so it is cheap as long as entries share a few literal subjects (one per org, or per
-//! org and status) instead of one subject each.
+//! A page costs what it holds, wherever it starts: the first page is one batched direct get,
+//! whose count of what remains (`Nats-Num-Pending`) the server takes from its per-subject totals
+//! as long as entries share a few literal subjects (one per org, or per org and status) instead
+//! of one subject each; a later page is `limit + 1` plain direct gets, each one lookup in the
+//! server's per-block subject index (see [`Listing::page`] for why not a batch).
 //!
 //! An entry is live only while the record it points to names its sequence; the writer appends
 //! the new entry first, writes the record next and deletes the old entry last (in the
@@ -21,7 +21,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 pub use crate::direct::Entry;
-use crate::direct::{BatchGetError, batch_get};
+use crate::direct::{BatchGetError, batch_get, next_get};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListingError {
@@ -41,14 +41,6 @@ pub struct Listing {
     unlist: tokio::sync::mpsc::Sender<u64>,
     /// How long a page waits for the next message of its batch.
     stall: Duration,
-}
-
-/// `{"seq": .., "next_by_subj": .., "batch": ..}`: ADR-31's batched direct get.
-#[derive(Serialize)]
-struct BatchGet<'a> {
-    seq: u64,
-    next_by_subj: &'a str,
-    batch: usize,
 }
 
 impl Listing {
@@ -94,32 +86,52 @@ impl Listing {
 
     /// Up to `limit` entries matching `filter` from sequence `from` on, in stream order, and
     /// where the next page starts (`None` on the last page).
+    ///
+    /// The first page (`from` 1) is one batched direct get: one round trip, and the server's
+    /// count of what matches after it comes from its per-subject totals. A later page is one
+    /// plain direct get per entry, and one more to learn whether it is the last, each found
+    /// from the server's per-block subject index: a batched get from the middle of the stream
+    /// would count what matches after it by walking every message of a block (up to 8 MB of
+    /// entries, about 70,000), under the stream's lock, so that a page deep in a large org's
+    /// walk cost milliseconds more than in a small org's, and held up the projector's appends
+    /// meanwhile.
     pub async fn page(
         &self,
         filter: &str,
         from: u64,
         limit: usize,
     ) -> Result<(Vec<Entry>, Option<u64>), ListingError> {
-        let (entries, more) = self.batch(filter, from, limit).await?;
-        let next = more.then(|| entries.last().map(|e| e.seq + 1)).flatten();
-        Ok((entries, next))
+        if from <= 1 {
+            let request = BatchGet {
+                seq: 1,
+                next_by_subj: filter,
+                batch: limit,
+            };
+            let (entries, more) =
+                batch_get(&self.client, self.stream, &request, self.stall).await?;
+            let next = more.then(|| entries.last().map(|e| e.seq + 1)).flatten();
+            return Ok((entries, next));
+        }
+        let mut entries = Vec::with_capacity(limit);
+        let mut seq = from;
+        while let Some(entry) = next_get(&self.client, self.stream, seq, filter, self.stall).await?
+        {
+            if entries.len() == limit {
+                return Ok((entries, Some(seq)));
+            }
+            seq = entry.seq + 1;
+            entries.push(entry);
+        }
+        Ok((entries, None))
     }
+}
 
-    /// A batched direct get: up to `batch` messages matching `filter` from `from` on, and
-    /// whether more match after them.
-    async fn batch(
-        &self,
-        filter: &str,
-        from: u64,
-        batch: usize,
-    ) -> Result<(Vec<Entry>, bool), ListingError> {
-        let request = BatchGet {
-            seq: from.max(1),
-            next_by_subj: filter,
-            batch,
-        };
-        Ok(batch_get(&self.client, self.stream, &request, self.stall).await?)
-    }
+/// `{"seq": .., "next_by_subj": .., "batch": ..}`: ADR-31's batched direct get.
+#[derive(Serialize)]
+struct BatchGet<'a> {
+    seq: u64,
+    next_by_subj: &'a str,
+    batch: usize,
 }
 
 /// Stale entries queued for deletion at most; past this, they are left (listings skip them).

@@ -12,14 +12,15 @@
 //! sequence last. A crash in between leaves an extra entry, never a missing one, and a listing
 //! shows an entry only if it is the one the job's status names.
 //!
-//! The listing is a [`Listing`]. A page is one batched direct get (ADR-31, nats-server 2.11+): up to `limit` entries with a
-//! sequence at or after the cursor, on the org's one subject for that status, or on the org's
-//! four status subjects (`heimdex.listing.<org_id>.*`) for every status, in stream order: the
-//! order in which jobs entered their current status. Each entry's status is then read from the
-//! bucket (concurrently). Nothing is read that the page does not hold, however many jobs the org
-//! has, and the server's count of what remains after the page (`Nats-Num-Pending`, which it
-//! computes on every batched read) is per subject, not per job: filtering on one subject per
-//! job made that count walk every job of the org.
+//! The listing is a [`Listing`]. A page is up to `limit` entries with a sequence at or after
+//! the cursor, on the org's one subject for that status, or on the org's four status subjects
+//! (`heimdex.listing.<org_id>.*`) for every status, in stream order: the order in which jobs
+//! entered their current status; the first page one batched direct get (ADR-31, nats-server
+//! 2.11+), a later one a direct get per entry ([`Listing::page`] says why). Each entry's status
+//! is then read from the bucket (concurrently). Nothing is read that the page does not hold,
+//! however many jobs the org has or wherever the page starts. Entries share one subject per org
+//! and status, not one per job: with a subject per job, the server's count of what remains
+//! after a batch walked every job of the org.
 //!
 //! A job that changes status during a walk moves to the end and is listed again, with its new
 //! status, on a later page; no job is missed. The cursor is the stream sequence of the page's
