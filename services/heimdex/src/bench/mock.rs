@@ -1,13 +1,15 @@
 //! `heimdex bench ingest`: posts N mock jobs with concurrency C over HTTP to a running service and
 //! reports accepted/s, completed/s (SUCCEEDED visible in the status bucket that `GET /jobs`
 //! reads) and POST latency percentiles, then the end-to-end latency of single jobs on an idle
-//! service. It measures through the public API only; NATS is used just to watch completions
-//! (at the URL `/readyz` reports) instead of polling every job, and to count what the
-//! projector wrote per job.
+//! service: once the backlog has drained and the vector index of what the ingest wrote is built.
+//! It measures through the public API only; NATS is used just to watch completions (at the URL
+//! `/readyz` reports) instead of polling every job, and to count what the projector wrote per
+//! job.
 //!
 //! Then, unless told not to, it measures the broker's bound for the same N and C
-//! ([`super::bound`]) and prints the efficiency: completed/s of the service ÷ completed/s of the
-//! broker doing the same JetStream operations alone.
+//! ([`super::bound`]), once the service's index build has ended too, and prints the efficiency:
+//! completed/s of the service ÷ completed/s of the broker doing the same JetStream operations
+//! alone.
 
 use std::time::{Duration, Instant};
 
@@ -117,8 +119,10 @@ pub async fn ingest(settings: &Settings, url: &str, o: Options) -> anyhow::Resul
     }
 
     if single > 0 {
-        // Let the ingest backlog drain before timing single jobs.
+        // Let the ingest backlog drain, and the vector index of what it wrote be built, before
+        // timing single jobs on an idle service.
         tokio::time::sleep(Duration::from_millis(500)).await;
+        settle_index(&http, url).await?;
         while done_rx.try_recv().is_ok() {}
         let mut e2e = Vec::with_capacity(single);
         for i in 0..single {
@@ -160,12 +164,28 @@ pub async fn ingest(settings: &Settings, url: &str, o: Options) -> anyhow::Resul
 
     if bound {
         let completed_per_s = completed as f64 / completed_in.as_secs_f64();
+        // The broker alone: not beside the service's index build.
+        settle_index(&http, url).await?;
         let bound = bound::measure(settings, n, concurrency).await?;
         println!("  bound operations per job: {}", bound.ops.per_job());
         println!(
             "  efficiency: {completed_per_s:.0} / {:.0} = {:.2} (service completed/s ÷ bound completed/s)",
             bound.completed_per_s,
             completed_per_s / bound.completed_per_s
+        );
+    }
+    Ok(())
+}
+
+/// Waits until the service's vector store has indexed what the ingest wrote (the optimizer that
+/// builds the HNSW index runs beside the writes; `heimdex_vector_store_optimizing`), and says
+/// how long that took when it was not at once.
+async fn settle_index(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    let waited = super::index_settled(http, url).await?;
+    if waited >= Duration::from_millis(500) {
+        println!(
+            "  (waited {:.1} s for the vector index build to end)",
+            waited.as_secs_f64()
         );
     }
     Ok(())
