@@ -17,20 +17,20 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 
-/// Why a batched direct get failed.
+/// Why a direct get failed.
 #[derive(Debug, thiserror::Error)]
-pub enum BatchGetError {
-    #[error("batched direct get: cannot subscribe to the reply inbox")]
+pub enum DirectGetError {
+    #[error("direct get: cannot subscribe to the reply inbox")]
     Subscribe(#[source] async_nats::SubscribeError),
-    #[error("batched direct get: cannot send the request")]
+    #[error("direct get: cannot send the request")]
     Publish(#[source] async_nats::PublishError),
     #[error("direct get: the request failed")]
     Request(#[source] async_nats::RequestError),
     #[error("direct get answered without a sequence")]
     NoSequence,
-    #[error("batched direct get answered status {0}")]
+    #[error("direct get answered status {0}")]
     Status(u16),
-    #[error("batched direct get stalled after {0:?}")]
+    #[error("direct get stalled after {0:?}")]
     Stalled(Duration),
 }
 
@@ -49,12 +49,12 @@ pub(crate) async fn batch_get(
     stream: &str,
     request: &impl Serialize,
     stall: Duration,
-) -> Result<(Vec<Entry>, bool), BatchGetError> {
+) -> Result<(Vec<Entry>, bool), DirectGetError> {
     let inbox = client.new_inbox();
     let mut replies = client
         .subscribe(inbox.clone())
         .await
-        .map_err(BatchGetError::Subscribe)?;
+        .map_err(DirectGetError::Subscribe)?;
     let request = serde_json::to_vec(request).expect("a direct get request serializes");
     client
         .publish_with_reply(
@@ -63,12 +63,12 @@ pub(crate) async fn batch_get(
             request.into(),
         )
         .await
-        .map_err(BatchGetError::Publish)?;
+        .map_err(DirectGetError::Publish)?;
     let mut got = Vec::new();
     loop {
         let reply = match tokio::time::timeout(stall, replies.next()).await {
             Ok(Some(reply)) => reply,
-            Ok(None) | Err(_) => return Err(BatchGetError::Stalled(stall)),
+            Ok(None) | Err(_) => return Err(DirectGetError::Stalled(stall)),
         };
         match reply.status.map(|s| s.as_u16()) {
             // Nothing matches.
@@ -77,21 +77,12 @@ pub(crate) async fn batch_get(
                 let pending = header_u64(reply.headers.as_ref(), "Nats-Num-Pending");
                 return Ok((got, pending.is_some_and(|n| n > 0)));
             }
-            Some(other) => return Err(BatchGetError::Status(other)),
+            Some(other) => return Err(DirectGetError::Status(other)),
             None => {}
         }
-        let headers = reply.headers.as_ref();
-        let Some(seq) = header_u64(headers, "Nats-Sequence") else {
-            continue;
-        };
-        got.push(Entry {
-            seq,
-            subject: headers
-                .and_then(|h| h.get("Nats-Subject"))
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default(),
-            payload: reply.payload,
-        });
+        if let Some(entry) = Entry::of(reply) {
+            got.push(entry);
+        }
     }
 }
 
@@ -105,7 +96,7 @@ pub(crate) async fn next_get(
     seq: u64,
     filter: &str,
     stall: Duration,
-) -> Result<Option<Entry>, BatchGetError> {
+) -> Result<Option<Entry>, DirectGetError> {
     #[derive(Serialize)]
     struct NextGet<'a> {
         seq: u64,
@@ -121,23 +112,29 @@ pub(crate) async fn next_get(
         client.request(format!("$JS.API.DIRECT.GET.{stream}"), request.into()),
     )
     .await
-    .map_err(|_| BatchGetError::Stalled(stall))?
-    .map_err(BatchGetError::Request)?;
+    .map_err(|_| DirectGetError::Stalled(stall))?
+    .map_err(DirectGetError::Request)?;
     match reply.status.map(|s| s.as_u16()) {
         Some(404) => return Ok(None),
-        Some(other) => return Err(BatchGetError::Status(other)),
+        Some(other) => return Err(DirectGetError::Status(other)),
         None => {}
     }
-    let headers = reply.headers.as_ref();
-    let seq = header_u64(headers, "Nats-Sequence").ok_or(BatchGetError::NoSequence)?;
-    Ok(Some(Entry {
-        seq,
-        subject: headers
-            .and_then(|h| h.get("Nats-Subject"))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default(),
-        payload: reply.payload,
-    }))
+    Entry::of(reply).ok_or(DirectGetError::NoSequence).map(Some)
+}
+
+impl Entry {
+    /// The message a direct get answered with; `None` without a `Nats-Sequence` header.
+    fn of(reply: async_nats::Message) -> Option<Self> {
+        let headers = reply.headers.as_ref();
+        Some(Self {
+            seq: header_u64(headers, "Nats-Sequence")?,
+            subject: headers
+                .and_then(|h| h.get("Nats-Subject"))
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default(),
+            payload: reply.payload,
+        })
+    }
 }
 
 fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {

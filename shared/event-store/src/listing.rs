@@ -21,12 +21,12 @@ use futures::StreamExt;
 use serde::Serialize;
 
 pub use crate::direct::Entry;
-use crate::direct::{BatchGetError, batch_get, next_get};
+use crate::direct::{DirectGetError, batch_get, next_get};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListingError {
     #[error("cannot read the listing")]
-    Read(#[from] BatchGetError),
+    Read(#[from] DirectGetError),
     #[error("listing write failed")]
     Append(#[source] jetstream::context::PublishError),
 }

@@ -17,7 +17,7 @@ use heimdex_domain::events::{self, DecodeError, EventKind, JobEvent};
 use heimdex_domain::ids::Target;
 use heimdex_domain::jobs::JobStatus;
 
-use crate::direct::{BatchGetError, batch_get};
+use crate::direct::{DirectGetError, batch_get};
 use crate::jetstream::{ReadError, StreamRead};
 
 /// Tombstone subjects asked for in one batched read.
@@ -116,7 +116,7 @@ pub enum LogReadError {
     #[error("cannot read the log's state")]
     Info(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read the tombstones")]
-    Tombstones(#[from] BatchGetError),
+    Tombstones(#[from] DirectGetError),
     #[error("tombstone at sequence {seq} does not name a job")]
     BadTombstone { seq: u64 },
     #[error("event at sequence {seq} cannot be decoded")]
