@@ -395,13 +395,7 @@ pub(crate) async fn index_settled(http: &reqwest::Client, url: &str) -> anyhow::
     let started = Instant::now();
     let mut idle = 0;
     loop {
-        let text = http
-            .get(format!("{url}/metrics"))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?;
+        let text = scrape_metrics(http, url).await?;
         let running = samples(&text, "heimdex_vector_store_optimizing")
             .iter()
             .any(|v| *v > 0.0);
@@ -411,6 +405,17 @@ pub(crate) async fn index_settled(http: &reqwest::Client, url: &str) -> anyhow::
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The service's `GET /metrics`: its Prometheus text exposition.
+pub(crate) async fn scrape_metrics(http: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
 }
 
 /// The values of every sample of `name` in a Prometheus text exposition.
@@ -528,5 +533,28 @@ pub(crate) async fn send_honouring_retry_after(
             }
             _ => return (response, waits),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_read_by_exact_name() {
+        let text = "# TYPE heimdex_vector_store_points gauge\n\
+                    heimdex_vector_store_points{collection=\"a\"} 10\n\
+                    heimdex_vector_store_points{collection=\"b\"} 5\n\
+                    heimdex_vector_store_points_other 7\n\
+                    heimdex_vector_store_optimize_duration_seconds_count{collection=\"a\"} 3\n";
+        assert_eq!(
+            samples(text, "heimdex_vector_store_points"),
+            vec![10.0, 5.0]
+        );
+        assert_eq!(
+            samples(text, "heimdex_vector_store_optimize_duration_seconds_count"),
+            vec![3.0]
+        );
+        assert!(samples(text, "heimdex_vector_store_indexed_vectors").is_empty());
     }
 }

@@ -568,7 +568,7 @@ impl Service {
     }
 
     async fn store_metrics(&self, http: &reqwest::Client) -> anyhow::Result<StoreMetrics> {
-        let text = self.scrape(http).await?;
+        let text = super::scrape_metrics(http, &self.url).await?;
         let sum = |name: &str| samples(&text, name).iter().sum::<f64>();
         Ok(StoreMetrics {
             points: sum("heimdex_vector_store_points"),
@@ -576,16 +576,6 @@ impl Service {
             runs: sum("heimdex_vector_store_optimize_duration_seconds_count"),
             run_seconds: sum("heimdex_vector_store_optimize_duration_seconds_sum"),
         })
-    }
-
-    async fn scrape(&self, http: &reqwest::Client) -> anyhow::Result<String> {
-        Ok(http
-            .get(format!("{}/metrics", self.url))
-            .send()
-            .await?
-            .error_for_status()?
-            .text()
-            .await?)
     }
 
     fn memory(&self) -> Memory {
@@ -657,28 +647,5 @@ fn allocated(path: &Path) -> u64 {
             .unwrap_or(0)
     } else {
         meta.blocks() * 512
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn samples_are_read_by_exact_name() {
-        let text = "# TYPE heimdex_vector_store_points gauge\n\
-                    heimdex_vector_store_points{collection=\"a\"} 10\n\
-                    heimdex_vector_store_points{collection=\"b\"} 5\n\
-                    heimdex_vector_store_points_other 7\n\
-                    heimdex_vector_store_optimize_duration_seconds_count{collection=\"a\"} 3\n";
-        assert_eq!(
-            samples(text, "heimdex_vector_store_points"),
-            vec![10.0, 5.0]
-        );
-        assert_eq!(
-            samples(text, "heimdex_vector_store_optimize_duration_seconds_count"),
-            vec![3.0]
-        );
-        assert!(samples(text, "heimdex_vector_store_indexed_vectors").is_empty());
     }
 }
