@@ -1,16 +1,17 @@
 //! In-process adapter on Qdrant Edge (`qdrant-edge` 0.7).
 //!
-//! `EdgeShard` is synchronous, so every call runs on tokio's blocking pool with the shard held
-//! in an `Arc`. Writes are serialised by `write_lock` and return only once an
+//! `EdgeShard` is synchronous. Reads run on tokio's blocking pool with the shard held in an
+//! `Arc`; writes go to the shard's one writer thread ([`Writer`]) and return only once an
 //! `EdgeShard::flush` covers them: `EdgeShard::load` does not replay the WAL, so data not
-//! flushed to the segments would be lost on a crash. The lock is also required for soundness of
-//! `flush` itself, which `try_lock`s the WAL and panics if another update holds it.
+//! flushed to the segments would be lost on a crash. One writer is also required for soundness
+//! of `flush` itself, which `try_lock`s the WAL and panics if another update holds it.
 //!
-//! A flush fsyncs every file of every segment (58 files for one segment with this service's
-//! vectors and payload indexes: about 9 ms here, thirty times the update it follows), so it
-//! is a group commit: a write applies its update under the lock and releases it, then takes
-//! it again to flush, unless a flush that began after its update already covered it. Writes
-//! that queue behind one flush (the worker's batches in flight) share the next.
+//! A flush fsyncs every file of every segment, changed or not (58 files for the appendable
+//! segment with this service's vectors and payload indexes, 121 once an indexed segment sits
+//! beside it: 15–30 ms here, several times the update it follows), so it is a group commit: the
+//! writer applies every write that queued while its last flush ran, then flushes once for all
+//! of them. Writes that arrive during one flush (the worker's batches in flight, the indexer's,
+//! deletes) share the next.
 //!
 //! The optimizers (HNSW indexing, merging) run beside the writes, not under their lock: they
 //! take seconds to minutes as the collection grows, and writes waited for them all that time.
@@ -28,6 +29,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
 
@@ -60,16 +62,23 @@ use crate::{
 const EDGE_CONFIG_FILE: &str = "edge_config.json";
 /// Points written between two background optimizer runs.
 pub const OPTIMIZE_EVERY: usize = 5_000;
+/// A due run waits for the writes to pause this long...
+const OPTIMIZE_QUIET: Duration = Duration::from_secs(1);
+/// ...but starts at the latest this long after it became due, writes or not: until it runs,
+/// the points written meanwhile are scanned by search, and each upsert into the appendable
+/// segment walks the whole posting list of each of its keyword terms (Qdrant's in-RAM
+/// `PostingList::upsert`), which grows with them.
+const OPTIMIZE_DELAY_MAX: Duration = Duration::from_secs(10);
 /// Page size for `scroll_ids`.
 const SCROLL_PAGE: usize = 1024;
 /// How long `open` waits for the WAL directory lock: `LOCK_RETRIES * LOCK_RETRY_DELAY`.
 const LOCK_RETRIES: u32 = 50;
-const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+const LOCK_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 /// Qdrant Edge shard in `<path>/<collection>/`. Built by [`crate::open`].
 pub struct EmbeddedStore {
     shard: Arc<EdgeShard>,
-    write_lock: Arc<Mutex<Commits>>,
+    writer: Arc<Writer>,
     optimizer: Arc<Optimizer>,
     dir: PathBuf,
     vector_size: usize,
@@ -106,10 +115,11 @@ impl EmbeddedStore {
         check_collection_name(&collection)?;
         let dir = root.join(&collection);
         let dir2 = dir.clone();
-        let shard = blocking(move || open_shard(&dir2, vector_size)).await?;
+        let shard = Arc::new(blocking(move || open_shard(&dir2, vector_size)).await?);
+        let writer = Writer::spawn(Arc::clone(&shard), &dir)?;
         let store = Self {
-            shard: Arc::new(shard),
-            write_lock: Arc::new(Mutex::new(Commits::default())),
+            shard,
+            writer: Arc::new(writer),
             optimizer: Arc::default(),
             dir,
             vector_size,
@@ -168,11 +178,14 @@ impl EmbeddedStore {
     /// Returns whether anything changed.
     pub async fn optimize(&self) -> Result<bool, StoreError> {
         self.optimizer.since.store(0, Ordering::Relaxed);
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let (shard, optimizer) = (Arc::clone(&self.shard), Arc::clone(&self.optimizer));
         let changed = blocking(move || {
             let _one_at_a_time = optimizer.lock.lock().unwrap_or_else(|p| p.into_inner());
-            shard.optimize().map_err(map_err)
+            optimizer.indexing.store(true, Ordering::Release);
+            let changed = shard.optimize().map_err(map_err);
+            optimizer.indexing.store(false, Ordering::Release);
+            changed
         })
         .await?;
         if changed {
@@ -199,9 +212,15 @@ impl EmbeddedStore {
         Ok(changed)
     }
 
-    /// Whether a background run of [`Self::optimize`] is under way.
+    /// Whether a background run of [`Self::optimize`] is due or under way: the index is not
+    /// settled.
     pub fn optimizing(&self) -> bool {
         self.optimizer.running.load(Ordering::Acquire)
+    }
+
+    /// Whether the optimizers are running now (not only due).
+    pub fn indexing(&self) -> bool {
+        self.optimizer.indexing.load(Ordering::Acquire)
     }
 
     /// Vectors covered by a vector index (HNSW), approximately; the rest are scanned.
@@ -211,22 +230,55 @@ impl EmbeddedStore {
     }
 
     /// Counts written points; past [`OPTIMIZE_EVERY`], runs [`Self::optimize`] in the
-    /// background (one at a time; writes and reads go on meanwhile).
+    /// background (one at a time; writes and reads go on meanwhile) once the writes pause.
     fn wrote(&self, points: usize) {
+        if points == 0 {
+            return;
+        }
+        *self
+            .optimizer
+            .last_write
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let total = self.optimizer.since.fetch_add(points, Ordering::Relaxed) + points;
         if total >= OPTIMIZE_EVERY {
             self.optimize_in_background();
         }
     }
 
-    /// Starts [`Self::optimize`] on a background task unless one is running.
+    /// Waits until the writes have paused for [`OPTIMIZE_QUIET`], or [`OPTIMIZE_DELAY_MAX`]
+    /// has passed.
+    ///
+    /// An index built during a burst of writes takes the cores the burst needs, its proxy
+    /// segments slow every write, and once it is swapped in every flush syncs its files too
+    /// (121 files instead of 58). The points not yet indexed are searched exactly (a scan)
+    /// meanwhile. Qdrant's advice for bulk uploads is the same: index after the upload.
+    async fn writes_paused(&self) {
+        let deadline = Instant::now() + OPTIMIZE_DELAY_MAX;
+        loop {
+            let last = *self
+                .optimizer
+                .last_write
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let wake = last.map_or(now, |last| (last + OPTIMIZE_QUIET).min(deadline));
+            if wake <= now {
+                return;
+            }
+            tokio::time::sleep_until(wake.into()).await;
+        }
+    }
+
+    /// Starts [`Self::optimize`] on a background task unless one is due or running; it runs
+    /// once the writes pause ([`Self::writes_paused`]).
     fn optimize_in_background(&self) {
         if self.optimizer.running.swap(true, Ordering::AcqRel) {
             return;
         }
         let store = Self {
             shard: Arc::clone(&self.shard),
-            write_lock: Arc::clone(&self.write_lock),
+            writer: Arc::clone(&self.writer),
             optimizer: Arc::clone(&self.optimizer),
             dir: self.dir.clone(),
             vector_size: self.vector_size,
@@ -241,6 +293,7 @@ impl EmbeddedStore {
             let due =
                 |store: &Self| store.optimizer.since.load(Ordering::Relaxed) >= OPTIMIZE_EVERY;
             loop {
+                store.writes_paused().await;
                 let ran = store.optimize().await;
                 if let Err(err) = &ran {
                     tracing::warn!(%err, "vector store optimization failed; the next write retries");
@@ -288,36 +341,136 @@ impl EmbeddedStore {
         blocking(move || f(&shard)).await
     }
 
-    /// Run `f` on the blocking pool under the write lock, then flush if `f` says it wrote.
+    /// Runs `f` on the writer thread; answers once a flush covers it if `f` says it wrote.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&EdgeShard) -> Result<(T, bool), StoreError> + Send + 'static,
     {
-        let shard = Arc::clone(&self.shard);
-        let lock = Arc::clone(&self.write_lock);
-        blocking(move || {
-            // A poisoned lock only means an earlier write panicked (e.g. flush on a full disk);
-            // the shard itself stays usable, so carry on.
-            let lock_it = || lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let (out, update) = {
-                let mut commits = lock_it();
-                let (out, wrote) = f(&shard)?;
-                if !wrote {
-                    return Ok(out);
-                }
-                commits.applied += 1;
-                (out, commits.applied)
-            };
-            let mut commits = lock_it();
-            if commits.flushed < update {
-                // Durability point: without this the write is lost on kill -9.
-                flush(&shard);
-                commits.flushed = commits.applied;
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.writer.send(Box::new(move |shard: &EdgeShard| {
+            let (result, wrote) =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(shard))) {
+                    Ok(Ok((out, wrote))) => (Ok(out), wrote),
+                    Ok(Err(err)) => (Err(err), false),
+                    // qdrant-edge panics on some I/O failures; the update may be half applied,
+                    // so the flush still runs.
+                    Err(panic) => (
+                        Err(StoreError::Internal(format!(
+                            "embedded store write panicked: {}",
+                            panic_message(&*panic)
+                        ))),
+                        true,
+                    ),
+                };
+            Applied {
+                wrote,
+                answer: Box::new(move |flushed: &Flushed| {
+                    let result = result.and_then(|out| match flushed {
+                        Ok(()) => Ok(out),
+                        Err(message) => Err(StoreError::Internal(format!(
+                            "the embedded store's flush failed: {message}"
+                        ))),
+                    });
+                    // The caller may have gone (a cancelled request); the write stands.
+                    let _ = answer.send(result);
+                }),
             }
-            Ok(out)
+        }))?;
+        answered.await.map_err(|_| {
+            StoreError::Internal("the embedded store's writer stopped mid-write".to_owned())
+        })?
+    }
+}
+
+/// A write for the [`Writer`]: applies its update and says whether it wrote.
+type Write = Box<dyn FnOnce(&EdgeShard) -> Applied + Send>;
+
+/// What a [`Write`] did: whether it changed the shard, and how to answer its caller once the
+/// flush that covers it has run (with that flush's outcome).
+struct Applied {
+    wrote: bool,
+    answer: Box<dyn FnOnce(&Flushed) + Send>,
+}
+
+/// A flush's outcome: the panic message of a failed one.
+type Flushed = Result<(), String>;
+
+/// The shard's one writer thread: the group commit. It takes every write queued while its
+/// last flush ran, applies them in the order they came, flushes once if any wrote, and then
+/// answers each. A write thus returns once a flush covers it, and the writes that arrive
+/// during one flush share the next, however the callers' threads are scheduled.
+///
+/// Dropping the last handle closes the queue and joins the thread (it finishes its round).
+struct Writer {
+    queue: Option<std::sync::mpsc::Sender<Write>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn spawn(shard: Arc<EdgeShard>, dir: &Path) -> Result<Self, StoreError> {
+        let (queue, writes) = std::sync::mpsc::channel::<Write>();
+        let label = dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dir = dir.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || {
+                while let Ok(first) = writes.recv() {
+                    let mut answers = Vec::new();
+                    let mut wrote = 0_u64;
+                    for write in std::iter::once(first).chain(writes.try_iter()) {
+                        let applied = write(&shard);
+                        wrote += u64::from(applied.wrote);
+                        answers.push(applied.answer);
+                    }
+                    let flushed = if wrote > 0 {
+                        let started = Instant::now();
+                        let flushed = flush(&shard);
+                        metrics::histogram!("heimdex_vector_store_flush_duration_seconds", "collection" => label.clone())
+                            .record(started.elapsed().as_secs_f64());
+                        metrics::counter!("heimdex_vector_store_flushed_writes_total", "collection" => label.clone())
+                            .increment(wrote);
+                        flushed
+                    } else {
+                        Ok(())
+                    };
+                    for answer in answers {
+                        answer(&flushed);
+                    }
+                }
+                // `EdgeShard`'s own `Drop` flushes, and panics if the directory is gone
+                // (see `EmbeddedStore`'s `Drop`): keep this handle alive instead.
+                if !dir.exists() {
+                    std::mem::forget(shard);
+                }
+            })
+            .map_err(|e| StoreError::Internal(format!("cannot start the store's writer: {e}")))?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
         })
-        .await
+    }
+
+    fn send(&self, write: Write) -> Result<(), StoreError> {
+        self.queue
+            .as_ref()
+            .and_then(|queue| queue.send(write).ok())
+            .ok_or_else(|| StoreError::Internal("the embedded store's writer stopped".to_owned()))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            // Only a panic of the writer loop itself ends up here; writes' panics are caught.
+            if thread.join().is_err() {
+                tracing::error!("the embedded store's writer thread panicked");
+            }
+        }
     }
 }
 
@@ -327,8 +480,9 @@ impl EmbeddedStore {
 /// holder's write lock for the moments it swaps segments in and out; `EdgeShard::flush`
 /// `try_read`s that lock and panics when it cannot have it. Those panics are caught here and the
 /// flush retried (the WAL flush before it is idempotent, and nothing is left locked: parking_lot
-/// does not poison). Any other panic of the flush (a full disk) goes on after the retries.
-fn flush(shard: &EdgeShard) {
+/// does not poison). Any other panic of the flush (a full disk) is returned, after the retries,
+/// as its message.
+fn flush(shard: &EdgeShard) -> Flushed {
     const ATTEMPTS: u32 = 1_000;
     let mut attempt = 0;
     loop {
@@ -336,23 +490,28 @@ fn flush(shard: &EdgeShard) {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| shard.flush()))
         });
         match outcome {
-            Ok(()) => return,
+            Ok(()) => return Ok(()),
             Err(_) if attempt < ATTEMPTS => {
                 attempt += 1;
-                std::thread::sleep(std::time::Duration::from_millis(1));
+                std::thread::sleep(Duration::from_millis(1));
             }
             Err(panic) => {
-                // The hook was kept quiet for this thread: say what failed before going on.
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("a panic without a message");
+                // The hook was kept quiet for this thread: say what failed.
+                let message = panic_message(&*panic).to_owned();
                 tracing::error!(%message, attempts = attempt + 1, "the vector store's flush failed");
-                std::panic::resume_unwind(panic)
+                return Err(message);
             }
         }
     }
+}
+
+/// The message a panic was raised with.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
 }
 
 thread_local! {
@@ -383,17 +542,14 @@ fn quiet_panics<T>(f: impl FnOnce() -> T) -> T {
 struct Optimizer {
     /// Points written since the optimizers last ran.
     since: AtomicUsize,
-    /// Whether a background run is under way.
+    /// Whether a background run is due or under way.
     running: AtomicBool,
     /// Held by the run in progress.
     lock: Mutex<()>,
-}
-
-/// The group commit's count: updates applied, and how many of them the last flush covered.
-#[derive(Debug, Default)]
-struct Commits {
-    applied: u64,
-    flushed: u64,
+    /// Whether the optimizers are running now.
+    indexing: AtomicBool,
+    /// When points were last written (`None`: not since the store opened).
+    last_write: Mutex<Option<Instant>>,
 }
 
 fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {

@@ -2705,7 +2705,8 @@ mod embedded_only {
 
     /// The optimizer indexes beside the writes: while a background run builds the HNSW index of
     /// a segment past the indexing threshold, upserts and deletes keep returning (each flushed),
-    /// and after a reopen every one of them is there (or gone) as written.
+    /// and after a reopen every one of them is there (or gone) as written. A due run first waits
+    /// for the writes to pause (a second without one).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_go_on_while_the_optimizer_indexes() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2727,13 +2728,22 @@ mod embedded_only {
             .upsert((4_000..7_000).map(point).collect())
             .await
             .expect("upsert");
+        assert!(store.optimizing(), "7,000 points written: a run is due");
         assert!(
-            store.optimizing(),
-            "7,000 points written: a run has started"
+            !store.indexing(),
+            "a due run waits for the writes to pause before it starts"
         );
+        let started = std::time::Instant::now();
+        while !store.indexing() && store.optimizing() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the run did not start once the writes paused"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
 
         let (mut next, mut deleted, mut written_meanwhile) = (7_000, Vec::new(), 0);
-        while store.optimizing() {
+        while store.indexing() {
             store
                 .upsert((next..next + 20).map(point).collect())
                 .await

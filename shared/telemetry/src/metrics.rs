@@ -167,14 +167,29 @@ pub const CATALOGUE: &[MetricDef] = &[
         "heimdex_vector_store_optimizing",
         Kind::Gauge,
         &["collection"],
-        "Embedded store: 1 while its optimizers (HNSW indexing, merging, vacuum) run, else 0. \
-         Writes and searches go on meanwhile.",
+        "Embedded store: 1 while a run of its optimizers (HNSW indexing, merging, vacuum) is \
+         due or under way, else 0. A due run waits for the writes to pause (a second without \
+         one, at most 10 s); writes and searches go on meanwhile.",
     ),
     def(
         "heimdex_vector_store_optimize_duration_seconds",
         Kind::Histogram,
         &["collection"],
         "Embedded store: one run of its optimizers, to its end.",
+    ),
+    def(
+        "heimdex_vector_store_flush_duration_seconds",
+        Kind::Histogram,
+        &["collection"],
+        "Embedded store: one flush (every file of every segment synced), which the writes \
+         queued meanwhile share; a write returns once one covers it.",
+    ),
+    def(
+        "heimdex_vector_store_flushed_writes_total",
+        Kind::Counter,
+        &["collection"],
+        "Embedded store: writes covered by a flush; divided by the flushes \
+         (`heimdex_vector_store_flush_duration_seconds_count`), the writes a flush shares.",
     ),
     def(
         "heimdex_vector_store_points",
