@@ -13,10 +13,12 @@
 //! of them. Writes that arrive during one flush (the worker's batches in flight, the indexer's,
 //! deletes) share the next.
 //!
-//! The optimizers (HNSW indexing, merging) run beside the writes, not under their lock: they
-//! take seconds to minutes as the collection grows, and writes waited for them all that time.
-//! Their one conflict with a write is `flush`, which `try_read`s the segment holder and panics
-//! in the moments an optimizer holds it to swap segments; [`flush`] retries it then.
+//! The optimizers (HNSW indexing, merging) run beside the writes, not on the writer thread:
+//! they take seconds to minutes as the collection grows, and writes waited for them all that
+//! time when they ran under the old write lock. Their one conflict with a write is `flush`,
+//! which `try_read`s the segment holder and panics in the moments an optimizer holds it to swap
+//! segments; [`flush`] retries it then. A due run waits for the writes to pause
+//! (`EmbeddedStore::writes_paused`).
 //!
 //! Known limitation of qdrant-edge 0.7: the WAL is written but never truncated (nothing acks
 //! it), so `<dir>/wal` grows with the total volume of writes. It must not be deleted by hand:
@@ -182,10 +184,8 @@ impl EmbeddedStore {
         let (shard, optimizer) = (Arc::clone(&self.shard), Arc::clone(&self.optimizer));
         let changed = blocking(move || {
             let _one_at_a_time = optimizer.lock.lock().unwrap_or_else(|p| p.into_inner());
-            optimizer.indexing.store(true, Ordering::Release);
-            let changed = shard.optimize().map_err(map_err);
-            optimizer.indexing.store(false, Ordering::Release);
-            changed
+            let _indexing = Indexing::set(&optimizer.indexing);
+            shard.optimize().map_err(map_err)
         })
         .await?;
         if changed {
@@ -535,6 +535,22 @@ fn quiet_panics<T>(f: impl FnOnce() -> T) -> T {
     let out = f();
     QUIET.with(|q| q.set(false));
     out
+}
+
+/// Holds [`Optimizer::indexing`] set while a run goes on, a panicking one included.
+struct Indexing<'a>(&'a AtomicBool);
+
+impl<'a> Indexing<'a> {
+    fn set(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Release);
+        Self(flag)
+    }
+}
+
+impl Drop for Indexing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// The background optimizer's state.
