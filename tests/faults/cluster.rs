@@ -41,8 +41,13 @@ async fn shared_store(dir: &std::path::Path) -> (Option<heimdex_qdrant_standin::
     }
 }
 
+/// The workers' `ack_wait`. With `max_deliver` 4 a job is given up after four of them, and the
+/// deliveries a worker's pull loses while the stream elects its new leader count too: at
+/// 5 s, two jobs once ran out of deliveries during a slow election on a 2-core machine (their
+/// points written, their `succeeded` refused by the leaderless stream) and were failed by the
+/// max-deliveries advisory. 10 s leaves the election a wider margin; the service's default is 30 s.
 fn ack_wait_ms() -> &'static str {
-    scale("5000", "30000")
+    scale("10000", "30000")
 }
 
 /// One member of the cluster: its nats-server and the monitoring port that reports what this
