@@ -41,11 +41,12 @@ async fn shared_store(dir: &std::path::Path) -> (Option<heimdex_qdrant_standin::
     }
 }
 
-/// The workers' `ack_wait`. With `max_deliver` 4 a job is given up after four of them, and the
-/// deliveries a worker's pull loses while the stream elects its new leader count too: at
-/// 5 s, two jobs once ran out of deliveries during a slow election on a 2-core machine (their
-/// points written, their `succeeded` refused by the leaderless stream) and were failed by the
-/// max-deliveries advisory. 10 s leaves the election a wider margin; the service's default is 30 s.
+/// The workers' `ack_wait`. With `max_deliver` 4 a job is given up after four of them: at 5 s,
+/// two jobs once ran out of deliveries around a slow election on a 2-core machine (their points
+/// written, their `succeeded` refused by the leaderless stream) and were failed by the
+/// max-deliveries advisory, 20 s after the kill. Why their later deliveries did not finish them
+/// was not found (deliveries lost to pulls during the election would explain it). 10 s leaves
+/// the election a wider margin; the service's default is 30 s.
 fn ack_wait_ms() -> &'static str {
     scale("10000", "30000")
 }
