@@ -320,10 +320,7 @@ impl EmbeddedStore {
 
     /// The `collection` label of this store's metrics: its directory's name.
     fn collection_label(&self) -> String {
-        self.dir
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default()
+        collection_label(&self.dir)
     }
 
     /// Directory holding the shard.
@@ -410,10 +407,7 @@ struct Writer {
 impl Writer {
     fn spawn(shard: Arc<EdgeShard>, dir: &Path) -> Result<Self, StoreError> {
         let (queue, writes) = std::sync::mpsc::channel::<Write>();
-        let label = dir
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let label = collection_label(dir);
         let dir = dir.to_owned();
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
@@ -503,6 +497,13 @@ fn flush(shard: &EdgeShard) -> Flushed {
             }
         }
     }
+}
+
+/// The `collection` label of a store's metrics: its directory's name.
+fn collection_label(dir: &Path) -> String {
+    dir.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The message a panic was raised with.
