@@ -121,7 +121,7 @@ impl<T: ParseFromJSON + 'static> ParseFromJSON for Known<T> {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
         if let Some(value) = &value {
             let schemas = schemas_of::<T>();
-            if let Some(unknown) = first_unknown(value, &T::schema_ref(), &schemas, "") {
+            if let Some(unknown) = first_unknown(value, &T::schema_ref(), &schemas, Path::Root) {
                 return Err(ParseError::custom(unknown));
             }
         }
@@ -153,13 +153,34 @@ fn schemas_of<T: Type + 'static>() -> Arc<Registry> {
     registry
 }
 
+/// Where a value sits in the body: built into text (`segments[2].txt`) only for the message
+/// that names an unknown field, so a body of many array items (a vector of 384 numbers) costs
+/// no string per item.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Field(&'a Path<'a>, &'a str),
+    Item(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Field(Path::Root, key) => f.write_str(key),
+            Path::Field(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Item(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
 /// The first field of `value` (depth first, in the body's order) that `schema` does not name,
 /// as a message: "unknown field `filter.asset` (did you mean `filter.asset_id`?)".
 fn first_unknown(
     value: &Value,
     schema: &MetaSchemaRef,
     registry: &Registry,
-    path: &str,
+    path: Path<'_>,
 ) -> Option<String> {
     let schema: &MetaSchema = match schema {
         MetaSchemaRef::Inline(schema) => schema,
@@ -184,26 +205,20 @@ fn first_unknown(
                 return None;
             }
             for (key, field) in fields {
-                let at = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let at = Path::Field(&path, key);
                 let Some((_, field_schema)) =
                     schema.properties.iter().find(|(name, _)| name == key)
                 else {
                     let known = schema.properties.iter().map(|(name, _)| *name);
                     return Some(match closest(key, known) {
-                        Some(name) if path.is_empty() => {
-                            format!("unknown field `{at}` (did you mean `{name}`?)")
-                        }
-                        Some(name) => {
-                            format!("unknown field `{at}` (did you mean `{path}.{name}`?)")
-                        }
+                        Some(name) => format!(
+                            "unknown field `{at}` (did you mean `{}`?)",
+                            Path::Field(&path, name)
+                        ),
                         None => format!("unknown field `{at}`"),
                     });
                 };
-                if let Some(found) = first_unknown(field, field_schema, registry, &at) {
+                if let Some(found) = first_unknown(field, field_schema, registry, at) {
                     return Some(found);
                 }
             }
@@ -212,7 +227,7 @@ fn first_unknown(
         Value::Array(items) => {
             let item_schema = schema.items.as_deref()?;
             items.iter().enumerate().find_map(|(i, item)| {
-                first_unknown(item, item_schema, registry, &format!("{path}[{i}]"))
+                first_unknown(item, item_schema, registry, Path::Item(&path, i))
             })
         }
         Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => None,
