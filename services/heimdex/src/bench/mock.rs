@@ -181,6 +181,12 @@ pub async fn ingest(settings: &Settings, url: &str, o: Options) -> anyhow::Resul
 /// builds the HNSW index runs beside the writes; `heimdex_vector_store_optimizing`), and says
 /// how long that took when it was not at once.
 async fn settle_index(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    // A service without `/metrics` (a release before it, run for an A/B) reports no build.
+    let probe = http.get(format!("{url}/metrics")).send().await?;
+    if probe.status() == reqwest::StatusCode::NOT_FOUND {
+        println!("  (the service has no /metrics: an index build, if any, is not waited for)");
+        return Ok(());
+    }
     let waited = super::index_settled(http, url).await?;
     if waited >= Duration::from_millis(500) {
         println!(
