@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# A/B of text ingest and search between two heimdex binaries, interleaved in one window so
+# that the machine's drift hits both alike: ROUNDS times (default 3), each binary runs `serve`
+# on a fresh data dir, and the after binary's client ingests N synthetic texts into a new org
+# (`bench ingest-text`), then times Q searches of each kind over them (`bench search`). One
+# client for both, so only the service differs. Prints the CPU flags, one line per run (texts/s
+# end to end, dense text query p99 with its embedding, vector query p50 and p99) and the
+# medians.
+#   N=3000 Q=200 bench/ab_text.sh <before-binary> <after-binary> [rounds]
+# Port 8000 must be free; the models must be where `deploy/setup.sh` puts them.
+set -euo pipefail
+before=$1 after=$2 rounds=${3:-3} n=${N:-3000} q=${Q:-200}
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+export JWT_SECRET=ab-bench-secret NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, \
+$(grep -o -w 'fma\|avx2\|avx512f\|avx512bw\|avx512vl' /proc/cpuinfo | sort -u | xargs)"
+field() { # output line-pattern label: the figure after `label` on the first line matching
+  grep "$2" <<<"$1" | head -1 | sed -E "s/.*$3 ([0-9.]+) ?(ms|texts\/s).*/\1/"
+}
+run() { # binary label
+  local dir pid org ingest search
+  dir=$(mktemp -d)
+  HEIMDEX_DATA_DIR=$dir "$1" serve >"$dir/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 120); do curl -sf localhost:8000/readyz >/dev/null && break; sleep 0.5; done
+  org=$(cat /proc/sys/kernel/random/uuid)
+  ingest=$("$after" bench ingest-text -n "$n" --max-words 12 --seed 11 --batch 1000 -c 4 --org "$org" 2>&1)
+  search=$("$after" bench search --org "$org" --queries "$q" 2>&1)
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$dir"
+  echo "$2 $(field "$ingest" 'completed:' '->') $(field "$search" 'text query, dense' 'p99') \
+$(field "$search" 'vector query' 'p50') $(field "$search" 'vector query' 'p99')"
+}
+results=$(for _ in $(seq 1 "$rounds"); do run "$before" before; run "$after" after; done | tee /dev/stderr)
+for label in before after; do
+  for col in 2 3 4 5; do
+    echo "$results" | awk -v l="$label" -v c="$col" '$1 == l {print $c}' | sort -g |
+      awk -v l="$label" -v c="$col" '{v[NR]=$1} END {m = (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2;
+        split("texts/s,dense text query p99 ms,vector query p50 ms,vector query p99 ms", name, ",");
+        printf "%s: median %s %s over %d runs\n", l, m, name[c-1], NR}'
+  done
+done
