@@ -181,13 +181,20 @@ pub async fn ingest(settings: &Settings, url: &str, o: Options) -> anyhow::Resul
 /// builds the HNSW index runs beside the writes; `heimdex_vector_store_optimizing`), and says
 /// how long that took when it was not at once.
 async fn settle_index(http: &reqwest::Client, url: &str) -> anyhow::Result<()> {
-    // A service without `/metrics` (a release before it, run for an A/B) reports no build.
-    let probe = http.get(format!("{url}/metrics")).send().await?;
-    if probe.status() == reqwest::StatusCode::NOT_FOUND {
-        println!("  (the service has no /metrics: an index build, if any, is not waited for)");
-        return Ok(());
-    }
-    let waited = super::index_settled(http, url).await?;
+    let waited = match super::index_settled(http, url).await {
+        Ok(waited) => waited,
+        // A service without `/metrics` (a release before it, run for an A/B) reports no build.
+        Err(err)
+            if err
+                .downcast_ref::<reqwest::Error>()
+                .and_then(reqwest::Error::status)
+                == Some(reqwest::StatusCode::NOT_FOUND) =>
+        {
+            println!("  (the service has no /metrics: an index build, if any, is not waited for)");
+            return Ok(());
+        }
+        Err(err) => return Err(err),
+    };
     if waited >= Duration::from_millis(500) {
         println!(
             "  (waited {:.1} s for the vector index build to end)",
