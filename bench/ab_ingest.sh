@@ -10,8 +10,9 @@ set -euo pipefail
 before=$1 after=$2 rounds=${3:-6} n=${N:-10000} c=${C:-32}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export JWT_SECRET=ab-bench-secret NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, \
-$(grep -o -w 'fma\|avx2\|avx512f\|avx512bw\|avx512vl' /proc/cpuinfo | sort -u | xargs)"
+# shellcheck source=bench/ab_common.sh
+source "$root/bench/ab_common.sh"
+ab_cpu
 run() { # binary label
   local dir pid out
   dir=$(mktemp -d)
@@ -25,7 +26,6 @@ run() { # binary label
 }
 results=$(for _ in $(seq 1 "$rounds"); do run "$before" before; run "$after" after; done | tee /dev/stderr)
 for label in before after; do
-  echo "$results" | awk -v l="$label" '$1 == l {print $2}' | sort -n |
-    awk -v l="$label" '{v[NR]=$1} END {m = (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2;
-      printf "%s: median %.0f completed jobs/s over %d runs\n", l, m, NR}'
+  runs=$(echo "$results" | awk -v l="$label" '$1 == l {print $2}')
+  echo "$label: median $(ab_median <<<"$runs") completed jobs/s over $(wc -l <<<"$runs") runs"
 done

@@ -13,10 +13,12 @@ before=$1 after=$2 rounds=${3:-3} n=${N:-3000} q=${Q:-200}
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 export JWT_SECRET=ab-bench-secret NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores, \
-$(grep -o -w 'fma\|avx2\|avx512f\|avx512bw\|avx512vl' /proc/cpuinfo | sort -u | xargs)"
+# shellcheck source=bench/ab_common.sh
+source "$root/bench/ab_common.sh"
+ab_cpu
 field() { # output line-pattern label: the figure after `label` on the first line matching
-  grep "$2" <<<"$1" | head -1 | sed -E "s/.*$3 ([0-9.]+) ?(ms|texts\/s).*/\1/"
+  # (nothing when there is no such line or figure)
+  grep "$2" <<<"$1" | head -1 | sed -nE "s/.*$3 ([0-9.]+) ?(ms|texts\/s).*/\1/p"
 }
 run() { # binary label
   local dir pid org ingest search
@@ -33,11 +35,10 @@ run() { # binary label
 $(field "$search" 'vector query' 'p50') $(field "$search" 'vector query' 'p99')"
 }
 results=$(for _ in $(seq 1 "$rounds"); do run "$before" before; run "$after" after; done | tee /dev/stderr)
+names=("texts/s" "dense text query p99 ms" "vector query p50 ms" "vector query p99 ms")
 for label in before after; do
   for col in 2 3 4 5; do
-    echo "$results" | awk -v l="$label" -v c="$col" '$1 == l {print $c}' | sort -g |
-      awk -v l="$label" -v c="$col" '{v[NR]=$1} END {m = (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2;
-        split("texts/s,dense text query p99 ms,vector query p50 ms,vector query p99 ms", name, ",");
-        printf "%s: median %s %s over %d runs\n", l, m, name[c-1], NR}'
+    runs=$(echo "$results" | awk -v l="$label" -v c="$col" '$1 == l {print $c}')
+    echo "$label: median $(ab_median <<<"$runs") ${names[col-2]} over $(wc -l <<<"$runs") runs"
   done
 done
