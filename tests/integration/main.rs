@@ -23,6 +23,7 @@ mod metadata;
 mod metrics;
 mod overload;
 mod pipeline;
+mod projector;
 mod rebuild;
 mod redrive;
 mod retries;

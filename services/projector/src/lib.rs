@@ -11,6 +11,15 @@
 //! (a `requested` overtaken by its `succeeded`, say). When one arrives, the job is refolded from
 //! its events in the stream, in order, and the result replaces the status.
 //!
+//! That repairs the status, but only once the late event is back, up to the ack wait later, and
+//! an end shown meanwhile may be the wrong one: the worker's `succeeded` held back while the
+//! max-deliveries advisory's `failed`, stored after it, flows on would show the job FAILED for
+//! half a minute, then SUCCEEDED (the first end in the stream wins). So while events may still
+//! come back late ([`Late`]: after a start or a reconnect that finds events delivered and not
+//! acknowledged, and after this projector NAKs a batch), a job that ends is refolded from the
+//! stream before its end is written, unless its `requested` event is newer than every event
+//! that may be late.
+//!
 //! Messages are handled in batches: the events of one job within a batch are folded together
 //! and written once, and the revisions of jobs still in progress are cached, so the common case
 //! is one CAS write per job per batch and no read.
@@ -90,6 +99,93 @@ pub struct Projector {
     held: Held<Message>,
     batch_size: usize,
     batching: Batching,
+    /// Which events may still arrive out of order (see the module documentation).
+    late: Late,
+}
+
+/// Events at or below a stream sequence that were delivered and not acknowledged, so they may
+/// come back after newer ones. Opened from the consumer's state (what an earlier instance, or
+/// this one before a reconnect, left unacknowledged) and by this projector's own NAKs; closed
+/// once the consumer's ack floor passes the sequence.
+#[derive(Debug, Default)]
+struct Late {
+    /// Events at or below this sequence may still arrive; `None`: none can.
+    below: Option<u64>,
+    /// The consumer's state is read again (to open or close the window) when this is set.
+    check: bool,
+    /// When the consumer's state was last read while the window was open.
+    checked: Option<Instant>,
+}
+
+/// What [`Late`] reads of the consumer's state: stream sequences.
+#[derive(Clone, Copy, Debug)]
+struct Consumer {
+    /// Every event at or below it is acknowledged.
+    ack_floor: u64,
+    /// The last event delivered.
+    delivered: u64,
+    /// Events delivered and not acknowledged.
+    unacknowledged: usize,
+}
+
+impl From<&async_nats::jetstream::consumer::Info> for Consumer {
+    fn from(info: &async_nats::jetstream::consumer::Info) -> Self {
+        Self {
+            ack_floor: info.ack_floor.stream_sequence,
+            delivered: info.delivered.stream_sequence,
+            unacknowledged: info.num_ack_pending,
+        }
+    }
+}
+
+/// How often the consumer's ack floor is read while events may still arrive late.
+const LATE_CHECK: Duration = Duration::from_secs(1);
+
+impl Late {
+    fn extend(&mut self, seq: u64) {
+        self.below = Some(self.below.map_or(seq, |below| below.max(seq)));
+    }
+
+    /// Asks for the consumer's state to be read before the next batch.
+    fn recheck(&mut self) {
+        self.check = true;
+        self.checked = None;
+    }
+
+    /// Whether the consumer's state is due to be read: when asked to, or every [`LATE_CHECK`]
+    /// while the window is open (and, after a failed read, no sooner than that).
+    fn due(&self, now: Instant) -> bool {
+        (self.check || self.below.is_some())
+            && self
+                .checked
+                .is_none_or(|checked| now.duration_since(checked) >= LATE_CHECK)
+    }
+
+    /// Takes in the consumer's state: an ack floor at or past the window's edge closes it; when
+    /// asked to ([`Late::recheck`]), events delivered and not acknowledged open (or widen) it.
+    /// (A periodic read does not: this projector's own events in flight would keep it open.)
+    fn observe(&mut self, consumer: Consumer, now: Instant) {
+        let asked = std::mem::take(&mut self.check);
+        self.checked = Some(now);
+        if self.below.is_some_and(|below| consumer.ack_floor >= below) {
+            tracing::info!(
+                below = self.below,
+                "no event can arrive out of order any more; ends are written as they come"
+            );
+            self.below = None;
+        }
+        if asked && consumer.unacknowledged > 0 && consumer.delivered > consumer.ack_floor {
+            let opened = self.below.is_none();
+            self.extend(consumer.delivered);
+            if opened {
+                tracing::info!(
+                    below = self.below,
+                    unacknowledged = consumer.unacknowledged,
+                    "events delivered before may arrive out of order; ends are checked against the stream"
+                );
+            }
+        }
+    }
 }
 
 impl Projector {
@@ -105,6 +201,7 @@ impl Projector {
                 busy: 64,
                 linger: Duration::from_millis(5),
             },
+            late: Late::default(),
         }
     }
 
@@ -113,13 +210,21 @@ impl Projector {
         self.backfill_listing().await;
         self.backfill_documents().await;
         tracing::info!("projector consuming");
-        while let Some(messages) = heimdex_event_store::jetstream::pull_stream(
-            &self.deps.consumer,
-            self.batch_size,
-            &shutdown,
-        )
-        .await
-        {
+        loop {
+            // What an earlier instance (or this one, before NATS went away) was delivered and
+            // did not acknowledge comes back only after the ack wait: read before pulling, so
+            // that only those count.
+            self.late.recheck();
+            self.check_late().await;
+            let Some(messages) = heimdex_event_store::jetstream::pull_stream(
+                &self.deps.consumer,
+                self.batch_size,
+                &shutdown,
+            )
+            .await
+            else {
+                break;
+            };
             let mut batches = messages.ready_chunks(self.batch_size);
             loop {
                 let due = self.held.due();
@@ -132,13 +237,19 @@ impl Projector {
                 };
                 let Some(first) = first else { break };
                 let batch = gather(first, &mut batches, self.batching).await;
-                let messages: Vec<Message> = batch
-                    .into_iter()
-                    .filter_map(|m| {
-                        m.map_err(|err| tracing::warn!(%err, "projector stream error"))
-                            .ok()
-                    })
-                    .collect();
+                let mut messages = Vec::with_capacity(batch.len());
+                for message in batch {
+                    match message {
+                        Ok(message) => messages.push(message),
+                        Err(err) => {
+                            // A missed heartbeat or a reconnect: acknowledgements may have
+                            // been lost with the connection.
+                            tracing::warn!(%err, "projector stream error");
+                            self.late.recheck();
+                        }
+                    }
+                }
+                self.check_late().await;
                 let ready = self.held.admit(messages, Instant::now());
                 self.handle_batch(ready).await;
             }
@@ -147,6 +258,23 @@ impl Projector {
         let held = self.held.release_all();
         self.handle_batch(held).await;
         tracing::info!("projector stopped");
+    }
+
+    /// Reads the consumer's state when [`Late`] needs it. A failed read (NATS is away, so no
+    /// batch arrives either) is logged and tried again [`LATE_CHECK`] later; meanwhile the
+    /// window stays as it was.
+    async fn check_late(&mut self) {
+        let now = Instant::now();
+        if !self.late.due(now) {
+            return;
+        }
+        match self.deps.consumer.get_info().await {
+            Ok(info) => self.late.observe(Consumer::from(&info), now),
+            Err(err) => {
+                tracing::warn!(%err, "cannot read the projector consumer's state; will retry");
+                self.late.checked = Some(now);
+            }
+        }
     }
 
     /// A bucket made before the listing existed (or before its current shape) gets its
@@ -202,6 +330,14 @@ impl Projector {
             Err(err) => {
                 tracing::warn!(error = %ErrorChain(&err), events = messages.len(), "projection failed; will retry");
                 self.cache.clear();
+                // These come back after newer events.
+                if let Some(seq) = messages
+                    .iter()
+                    .filter_map(|m| m.info().ok().map(|info| info.stream_sequence))
+                    .max()
+                {
+                    self.late.extend(seq);
+                }
                 AckKind::Nak(Some(Duration::from_millis(500)))
             }
         };
@@ -238,7 +374,7 @@ impl Projector {
                 .push((seq, event));
         }
 
-        let (statuses, log) = (&self.deps.statuses, &self.deps.log);
+        let (statuses, log, late) = (&self.deps.statuses, &self.deps.log, self.late.below);
         let jobs: Vec<_> = order
             .into_iter()
             .map(|key| {
@@ -263,7 +399,7 @@ impl Projector {
             return Err(err);
         }
         let results = join_all(jobs.into_iter().map(|(key, cached, events)| async move {
-            let result = project(statuses, log, &key, cached, &events).await;
+            let result = project(statuses, log, late, &key, cached, &events).await;
             (key, result)
         }))
         .await;
@@ -413,9 +549,14 @@ struct Written {
 
 /// Folds `events` into the job's status and writes it with compare-and-set. Returns what is
 /// written (`None` if nothing changed and nothing was read).
+///
+/// The job is refolded from the stream when an event older than its status arrives, and when
+/// it ends while events at or below `late` may still arrive (unless its `requested` event,
+/// in `events`, is newer than those): see the module documentation.
 async fn project(
     statuses: &StatusStore,
     log: &JobLog,
+    late: Option<u64>,
     key: &str,
     mut cached: Option<Written>,
     events: &[(u64, JobEvent)],
@@ -427,6 +568,7 @@ async fn project(
     // delivered before (a redelivery), so its create is tried without a read, and reads after a
     // conflict.
     let mut new_job = matches!(first.data, EventData::Requested(_));
+    let born_after_late = late.is_none_or(|below| new_job && events[0].0 > below);
     for _ in 0..CAS_ATTEMPTS {
         let current = match cached.take() {
             Some(written) => Some((written.revision, Some(written.status), written.listed)),
@@ -445,11 +587,13 @@ async fn project(
         };
         let mut changed = false;
         let mut out_of_order = false;
+        let was_terminal = status.status.is_terminal();
         for (seq, event) in events {
             out_of_order |= *seq < status.last_event_seq;
             changed |= status.apply(event, *seq) == Applied::Changed;
         }
-        if out_of_order {
+        let ends = !was_terminal && status.status.is_terminal();
+        if out_of_order || (ends && !born_after_late) {
             let refolded = log
                 .fold(first.org_id, first.job_id, REFOLD_STALL)
                 .await?
@@ -501,6 +645,42 @@ mod tests {
 
     fn subjects(events: &[Event]) -> Vec<&str> {
         events.iter().map(|e| e.0.as_str()).collect()
+    }
+
+    #[test]
+    fn late_events_are_expected_from_what_was_left_unacknowledged_until_the_ack_floor_passes() {
+        let t0 = Instant::now();
+        let consumer = |ack_floor, delivered, unacknowledged| Consumer {
+            ack_floor,
+            delivered,
+            unacknowledged,
+        };
+        let mut late = Late::default();
+        assert!(!late.due(t0), "nothing to read until asked");
+        // A start finds events up to 15 delivered and three of them unacknowledged.
+        late.recheck();
+        assert!(late.due(t0));
+        late.observe(consumer(10, 15, 3), t0);
+        assert_eq!(late.below, Some(15));
+        // While open, the state is read every LATE_CHECK, and events in flight then (this
+        // projector's own) do not widen the window.
+        assert!(!late.due(t0 + LATE_CHECK / 2));
+        assert!(late.due(t0 + LATE_CHECK));
+        late.observe(consumer(14, 40, 20), t0 + LATE_CHECK);
+        assert_eq!(late.below, Some(15));
+        // Once everything at or below 15 is acknowledged, nothing can arrive late.
+        late.observe(consumer(15, 60, 30), t0 + 2 * LATE_CHECK);
+        assert_eq!(late.below, None);
+        assert!(!late.due(t0 + 10 * LATE_CHECK));
+        // A NAKed batch opens it again, up to its newest event; a narrower one does not shrink it.
+        late.extend(70);
+        late.extend(65);
+        assert_eq!(late.below, Some(70));
+        // A start or reconnect with nothing unacknowledged opens nothing.
+        let mut late = Late::default();
+        late.recheck();
+        late.observe(consumer(80, 80, 0), t0);
+        assert_eq!(late.below, None);
     }
 
     #[test]

@@ -1,0 +1,165 @@
+//! The projector after a crash: events an earlier projector was delivered and never
+//! acknowledged come back only after the consumer's ack wait (30 s), while newer events flow
+//! on. Here the worker's `started` and `succeeded` are such events, and the max-deliveries
+//! advisory's `failed`, stored after them, arrives first. The first end in the stream wins, so
+//! the job SUCCEEDED; the bucket must never show it FAILED meanwhile.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
+use heimdex::serve::{self, Roles};
+use heimdex_domain::events::{EventData, Failed, JobEvent, Started, Succeeded};
+use heimdex_domain::jobs::{JobError, JobErrorCode, JobResult, JobStatus, Status};
+use heimdex_event_store::jetstream::{JOBS_STREAM, STATUS_BUCKET};
+use heimdex_event_store::status::status_key;
+use heimdex_tests::{TestNats, settings, wait_for_job};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_end_overtaking_an_unacknowledged_one_is_not_shown() {
+    let nats = TestNats::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let s = settings(data.path(), &nats.url(), &[]);
+    let api_and_projector = Roles {
+        api: true,
+        worker: false,
+        projector: true,
+    };
+
+    // A job is requested and projected QUEUED; then the service stops.
+    let shutdown = CancellationToken::new();
+    let running = serve::start(&s, api_and_projector, &nats.url(), shutdown.clone())
+        .await
+        .unwrap();
+    let base = format!("http://{}", running.api_addr.unwrap());
+    let services = tokio::spawn(running.wait());
+    let http = reqwest::Client::new();
+    let org = Uuid::new_v4();
+    let token =
+        heimdex_api::auth::issue_token(&s.api.jwt, org, "t", Duration::from_secs(600)).unwrap();
+    let accepted: serde_json::Value = http
+        .post(format!("{base}/vectors/mock"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"asset_id": "late", "segment_id": "s"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let job = Uuid::parse_str(&job_id).unwrap();
+    let queued = wait_for_job(
+        &http,
+        &base,
+        &token,
+        &job_id,
+        "QUEUED",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(queued["status"], "QUEUED");
+    shutdown.cancel();
+    services.await.unwrap();
+
+    // The worker's events are stored, and a projector that then dies is delivered them and
+    // never acknowledges them.
+    let events = heimdex::infra::connect_nats(&s, &nats.url(), "t", &CancellationToken::new())
+        .await
+        .unwrap();
+    let append = |data: EventData| {
+        let log = events.log.clone();
+        async move {
+            log.send(&JobEvent::new(org, job, data))
+                .await
+                .unwrap()
+                .stored()
+                .await
+                .unwrap();
+        }
+    };
+    append(EventData::Started(Started {
+        attempt: 1,
+        round: 0,
+    }))
+    .await;
+    append(EventData::Succeeded(Succeeded {
+        attempt: 1,
+        round: 0,
+        result: JobResult {
+            collection: "c".into(),
+            point_ids: vec![Uuid::new_v4()],
+            vector_size: 384,
+            model: None,
+            model_ver: None,
+            deleted: None,
+            written: None,
+            kept: None,
+            superseded: false,
+        },
+    }))
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let consumer: PullConsumer = js
+        .get_stream(JOBS_STREAM)
+        .await
+        .unwrap()
+        .get_consumer("projector")
+        .await
+        .unwrap();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .unwrap();
+    let mut unacknowledged = 0;
+    while let Some(message) = batch.next().await {
+        let message = message.unwrap();
+        assert!(message.subject.ends_with(".started") || message.subject.ends_with(".succeeded"));
+        unacknowledged += 1;
+    }
+    assert_eq!(unacknowledged, 2, "the dead projector was delivered both");
+
+    // The advisory's `failed` comes after them in the stream.
+    append(EventData::Failed(Failed {
+        attempt: 4,
+        round: 0,
+        error: JobError::new(JobErrorCode::MaxDeliveries, "no outcome after 4 deliveries"),
+    }))
+    .await;
+
+    // A new projector starts: `failed` reaches it first, the other two only after 30 s.
+    let kv = js.get_key_value(STATUS_BUCKET).await.unwrap();
+    let key = status_key(org, job);
+    let mut watch = kv.watch(&key).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let running = serve::start(&s, api_and_projector, &nats.url(), shutdown.clone())
+        .await
+        .unwrap();
+    let services = tokio::spawn(running.wait());
+    let mut seen = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(entry) = watch.next().await {
+            let status: JobStatus = serde_json::from_slice(&entry.unwrap().value).unwrap();
+            seen.push(status.status);
+            if status.status.is_terminal() {
+                return status;
+            }
+        }
+        panic!("the watch ended");
+    })
+    .await
+    .expect("the job ends within 20 s, well before the ack wait returns the late events");
+    assert_eq!(
+        end.status,
+        Status::Succeeded,
+        "the first end in the stream wins, and no other is shown first (statuses seen: {seen:?})"
+    );
+    assert_eq!(end.attempts, 4);
+    shutdown.cancel();
+    services.await.unwrap();
+}
