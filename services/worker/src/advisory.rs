@@ -12,7 +12,8 @@
 //! retried round, `<job>:failed:<round>.<deliveries>`), the same id the worker itself uses on
 //! its last attempt, so duplicates are de-duplicated. The advisory names the exhausted message:
 //! a `requested` event (round 0) or a `retried` one, whose round the `failed` event carries so
-//! it ends that round and no other.
+//! it ends that round and no other. A round that already has its end (the worker stored it and
+//! died before acknowledging the delivery) gets no `failed` event.
 
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use heimdex_domain::events::{EventData, Failed, JobEvent};
+use heimdex_domain::events::{EventData, EventKind, Failed, JobEvent};
 use heimdex_domain::jobs::{JobError, JobErrorCode};
 use heimdex_event_store::jetstream::{self, BootstrapError, JOBS_STREAM, WORKER_CONSUMER};
 use heimdex_event_store::log::{AppendError, LogReadError};
@@ -108,6 +109,13 @@ async fn handle(log: &JobLog, payload: &[u8]) -> Result<(), AdvisoryError> {
         .map_err(AdvisoryError::Read)?
         .event;
     let round = exhausted.data.round();
+    // The worker may have stored the job's end and died before acknowledging it: the round is
+    // over, and a `failed` event would only contradict it (the first end wins) and count a
+    // job that succeeded as failed.
+    if let Some(end) = ended(log, &exhausted, round).await? {
+        tracing::info!(job_id = %exhausted.job_id, round, seq = end, "ran out of deliveries after its end was stored; nothing to record");
+        return Ok(());
+    }
     let job_type = match &exhausted.data {
         EventData::Requested(requested) => Some(requested.spec.job_type()),
         EventData::Retried(retried) => Some(retried.spec.job_type()),
@@ -142,4 +150,19 @@ async fn handle(log: &JobLog, payload: &[u8]) -> Result<(), AdvisoryError> {
         .increment(1);
     }
     Ok(())
+}
+
+/// The sequence of the job's end (`succeeded` or `failed`) in `round` or a later one, if it
+/// has one.
+async fn ended(log: &JobLog, job: &JobEvent, round: u32) -> Result<Option<u64>, AdvisoryError> {
+    for kind in [EventKind::Succeeded, EventKind::Failed] {
+        let last = log
+            .last(job.org_id, job.job_id, kind)
+            .await
+            .map_err(AdvisoryError::Read)?;
+        if let Some(end) = last.filter(|end| end.event.data.round() >= round) {
+            return Ok(Some(end.seq));
+        }
+    }
+    Ok(None)
 }
