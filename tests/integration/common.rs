@@ -87,6 +87,36 @@ pub async fn poison_job(js: &async_nats::jetstream::Context, org: Uuid, segment:
     publish_requested(js, org, "test", spec).await.to_string()
 }
 
+/// Stores a later event of a job (`started`, `succeeded`, `failed`) as the worker or the
+/// advisory listener would: with its event id, waiting until it is stored.
+pub async fn append(log: &heimdex_event_store::JobLog, org: Uuid, job: Uuid, data: EventData) {
+    log.send(&JobEvent::new(org, job, data))
+        .await
+        .expect("sent")
+        .stored()
+        .await
+        .expect("stored");
+}
+
+/// The `succeeded` event a worker records for a mock job's attempt `attempt` of round 0.
+pub fn mock_succeeded(attempt: u32) -> EventData {
+    EventData::Succeeded(heimdex_domain::events::Succeeded {
+        attempt,
+        round: 0,
+        result: heimdex_domain::jobs::JobResult {
+            collection: "c".into(),
+            point_ids: vec![Uuid::new_v4()],
+            vector_size: 384,
+            model: None,
+            model_ver: None,
+            deleted: None,
+            written: None,
+            kept: None,
+            superseded: false,
+        },
+    })
+}
+
 pub fn job_id_of(body: &Value) -> String {
     body["job_id"].as_str().expect("job_id").to_owned()
 }

@@ -8,52 +8,44 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
-use heimdex::serve::{self, Roles};
-use heimdex_domain::events::{EventData, Failed, JobEvent, Started, Succeeded};
-use heimdex_domain::jobs::{JobError, JobErrorCode, JobResult, JobStatus, Status};
+use heimdex::serve::Roles;
+use heimdex_domain::events::{EventData, Failed, Started};
+use heimdex_domain::jobs::{JobError, JobErrorCode, JobStatus, Status};
 use heimdex_event_store::jetstream::{JOBS_STREAM, STATUS_BUCKET};
 use heimdex_event_store::status::status_key;
-use heimdex_tests::{TestNats, settings, wait_for_job};
+use heimdex_tests::{TestNats, wait_for_job};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::common::{Services, append, job_id_of, mock_succeeded};
+
+const API_AND_PROJECTOR: Roles = Roles {
+    api: true,
+    worker: false,
+    projector: true,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_end_overtaking_an_unacknowledged_one_is_not_shown() {
     let nats = TestNats::start().await;
-    let data = tempfile::tempdir().unwrap();
-    let s = settings(data.path(), &nats.url(), &[]);
-    let api_and_projector = Roles {
-        api: true,
-        worker: false,
-        projector: true,
-    };
 
     // A job is requested and projected QUEUED; then the service stops.
-    let shutdown = CancellationToken::new();
-    let running = serve::start(&s, api_and_projector, &nats.url(), shutdown.clone())
-        .await
-        .unwrap();
-    let base = format!("http://{}", running.api_addr.unwrap());
-    let services = tokio::spawn(running.wait());
-    let http = reqwest::Client::new();
+    let services = Services::start(&nats, API_AND_PROJECTOR, &[]).await;
     let org = Uuid::new_v4();
-    let token =
-        heimdex_api::auth::issue_token(&s.api.jwt, org, "t", Duration::from_secs(600)).unwrap();
-    let accepted: serde_json::Value = http
-        .post(format!("{base}/vectors/mock"))
+    let token = services.token(org);
+    let http = reqwest::Client::new();
+    let accepted = http
+        .post(format!("{}/vectors/mock", services.base))
         .bearer_auth(&token)
         .json(&serde_json::json!({"asset_id": "late", "segment_id": "s"}))
         .send()
         .await
-        .unwrap()
-        .json()
-        .await
         .unwrap();
-    let job_id = accepted["job_id"].as_str().unwrap().to_owned();
+    let job_id = job_id_of(&accepted.json().await.unwrap());
     let job = Uuid::parse_str(&job_id).unwrap();
     let queued = wait_for_job(
         &http,
-        &base,
+        &services.base,
         &token,
         &job_id,
         "QUEUED",
@@ -61,48 +53,23 @@ async fn an_end_overtaking_an_unacknowledged_one_is_not_shown() {
     )
     .await;
     assert_eq!(queued["status"], "QUEUED");
-    shutdown.cancel();
-    services.await.unwrap();
+    let settings = services.settings.clone();
+    services.stop().await;
 
     // The worker's events are stored, and a projector that then dies is delivered them and
     // never acknowledges them.
-    let events = heimdex::infra::connect_nats(&s, &nats.url(), "t", &CancellationToken::new())
-        .await
-        .unwrap();
-    let append = |data: EventData| {
-        let log = events.log.clone();
-        async move {
-            log.send(&JobEvent::new(org, job, data))
-                .await
-                .unwrap()
-                .stored()
-                .await
-                .unwrap();
-        }
-    };
-    append(EventData::Started(Started {
+    let events =
+        heimdex::infra::connect_nats(&settings, &nats.url(), "t", &CancellationToken::new())
+            .await
+            .unwrap();
+    let started = EventData::Started(Started {
         attempt: 1,
         round: 0,
-    }))
-    .await;
-    append(EventData::Succeeded(Succeeded {
-        attempt: 1,
-        round: 0,
-        result: JobResult {
-            collection: "c".into(),
-            point_ids: vec![Uuid::new_v4()],
-            vector_size: 384,
-            model: None,
-            model_ver: None,
-            deleted: None,
-            written: None,
-            kept: None,
-            superseded: false,
-        },
-    }))
-    .await;
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let consumer: PullConsumer = js
+    });
+    append(&events.log, org, job, started).await;
+    append(&events.log, org, job, mock_succeeded(1)).await;
+    let consumer: PullConsumer = events
+        .js
         .get_stream(JOBS_STREAM)
         .await
         .unwrap()
@@ -125,22 +92,17 @@ async fn an_end_overtaking_an_unacknowledged_one_is_not_shown() {
     assert_eq!(unacknowledged, 2, "the dead projector was delivered both");
 
     // The advisory's `failed` comes after them in the stream.
-    append(EventData::Failed(Failed {
+    let failed = EventData::Failed(Failed {
         attempt: 4,
         round: 0,
         error: JobError::new(JobErrorCode::MaxDeliveries, "no outcome after 4 deliveries"),
-    }))
-    .await;
+    });
+    append(&events.log, org, job, failed).await;
 
     // A new projector starts: `failed` reaches it first, the other two only after 30 s.
-    let kv = js.get_key_value(STATUS_BUCKET).await.unwrap();
-    let key = status_key(org, job);
-    let mut watch = kv.watch(&key).await.unwrap();
-    let shutdown = CancellationToken::new();
-    let running = serve::start(&s, api_and_projector, &nats.url(), shutdown.clone())
-        .await
-        .unwrap();
-    let services = tokio::spawn(running.wait());
+    let kv = events.js.get_key_value(STATUS_BUCKET).await.unwrap();
+    let mut watch = kv.watch(status_key(org, job)).await.unwrap();
+    let services = Services::start(&nats, API_AND_PROJECTOR, &[]).await;
     let mut seen = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(entry) = watch.next().await {
@@ -160,6 +122,5 @@ async fn an_end_overtaking_an_unacknowledged_one_is_not_shown() {
         "the first end in the stream wins, and no other is shown first (statuses seen: {seen:?})"
     );
     assert_eq!(end.attempts, 4);
-    shutdown.cancel();
-    services.await.unwrap();
+    services.stop().await;
 }
