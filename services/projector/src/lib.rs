@@ -547,6 +547,29 @@ struct Written {
     listed: Option<Listed>,
 }
 
+/// Which round a status is in and whether that round has ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ending {
+    round: u32,
+    ended: bool,
+}
+
+impl Ending {
+    fn of(status: &JobStatus) -> Self {
+        Self {
+            round: status.retries,
+            ended: status.status.is_terminal(),
+        }
+    }
+
+    /// Whether a round ended between `before` and `self`: an end where there was none, or the
+    /// end of a later round (a retried job's batch can take it from FAILED to the end of its
+    /// next round).
+    fn ends_after(self, before: Self) -> bool {
+        self.ended && self != before
+    }
+}
+
 /// Folds `events` into the job's status and writes it with compare-and-set. Returns what is
 /// written (`None` if nothing changed and nothing was read).
 ///
@@ -587,12 +610,12 @@ async fn project(
         };
         let mut changed = false;
         let mut out_of_order = false;
-        let was_terminal = status.status.is_terminal();
+        let before = Ending::of(&status);
         for (seq, event) in events {
             out_of_order |= *seq < status.last_event_seq;
             changed |= status.apply(event, *seq) == Applied::Changed;
         }
-        let ends = !was_terminal && status.status.is_terminal();
+        let ends = Ending::of(&status).ends_after(before);
         if out_of_order || (ends && !born_after_late) {
             let refolded = log
                 .fold(first.org_id, first.job_id, REFOLD_STALL)
@@ -645,6 +668,24 @@ mod tests {
 
     fn subjects(events: &[Event]) -> Vec<&str> {
         events.iter().map(|e| e.0.as_str()).collect()
+    }
+
+    #[test]
+    fn a_round_ends_when_its_end_is_new_or_a_later_rounds() {
+        let ending = |round, ended| Ending { round, ended };
+        assert!(ending(0, true).ends_after(ending(0, false)));
+        assert!(
+            !ending(0, true).ends_after(ending(0, true)),
+            "already ended"
+        );
+        assert!(
+            !ending(1, false).ends_after(ending(0, true)),
+            "retried, not ended"
+        );
+        assert!(
+            ending(1, true).ends_after(ending(0, true)),
+            "FAILED, retried and ended in one batch"
+        );
     }
 
     #[test]
