@@ -54,9 +54,9 @@ use crate::meta::{self, MetaCond};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
 use crate::{
-    ASSET_ID_KEY, MODEL_KEY, MODEL_VER_KEY, MOVED_FROM_KEY, NewPoint, ORG_ID_KEY, Payload,
-    PointFilter, SEGMENT_ID_KEY, SEQ_KEY, ScoredPoint, SearchRequest, StoreError, StoreKind,
-    StoredPoint, VectorStore, check_collection_name, finish_hits, payload_from_json,
+    ASSET_ID_KEY, Explanation, Hit, MODEL_KEY, MODEL_VER_KEY, MOVED_FROM_KEY, NewPoint, ORG_ID_KEY,
+    Payload, PointFilter, SEGMENT_ID_KEY, SEQ_KEY, ScoredPoint, SearchRequest, StoreError,
+    StoreKind, StoredPoint, VectorStore, check_collection_name, finish_hits, payload_from_json,
     prepare_points,
 };
 
@@ -468,6 +468,64 @@ impl Drop for Writer {
     }
 }
 
+/// A search result before its payload is read: see [`fill_page`].
+struct Candidate {
+    id: Uuid,
+    score: f32,
+    explain: Option<Explanation>,
+}
+
+impl Hit for Candidate {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn score(&self) -> f32 {
+        self.score
+    }
+
+    fn explain(&mut self, explanation: Explanation) {
+        self.explain = Some(explanation);
+    }
+}
+
+/// Reads the payloads (and vectors, if asked) of a search's page, in its order. Edge's own
+/// `query` reads them the same way, after its search, but for every point it answers: with
+/// the offset and the tie slack that is `offset + limit + 16` payloads to decompress and parse
+/// for `limit` returned. A point deleted between the search and this read is left out, as
+/// Edge's `query` leaves it out.
+fn fill_page(
+    shard: &EdgeShard,
+    page: Vec<Candidate>,
+    with_vector: bool,
+) -> Result<Vec<ScoredPoint>, StoreError> {
+    let ids: Vec<PointId> = page.iter().map(|c| PointId::Uuid(c.id)).collect();
+    let mut records = shard
+        .retrieve(
+            &ids,
+            Some(WithPayloadInterface::Bool(true)),
+            Some(WithVector::Bool(with_vector)),
+        )
+        .map_err(map_err)?
+        .into_iter()
+        .peekable();
+    let mut hits = Vec::with_capacity(page.len());
+    for candidate in page {
+        // `retrieve` answers in the order asked, without the points it did not find.
+        let Some(record) = records.next_if(|r| r.id == PointId::Uuid(candidate.id)) else {
+            continue;
+        };
+        hits.push(ScoredPoint {
+            id: candidate.id,
+            score: candidate.score,
+            payload: payload_from_json(candidate.id, record.payload.unwrap_or_default().0)?,
+            vector: record.vector.map(dense_of).transpose()?,
+            explain: candidate.explain,
+        });
+    }
+    Ok(hits)
+}
+
 /// `EdgeShard::flush`, retried while the optimizer holds the segment holder.
 ///
 /// The optimizer runs beside writes (its proxy segments take them), but takes the segment
@@ -777,8 +835,10 @@ impl VectorStore for EmbeddedStore {
         let threshold = req.score_threshold.map(OrderedFloat);
         let with_vector = req.with_vector;
         self.read(move |shard| {
+            // Ids and scores only: the engine answers `offset + limit` and the tie slack, and
+            // only the page `finish_hits` keeps needs its payload (below).
             let (prefetches, scoring) = node_in(&plan.root);
-            let hits = shard
+            let candidates = shard
                 .query(QueryRequest {
                     prefetches,
                     query: Some(scoring),
@@ -789,18 +849,15 @@ impl VectorStore for EmbeddedStore {
                     limit: plan.root.limit,
                     offset: 0,
                     params: None,
-                    with_vector: WithVector::Bool(with_vector),
-                    with_payload: WithPayloadInterface::Bool(true),
+                    with_vector: WithVector::Bool(false),
+                    with_payload: WithPayloadInterface::Bool(false),
                 })
                 .map_err(map_err)?
                 .into_iter()
                 .map(|p| {
-                    let id = uuid_of(p.id)?;
-                    Ok(ScoredPoint {
-                        id,
+                    Ok(Candidate {
+                        id: uuid_of(p.id)?,
                         score: p.score,
-                        payload: payload_from_json(id, p.payload.unwrap_or_default().0)?,
-                        vector: p.vector.map(dense_of).transpose()?,
                         explain: None,
                     })
                 })
@@ -826,7 +883,8 @@ impl VectorStore for EmbeddedStore {
                     .collect::<Result<Vec<_>, StoreError>>()?;
                 legs.push((*kind, list));
             }
-            Ok(finish_hits(hits, &plan, legs))
+            let page = finish_hits(candidates, &plan, legs);
+            fill_page(shard, page, with_vector)
         })
         .await
     }

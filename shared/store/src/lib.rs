@@ -465,17 +465,40 @@ fn prepare_points(
         .collect()
 }
 
+/// What [`finish_hits`] needs of a hit: its id and score, and a place for its explanation. A
+/// [`ScoredPoint`], or only the id and score when the payloads are read after the page is
+/// known (the embedded store).
+trait Hit {
+    fn id(&self) -> Uuid;
+    fn score(&self) -> f32;
+    fn explain(&mut self, explanation: Explanation);
+}
+
+impl Hit for ScoredPoint {
+    fn id(&self) -> Uuid {
+        self.id
+    }
+
+    fn score(&self) -> f32 {
+        self.score
+    }
+
+    fn explain(&mut self, explanation: Explanation) {
+        self.explain = Some(explanation);
+    }
+}
+
 /// Orders equal scores by point id (see [`query::TIE_SLACK`]), drops the first `offset` hits
 /// (the engine answers from the top) and fills in the explanation from the legs' own rankings.
-fn finish_hits(
-    mut hits: Vec<ScoredPoint>,
+fn finish_hits<H: Hit>(
+    mut hits: Vec<H>,
     plan: &query::Plan,
     legs: Vec<(query::LegKind, Vec<(Uuid, f32)>)>,
-) -> Vec<ScoredPoint> {
+) -> Vec<H> {
     if plan.ordered_by_score {
-        hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        hits.sort_by(|a, b| b.score().total_cmp(&a.score()).then(a.id().cmp(&b.id())));
     }
-    let mut hits: Vec<ScoredPoint> = hits
+    let mut hits: Vec<H> = hits
         .into_iter()
         .skip(plan.offset)
         .take(plan.limit)
@@ -508,9 +531,10 @@ fn finish_hits(
         }
     }
     for hit in &mut hits {
-        hit.explain = Some(Explanation {
-            dense: dense.as_ref().and_then(|m| m.get(&hit.id).copied()),
-            keyword: keyword.as_ref().and_then(|m| m.get(&hit.id).copied()),
+        let id = hit.id();
+        hit.explain(Explanation {
+            dense: dense.as_ref().and_then(|m| m.get(&id).copied()),
+            keyword: keyword.as_ref().and_then(|m| m.get(&id).copied()),
         });
     }
     hits
