@@ -24,7 +24,7 @@ run() { # binary label
   rm -rf "$dir"
   echo "$2 $(echo "$out" | grep -o '[0-9]* jobs/s' | cut -d' ' -f1)"
 }
-results=$(for _ in $(seq 1 "$rounds"); do run "$before" before; run "$after" after; done | tee /dev/stderr)
+results=$(for _ in $(seq 1 "$rounds"); do run "$before" before; run "$after" after; done | ab_show)
 for label in before after; do
   runs=$(echo "$results" | awk -v l="$label" '$1 == l {print $2}')
   echo "$label: median $(ab_median <<<"$runs") completed jobs/s over $(wc -l <<<"$runs") runs"

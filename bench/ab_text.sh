@@ -34,7 +34,7 @@ run() { # binary label
   echo "$2 $(field "$ingest" 'completed:' '->') $(field "$search" 'text query, dense' 'p99') \
 $(field "$search" 'vector query' 'p50') $(field "$search" 'vector query' 'p99')"
 }
-results=$(for _ in $(seq 1 "$rounds"); do run "$before" before; run "$after" after; done | tee /dev/stderr)
+results=$(for _ in $(seq 1 "$rounds"); do run "$before" before; run "$after" after; done | ab_show)
 names=("texts/s" "dense text query p99 ms" "vector query p50 ms" "vector query p99 ms")
 for label in before after; do
   for col in 2 3 4 5; do
