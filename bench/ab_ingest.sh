@@ -8,17 +8,16 @@
 # Port 8000 must be free.
 set -euo pipefail
 before=$1 after=$2 rounds=${3:-6} n=${N:-10000} c=${C:-32}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export JWT_SECRET=ab-bench-secret NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
 # shellcheck source=bench/ab_common.sh
-source "$root/bench/ab_common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/ab_common.sh"
+cd "$root"
 ab_cpu
 run() { # binary label
   local dir pid out
   dir=$(mktemp -d)
   HEIMDEX_DATA_DIR=$dir "$1" serve >"$dir/serve.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 120); do curl -sf localhost:8000/readyz >/dev/null && break; sleep 0.5; done
+  ab_wait_ready 8000 "$dir/serve.log" || { kill "$pid"; exit 1; }
   out=$("$after" bench ingest -n "$n" -c "$c" --single 0 --no-bound 2>&1 | grep 'completed:')
   kill "$pid"; wait "$pid" 2>/dev/null || true
   rm -rf "$dir"

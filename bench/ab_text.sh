@@ -10,11 +10,9 @@
 # Port 8000 must be free; the models must be where `deploy/setup.sh` puts them.
 set -euo pipefail
 before=$1 after=$2 rounds=${3:-3} n=${N:-3000} q=${Q:-200}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-export JWT_SECRET=ab-bench-secret NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
 # shellcheck source=bench/ab_common.sh
-source "$root/bench/ab_common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/ab_common.sh"
+cd "$root"
 ab_cpu
 field() { # output line-pattern label: the figure after `label` on the first line matching
   # (nothing when there is no such line or figure)
@@ -25,7 +23,7 @@ run() { # binary label
   dir=$(mktemp -d)
   HEIMDEX_DATA_DIR=$dir "$1" serve >"$dir/serve.log" 2>&1 &
   pid=$!
-  for _ in $(seq 1 120); do curl -sf localhost:8000/readyz >/dev/null && break; sleep 0.5; done
+  ab_wait_ready 8000 "$dir/serve.log" || { kill "$pid"; exit 1; }
   org=$(cat /proc/sys/kernel/random/uuid)
   ingest=$("$after" bench ingest-text -n "$n" --max-words 12 --seed 11 --batch 1000 -c 4 --org "$org" 2>&1)
   search=$("$after" bench search --org "$org" --queries "$q" 2>&1)

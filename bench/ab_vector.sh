@@ -12,11 +12,9 @@
 # `deploy/setup.sh` puts it (the texts are embedded by the service).
 set -euo pipefail
 before=$1 after=$2 blocks=${3:-10} n=${N:-3000} q=${Q:-1000}
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$root"
-export JWT_SECRET=ab-bench-secret NATS_SERVER_BIN="${NATS_SERVER_BIN:-$root/.tools/bin/nats-server}"
 # shellcheck source=bench/ab_common.sh
-source "$root/bench/ab_common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/ab_common.sh"
+cd "$root"
 ab_cpu
 dirs=() pids=()
 cleanup() {
@@ -36,8 +34,9 @@ start() { # binary port
 start "$before" 18001
 start "$after" 18002
 org=$(cat /proc/sys/kernel/random/uuid)
-for port in 18001 18002; do
-  for _ in $(seq 1 120); do curl -sf "localhost:$port/readyz" >/dev/null && break; sleep 0.5; done
+for i in 0 1; do
+  port=$((18001 + i))
+  ab_wait_ready "$port" "${dirs[i]}/serve.log"
   "$after" bench ingest-text --url "http://127.0.0.1:$port" -n "$n" --max-words 12 --seed 11 \
     --batch 1000 -c 4 --org "$org" 2>&1 | grep 'completed:' >&2
 done
