@@ -53,6 +53,10 @@ use crate::keyword::{KEYWORD_VECTOR, SparseVector};
 use crate::meta::{self, MetaCond};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
+use spaces::Spaces;
+
+mod spaces;
+
 use crate::{
     ASSET_ID_KEY, Explanation, Hit, MODEL_KEY, MODEL_VER_KEY, MOVED_FROM_KEY, NewPoint, ORG_ID_KEY,
     Payload, PointFilter, SEGMENT_ID_KEY, SEQ_KEY, ScoredPoint, SearchRequest, StoreError,
@@ -82,6 +86,9 @@ pub struct EmbeddedStore {
     shard: Arc<EdgeShard>,
     writer: Arc<Writer>,
     optimizer: Arc<Optimizer>,
+    /// The embedding spaces of the shard's points, so that searches skip the model conditions
+    /// every point meets ([`spaces`]).
+    spaces: Arc<Spaces>,
     dir: PathBuf,
     vector_size: usize,
 }
@@ -117,12 +124,19 @@ impl EmbeddedStore {
         check_collection_name(&collection)?;
         let dir = root.join(&collection);
         let dir2 = dir.clone();
-        let shard = Arc::new(blocking(move || open_shard(&dir2, vector_size)).await?);
+        let (shard, spaces) = blocking(move || {
+            let shard = open_shard(&dir2, vector_size)?;
+            let spaces = Spaces::load(&shard)?;
+            Ok((shard, spaces))
+        })
+        .await?;
+        let shard = Arc::new(shard);
         let writer = Writer::spawn(Arc::clone(&shard), &dir)?;
         let store = Self {
             shard,
             writer: Arc::new(writer),
             optimizer: Arc::default(),
+            spaces: Arc::new(spaces),
             dir,
             vector_size,
         };
@@ -280,6 +294,7 @@ impl EmbeddedStore {
             shard: Arc::clone(&self.shard),
             writer: Arc::clone(&self.writer),
             optimizer: Arc::clone(&self.optimizer),
+            spaces: Arc::clone(&self.spaces),
             dir: self.dir.clone(),
             vector_size: self.vector_size,
         };
@@ -764,6 +779,13 @@ impl VectorStore for EmbeddedStore {
             return Ok(());
         }
         let count = points.len();
+        let mut spaces: Vec<(String, String)> = Vec::new();
+        for p in &points {
+            let (model, model_ver) = (&p.payload.model, &p.payload.model_ver);
+            if !spaces.iter().any(|(m, v)| m == model && v == model_ver) {
+                spaces.push((model.clone(), model_ver.clone()));
+            }
+        }
         let points: Vec<PointStructPersisted> = points
             .into_iter()
             .zip(prepared)
@@ -782,7 +804,10 @@ impl VectorStore for EmbeddedStore {
                 payload: Some(qdrant_edge::Payload(prepared.payload)),
             })
             .collect();
+        let known = Arc::clone(&self.spaces);
         self.write(move |shard| {
+            // Before the points are visible to any search.
+            known.admit(&spaces);
             shard
                 .update(UpdateOperation::PointOperation(
                     PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
@@ -831,10 +856,13 @@ impl VectorStore for EmbeddedStore {
             return Ok(Vec::new());
         }
         let plan = query::plan(&req, self.vector_size)?;
-        let filter = build_filter(req.org_id, &req.filter, None)?;
         let threshold = req.score_threshold.map(OrderedFloat);
         let with_vector = req.with_vector;
+        let spaces = Arc::clone(&self.spaces);
         self.read(move |shard| {
+            // Held until the last read below: no point of another space appears meanwhile.
+            let spaces = spaces.read();
+            let filter = build_filter(req.org_id, &spaces.narrow(&req.filter), None)?;
             // Ids and scores only: the engine answers `offset + limit` and the tie slack, and
             // only the page `finish_hits` keeps needs its payload (below).
             let (prefetches, scoring) = node_in(&plan.root);

@@ -795,7 +795,37 @@ mod contract {
         };
         assert!(store.search(req).await.expect("search").is_empty());
 
-        // Model and version filters: a point of another model never answers.
+        // Model and version filters: a point of another model never answers, whether it is
+        // written before or after a search of one model (the embedded store skips conditions
+        // every point meets while the collection holds one model).
+        let one_model = |model: &str, model_ver: &str| {
+            let mut req = search_req(org, q, 10);
+            req.filter = PointFilter {
+                model: Some(model.to_owned()),
+                model_ver: Some(model_ver.to_owned()),
+                ..PointFilter::default()
+            };
+            req
+        };
+        let hits = store
+            .search(one_model("test-model", "1"))
+            .await
+            .expect("search");
+        assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), ids);
+        assert!(
+            store
+                .search(one_model("test-model", "2"))
+                .await
+                .expect("search")
+                .is_empty()
+        );
+        assert!(
+            store
+                .search(one_model("other-model", "1"))
+                .await
+                .expect("search")
+                .is_empty()
+        );
         let mut other = point(org, "even", "seg-other-model", [1.0, 0.0, 0.0, 0.0]);
         other.payload.model = "other-model".to_owned();
         store.upsert(vec![other.clone()]).await.expect("upsert");
@@ -2439,6 +2469,70 @@ mod embedded_only {
             vector_size,
         })
         .await
+    }
+
+    /// The embedded store skips the model conditions of a search while every point is in the
+    /// query's model (its `spaces`). A reopen must find out which models the shard holds: a
+    /// point of another model never answers, whether it was written before the reopen or after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn models_stay_apart_across_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let org = Uuid::new_v4();
+        let q = [1.0, 0.0, 0.0, 0.0];
+        let of_model = |model: &str, segment: &str| {
+            let mut p = point(org, "a", segment, [1.0, 0.1, 0.0, 0.0]);
+            p.payload.model = model.to_owned();
+            p
+        };
+        let hits_of = |store: Arc<dyn VectorStore>, model: &'static str| async move {
+            let mut req = search_req(org, q, 10);
+            req.filter = PointFilter {
+                model: Some(model.to_owned()),
+                model_ver: Some("1".to_owned()),
+                ..PointFilter::default()
+            };
+            set(store
+                .search(req)
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|h| h.id))
+        };
+        let a1 = of_model("model-a", "s1");
+        let b1 = of_model("model-b", "s2");
+        {
+            let store = open_at(dir.path(), DIM).await.expect("open");
+            store.ensure_collection().await.expect("ensure");
+            store.upsert(vec![a1.clone()]).await.expect("upsert");
+        }
+        // Reopened with one model: a later point of another model still stays apart.
+        {
+            let store = open_at(dir.path(), DIM).await.expect("reopen");
+            store.ensure_collection().await.expect("ensure");
+            assert_eq!(hits_of(store.clone(), "model-a").await, set([a1.id]));
+            store.upsert(vec![b1.clone()]).await.expect("upsert");
+            assert_eq!(hits_of(store.clone(), "model-a").await, set([a1.id]));
+            assert_eq!(hits_of(store.clone(), "model-b").await, set([b1.id]));
+        }
+        // Reopened with two models.
+        let store = open_at(dir.path(), DIM).await.expect("reopen 2");
+        store.ensure_collection().await.expect("ensure");
+        assert_eq!(hits_of(store.clone(), "model-a").await, set([a1.id]));
+        assert_eq!(hits_of(store.clone(), "model-b").await, set([b1.id]));
+        // Deleting one model's points does not narrow what the open store assumes...
+        assert_eq!(store.delete_points(org, &[b1.id]).await.expect("delete"), 1);
+        let a2 = of_model("model-a", "s3");
+        store.upsert(vec![a2.clone()]).await.expect("upsert");
+        assert_eq!(hits_of(store.clone(), "model-a").await, set([a1.id, a2.id]));
+        drop(store);
+        // ...and a reopen with one model left finds it, and still keeps a new model apart.
+        let store = open_at(dir.path(), DIM).await.expect("reopen 3");
+        store.ensure_collection().await.expect("ensure");
+        assert_eq!(hits_of(store.clone(), "model-a").await, set([a1.id, a2.id]));
+        let b2 = of_model("model-b", "s4");
+        store.upsert(vec![b2.clone()]).await.expect("upsert");
+        assert_eq!(hits_of(store.clone(), "model-a").await, set([a1.id, a2.id]));
+        assert_eq!(hits_of(store, "model-b").await, set([b2.id]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
