@@ -812,30 +812,17 @@ mod contract {
             .await
             .expect("search");
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), ids);
-        assert!(
-            store
-                .search(one_model("test-model", "2"))
-                .await
-                .expect("search")
-                .is_empty()
-        );
-        assert!(
-            store
-                .search(one_model("other-model", "1"))
-                .await
-                .expect("search")
-                .is_empty()
-        );
+        for (model, model_ver) in [("test-model", "2"), ("other-model", "1")] {
+            let hits = store.search(one_model(model, model_ver)).await;
+            assert!(hits.expect("search").is_empty(), "{model} {model_ver}");
+        }
         let mut other = point(org, "even", "seg-other-model", [1.0, 0.0, 0.0, 0.0]);
         other.payload.model = "other-model".to_owned();
         store.upsert(vec![other.clone()]).await.expect("upsert");
-        let mut req = search_req(org, q, 10);
-        req.filter = PointFilter {
-            model: Some("test-model".to_owned()),
-            model_ver: Some("1".to_owned()),
-            ..PointFilter::default()
-        };
-        let hits = store.search(req).await.expect("search");
+        let hits = store
+            .search(one_model("test-model", "1"))
+            .await
+            .expect("search");
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), ids);
         let mut req = search_req(org, q, 10);
         req.filter = PointFilter {
@@ -847,13 +834,8 @@ mod contract {
             hits.iter().map(|h| h.id).collect::<Vec<_>>(),
             vec![other.id]
         );
-        let mut req = search_req(org, q, 10);
-        req.filter = PointFilter {
-            model: Some("test-model".to_owned()),
-            model_ver: Some("2".to_owned()),
-            ..PointFilter::default()
-        };
-        assert!(store.search(req).await.expect("search").is_empty());
+        let hits = store.search(one_model("test-model", "2")).await;
+        assert!(hits.expect("search").is_empty());
         assert_eq!(
             store.delete_points(org, &[other.id]).await.expect("delete"),
             1
