@@ -2507,7 +2507,8 @@ mod embedded_only {
         store.upsert(vec![a2.clone()]).await.expect("upsert");
         assert_eq!(hits_of(store.clone(), "model-a").await, set([a1.id, a2.id]));
         drop(store);
-        // ...and a reopen with one model left finds it, and still keeps a new model apart.
+        // ...and after a reopen (whatever the facets make of the deleted point), a new model
+        // still stays apart.
         let store = open_at(dir.path(), DIM).await.expect("reopen 3");
         store.ensure_collection().await.expect("ensure");
         assert_eq!(hits_of(store.clone(), "model-a").await, set([a1.id, a2.id]));
