@@ -53,16 +53,15 @@ use crate::keyword::{KEYWORD_VECTOR, SparseVector};
 use crate::meta::{self, MetaCond};
 use crate::query::{self, Fusion, Leg, Node, Scoring};
 use crate::upgrade::{self, Backfill};
-use spaces::Spaces;
-
-mod spaces;
-
 use crate::{
     ASSET_ID_KEY, Explanation, Hit, MODEL_KEY, MODEL_VER_KEY, MOVED_FROM_KEY, NewPoint, ORG_ID_KEY,
     Payload, PointFilter, SEGMENT_ID_KEY, SEQ_KEY, ScoredPoint, SearchRequest, StoreError,
     StoreKind, StoredPoint, VectorStore, check_collection_name, finish_hits, payload_from_json,
     prepare_points,
 };
+use spaces::Spaces;
+
+mod spaces;
 
 /// File Qdrant Edge writes when a shard is created; its presence means "load, don't create".
 const EDGE_CONFIG_FILE: &str = "edge_config.json";
