@@ -15,6 +15,7 @@ mod deletes;
 mod documents;
 mod files;
 mod fuzz;
+mod history;
 mod hybrid;
 mod idempotency;
 mod isolation;

@@ -324,7 +324,8 @@ impl From<LogReadError> for ApiError {
             err @ (LogReadError::Read(_)
             | LogReadError::Info(_)
             | LogReadError::DirectGet(_)
-            | LogReadError::Tombstones(_)) => ApiError::nats(err),
+            | LogReadError::Tombstones(_)
+            | LogReadError::History(_)) => ApiError::nats(err),
         }
     }
 }

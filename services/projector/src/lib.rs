@@ -64,9 +64,13 @@ pub const HOLD: Duration = Duration::from_millis(200);
 const CACHE_LIMIT: usize = 200_000;
 /// CAS attempts per key before the batch is retried later.
 const CAS_ATTEMPTS: usize = 16;
-/// How long a refold waits for the next event of the job before giving up (and retrying the
-/// batch later).
+/// How long a refold waits for the log's next reply before giving up (and retrying the batch
+/// later).
 const REFOLD_STALL: Duration = Duration::from_secs(5);
+/// Reads of a refold that end before an event already applied (a replica behind the leader)
+/// are tried this many times, pausing this long times the attempt's number after each.
+const REFOLD_ATTEMPTS: u32 = 4;
+const REFOLD_BEHIND_PAUSE: Duration = Duration::from_millis(25);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectError {
@@ -74,8 +78,12 @@ pub enum ProjectError {
     Status(#[from] StatusError),
     #[error("job log unavailable")]
     Log(#[from] LogReadError),
-    #[error("job {0} has no events to refold")]
-    NoEvents(uuid::Uuid),
+    #[error("the log read for job {job_id}'s refold ends at sequence {last}, before {seen}")]
+    Behind {
+        job_id: uuid::Uuid,
+        seen: u64,
+        last: u64,
+    },
     #[error("document store unavailable")]
     Documents(#[from] DocumentError),
     #[error("too many revision conflicts on {0}")]
@@ -570,6 +578,27 @@ impl Ending {
     }
 }
 
+/// The job folded from the log, up to at least `seen` (the newest of its events applied):
+/// every event below it, late ones included. The log may answer from a replica behind the
+/// leader, with the job's first events only ([`JobLog::fold`]); such a read is tried again a
+/// few times, then the batch fails and comes back.
+async fn refold(
+    log: &JobLog,
+    org_id: uuid::Uuid,
+    job_id: uuid::Uuid,
+    seen: u64,
+) -> Result<JobStatus, ProjectError> {
+    let mut last = 0;
+    for attempt in 1..=REFOLD_ATTEMPTS {
+        match log.fold(org_id, job_id, REFOLD_STALL).await? {
+            Some(status) if status.last_event_seq >= seen => return Ok(status),
+            read => last = read.map_or(0, |status| status.last_event_seq),
+        }
+        tokio::time::sleep(REFOLD_BEHIND_PAUSE * attempt).await;
+    }
+    Err(ProjectError::Behind { job_id, seen, last })
+}
+
 /// Folds `events` into the job's status and writes it with compare-and-set. Returns what is
 /// written (`None` if nothing changed and nothing was read).
 ///
@@ -617,15 +646,9 @@ async fn project(
         }
         let ends = Ending::of(&status).ends_after(before);
         if out_of_order || (ends && !born_after_late) {
-            let refolded = log
-                .fold(first.org_id, first.job_id, REFOLD_STALL)
-                .await?
-                .ok_or(ProjectError::NoEvents(first.job_id))?;
-            // The log holds at least what was applied; a refold never moves backwards.
-            if refolded.last_event_seq >= status.last_event_seq {
-                changed |= refolded != status;
-                status = refolded;
-            }
+            let refolded = refold(log, first.org_id, first.job_id, status.last_event_seq).await?;
+            changed |= refolded != status;
+            status = refolded;
         }
         if let Some(revision) = revision.filter(|_| !changed) {
             return Ok(Some(Written {

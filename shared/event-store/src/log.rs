@@ -25,6 +25,18 @@ const TOMBSTONES_PER_READ: usize = 256;
 /// How long a batched read of tombstones waits for its next reply.
 const TOMBSTONE_STALL: Duration = Duration::from_secs(5);
 
+/// A job's events asked for in one batched read of its history.
+const HISTORY_BATCH: usize = 256;
+
+/// `{"seq", "next_by_subj", "batch"}`: the messages under a subject filter from a sequence on
+/// (ADR-31).
+#[derive(serde::Serialize)]
+struct NextBatch<'a> {
+    seq: u64,
+    next_by_subj: &'a str,
+    batch: usize,
+}
+
 /// `{"multi_last": [..], "batch": ..}`: the last message of each subject (ADR-31).
 #[derive(serde::Serialize)]
 struct MultiLast<'a> {
@@ -117,6 +129,8 @@ pub enum LogReadError {
     Info(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read the tombstones")]
     Tombstones(#[from] DirectGetError),
+    #[error("cannot read the job's events")]
+    History(#[source] DirectGetError),
     #[error("tombstone at sequence {seq} does not name a job")]
     BadTombstone { seq: u64 },
     #[error("event at sequence {seq} cannot be decoded")]
@@ -370,8 +384,20 @@ impl JobLog {
         decode(seq, &message.payload)
     }
 
-    /// The job's events as stored, oldest first, at most `max` of them; a read that stalls for
-    /// `stall` is an error, never a truncated history.
+    /// The job's events as stored, oldest first, at most `max` of them; a reply that takes
+    /// longer than `stall` is an error, never a truncated history.
+    ///
+    /// Read by batched direct gets (ADR-31), not through a consumer: the projector refolds
+    /// every job that ends while events may come back late (after a reconnect, a whole
+    /// backlog's worth), and a consumer for each would run into the server's cap on a
+    /// stream's consumers (1,000 on nats-server 2.15.1; an ordered consumer outlives its read
+    /// by its 30 s inactive threshold), failing every refold after the thousandth.
+    ///
+    /// A direct get may be answered by any replica of the stream, and a replica applies the
+    /// log in order but may lag behind the leader: what this returns is always the job's first
+    /// events in stream order, with no gap, and may end before the last ones the leader
+    /// stored. A caller that must see an event checks the last sequence (as the projector's
+    /// refold does).
     pub async fn history(
         &self,
         org_id: Uuid,
@@ -379,29 +405,35 @@ impl JobLog {
         max: usize,
         stall: Duration,
     ) -> Result<Vec<RawEvent>, LogReadError> {
-        let mut read = StreamRead::open(
-            &self.stream,
-            events::job_subjects(org_id, job_id),
-            consumer::DeliverPolicy::All,
-            stall,
-        )
-        .await?;
+        let filter = events::job_subjects(org_id, job_id);
+        let stream = &self.stream.cached_info().config.name;
         let mut events = Vec::new();
-        while let Some(message) = read.next().await? {
-            let seq = message.info().map_err(ReadError::Read)?.stream_sequence;
-            events.push(RawEvent {
-                seq,
-                subject: message.subject.to_string(),
-                payload: message.payload.clone(),
-            });
-            if events.len() >= max {
+        let mut from = 1;
+        while events.len() < max {
+            let request = NextBatch {
+                seq: from,
+                next_by_subj: &filter,
+                batch: (max - events.len()).min(HISTORY_BATCH),
+            };
+            let (entries, more) = batch_get(&self.client, stream, &request, stall)
+                .await
+                .map_err(LogReadError::History)?;
+            let Some(last) = entries.last() else { break };
+            from = last.seq + 1;
+            events.extend(entries.into_iter().map(|entry| RawEvent {
+                seq: entry.seq,
+                subject: entry.subject,
+                payload: entry.payload,
+            }));
+            if !more {
                 break;
             }
         }
         Ok(events)
     }
 
-    /// The job's status folded from all its events, in stream order (`None`: it has none).
+    /// The job's status folded from its events in stream order (`None`: it has none), read as
+    /// [`Self::history`] reads them: possibly without the newest events, never with a gap.
     /// Events that cannot be decoded are skipped (and logged), as the projector skips them.
     pub async fn fold(
         &self,
@@ -409,23 +441,17 @@ impl JobLog {
         job_id: Uuid,
         stall: Duration,
     ) -> Result<Option<JobStatus>, LogReadError> {
-        let mut read = StreamRead::open(
-            &self.stream,
-            events::job_subjects(org_id, job_id),
-            consumer::DeliverPolicy::All,
-            stall,
-        )
-        .await?;
         let mut status: Option<JobStatus> = None;
-        while let Some(message) = read.next().await? {
-            let seq = message.info().map_err(ReadError::Read)?.stream_sequence;
-            match JobEvent::decode(&message.payload) {
+        for raw in self.history(org_id, job_id, usize::MAX, stall).await? {
+            match JobEvent::decode(&raw.payload) {
                 Ok(event) => {
                     status
                         .get_or_insert_with(|| JobStatus::empty(org_id, job_id, event.time))
-                        .apply(&event, seq);
+                        .apply(&event, raw.seq);
                 }
-                Err(err) => tracing::error!(%err, seq, "undecodable event skipped in a refold"),
+                Err(err) => {
+                    tracing::error!(%err, seq = raw.seq, "undecodable event skipped in a refold");
+                }
             }
         }
         Ok(status)

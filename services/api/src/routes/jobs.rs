@@ -26,7 +26,7 @@ const MAX_EVENTS: usize = 1_000;
 /// Jobs per page of `GET /jobs` when `limit` is not given, and the most it may ask for.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 pub const MAX_LIST_LIMIT: u32 = 1_000;
-/// How long reading a job's history waits for its next event.
+/// How long reading a job's history waits for the log's next reply.
 const EVENTS_STALL: Duration = Duration::from_secs(2);
 /// Cursors this server issues start with this version tag (inside the base64). `v1` cursors
 /// (a job id) came from the listing in `job_id` order, `v2` cursors from the status bucket's
