@@ -12,6 +12,7 @@ use heimdex_domain::jobs::{JobSpec, MockParams, Status};
 use heimdex_domain::{AssetId, SegmentId};
 use heimdex_event_store::EventStore;
 use heimdex_event_store::jetstream::JOBS_STREAM;
+use heimdex_telemetry::ErrorChain;
 use heimdex_tests::TestApp;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -103,7 +104,7 @@ async fn histories_are_read_without_a_consumer_each() {
         let status = log
             .fold(org, job, STALL)
             .await
-            .unwrap_or_else(|err| panic!("refold {read} failed: {err:#}"))
+            .unwrap_or_else(|err| panic!("refold {read} failed: {}", ErrorChain(&err)))
             .expect("the job has events");
         assert_eq!(status.status, Status::Succeeded);
         assert_eq!(status.last_event_seq, history.last().unwrap().seq);
