@@ -1,7 +1,8 @@
 //! The job log: the stream `HEIMDEX_JOBS`, the source of truth. Events are appended here with
 //! the headers that make them idempotent (`Nats-Msg-Id`, an expected last subject sequence) and
-//! the caller's trace context, and read back whole (a job's history, a refold) or one at a time
-//! (the last event of a kind, by direct get).
+//! the caller's trace context, and read back by direct gets (a job's history and its refold, in
+//! batches; the last event of a kind, alone) or in one pass over the log from a sequence on (an
+//! index rebuild).
 
 use std::collections::HashMap;
 use std::time::Duration;
