@@ -14,6 +14,19 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The event store of `app`'s NATS, connected as the service connects to it, for tests that
+/// read or append to the log directly.
+pub async fn event_store(app: &TestApp, client_name: &str) -> heimdex_event_store::EventStore {
+    heimdex_event_store::EventStore::connect(
+        &app.settings.nats,
+        &app.nats.url(),
+        client_name,
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("the event store connects")
+}
+
 /// Publishes a job's `requested` event straight to the stream, past the API's checks (for jobs
 /// the API would refuse, such as an unknown model), exactly as the API would: the job key as
 /// `Nats-Msg-Id` and an expected last subject sequence of 0. Returns the job id.

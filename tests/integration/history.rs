@@ -10,14 +10,12 @@ use std::time::Duration;
 use heimdex_domain::events::{EventData, EventKind, Started};
 use heimdex_domain::jobs::{JobSpec, MockParams, Status};
 use heimdex_domain::{AssetId, SegmentId};
-use heimdex_event_store::EventStore;
 use heimdex_event_store::jetstream::JOBS_STREAM;
 use heimdex_telemetry::ErrorChain;
 use heimdex_tests::TestApp;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::common::{append, mock_succeeded, publish_requested};
+use crate::common::{append, event_store, mock_succeeded, publish_requested};
 
 /// More reads than nats-server 2.15.1 allows consumers on one stream.
 const READS: usize = 1_200;
@@ -28,14 +26,7 @@ const STALL: Duration = Duration::from_secs(5);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_are_read_without_a_consumer_each() {
     let app = TestApp::spawn_without_worker(&[]).await;
-    let events = EventStore::connect(
-        &app.settings.nats,
-        &app.nats.url(),
-        "history-test",
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let events = event_store(&app, "history-test").await;
     let log = &events.log;
     let org = Uuid::new_v4();
     let mock = |asset: &str| {

@@ -7,24 +7,15 @@ use heimdex_domain::events::EventKind;
 use heimdex_domain::ids::Target;
 use heimdex_domain::jobs::{DeleteAssetParams, JobSpec};
 use heimdex_domain::{AssetId, RequestId};
-use heimdex_event_store::EventStore;
 use heimdex_tests::TestApp;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::common::publish_requested;
+use crate::common::{event_store, publish_requested};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_tombstones_is_read_at_once() {
     let app = TestApp::spawn_without_worker(&[]).await;
-    let events = EventStore::connect(
-        &app.settings.nats,
-        &app.nats.url(),
-        "tombstone-test",
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let events = event_store(&app, "tombstone-test").await;
     let log = &events.log;
     let (org, other_org) = (Uuid::new_v4(), Uuid::new_v4());
     // 600 assets: more than two requests' worth of subjects.
