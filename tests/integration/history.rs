@@ -100,9 +100,11 @@ async fn histories_are_read_without_a_consumer_each() {
         assert_eq!(status.status, Status::Succeeded);
         assert_eq!(status.last_event_seq, history.last().unwrap().seq);
     }
-    assert_eq!(
-        consumers().await,
-        before,
-        "no consumer left behind by the reads"
+    // Not more than before: the projector's start-up reads (the document backfill) opened an
+    // ordered consumer of their own, which may expire meanwhile.
+    let after = consumers().await;
+    assert!(
+        after <= before,
+        "no consumer left behind by the reads: {before} before, {after} after"
     );
 }
