@@ -288,7 +288,9 @@ impl JobEvent {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let envelope: CloudEvent<serde_json::Value> = serde_json::from_slice(bytes)?;
+        // One pass over the envelope: `data` is kept as the raw JSON text and parsed straight
+        // into its event's type, not built as a `serde_json::Value` tree first.
+        let envelope: CloudEvent<&serde_json::value::RawValue> = serde_json::from_slice(bytes)?;
         if envelope.specversion != SPEC_VERSION {
             return Err(DecodeError::SpecVersion(envelope.specversion));
         }
@@ -296,14 +298,20 @@ impl JobEvent {
             .map_err(|_| DecodeError::BadSubject(envelope.subject.clone()))?;
         let data = match envelope.event_type.as_str() {
             "heimdex.job.requested.v1" => {
-                EventData::Requested(serde_json::from_value(envelope.data)?)
+                EventData::Requested(serde_json::from_str(envelope.data.get())?)
             }
-            "heimdex.job.started.v1" => EventData::Started(serde_json::from_value(envelope.data)?),
+            "heimdex.job.started.v1" => {
+                EventData::Started(serde_json::from_str(envelope.data.get())?)
+            }
             "heimdex.job.succeeded.v1" => {
-                EventData::Succeeded(serde_json::from_value(envelope.data)?)
+                EventData::Succeeded(serde_json::from_str(envelope.data.get())?)
             }
-            "heimdex.job.failed.v1" => EventData::Failed(serde_json::from_value(envelope.data)?),
-            "heimdex.job.retried.v1" => EventData::Retried(serde_json::from_value(envelope.data)?),
+            "heimdex.job.failed.v1" => {
+                EventData::Failed(serde_json::from_str(envelope.data.get())?)
+            }
+            "heimdex.job.retried.v1" => {
+                EventData::Retried(serde_json::from_str(envelope.data.get())?)
+            }
             _ => return Err(DecodeError::UnknownType(envelope.event_type)),
         };
         Ok(Self {
