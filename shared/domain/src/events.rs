@@ -296,22 +296,13 @@ impl JobEvent {
         }
         let job_id = Uuid::parse_str(&envelope.subject)
             .map_err(|_| DecodeError::BadSubject(envelope.subject.clone()))?;
+        let raw = envelope.data.get();
         let data = match envelope.event_type.as_str() {
-            "heimdex.job.requested.v1" => {
-                EventData::Requested(serde_json::from_str(envelope.data.get())?)
-            }
-            "heimdex.job.started.v1" => {
-                EventData::Started(serde_json::from_str(envelope.data.get())?)
-            }
-            "heimdex.job.succeeded.v1" => {
-                EventData::Succeeded(serde_json::from_str(envelope.data.get())?)
-            }
-            "heimdex.job.failed.v1" => {
-                EventData::Failed(serde_json::from_str(envelope.data.get())?)
-            }
-            "heimdex.job.retried.v1" => {
-                EventData::Retried(serde_json::from_str(envelope.data.get())?)
-            }
+            "heimdex.job.requested.v1" => EventData::Requested(serde_json::from_str(raw)?),
+            "heimdex.job.started.v1" => EventData::Started(serde_json::from_str(raw)?),
+            "heimdex.job.succeeded.v1" => EventData::Succeeded(serde_json::from_str(raw)?),
+            "heimdex.job.failed.v1" => EventData::Failed(serde_json::from_str(raw)?),
+            "heimdex.job.retried.v1" => EventData::Retried(serde_json::from_str(raw)?),
             _ => return Err(DecodeError::UnknownType(envelope.event_type)),
         };
         Ok(Self {
