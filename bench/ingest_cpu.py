@@ -11,9 +11,9 @@ it (with the bound), and reads user + system time from /proc every 50 ms:
   client's `bound:` line: the client (its producers, lean worker and projector) and that
   nats-server.
 
-The efficiency `bench ingest` prints is a ratio of rates; when neither run is limited by
-anything but CPU it is close to the ratio of these totals (bound ÷ service), which moves less
-between runs than either rate. Prints the CPU flags, one line per round, and the medians.
+The efficiency `bench ingest` prints is a ratio of rates; when both runs keep the cores busy
+it is close to the ratio of these totals (bound ÷ service), and the totals say which process
+the difference is in. Prints the CPU flags, one line per round, and the medians.
 
     python3 bench/ingest_cpu.py [--bin target/release/heimdex] [-n 20000] [-c 16] [--rounds 3]
 """
