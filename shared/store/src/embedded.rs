@@ -124,8 +124,17 @@ impl EmbeddedStore {
         let dir = root.join(&collection);
         let dir2 = dir.clone();
         let (shard, spaces) = blocking(move || {
+            let started = Instant::now();
             let shard = open_shard(&dir2, vector_size)?;
+            let loaded = started.elapsed();
             let spaces = Spaces::load(&shard)?;
+            // Both grow with the points: the start-up time an operator waits for.
+            tracing::info!(
+                dir = %dir2.display(),
+                load_ms = loaded.as_millis() as u64,
+                spaces_ms = (started.elapsed() - loaded).as_millis() as u64,
+                "vector store opened"
+            );
             Ok((shard, spaces))
         })
         .await?;
