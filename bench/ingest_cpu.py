@@ -13,7 +13,8 @@ it (with the bound), and reads user + system time from /proc every 50 ms:
 
 The efficiency `bench ingest` prints is a ratio of rates; when both runs keep the cores busy
 it is close to the ratio of these totals (bound ÷ service), and the totals say which process
-the difference is in. Prints the CPU flags, one line per round, and the medians.
+the difference is in. Prints the CPU flags (the client's line), one line per round, and the
+medians.
 
     python3 bench/ingest_cpu.py [--bin target/release/heimdex] [-n 20000] [-c 16] [--rounds 3]
 """
@@ -59,15 +60,6 @@ def nats_child(ppid):
         if comm.startswith("nats-server") and int(stat[stat.rfind(")") + 2 :].split()[1]) == ppid:
             return int(entry)
     return None
-
-
-def cpu_flags():
-    with open("/proc/cpuinfo") as f:
-        info = f.read()
-    model = re.search(r"model name\s*:\s*(.*)", info).group(1).strip()
-    flags = set(re.search(r"^flags\s*:\s*(.*)$", info, re.M).group(1).split())
-    wanted = ["fma", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(x for x in wanted if x in flags)}"
 
 
 def wait_ready(proc, log):
@@ -135,7 +127,8 @@ def one_round(args, env):
         client.wait()
         sampler.join()
         text = "".join(lines)
-        if client.returncode != 0 or not {"start", "completed", "bound start", "bound"} <= marks.keys():
+        ended = {"start", "completed", "bound start", "bound"} <= marks.keys()
+        if client.returncode != 0 or not ended:
             sys.exit(f"bench ingest did not run to its end:\n{text}")
     finally:
         serve.terminate()
@@ -158,7 +151,8 @@ def one_round(args, env):
     row["service total"] = row["serve"] + row["its nats-server"] + row["client"]
     row["bound total"] = row["bound client"] + row["bound nats-server"]
     row["CPU ratio"] = row["bound total"] / row["service total"]
-    return row
+    # The client prints the CPU flags it ran with.
+    return row, re.search(r"^cpu: .*$", text, re.M).group(0)
 
 
 def main():
@@ -172,11 +166,12 @@ def main():
     env = dict(os.environ, JWT_SECRET="ingest-cpu-bench-secret")
     env.setdefault("NATS_SERVER_BIN", os.path.join(root, ".tools/bin/nats-server"))
     env.pop("NATS_URL", None)
-    print(f"cpu: {cpu_flags()}")
-    print(f"bench ingest -n {args.n} -c {args.c}; CPU ms per 1,000 jobs")
     rows = []
     for i in range(args.rounds):
-        row = one_round(args, env)
+        row, cpu = one_round(args, env)
+        if not rows:
+            print(cpu)
+            print(f"bench ingest -n {args.n} -c {args.c}; CPU ms per 1,000 jobs")
         rows.append(row)
         print(f"round {i + 1}: " + ", ".join(
             f"{k} {v:.2f}" if k in ("efficiency", "CPU ratio") else f"{k} {v:.0f}"
