@@ -35,29 +35,27 @@ HZ = os.sysconf("SC_CLK_TCK")
 API, NATS, METRICS = 18011, 14311, 19011
 
 
-def cpu_seconds(pid):
-    """User + system time of a process so far, or None once it is gone."""
+def proc_stat(pid):
+    """A process's name and the fields of /proc/<pid>/stat after it, or None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
     except OSError:
         return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / HZ
+    return stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :].split()
+
+
+def cpu_seconds(pid):
+    """User + system time of a process so far, or None once it is gone."""
+    stat = proc_stat(pid)
+    return None if stat is None else (int(stat[1][11]) + int(stat[1][12])) / HZ
 
 
 def nats_child(ppid):
     """The pid of a nats-server whose parent is `ppid`, if there is one."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
-        if comm.startswith("nats-server") and int(stat[stat.rfind(")") + 2 :].split()[1]) == ppid:
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        stat = proc_stat(entry)
+        if stat and stat[0].startswith("nats-server") and int(stat[1][1]) == ppid:
             return int(entry)
     return None
 
