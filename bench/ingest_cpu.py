@@ -155,12 +155,15 @@ def one_round(args, env):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bin", default="target/release/heimdex")
+    parser.add_argument("--bin", default="target/release/heimdex", help="relative to the cwd")
     parser.add_argument("-n", type=int, default=20000)
     parser.add_argument("-c", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    args.bin = os.path.abspath(args.bin)
+    # `serve` finds the models (and `/readyz` waits for them) under the repo's `.tools`.
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.chdir(root)
     env = dict(os.environ, JWT_SECRET="ingest-cpu-bench-secret")
     env.setdefault("NATS_SERVER_BIN", os.path.join(root, ".tools/bin/nats-server"))
     env.pop("NATS_URL", None)
@@ -171,12 +174,14 @@ def main():
             print(cpu)
             print(f"bench ingest -n {args.n} -c {args.c}; CPU ms per 1,000 jobs")
         rows.append(row)
-        print(f"round {i + 1}: " + ", ".join(
-            f"{k} {v:.2f}" if k in ("efficiency", "CPU ratio") else f"{k} {v:.0f}"
-            for k, v in row.items()), flush=True)
-    print("median: " + ", ".join(
-        f"{k} {statistics.median(r[k] for r in rows):.2f}" if k in ("efficiency", "CPU ratio")
-        else f"{k} {statistics.median(r[k] for r in rows):.0f}" for k in rows[0]))
+        print(f"round {i + 1}: {show(row)}", flush=True)
+    print(f"median: {show({k: statistics.median(r[k] for r in rows) for k in rows[0]})}")
+
+
+def show(row):
+    """Ratios with two decimals, the rest whole."""
+    ratios = ("efficiency", "CPU ratio")
+    return ", ".join(f"{k} {v:.2f}" if k in ratios else f"{k} {v:.0f}" for k, v in row.items())
 
 
 if __name__ == "__main__":
