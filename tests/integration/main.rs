@@ -20,6 +20,7 @@ mod hybrid;
 mod idempotency;
 mod isolation;
 mod listing;
+mod log_pass;
 mod metadata;
 mod metrics;
 mod overload;
