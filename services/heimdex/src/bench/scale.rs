@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use futures::StreamExt;
 use uuid::Uuid;
 
@@ -80,6 +81,9 @@ pub enum LoadVia {
 const DIM: usize = 384;
 /// Results per search.
 const LIMIT: usize = 10;
+/// How long a `serve` is given to stop after SIGTERM: its store's last flush, and its
+/// nats-server's own clean stop (up to 10 s).
+const STOP_GRACE: Duration = Duration::from_secs(120);
 
 /// Runs the benchmark; `collection` is the one `serve` writes (its `QDRANT_COLLECTION_NAME`).
 pub async fn run(jwt: &JwtConfig, o: Options, collection: &str) -> anyhow::Result<()> {
@@ -92,6 +96,8 @@ pub async fn run(jwt: &JwtConfig, o: Options, collection: &str) -> anyhow::Resul
     // Removed at the end; unused when a data directory is given.
     let temp = tempfile::Builder::new().prefix("heimdex-scale").tempdir()?;
     let data_dir = o.data_dir.clone().unwrap_or_else(|| temp.path().to_owned());
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let org = Uuid::new_v4();
     let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(86_400))?;
     let http = reqwest::Client::builder()
@@ -514,10 +520,12 @@ impl Service {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let log_path = data_dir.join("serve.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(data_dir.join("serve.log"))?;
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
         let child = tokio::process::Command::new(std::env::current_exe()?)
             .arg("serve")
             .env("HEIMDEX_DATA_DIR", data_dir)
@@ -551,15 +559,46 @@ impl Service {
         Ok(Self { child, url })
     }
 
+    /// Stops `serve` with SIGTERM, for a clean shutdown, and waits for it. If it has not
+    /// stopped within [`STOP_GRACE`], kills it and its nats-server: a killed `serve` cannot
+    /// stop its nats-server itself, which would outlive the bench.
     async fn stop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            // SIGTERM, for a clean shutdown; the drop kills it if that does not come.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
+        let Some(pid) = self.child.id() else {
+            return;
+        };
+        let started = Instant::now();
+        signal(pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            println!(
+                "  serve did not stop within {} s of SIGTERM: killing it and its nats-server",
+                STOP_GRACE.as_secs()
+            );
+            self.kill_nats();
+            let _ = self.child.kill().await;
+        } else if started.elapsed() > Duration::from_secs(5) {
+            println!(
+                "  serve took {:.1} s to stop",
+                started.elapsed().as_secs_f64()
             );
         }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+    }
+
+    /// SIGKILLs `serve`'s nats-server, if `serve` is running and has one.
+    fn kill_nats(&self) {
+        if let Some(nats) = self.nats_pid() {
+            signal(nats, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// The nats-server `serve` started, while `serve` runs.
+    fn nats_pid(&self) -> Option<u32> {
+        children_of(self.child.id()?).into_iter().find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "nats-server")
+        })
     }
 
     /// See [`super::index_settled`].
@@ -580,18 +619,25 @@ impl Service {
 
     fn memory(&self) -> Memory {
         let serve = self.child.id().unwrap_or_default();
-        let nats = children_of(serve)
-            .into_iter()
-            .find(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| comm.trim() == "nats-server")
-            })
-            .unwrap_or_default();
+        let nats = self.nats_pid().unwrap_or_default();
         Memory {
             serve: resident(serve),
             nats: resident(nats),
         }
     }
+}
+
+/// A bench that ends early (an error) drops its `Service`, and `kill_on_drop` SIGKILLs
+/// `serve`: its nats-server goes first, as a clean stop would take it.
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill_nats();
+    }
+}
+
+/// Sends `signal` to process `pid`, which may have gone meanwhile.
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
 }
 
 /// `VmRSS` and `VmHWM` of a process, in bytes (0 if it cannot be read).
