@@ -79,8 +79,8 @@ async fn a_log_pass_survives_a_reader_pause_longer_than_its_consumer_lives() {
 
 /// The attempt of one of the test's `started` events.
 fn attempt_of(stored: Stored<JobEvent>) -> u32 {
-    match stored.event.data {
-        EventData::Started(Started { attempt, .. }) => attempt,
-        other => panic!("only the test's events: {other:?}"),
-    }
+    let EventData::Started(Started { attempt, .. }) = stored.event.data else {
+        panic!("only the test's events: {:?}", stored.event.data);
+    };
+    attempt
 }
