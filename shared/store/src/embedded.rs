@@ -20,6 +20,13 @@
 //! segments; [`flush`] retries it then. A due run waits for the writes to pause
 //! (`EmbeddedStore::writes_paused`).
 //!
+//! While a run rebuilds a segment, it wraps it in a proxy, and a write that changes the
+//! segment's points (a delete, an update of an existing point: [`Wrote::Existing`]) lands only
+//! in the proxy's memory until the run swaps the rebuilt segment in; a flush meanwhile does not
+//! persist it, and a crash would bring deleted points back and leave updated ones twice. So the
+//! writer holds the answer of such a write until a flush that starts after the run has ended.
+//! New points go to a segment of their own and are answered at the next flush, run or not.
+//!
 //! Known limitation of qdrant-edge 0.7: the WAL is written but never truncated (nothing acks
 //! it), so `<dir>/wal` grows with the total volume of writes. It must not be deleted by hand:
 //! point versions come from WAL sequence numbers, and a reset WAL would make later updates of
@@ -139,11 +146,12 @@ impl EmbeddedStore {
         })
         .await?;
         let shard = Arc::new(shard);
-        let writer = Writer::spawn(Arc::clone(&shard), &dir)?;
+        let optimizer = Arc::<Optimizer>::default();
+        let writer = Writer::spawn(Arc::clone(&shard), Arc::clone(&optimizer), &dir)?;
         let store = Self {
             shard,
             writer: Arc::new(writer),
-            optimizer: Arc::default(),
+            optimizer,
             spaces: Arc::new(spaces),
             dir,
             vector_size,
@@ -168,7 +176,7 @@ impl EmbeddedStore {
                 .get(KEYWORD_VECTOR)
                 .map(|params| params.modifier);
             match modifier {
-                Some(Some(Modifier::Idf)) => Ok(((), false)),
+                Some(Some(Modifier::Idf)) => Ok(((), Wrote::Nothing)),
                 Some(other) => Err(StoreError::InvalidInput(format!(
                     "edge shard {} has a sparse vector `{KEYWORD_VECTOR}` with modifier {other:?}, \
                      expected Idf",
@@ -187,7 +195,7 @@ impl EmbeddedStore {
                             }),
                         ))
                         .map_err(map_err)?;
-                    Ok(((), true))
+                    Ok(((), Wrote::New))
                 }
             }
         })
@@ -204,16 +212,19 @@ impl EmbeddedStore {
         self.optimizer.since.store(0, Ordering::Relaxed);
         let started = Instant::now();
         let (shard, optimizer) = (Arc::clone(&self.shard), Arc::clone(&self.optimizer));
-        let changed = blocking(move || {
+        let ran = blocking(move || {
             let _one_at_a_time = optimizer.lock.lock().unwrap_or_else(|p| p.into_inner());
             let _indexing = Indexing::set(&optimizer.indexing);
             shard.optimize().map_err(map_err)
         })
-        .await?;
-        if changed {
-            // The new segments, and what the proxies took meanwhile, made durable.
-            self.write(|_| Ok(((), true))).await?;
-        }
+        .await;
+        // The new segments, and what the proxies took meanwhile, made durable; the writes the
+        // writer held for this run are answered by that flush (it runs even if nothing changed,
+        // or the run failed, as long as some are held).
+        let changed = matches!(ran, Ok(true));
+        self.write(move |_| Ok(((), if changed { Wrote::New } else { Wrote::Nothing })))
+            .await?;
+        let changed = ran?;
         let elapsed = started.elapsed();
         let collection = self.collection_label();
         metrics::histogram!("heimdex_vector_store_optimize_duration_seconds", "collection" => collection.clone())
@@ -361,18 +372,19 @@ impl EmbeddedStore {
         blocking(move || f(&shard)).await
     }
 
-    /// Runs `f` on the writer thread; answers once a flush covers it if `f` says it wrote.
+    /// Runs `f` on the writer thread; answers once a flush makes what `f` says it wrote
+    /// durable (see [`Wrote`]).
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&EdgeShard) -> Result<(T, bool), StoreError> + Send + 'static,
+        F: FnOnce(&EdgeShard) -> Result<(T, Wrote), StoreError> + Send + 'static,
     {
         let (answer, answered) = tokio::sync::oneshot::channel();
         self.writer.send(Box::new(move |shard: &EdgeShard| {
             let (result, wrote) =
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(shard))) {
                     Ok(Ok((out, wrote))) => (Ok(out), wrote),
-                    Ok(Err(err)) => (Err(err), false),
+                    Ok(Err(err)) => (Err(err), Wrote::Nothing),
                     // qdrant-edge panics on some I/O failures; the update may be half applied,
                     // so the flush still runs.
                     Err(panic) => (
@@ -380,7 +392,7 @@ impl EmbeddedStore {
                             "embedded store write panicked: {}",
                             panic_message(&*panic)
                         ))),
-                        true,
+                        Wrote::Existing,
                     ),
                 };
             Applied {
@@ -406,11 +418,26 @@ impl EmbeddedStore {
 /// A write for the [`Writer`]: applies its update and says whether it wrote.
 type Write = Box<dyn FnOnce(&EdgeShard) -> Applied + Send>;
 
-/// What a [`Write`] did: whether it changed the shard, and how to answer its caller once the
-/// flush that covers it has run (with that flush's outcome).
+/// What a [`Write`] did: what it changed in the shard, and how to answer its caller once a
+/// flush has made that durable (with that flush's outcome).
 struct Applied {
-    wrote: bool,
-    answer: Box<dyn FnOnce(&Flushed) + Send>,
+    wrote: Wrote,
+    answer: Answer,
+}
+
+/// Answers a write's caller with the outcome of the flush that made it durable.
+type Answer = Box<dyn FnOnce(&Flushed) + Send>;
+
+/// What a write changed, which says when a flush makes it durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wrote {
+    /// Nothing: no flush needed.
+    Nothing,
+    /// Only points that did not exist (or the shard's configuration): the next flush.
+    New,
+    /// Points that existed (deleted, updated, given a vector): if an optimizer run was going,
+    /// they may sit in its proxy's memory until it ends, so the first flush after the run.
+    Existing,
 }
 
 /// A flush's outcome: the panic message of a failed one.
@@ -419,7 +446,10 @@ type Flushed = Result<(), String>;
 /// The shard's one writer thread: the group commit. It takes every write queued while its
 /// last flush ran, applies them in the order they came, flushes once if any wrote, and then
 /// answers each. A write thus returns once a flush covers it, and the writes that arrive
-/// during one flush share the next, however the callers' threads are scheduled.
+/// during one flush share the next, however the callers' threads are scheduled. A write to
+/// existing points made while an optimizer run goes on is answered by the first flush after
+/// the run instead (see the module documentation); [`EmbeddedStore::optimize`] sends a write
+/// when its run ends, so that flush comes.
 ///
 /// Dropping the last handle closes the queue and joins the thread (it finishes its round).
 struct Writer {
@@ -428,22 +458,42 @@ struct Writer {
 }
 
 impl Writer {
-    fn spawn(shard: Arc<EdgeShard>, dir: &Path) -> Result<Self, StoreError> {
+    fn spawn(
+        shard: Arc<EdgeShard>,
+        optimizer: Arc<Optimizer>,
+        dir: &Path,
+    ) -> Result<Self, StoreError> {
         let (queue, writes) = std::sync::mpsc::channel::<Write>();
         let label = collection_label(dir);
         let dir = dir.to_owned();
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn(move || {
+                // Answers of writes to existing points made during an optimizer run.
+                let mut held: Vec<Answer> = Vec::new();
                 while let Ok(first) = writes.recv() {
                     let mut answers = Vec::new();
                     let mut wrote = 0_u64;
                     for write in std::iter::once(first).chain(writes.try_iter()) {
                         let applied = write(&shard);
-                        wrote += u64::from(applied.wrote);
-                        answers.push(applied.answer);
+                        wrote += u64::from(applied.wrote != Wrote::Nothing);
+                        // Read after the write: a run that began before it ends may have
+                        // proxied the points it changed.
+                        if applied.wrote == Wrote::Existing
+                            && optimizer.indexing.load(Ordering::Acquire)
+                        {
+                            held.push(applied.answer);
+                        } else {
+                            answers.push(applied.answer);
+                        }
                     }
-                    let flushed = if wrote > 0 {
+                    // Read before the flush: if no run is going now, the flush covers whatever
+                    // the last one swapped in, and with it every held write.
+                    let release = !held.is_empty() && !optimizer.indexing.load(Ordering::Acquire);
+                    if release {
+                        answers.append(&mut held);
+                    }
+                    let flushed = if wrote > 0 || release {
                         let started = Instant::now();
                         let flushed = flush(&shard);
                         metrics::histogram!("heimdex_vector_store_flush_duration_seconds", "collection" => label.clone())
@@ -457,6 +507,12 @@ impl Writer {
                     for answer in answers {
                         answer(&flushed);
                     }
+                }
+                // The store closed while a run held these: nothing says they are durable, so
+                // their callers hear so (and a job is redelivered and written again).
+                let unflushed: Flushed = Err("the store closed during an optimizer run".into());
+                for answer in held {
+                    answer(&unflushed);
                 }
                 // `EdgeShard`'s own `Drop` flushes, and panics if the directory is gone
                 // (see `EmbeddedStore`'s `Drop`): keep this handle alive instead.
@@ -776,7 +832,8 @@ impl VectorStore for EmbeddedStore {
                     .map_err(map_err)?;
                 wrote = true;
             }
-            Ok(((), wrote))
+            // Payload indexes: recreated by this call at the next open if a crash took them.
+            Ok(((), if wrote { Wrote::New } else { Wrote::Nothing }))
         })
         .await
     }
@@ -813,7 +870,21 @@ impl VectorStore for EmbeddedStore {
             })
             .collect();
         let known = Arc::clone(&self.spaces);
+        let ids = Filter {
+            should: None,
+            min_should: None,
+            must: Some(vec![Condition::HasId(
+                points.iter().map(|p| p.id).collect(),
+            )]),
+            must_not: None,
+        };
         self.write(move |shard| {
+            // An update of an existing point is a delete in its segment and an insert.
+            let wrote = if count_exact(shard, ids)? > 0 {
+                Wrote::Existing
+            } else {
+                Wrote::New
+            };
             // Before the points are visible to any search.
             known.admit(&spaces);
             shard
@@ -821,7 +892,7 @@ impl VectorStore for EmbeddedStore {
                     PointOperations::UpsertPoints(PointInsertOperations::PointsList(points)),
                 ))
                 .map_err(map_err)?;
-            Ok(((), true))
+            Ok(((), wrote))
         })
         .await?;
         self.wrote(count);
@@ -1047,7 +1118,7 @@ impl Backfill for EmbeddedStore {
                     }),
                 ))
                 .map_err(map_err)?;
-            Ok(((), true))
+            Ok(((), Wrote::Existing))
         })
         .await
     }
@@ -1125,17 +1196,17 @@ fn sparse_in(v: SparseVector) -> qdrant_edge::SparseVector {
 
 /// Count then delete, under the write lock (so the count is exact). Does not write if nothing
 /// matches, which keeps repeated deletes free.
-fn delete_matching(shard: &EdgeShard, filter: Filter) -> Result<(u64, bool), StoreError> {
+fn delete_matching(shard: &EdgeShard, filter: Filter) -> Result<(u64, Wrote), StoreError> {
     let n = count_exact(shard, filter.clone())?;
     if n == 0 {
-        return Ok((0, false));
+        return Ok((0, Wrote::Nothing));
     }
     shard
         .update(UpdateOperation::PointOperation(
             PointOperations::DeletePointsByFilter(filter),
         ))
         .map_err(map_err)?;
-    Ok((n, true))
+    Ok((n, Wrote::Existing))
 }
 
 fn count_exact(shard: &EdgeShard, filter: Filter) -> Result<u64, StoreError> {

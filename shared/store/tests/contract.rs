@@ -2781,9 +2781,10 @@ mod embedded_only {
     }
 
     /// The optimizer indexes beside the writes: while a background run builds the HNSW index of
-    /// a segment past the indexing threshold, upserts and deletes keep returning (each flushed),
-    /// and after a reopen every one of them is there (or gone) as written. A due run first waits
-    /// for the writes to pause (a second without one).
+    /// a segment past the indexing threshold, upserts of new points keep returning (each
+    /// flushed), a delete returns once the run has ended, and after a reopen every point is
+    /// there (or gone) as written. A due run first waits for the writes to pause (a second
+    /// without one).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_go_on_while_the_optimizer_indexes() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2819,22 +2820,34 @@ mod embedded_only {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
 
-        let (mut next, mut deleted, mut written_meanwhile) = (7_000, Vec::new(), 0);
-        while store.indexing() {
-            store
-                .upsert((next..next + 20).map(point).collect())
-                .await
-                .expect("upsert while optimizing");
-            next += 20;
-            let gone = Uuid::from_u128(deleted.len() as u128 * 7 + 1);
-            store.delete_points(org, &[gone]).await.expect("delete");
-            deleted.push(gone);
-            written_meanwhile += 1;
-        }
+        // New points are answered while the run goes on; a delete of existing points waits for
+        // the first flush after the run (until then it may sit in the run's proxy segment).
+        let gone: Vec<Uuid> = (0..20).map(|i| Uuid::from_u128(i * 7 + 1)).collect();
+        let delete = async {
+            store.delete_points(org, &gone).await.expect("delete");
+            store.indexing()
+        };
+        let upserts = async {
+            let (mut next, mut written_meanwhile) = (7_000, 0);
+            while store.indexing() {
+                store
+                    .upsert((next..next + 20).map(point).collect())
+                    .await
+                    .expect("upsert while optimizing");
+                next += 20;
+                written_meanwhile += 1;
+            }
+            (next, written_meanwhile)
+        };
+        let (running_when_deleted, (next, written_meanwhile)) = tokio::join!(delete, upserts);
+        assert!(
+            !running_when_deleted,
+            "a delete made during the run returned before the run ended"
+        );
         // Before, every write waited for the whole run: at most the one queued when it ended.
         assert!(
             written_meanwhile >= 5,
-            "only {written_meanwhile} writes returned while the optimizer ran"
+            "only {written_meanwhile} upserts returned while the optimizer ran"
         );
         let indexed = store.indexed_vectors().await.expect("info");
         assert!(indexed >= 5_000, "only {indexed} vectors indexed");
@@ -2843,7 +2856,7 @@ mod embedded_only {
         let reopened = heimdex_tests_reopen(dir.path()).await;
         let expected = set((0..next)
             .map(|i| Uuid::from_u128(i as u128 + 1))
-            .filter(|id| !deleted.contains(id)));
+            .filter(|id| !gone.contains(id)));
         assert_eq!(
             set(reopened
                 .scroll_ids(org, PointFilter::default())
@@ -2857,6 +2870,68 @@ mod embedded_only {
             .await
             .expect("search");
         assert_eq!(hits[0].id, Uuid::from_u128(last as u128 + 1));
+    }
+
+    /// While a run rebuilds a segment, deletes and updates of its points sit in the run's proxy
+    /// memory, and a flush does not persist them. A crash then would bring deleted points back
+    /// and count updated ones twice, so such a write returns only once durable: a copy of the
+    /// directory taken as soon as the writes return (what a `kill -9` would leave) has them all.
+    /// Before, it had the 20 deleted points back and counted 7,010 points.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_to_existing_points_during_a_run_survive_a_crash_once_answered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let org = Uuid::new_v4();
+        let store = indexable_store(dir.path()).await;
+        let point = |i: usize, asset: &str| NewPoint {
+            id: Uuid::from_u128(i as u128 + 1),
+            vector: vector(i),
+            payload: payload(org, asset, &format!("s-{i}")),
+        };
+        store
+            .upsert((0..7_000).map(|i| point(i, "a")).collect())
+            .await
+            .expect("upsert");
+        let started = std::time::Instant::now();
+        while !store.indexing() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the run did not start once the writes paused"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Well into the run: its proxies wrap the segment by now.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(store.indexing(), "the run is still going");
+        let gone: Vec<Uuid> = (0..20).map(|i| Uuid::from_u128(i * 7 + 1)).collect();
+        let (deleted, updated) = tokio::join!(
+            store.delete_points(org, &gone),
+            store.upsert((3_000..3_010).map(|i| point(i, "moved")).collect()),
+        );
+        assert_eq!(deleted.expect("delete"), 20);
+        updated.expect("update");
+
+        let crashed = tempfile::tempdir().expect("tempdir");
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(dir.path().join("."))
+            .arg(crashed.path())
+            .status()
+            .expect("cp");
+        assert!(copied.success());
+        let reopened = heimdex_tests_reopen(crashed.path()).await;
+        let ids = set(reopened
+            .scroll_ids(org, PointFilter::default())
+            .await
+            .expect("scroll"));
+        assert!(
+            gone.iter().all(|id| !ids.contains(id)),
+            "deleted points came back"
+        );
+        assert_eq!(ids.len(), 6_980);
+        let count = |filter| reopened.count(org, filter);
+        assert_eq!(count(PointFilter::default()).await.expect("count"), 6_980);
+        assert_eq!(count(asset("moved")).await.expect("count"), 10);
+        assert_eq!(count(asset("a")).await.expect("count"), 6_970);
     }
 
     async fn heimdex_tests_reopen(path: &std::path::Path) -> Arc<dyn VectorStore> {
