@@ -2811,14 +2811,7 @@ mod embedded_only {
             !store.indexing(),
             "a due run waits for the writes to pause before it starts"
         );
-        let started = std::time::Instant::now();
-        while !store.indexing() && store.optimizing() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(30),
-                "the run did not start once the writes paused"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        until_the_run_starts(&store).await;
 
         // New points are answered while the run goes on; a delete of existing points waits for
         // the first flush after the run (until then it may sit in the run's proxy segment).
@@ -2891,14 +2884,7 @@ mod embedded_only {
             .upsert((0..7_000).map(|i| point(i, "a")).collect())
             .await
             .expect("upsert");
-        let started = std::time::Instant::now();
-        while !store.indexing() {
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(30),
-                "the run did not start once the writes paused"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        until_the_run_starts(&store).await;
         // Well into the run: its proxies wrap the segment by now.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         assert!(store.indexing(), "the run is still going");
@@ -2932,6 +2918,18 @@ mod embedded_only {
         assert_eq!(count(PointFilter::default()).await.expect("count"), 6_980);
         assert_eq!(count(asset("moved")).await.expect("count"), 10);
         assert_eq!(count(asset("a")).await.expect("count"), 6_970);
+    }
+
+    /// Waits (at most 30 s) for a due background run to start once the writes have paused.
+    async fn until_the_run_starts(store: &heimdex_store::EmbeddedStore) {
+        let started = std::time::Instant::now();
+        while !store.indexing() && store.optimizing() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the run did not start once the writes paused"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     async fn heimdex_tests_reopen(path: &std::path::Path) -> Arc<dyn VectorStore> {
