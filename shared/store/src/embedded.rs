@@ -224,7 +224,7 @@ impl EmbeddedStore {
         let changed = matches!(ran, Ok(true));
         self.write(move |_| Ok(((), if changed { Wrote::New } else { Wrote::Nothing })))
             .await?;
-        let changed = ran?;
+        ran?;
         let elapsed = started.elapsed();
         let collection = self.collection_label();
         metrics::histogram!("heimdex_vector_store_optimize_duration_seconds", "collection" => collection.clone())
