@@ -27,10 +27,10 @@
 //! writer holds the answer of such a write until a flush that starts after the run has ended.
 //! New points go to a segment of their own and are answered at the next flush, run or not.
 //!
-//! Known limitation of qdrant-edge 0.7: the WAL is written but never truncated (nothing acks
-//! it), so `<dir>/wal` grows with the total volume of writes. It must not be deleted by hand:
-//! point versions come from WAL sequence numbers, and a reset WAL would make later updates of
-//! existing points look stale.
+//! Qdrant Edge 0.7 writes a WAL it never reads back nor truncates: `<dir>/wal` grows with every
+//! write while the store is open, and each open removes what Edge will never read ([`wal`]). It
+//! must not be deleted by hand: point versions come from WAL sequence numbers, and a reset WAL
+//! would make later updates of existing points look stale.
 //!
 //! The shard directory is `flock`ed while open: a second `open` of the same directory (in this
 //! or another process) waits up to 5 s, then fails with `StoreError::Unavailable`.
@@ -69,6 +69,7 @@ use crate::{
 use spaces::Spaces;
 
 mod spaces;
+mod wal;
 
 /// File Qdrant Edge writes when a shard is created; its presence means "load, don't create".
 const EDGE_CONFIG_FILE: &str = "edge_config.json";
@@ -723,6 +724,7 @@ fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {
         )
         .build();
     let try_open = || {
+        prune_wal(dir);
         if dir.join(EDGE_CONFIG_FILE).exists() {
             EdgeShard::load(dir, None)
         } else {
@@ -782,6 +784,25 @@ fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {
         }
     }
     Ok(shard)
+}
+
+/// Removes the WAL segments Qdrant Edge will never read ([`wal`]), and says what it removed. A
+/// failure leaves a WAL the shard opens with as it is.
+fn prune_wal(dir: &Path) {
+    match wal::prune(dir) {
+        Ok(pruned) if pruned.segments > 0 => tracing::info!(
+            dir = %dir.display(),
+            segments = pruned.segments,
+            mib = pruned.bytes / (1024 * 1024),
+            "removed the WAL segments Qdrant Edge 0.7 never reads"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(
+            dir = %dir.display(),
+            %error,
+            "could not remove old WAL segments; the shard opens with them"
+        ),
+    }
 }
 
 /// The WAL's `flock(LOCK_NB)` failed: another `EdgeShard` (here or in another process) has the

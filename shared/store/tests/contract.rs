@@ -2920,6 +2920,71 @@ mod embedded_only {
         assert_eq!(count(asset("a")).await.expect("count"), 6_970);
     }
 
+    /// Qdrant Edge 0.7 never truncates its WAL, and an open removes the segments it will never
+    /// read (`embedded/wal.rs`). Every point stays, and so do later updates of existing points:
+    /// Edge takes point versions from the WAL's numbering, and a WAL numbered from 0 again would
+    /// make them look older than the points they update, so Edge would skip them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_open_removes_the_wal_edge_never_reads_and_updates_still_apply() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = dir.path().join("chunks").join("wal");
+        let closed_segments = || {
+            std::fs::read_dir(&wal)
+                .expect("wal dir")
+                .filter(|e| {
+                    let name = e.as_ref().expect("entry").file_name();
+                    name.to_string_lossy().starts_with("closed-")
+                })
+                .count()
+        };
+        let org = Uuid::new_v4();
+        // Long texts fill the WAL's 32 MiB segments with a couple of thousand points.
+        let text = "lorem ".repeat(11_000);
+        let point = |i: usize, asset: &str| {
+            let mut payload = payload(org, asset, &format!("s-{i}"));
+            payload.text = Some(text.clone());
+            NewPoint {
+                id: Uuid::from_u128(i as u128 + 1),
+                vector: vector(i),
+                payload,
+            }
+        };
+        let count = |store: Arc<dyn VectorStore>, filter| async move {
+            store.count(org, filter).await.expect("count")
+        };
+        {
+            let store = open_at(dir.path(), INDEXABLE_DIM).await.expect("open");
+            store.ensure_collection().await.expect("ensure");
+            for first in (0..1_600).step_by(100) {
+                let batch = (first..first + 100).map(|i| point(i, "a")).collect();
+                store.upsert(batch).await.expect("upsert");
+            }
+            store
+                .upsert(vec![point(7, "before")])
+                .await
+                .expect("update");
+        }
+        let before = closed_segments();
+        assert!(before >= 2, "the WAL has {before} closed segments");
+
+        {
+            let store = open_at(dir.path(), INDEXABLE_DIM).await.expect("reopen");
+            assert_eq!(closed_segments(), 1, "the newest closed segment stays");
+            assert_eq!(count(store.clone(), PointFilter::default()).await, 1_600);
+            assert_eq!(count(store.clone(), asset("before")).await, 1);
+            store
+                .upsert(vec![point(7, "after"), point(8, "after")])
+                .await
+                .expect("update");
+            assert_eq!(count(store.clone(), asset("after")).await, 2);
+            assert_eq!(count(store.clone(), asset("before")).await, 0);
+        }
+        let store = open_at(dir.path(), INDEXABLE_DIM).await.expect("reopen");
+        assert_eq!(count(store.clone(), PointFilter::default()).await, 1_600);
+        assert_eq!(count(store.clone(), asset("after")).await, 2);
+        assert_eq!(count(store.clone(), asset("a")).await, 1_598);
+    }
+
     /// Waits (at most 30 s) for a due background run to start once the writes have paused.
     async fn until_the_run_starts(store: &heimdex_store::EmbeddedStore) {
         let started = std::time::Instant::now();
