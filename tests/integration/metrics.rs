@@ -410,6 +410,13 @@ async fn metrics_count_every_job_once_and_parse() {
         value(&scrape, "heimdex_projector_lag_events", &[]),
         Some(0.0)
     );
+    // The store's write-ahead log, measured at its open.
+    let wal = value(
+        &scrape,
+        "heimdex_vector_store_wal_bytes",
+        &[("collection", "embeddings")],
+    );
+    assert!(wal.is_some_and(|bytes| bytes > 0.0), "{wal:?}");
     assert_eq!(value(&scrape, "heimdex_requests_refused_total", &[]), None);
 
     check_against_catalogue(&scrape);

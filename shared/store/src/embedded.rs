@@ -162,6 +162,7 @@ impl EmbeddedStore {
         store.ensure_keyword_vector().await?;
         let report = upgrade::backfill(&store).await?;
         store.wrote(report.points as usize);
+        store.record_wal_size().await;
         // Whatever the last run left unindexed (it may have stopped mid-way) is indexed now.
         store.optimize_in_background();
         Ok(store)
@@ -235,6 +236,7 @@ impl EmbeddedStore {
             .set(info.points_count as f64);
         metrics::gauge!("heimdex_vector_store_indexed_vectors", "collection" => collection)
             .set(info.indexed_vectors_count as f64);
+        self.record_wal_size().await;
         tracing::info!(
             dir = %self.dir.display(),
             changed,
@@ -354,6 +356,21 @@ impl EmbeddedStore {
     }
 
     /// The `collection` label of this store's metrics: its directory's name.
+    /// `heimdex_vector_store_wal_bytes`: the disk Qdrant Edge's log takes now ([`wal`]).
+    async fn record_wal_size(&self) {
+        let dir = self.dir.clone();
+        match tokio::task::spawn_blocking(move || wal::disk_bytes(&dir)).await {
+            Ok(Ok(bytes)) => {
+                metrics::gauge!("heimdex_vector_store_wal_bytes", "collection" => self.collection_label())
+                    .set(bytes as f64);
+            }
+            Ok(Err(error)) => {
+                tracing::debug!(dir = %self.dir.display(), %error, "cannot measure the WAL")
+            }
+            Err(error) => tracing::debug!(%error, "the WAL measurement task failed"),
+        }
+    }
+
     fn collection_label(&self) -> String {
         collection_label(&self.dir)
     }

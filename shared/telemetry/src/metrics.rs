@@ -205,6 +205,14 @@ pub const CATALOGUE: &[MetricDef] = &[
          index) as of the end of the last optimizer run; the rest are scanned.",
     ),
     def(
+        "heimdex_vector_store_wal_bytes",
+        Kind::Gauge,
+        &["collection"],
+        "Embedded store: disk taken by Qdrant Edge's write-ahead log, at the store's open and \
+         after each optimizer run. Edge 0.7 never truncates it; it grows with what the store \
+         writes (about 2 KiB a point) until the next open removes all but its newest segment.",
+    ),
+    def(
         "heimdex_search_duration_seconds",
         Kind::Histogram,
         &["mode", "query"],

@@ -27,6 +27,7 @@
 
 use std::fs::{self, File, TryLockError};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The log's directory inside a shard's.
@@ -88,6 +89,19 @@ pub(super) fn prune(shard_dir: &Path) -> io::Result<Pruned> {
         pruned.bytes += bytes;
     }
     Ok(pruned)
+}
+
+/// The disk the shard's log takes: its files' allocated blocks (Edge creates each segment at
+/// its full size, sparse, and fills it as it writes).
+pub(super) fn disk_bytes(shard_dir: &Path) -> io::Result<u64> {
+    let mut bytes = 0;
+    for entry in fs::read_dir(shard_dir.join(WAL_DIR))? {
+        let metadata = entry?.metadata()?;
+        if metadata.is_file() {
+            bytes += metadata.blocks() * 512;
+        }
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -160,6 +174,7 @@ mod tests {
         assert_eq!(prune(shard.path()).expect("locked"), Pruned::default());
         assert_eq!(files(&wal), ["closed-0", "closed-9"]);
 
+        assert!(disk_bytes(shard.path()).expect("disk") > 0);
         drop(held);
         assert_eq!(prune(shard.path()).expect("unlocked").segments, 1);
         assert_eq!(files(&wal), ["closed-9"]);
