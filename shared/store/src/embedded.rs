@@ -355,7 +355,6 @@ impl EmbeddedStore {
         });
     }
 
-    /// The `collection` label of this store's metrics: its directory's name.
     /// `heimdex_vector_store_wal_bytes`: the disk Qdrant Edge's log takes now ([`wal`]).
     async fn record_wal_size(&self) {
         let dir = self.dir.clone();
@@ -371,6 +370,7 @@ impl EmbeddedStore {
         }
     }
 
+    /// The `collection` label of this store's metrics: its directory's name.
     fn collection_label(&self) -> String {
         collection_label(&self.dir)
     }
