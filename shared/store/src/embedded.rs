@@ -28,9 +28,9 @@
 //! New points go to a segment of their own and are answered at the next flush, run or not.
 //!
 //! Qdrant Edge 0.7 writes a WAL it never reads back nor truncates: `<dir>/wal` grows with every
-//! write while the store is open, and each open removes what Edge will never read ([`wal`]). It
-//! must not be deleted by hand: point versions come from WAL sequence numbers, and a reset WAL
-//! would make later updates of existing points look stale.
+//! write. Each optimizer run frees the disk of what Edge will never read, and each open removes
+//! it ([`wal`]). It must not be deleted by hand: point versions come from WAL sequence numbers,
+//! and a reset WAL would make later updates of existing points look stale.
 //!
 //! The shard directory is `flock`ed while open: a second `open` of the same directory (in this
 //! or another process) waits up to 5 s, then fails with `StoreError::Unavailable`.
@@ -162,7 +162,7 @@ impl EmbeddedStore {
         store.ensure_keyword_vector().await?;
         let report = upgrade::backfill(&store).await?;
         store.wrote(report.points as usize);
-        store.record_wal_size().await;
+        store.tidy_wal().await;
         // Whatever the last run left unindexed (it may have stopped mid-way) is indexed now.
         store.optimize_in_background();
         Ok(store)
@@ -236,7 +236,7 @@ impl EmbeddedStore {
             .set(info.points_count as f64);
         metrics::gauge!("heimdex_vector_store_indexed_vectors", "collection" => collection)
             .set(info.indexed_vectors_count as f64);
-        self.record_wal_size().await;
+        self.tidy_wal().await;
         tracing::info!(
             dir = %self.dir.display(),
             changed,
@@ -355,18 +355,44 @@ impl EmbeddedStore {
         });
     }
 
-    /// `heimdex_vector_store_wal_bytes`: the disk Qdrant Edge's log takes now ([`wal`]).
-    async fn record_wal_size(&self) {
+    /// Frees the WAL segments Qdrant Edge will never read ([`wal::release`]), then sets
+    /// `heimdex_vector_store_wal_bytes`: the disk its log takes now. Neither is a store error:
+    /// a failure is logged, and the log (and the gauge) stay as they were.
+    async fn tidy_wal(&self) {
         let dir = self.dir.clone();
-        match tokio::task::spawn_blocking(move || wal::disk_bytes(&dir)).await {
-            Ok(Ok(bytes)) => {
+        let tidied =
+            tokio::task::spawn_blocking(move || (wal::release(&dir), wal::disk_bytes(&dir))).await;
+        let (released, measured) = match tidied {
+            Ok(both) => both,
+            Err(error) => {
+                tracing::warn!(%error, "the WAL tidying task failed");
+                return;
+            }
+        };
+        match released {
+            Ok(released) if released.segments > 0 => tracing::info!(
+                dir = %self.dir.display(),
+                segments = released.segments,
+                mib = released.bytes / (1024 * 1024),
+                "freed the WAL segments Qdrant Edge 0.7 never reads"
+            ),
+            Ok(_) => {}
+            // The filesystem has no hole punching: the log shrinks at the next open only.
+            Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
+                tracing::debug!(dir = %self.dir.display(), %error, "cannot free old WAL segments")
+            }
+            Err(error) => {
+                tracing::warn!(dir = %self.dir.display(), %error, "could not free old WAL segments")
+            }
+        }
+        match measured {
+            Ok(bytes) => {
                 metrics::gauge!("heimdex_vector_store_wal_bytes", "collection" => self.collection_label())
                     .set(bytes as f64);
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::debug!(dir = %self.dir.display(), %error, "cannot measure the WAL")
             }
-            Err(error) => tracing::debug!(%error, "the WAL measurement task failed"),
         }
     }
 
@@ -817,7 +843,8 @@ fn prune_wal(dir: &Path) {
         Err(error) => tracing::warn!(
             dir = %dir.display(),
             %error,
-            "could not remove old WAL segments; the shard opens with them"
+            "could not remove old WAL segments; the shard opens with them, unless the store \
+             had freed them while open (then it fails: remove them by hand)"
         ),
     }
 }

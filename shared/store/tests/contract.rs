@@ -2985,6 +2985,102 @@ mod embedded_only {
         assert_eq!(count(store.clone(), asset("a")).await, 1_598);
     }
 
+    /// While the store is open, each optimizer run frees the disk of the WAL segments Qdrant
+    /// Edge will never read, in place (Edge keeps them mapped; `embedded/wal.rs`). Writes,
+    /// updates and reads go on as before, and the next open removes those segments.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_optimizer_run_frees_the_wal_edge_never_reads_while_the_store_is_open() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = dir.path().join("chunks").join("wal");
+        // (first index, allocated bytes) of each closed segment, oldest first.
+        let closed_segments = || {
+            let mut closed: Vec<(u64, u64)> = std::fs::read_dir(&wal)
+                .expect("wal dir")
+                .filter_map(|e| {
+                    let e = e.expect("entry");
+                    let name = e.file_name().into_string().expect("utf-8");
+                    let start = name.strip_prefix("closed-")?.parse().ok()?;
+                    Some((start, e.metadata().expect("stat").blocks() * 512))
+                })
+                .collect();
+            closed.sort_unstable();
+            closed
+        };
+        let org = Uuid::new_v4();
+        let text = "lorem ".repeat(11_000);
+        let point = |i: usize, asset: &str| {
+            let mut payload = payload(org, asset, &format!("s-{i}"));
+            payload.text = Some(text.clone());
+            NewPoint {
+                id: Uuid::from_u128(i as u128 + 1),
+                vector: vector(i),
+                payload,
+            }
+        };
+        {
+            let store = indexable_store(dir.path()).await;
+            // The run every open starts is over before the writes (1,600 points start no other).
+            while store.optimizing() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            for first in (0..1_600).step_by(100) {
+                let batch = (first..first + 100).map(|i| point(i, "a")).collect();
+                store.upsert(batch).await.expect("upsert");
+            }
+            let before = closed_segments();
+            assert!(
+                before.len() >= 2,
+                "the WAL has {} closed segments",
+                before.len()
+            );
+            assert!(before.iter().all(|&(_, bytes)| bytes > 0));
+
+            store.optimize().await.expect("optimize");
+
+            let after = closed_segments();
+            let (newest, older) = after.split_last().expect("closed segments");
+            assert_eq!(after.len(), before.len(), "the files stay while mapped");
+            assert!(
+                older.iter().all(|&(_, bytes)| bytes == 0),
+                "not freed: {after:?}"
+            );
+            assert_eq!(newest, before.last().expect("newest"), "the newest is kept");
+
+            // The shard goes on as before: updates of existing points apply, reads see them.
+            store
+                .upsert(vec![point(7, "after"), point(8, "after")])
+                .await
+                .expect("update");
+            assert_eq!(store.count(org, asset("after")).await.expect("count"), 2);
+            assert_eq!(
+                store
+                    .count(org, PointFilter::default())
+                    .await
+                    .expect("count"),
+                1_600
+            );
+        }
+        let store = open_at(dir.path(), INDEXABLE_DIM).await.expect("reopen");
+        let left = closed_segments();
+        assert_eq!(left.len(), 1, "the open removes what was freed: {left:?}");
+        assert!(left[0].1 > 0, "and keeps the newest intact");
+        assert_eq!(
+            store
+                .count(org, PointFilter::default())
+                .await
+                .expect("count"),
+            1_600
+        );
+        assert_eq!(store.count(org, asset("after")).await.expect("count"), 2);
+        store
+            .upsert(vec![point(9, "again")])
+            .await
+            .expect("update after the reopen");
+        assert_eq!(store.count(org, asset("again")).await.expect("count"), 1);
+        assert_eq!(store.count(org, asset("a")).await.expect("count"), 1_597);
+    }
+
     /// Waits (at most 30 s) for a due background run to start once the writes have paused.
     async fn until_the_run_starts(store: &heimdex_store::EmbeddedStore) {
         let started = std::time::Instant::now();

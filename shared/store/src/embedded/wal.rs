@@ -1,4 +1,4 @@
-//! The write-ahead log Qdrant Edge 0.7 writes and never reads: what a shard's open removes of it.
+//! The write-ahead log Qdrant Edge 0.7 writes and never reads: what the store removes of it.
 //!
 //! `EdgeShard::update` appends every operation to a log in `<shard>/wal`, in segment files of
 //! 32 MiB (`open-<n>` while written, renamed `closed-<index of its first entry>` once full).
@@ -8,27 +8,38 @@
 //! `EdgeShard::load` reads and checksums all of it at every start.
 //!
 //! Nothing here rests on it: the store answers a write only once a flush of the segments covers
-//! it (see `embedded`). So [`prune`] removes, before the shard is loaded, every closed segment
-//! but the newest:
+//! it (see `embedded`). So the store keeps, of the closed segments, only the newest:
 //! - The newest stays because the log numbers its entries from its first closed segment's index
 //!   and the segments' lengths, and Edge uses those numbers as point versions. A log numbered
 //!   from 0 again would make every later update of an existing point look older than the point,
 //!   and Edge would skip it.
-//! - They go oldest first, and each removal is made durable (the directory synced) before the
-//!   next. `Wal::open` refuses a log with a gap between closed segments; this order leaves none,
-//!   whatever a crash interrupts.
+//! - [`prune`], before the shard is loaded, removes the others. They go oldest first, and each
+//!   removal is made durable (the directory synced) before the next. `Wal::open` refuses a log
+//!   with a gap between closed segments; this order leaves none, whatever a crash interrupts.
+//! - [`release`], while the shard is open, frees their disk: Edge keeps every segment mapped
+//!   until the shard closes, so removing a file would free nothing before then. It punches out
+//!   the file's blocks instead (`fallocate(PUNCH_HOLE)`), which also drops its pages from the
+//!   page cache and from Edge's mapping. The file keeps its size and its name, and reads as
+//!   zeros. Edge 0.7 reads a closed segment only in `Wal::open` (the log's only other uses are
+//!   `write`, which appends to the open segment, and `flush`, which syncs it), and the next open
+//!   prunes such a segment before Edge sees it. A segment is released only once a newer one is
+//!   closed, and Edge has finished flushing a segment before it closes the next.
 //!
 //! That is what `SerdeWal::ack` with Edge's `retain_closed = 1` does to a log. It is sound for
 //! Edge 0.7 only: a release that replays the log at load (0.9 does, and acknowledges it after
 //! each flush) needs the entries it has not acknowledged. The workspace pins
 //! `qdrant-edge = "=0.7.2"`, and an upgrade must remove this.
 //!
-//! While a store is open its log still grows with what it writes; the next open removes it.
+//! A released segment that an open cannot prune (an I/O error removing it) fails that open
+//! ("Illegal segment header"), where an intact one would have been read. The error is logged
+//! with its path; removing the file by hand is then safe.
 
-use std::fs::{self, File, TryLockError};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{FallocateFlags, fallocate};
 
 /// The log's directory inside a shard's.
 const WAL_DIR: &str = "wal";
@@ -63,8 +74,76 @@ pub(super) fn prune(shard_dir: &Path) -> io::Result<Pruned> {
         Err(TryLockError::WouldBlock) => return Ok(Pruned::default()),
         Err(TryLockError::Error(e)) => return Err(e),
     }
+    let mut closed = closed_segments(&wal)?;
+    // The newest numbers what comes after it.
+    closed.pop();
+    let mut pruned = Pruned::default();
+    for (_, path) in closed {
+        let bytes = fs::metadata(&path)?.len();
+        fs::remove_file(&path).map_err(|e| naming(&path, e))?;
+        dir.sync_all()?;
+        pruned.segments += 1;
+        pruned.bytes += bytes;
+    }
+    Ok(pruned)
+}
+
+/// `e`, saying which file it is about (an operator's next step may be to remove it).
+fn naming(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// What [`release`] freed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Released {
+    pub segments: usize,
+    /// Their allocated blocks.
+    pub bytes: u64,
+}
+
+/// Frees the disk of every closed segment of an open shard's log but the newest (module docs),
+/// leaving each file in place, its size unchanged and its content zeros. A segment already
+/// released is skipped, so a call costs one directory read when there is nothing to free.
+///
+/// Sound only while the log is Edge 0.7's: see the module docs.
+pub(super) fn release(shard_dir: &Path) -> io::Result<Released> {
+    let mut closed = match closed_segments(&shard_dir.join(WAL_DIR)) {
+        Ok(closed) => closed,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Released::default()),
+        Err(e) => return Err(e),
+    };
+    // The newest numbers what comes after it, at the next open.
+    closed.pop();
+    let mut released = Released::default();
+    for (_, path) in closed {
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => file,
+            // Pruned by an open since the listing: nothing left to free.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let metadata = file.metadata()?;
+        let allocated = metadata.blocks() * 512;
+        if allocated == 0 {
+            continue;
+        }
+        fallocate(
+            &file,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            metadata.len(),
+        )
+        .map_err(|e| naming(&path, e.into()))?;
+        released.segments += 1;
+        released.bytes += allocated;
+    }
+    Ok(released)
+}
+
+/// The log's closed segments, oldest first: (index of the first entry, path).
+fn closed_segments(wal: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     let mut closed: Vec<(u64, PathBuf)> = Vec::new();
-    for entry in fs::read_dir(&wal)? {
+    for entry in fs::read_dir(wal)? {
         let entry = entry?;
         let start = entry
             .file_name()
@@ -78,17 +157,7 @@ pub(super) fn prune(shard_dir: &Path) -> io::Result<Pruned> {
         }
     }
     closed.sort_unstable();
-    // The newest numbers what comes after it.
-    closed.pop();
-    let mut pruned = Pruned::default();
-    for (_, path) in closed {
-        let bytes = fs::metadata(&path)?.len();
-        fs::remove_file(&path)?;
-        dir.sync_all()?;
-        pruned.segments += 1;
-        pruned.bytes += bytes;
-    }
-    Ok(pruned)
+    Ok(closed)
 }
 
 /// The disk the shard's log takes: its files' allocated blocks (Edge creates each segment at
@@ -178,5 +247,52 @@ mod tests {
         drop(held);
         assert_eq!(prune(shard.path()).expect("unlocked").segments, 1);
         assert_eq!(files(&wal), ["closed-9"]);
+    }
+
+    #[test]
+    fn release_frees_all_but_the_newest_closed_segment_in_place() {
+        let shard = tempfile::tempdir().expect("tempdir");
+        assert_eq!(release(shard.path()).expect("no log"), Released::default());
+
+        let wal = shard.path().join(WAL_DIR);
+        fs::create_dir(&wal).expect("mkdir");
+        const LEN: usize = 256 * 1024;
+        for name in ["closed-0", "closed-34", "closed-100", "open-7"] {
+            fs::write(wal.join(name), vec![0xab; LEN]).expect("write");
+        }
+        // As while the shard is open: Edge holds the lock.
+        let held = File::open(&wal).expect("open");
+        held.lock().expect("lock");
+        let allocated = |name: &str| fs::metadata(wal.join(name)).expect("stat").blocks() * 512;
+        let before = allocated("closed-0") + allocated("closed-34");
+        assert!(before >= 2 * LEN as u64, "{before} bytes allocated");
+
+        let released = release(shard.path()).expect("release");
+
+        assert_eq!(
+            released,
+            Released {
+                segments: 2,
+                bytes: before
+            }
+        );
+        assert_eq!(
+            files(&wal),
+            ["closed-0", "closed-100", "closed-34", "open-7"]
+        );
+        for name in ["closed-0", "closed-34"] {
+            assert_eq!(allocated(name), 0, "{name} still takes disk");
+            assert_eq!(fs::read(wal.join(name)).expect("read"), vec![0; LEN]);
+        }
+        for name in ["closed-100", "open-7"] {
+            assert_eq!(fs::read(wal.join(name)).expect("read"), vec![0xab; LEN]);
+        }
+        // Nothing more to free.
+        assert_eq!(release(shard.path()).expect("again"), Released::default());
+
+        // The next open removes what was released.
+        drop(held);
+        assert_eq!(prune(shard.path()).expect("prune").segments, 2);
+        assert_eq!(files(&wal), ["closed-100", "open-7"]);
     }
 }
