@@ -210,7 +210,8 @@ pub const CATALOGUE: &[MetricDef] = &[
         &["collection"],
         "Embedded store: disk taken by Qdrant Edge's write-ahead log, at the store's open and \
          after each optimizer run. Edge 0.7 never truncates it; it grows with what the store \
-         writes (about 2 KiB a point) until the next open removes all but its newest segment.",
+         writes (about 2 KiB a point) until the next optimizer run frees all but its newest \
+         closed segment and its open ones.",
     ),
     def(
         "heimdex_search_duration_seconds",
