@@ -28,8 +28,8 @@
 //! New points go to a segment of their own and are answered at the next flush, run or not.
 //!
 //! Qdrant Edge 0.7 writes a WAL it never reads back nor truncates: `<dir>/wal` grows with every
-//! write. Each optimizer run frees the disk of what Edge will never read, and each open removes
-//! it ([`wal`]). It must not be deleted by hand: point versions come from WAL sequence numbers,
+//! write. The writer frees the disk of what Edge will never read as it goes, and each open
+//! removes it ([`wal`]). It must not be deleted by hand: point versions come from WAL sequence numbers,
 //! and a reset WAL would make later updates of existing points look stale.
 //!
 //! The shard directory is `flock`ed while open: a second `open` of the same directory (in this
@@ -82,6 +82,10 @@ const OPTIMIZE_QUIET: Duration = Duration::from_secs(1);
 /// segment walks the whole posting list of each of its keyword terms (Qdrant's in-RAM
 /// `PostingList::upsert`), which grows with them.
 const OPTIMIZE_DELAY_MAX: Duration = Duration::from_secs(10);
+/// While writes go on, the writer frees the WAL segments Edge will never read at most this often
+/// (a directory read and a `stat` or two; [`tidy_wal`]), so the log stays within about two
+/// segments and what a second writes.
+const TIDY_WAL_EVERY: Duration = Duration::from_secs(1);
 /// Page size for `scroll_ids`.
 const SCROLL_PAGE: usize = 1024;
 /// How long `open` waits for the WAL directory lock: `LOCK_RETRIES * LOCK_RETRY_DELAY`.
@@ -355,44 +359,17 @@ impl EmbeddedStore {
         });
     }
 
-    /// Frees the WAL segments Qdrant Edge will never read ([`wal::release`]), then sets
-    /// `heimdex_vector_store_wal_bytes`: the disk its log takes now. Neither is a store error:
-    /// a failure is logged, and the log (and the gauge) stay as they were.
+    /// [`tidy_wal`] on the writer thread, so that the WAL is measured (and freed) now.
     async fn tidy_wal(&self) {
-        let dir = self.dir.clone();
-        let tidied =
-            tokio::task::spawn_blocking(move || (wal::release(&dir), wal::disk_bytes(&dir))).await;
-        let (released, measured) = match tidied {
-            Ok(both) => both,
-            Err(error) => {
-                tracing::warn!(%error, "the WAL tidying task failed");
-                return;
-            }
-        };
-        match released {
-            Ok(released) if released.segments > 0 => tracing::info!(
-                dir = %self.dir.display(),
-                segments = released.segments,
-                mib = released.bytes / (1024 * 1024),
-                "freed the WAL segments Qdrant Edge 0.7 never reads"
-            ),
-            Ok(_) => {}
-            // The filesystem has no hole punching: the log shrinks at the next open only.
-            Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
-                tracing::debug!(dir = %self.dir.display(), %error, "cannot free old WAL segments")
-            }
-            Err(error) => {
-                tracing::warn!(dir = %self.dir.display(), %error, "could not free old WAL segments")
-            }
-        }
-        match measured {
-            Ok(bytes) => {
-                metrics::gauge!("heimdex_vector_store_wal_bytes", "collection" => self.collection_label())
-                    .set(bytes as f64);
-            }
-            Err(error) => {
-                tracing::debug!(dir = %self.dir.display(), %error, "cannot measure the WAL")
-            }
+        let (dir, label) = (self.dir.clone(), self.collection_label());
+        let tidied = self
+            .write(move |_| {
+                tidy_wal(&dir, &label);
+                Ok(((), Wrote::Nothing))
+            })
+            .await;
+        if let Err(error) = tidied {
+            tracing::debug!(%error, "the WAL was not tidied: the store is closing");
         }
     }
 
@@ -515,6 +492,7 @@ impl Writer {
             .spawn(move || {
                 // Answers of writes to existing points made during an optimizer run.
                 let mut held: Vec<Answer> = Vec::new();
+                let mut last_tidy = Instant::now();
                 while let Ok(first) = writes.recv() {
                     let mut answers = Vec::new();
                     let mut wrote = 0_u64;
@@ -550,6 +528,10 @@ impl Writer {
                     };
                     for answer in answers {
                         answer(&flushed);
+                    }
+                    if wrote > 0 && last_tidy.elapsed() >= TIDY_WAL_EVERY {
+                        tidy_wal(&dir, &label);
+                        last_tidy = Instant::now();
                     }
                 }
                 // The store closed while a run held these: nothing says they are durable, so
@@ -854,6 +836,38 @@ fn prune_wal(dir: &Path) {
 fn is_lock_conflict(e: &OperationError) -> bool {
     let msg = e.to_string();
     msg.contains("WAL") && msg.contains("WouldBlock")
+}
+
+/// Frees the WAL segments Qdrant Edge will never read ([`wal::release`]), then sets
+/// `heimdex_vector_store_wal_bytes`: the disk its log takes now. Neither is a store error: a
+/// failure is logged, and the log (and the gauge) stay as they were.
+///
+/// Runs on the writer thread only: between Edge's updates, none of which closes a segment
+/// meanwhile.
+fn tidy_wal(dir: &Path, label: &str) {
+    match wal::release(dir) {
+        Ok(released) if released.segments > 0 => tracing::info!(
+            dir = %dir.display(),
+            segments = released.segments,
+            mib = released.bytes / (1024 * 1024),
+            "freed the WAL segments Qdrant Edge 0.7 never reads"
+        ),
+        Ok(_) => {}
+        // The filesystem has no hole punching: the log shrinks at the next open only.
+        Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::debug!(dir = %dir.display(), %error, "cannot free old WAL segments")
+        }
+        Err(error) => {
+            tracing::warn!(dir = %dir.display(), %error, "could not free old WAL segments")
+        }
+    }
+    match wal::disk_bytes(dir) {
+        Ok(bytes) => {
+            metrics::gauge!("heimdex_vector_store_wal_bytes", "collection" => label.to_owned())
+                .set(bytes as f64);
+        }
+        Err(error) => tracing::debug!(dir = %dir.display(), %error, "cannot measure the WAL"),
+    }
 }
 
 #[async_trait::async_trait]

@@ -23,7 +23,8 @@
 //!   zeros. Edge 0.7 reads a closed segment only in `Wal::open` (the log's only other uses are
 //!   `write`, which appends to the open segment, and `flush`, which syncs it), and the next open
 //!   prunes such a segment before Edge sees it. A segment is released only once a newer one is
-//!   closed, and Edge has finished flushing a segment before it closes the next.
+//!   closed, and Edge has finished flushing a segment before it closes the next. The store calls
+//!   it on its writer thread, between Edge's updates, so no segment closes meanwhile.
 //!
 //! That is what `SerdeWal::ack` with Edge's `retain_closed = 1` does to a log. It is sound for
 //! Edge 0.7 only: a release that replays the log at load (0.9 does, and acknowledges it after
