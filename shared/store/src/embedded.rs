@@ -766,25 +766,27 @@ fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {
     // a just-forked child that has not exec'd yet) holds it briefly, so retry for a while.
     let mut attempt = 0;
     let shard = loop {
-        match try_open() {
-            Ok(shard) => break shard,
-            Err(e) if is_lock_conflict(&e) && attempt < LOCK_RETRIES => {
-                attempt += 1;
-                std::thread::sleep(LOCK_RETRY_DELAY);
-            }
-            Err(e) if is_lock_conflict(&e) => {
-                return Err(StoreError::Unavailable(format!(
-                    "edge shard {} is locked by another open store: {e}",
-                    dir.display()
-                )));
-            }
-            Err(e) => {
-                return Err(StoreError::Internal(format!(
-                    "cannot open edge shard {}: {e}",
-                    dir.display()
-                )));
+        if !wal::is_locked(dir) {
+            match try_open() {
+                Ok(shard) => break shard,
+                // Edge tells a lock conflict only in its error's text, so the lock is asked.
+                Err(e) if !wal::is_locked(dir) => {
+                    return Err(StoreError::Internal(format!(
+                        "cannot open edge shard {}: {e}",
+                        dir.display()
+                    )));
+                }
+                Err(_) => {}
             }
         }
+        if attempt == LOCK_RETRIES {
+            return Err(StoreError::Unavailable(format!(
+                "edge shard {} is locked by another open store",
+                dir.display()
+            )));
+        }
+        attempt += 1;
+        std::thread::sleep(LOCK_RETRY_DELAY);
     };
 
     // An existing shard must match the configured vector space.
@@ -829,13 +831,6 @@ fn prune_wal(dir: &Path) {
              had freed them while open (then it fails: remove them by hand)"
         ),
     }
-}
-
-/// The WAL's `flock(LOCK_NB)` failed: another `EdgeShard` (here or in another process) has the
-/// directory open.
-fn is_lock_conflict(e: &OperationError) -> bool {
-    let msg = e.to_string();
-    msg.contains("WAL") && msg.contains("WouldBlock")
 }
 
 /// Frees the WAL segments Qdrant Edge will never read ([`wal::release`]), then sets

@@ -56,8 +56,7 @@ pub(super) struct Pruned {
 }
 
 /// Removes every closed segment of the shard's log but the newest (module docs). Removes nothing
-/// if there is no log, or if it is locked: its shard is open (here or in another process), and
-/// the load that follows fails on that lock and is retried.
+/// if there is no log, or if it is locked ([`is_locked`]).
 ///
 /// An error leaves the log as a crash would: its newest closed segment and all after it kept,
 /// contiguous. The shard opens either way.
@@ -70,10 +69,8 @@ pub(super) fn prune(shard_dir: &Path) -> io::Result<Pruned> {
     };
     // The lock `EdgeShard` takes on this directory while it has the shard open. Held until
     // `dir` is dropped, at the return.
-    match dir.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Ok(Pruned::default()),
-        Err(TryLockError::Error(e)) => return Err(e),
+    if !try_lock(&dir)? {
+        return Ok(Pruned::default());
     }
     let mut closed = closed_segments(&wal)?;
     // The newest numbers what comes after it.
@@ -87,6 +84,23 @@ pub(super) fn prune(shard_dir: &Path) -> io::Result<Pruned> {
         pruned.bytes += bytes;
     }
     Ok(pruned)
+}
+
+/// Whether the shard's log is locked: its shard is open, here or in another process. Asked
+/// before and after a load, since Edge tells a lock conflict only in its error's text. A log
+/// that cannot be asked (missing, unreadable) counts as not locked: the load then says why.
+pub(super) fn is_locked(shard_dir: &Path) -> bool {
+    File::open(shard_dir.join(WAL_DIR)).is_ok_and(|dir| matches!(try_lock(&dir), Ok(false)))
+}
+
+/// Takes the log directory's `flock` (exclusive, not waiting) until `dir` is closed; `false`
+/// if another open file holds it.
+fn try_lock(dir: &File) -> io::Result<bool> {
+    match dir.try_lock() {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
 }
 
 /// `e`, saying which file it is about (an operator's next step may be to remove it).
@@ -234,13 +248,16 @@ mod tests {
     fn leaves_a_locked_log_and_a_missing_one_alone() {
         let shard = tempfile::tempdir().expect("tempdir");
         assert_eq!(prune(shard.path()).expect("no log"), Pruned::default());
+        assert!(!is_locked(shard.path()), "no log");
 
         let wal = shard.path().join(WAL_DIR);
         fs::create_dir(&wal).expect("mkdir");
         fs::write(wal.join("closed-0"), b"a").expect("write");
         fs::write(wal.join("closed-9"), b"b").expect("write");
+        assert!(!is_locked(shard.path()));
         let held = File::open(&wal).expect("open");
         held.lock().expect("lock");
+        assert!(is_locked(shard.path()));
         assert_eq!(prune(shard.path()).expect("locked"), Pruned::default());
         assert_eq!(files(&wal), ["closed-0", "closed-9"]);
 
