@@ -417,6 +417,15 @@ async fn metrics_count_every_job_once_and_parse() {
         &[("collection", "embeddings")],
     );
     assert!(wal.is_some_and(|bytes| bytes > 0.0), "{wal:?}");
+    // No optimizer run holds a write once the jobs are done.
+    assert_eq!(
+        value(
+            &scrape,
+            "heimdex_vector_store_held_writes",
+            &[("collection", "embeddings")]
+        ),
+        Some(0.0)
+    );
     assert_eq!(value(&scrape, "heimdex_requests_refused_total", &[]), None);
 
     check_against_catalogue(&scrape);

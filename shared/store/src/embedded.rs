@@ -493,6 +493,7 @@ impl Writer {
                 // Answers of writes to existing points made during an optimizer run.
                 let mut held: Vec<Answer> = Vec::new();
                 let mut last_tidy = Instant::now();
+                let held_writes = metrics::gauge!("heimdex_vector_store_held_writes", "collection" => label.clone());
                 while let Ok(first) = writes.recv() {
                     let mut answers = Vec::new();
                     let mut wrote = 0_u64;
@@ -526,6 +527,7 @@ impl Writer {
                     } else {
                         Ok(())
                     };
+                    held_writes.set(held.len() as f64);
                     for answer in answers {
                         answer(&flushed);
                     }
@@ -540,6 +542,7 @@ impl Writer {
                 for answer in held {
                     answer(&unflushed);
                 }
+                held_writes.set(0.0);
                 // `EdgeShard`'s own `Drop` flushes, and panics if the directory is gone
                 // (see `EmbeddedStore`'s `Drop`): keep this handle alive instead.
                 if !dir.exists() {

@@ -185,6 +185,14 @@ pub const CATALOGUE: &[MetricDef] = &[
          queued meanwhile share; a write returns once one covers it.",
     ),
     def(
+        "heimdex_vector_store_held_writes",
+        Kind::Gauge,
+        &["collection"],
+        "Embedded store: deletes and updates of existing points applied while an optimizer run \
+         rebuilds the segments they change, and not yet answered: the first flush after the run \
+         makes them durable and answers them.",
+    ),
+    def(
         "heimdex_vector_store_flushed_writes_total",
         Kind::Counter,
         &["collection"],
@@ -208,10 +216,9 @@ pub const CATALOGUE: &[MetricDef] = &[
         "heimdex_vector_store_wal_bytes",
         Kind::Gauge,
         &["collection"],
-        "Embedded store: disk taken by Qdrant Edge's write-ahead log, at the store's open and \
-         after each optimizer run. Edge 0.7 never truncates it; it grows with what the store \
-         writes (about 2 KiB a point) until the next optimizer run frees all but its newest \
-         closed segment and its open ones.",
+        "Embedded store: disk taken by Qdrant Edge's write-ahead log, at the store's open, \
+         about once a second while it writes, and after each optimizer run. Edge 0.7 never \
+         truncates it; the store frees all but its newest closed segment and its open ones.",
     ),
     def(
         "heimdex_search_duration_seconds",
