@@ -29,8 +29,8 @@
 //!
 //! Qdrant Edge 0.7 writes a WAL it never reads back nor truncates: `<dir>/wal` grows with every
 //! write. The writer frees the disk of what Edge will never read as it goes, and each open
-//! removes it ([`wal`]). It must not be deleted by hand: point versions come from WAL sequence numbers,
-//! and a reset WAL would make later updates of existing points look stale.
+//! removes it ([`wal`]). It must not be deleted by hand: point versions come from WAL sequence
+//! numbers, and a reset WAL would make later updates of existing points look stale.
 //!
 //! The shard directory is `flock`ed while open: a second `open` of the same directory (in this
 //! or another process) waits up to 5 s, then fails with `StoreError::Unavailable`.
@@ -493,7 +493,8 @@ impl Writer {
                 // Answers of writes to existing points made during an optimizer run.
                 let mut held: Vec<Answer> = Vec::new();
                 let mut last_tidy = Instant::now();
-                let held_writes = metrics::gauge!("heimdex_vector_store_held_writes", "collection" => label.clone());
+                let held_writes =
+                    metrics::gauge!("heimdex_vector_store_held_writes", "collection" => label.clone());
                 while let Ok(first) = writes.recv() {
                     let mut answers = Vec::new();
                     let mut wrote = 0_u64;

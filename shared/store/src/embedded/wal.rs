@@ -27,7 +27,7 @@
 //!   it on its writer thread, between Edge's updates, so no segment closes meanwhile.
 //!
 //! That is what `SerdeWal::ack` with Edge's `retain_closed = 1` does to a log. It is sound for
-//! Edge 0.7 only: a release that replays the log at load (0.9 does, and acknowledges it after
+//! Edge 0.7 only: an Edge that replays the log at load (0.9 does, and acknowledges it after
 //! each flush) needs the entries it has not acknowledged. The workspace pins
 //! `qdrant-edge = "=0.7.2"`, and an upgrade must remove this.
 //!
@@ -133,7 +133,7 @@ pub(super) fn release(shard_dir: &Path) -> io::Result<Released> {
     for (_, path) in closed {
         let file = match OpenOptions::new().write(true).open(&path) {
             Ok(file) => file,
-            // Pruned by an open since the listing: nothing left to free.
+            // Gone since the listing: nothing left to free.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
