@@ -2927,28 +2927,9 @@ mod embedded_only {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_open_removes_the_wal_edge_never_reads_and_updates_still_apply() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let wal = dir.path().join("chunks").join("wal");
-        let closed_segments = || {
-            std::fs::read_dir(&wal)
-                .expect("wal dir")
-                .filter(|e| {
-                    let name = e.as_ref().expect("entry").file_name();
-                    name.to_string_lossy().starts_with("closed-")
-                })
-                .count()
-        };
+        let closed_segments = || closed_wal_segments(dir.path()).len();
         let org = Uuid::new_v4();
-        // Long texts fill the WAL's 32 MiB segments with a couple of thousand points.
-        let text = "lorem ".repeat(11_000);
-        let point = |i: usize, asset: &str| {
-            let mut payload = payload(org, asset, &format!("s-{i}"));
-            payload.text = Some(text.clone());
-            NewPoint {
-                id: Uuid::from_u128(i as u128 + 1),
-                vector: vector(i),
-                payload,
-            }
-        };
+        let point = wal_filling_points(org);
         let count = |store: Arc<dyn VectorStore>, filter| async move {
             store.count(org, filter).await.expect("count")
         };
@@ -2990,34 +2971,10 @@ mod embedded_only {
     /// Writes, updates and reads go on as before, and the next open removes those segments.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_frees_the_wal_edge_never_reads_while_the_store_is_open() {
-        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().expect("tempdir");
-        let wal = dir.path().join("chunks").join("wal");
-        // (first index, allocated bytes) of each closed segment, oldest first.
-        let closed_segments = || {
-            let mut closed: Vec<(u64, u64)> = std::fs::read_dir(&wal)
-                .expect("wal dir")
-                .filter_map(|e| {
-                    let e = e.expect("entry");
-                    let name = e.file_name().into_string().expect("utf-8");
-                    let start = name.strip_prefix("closed-")?.parse().ok()?;
-                    Some((start, e.metadata().expect("stat").blocks() * 512))
-                })
-                .collect();
-            closed.sort_unstable();
-            closed
-        };
+        let closed_segments = || closed_wal_segments(dir.path());
         let org = Uuid::new_v4();
-        let text = "lorem ".repeat(11_000);
-        let point = |i: usize, asset: &str| {
-            let mut payload = payload(org, asset, &format!("s-{i}"));
-            payload.text = Some(text.clone());
-            NewPoint {
-                id: Uuid::from_u128(i as u128 + 1),
-                vector: vector(i),
-                payload,
-            }
-        };
+        let point = wal_filling_points(org);
         {
             let store = indexable_store(dir.path()).await;
             // The run every open starts is over before the writes (1,600 points start no other).
@@ -3083,6 +3040,38 @@ mod embedded_only {
             .expect("update after the reopen");
         assert_eq!(store.count(org, asset("again")).await.expect("count"), 1);
         assert_eq!(store.count(org, asset("a")).await.expect("count"), 1_597);
+    }
+
+    /// Points of `org` with long texts, which fill the WAL's 32 MiB segments with a couple of
+    /// thousand points: `point(i, asset)`.
+    fn wal_filling_points(org: Uuid) -> impl Fn(usize, &str) -> NewPoint {
+        let text = "lorem ".repeat(11_000);
+        move |i, asset| {
+            let mut payload = payload(org, asset, &format!("s-{i}"));
+            payload.text = Some(text.clone());
+            NewPoint {
+                id: Uuid::from_u128(i as u128 + 1),
+                vector: vector(i),
+                payload,
+            }
+        }
+    }
+
+    /// The closed segments of the `chunks` shard's WAL under `path`, oldest first: (index of
+    /// the first entry, allocated bytes).
+    fn closed_wal_segments(path: &std::path::Path) -> Vec<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut closed: Vec<(u64, u64)> = std::fs::read_dir(path.join("chunks").join("wal"))
+            .expect("wal dir")
+            .filter_map(|e| {
+                let e = e.expect("entry");
+                let name = e.file_name().into_string().expect("utf-8");
+                let start = name.strip_prefix("closed-")?.parse().ok()?;
+                Some((start, e.metadata().expect("stat").blocks() * 512))
+            })
+            .collect();
+        closed.sort_unstable();
+        closed
     }
 
     /// Waits (at most 30 s) for a due background run to start once the writes have paused.
