@@ -166,7 +166,7 @@ impl EmbeddedStore {
         store.ensure_keyword_vector().await?;
         let report = upgrade::backfill(&store).await?;
         store.wrote(report.points as usize);
-        store.tidy_wal().await;
+        store.tidy_wal_on_writer().await;
         // Whatever the last run left unindexed (it may have stopped mid-way) is indexed now.
         store.optimize_in_background();
         Ok(store)
@@ -240,7 +240,7 @@ impl EmbeddedStore {
             .set(info.points_count as f64);
         metrics::gauge!("heimdex_vector_store_indexed_vectors", "collection" => collection)
             .set(info.indexed_vectors_count as f64);
-        self.tidy_wal().await;
+        self.tidy_wal_on_writer().await;
         tracing::info!(
             dir = %self.dir.display(),
             changed,
@@ -359,8 +359,9 @@ impl EmbeddedStore {
         });
     }
 
-    /// [`tidy_wal`] on the writer thread, so that the WAL is measured (and freed) now.
-    async fn tidy_wal(&self) {
+    /// Runs [`tidy_wal`] on the writer thread now, rather than at its next write a second on:
+    /// after the open, and after an optimizer run, which follows the writes' pause.
+    async fn tidy_wal_on_writer(&self) {
         let (dir, label) = (self.dir.clone(), self.collection_label());
         let tidied = self
             .write(move |_| {
@@ -773,7 +774,8 @@ fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {
         if !wal::is_locked(dir) {
             match try_open() {
                 Ok(shard) => break shard,
-                // Edge tells a lock conflict only in its error's text, so the lock is asked.
+                // Edge tells a lock conflict only in its error's text, so the lock is asked,
+                // here and before the load: a handle still closing may let go in between.
                 Err(e) if !wal::is_locked(dir) => {
                     return Err(StoreError::Internal(format!(
                         "cannot open edge shard {}: {e}",

@@ -2978,9 +2978,7 @@ mod embedded_only {
         {
             let store = indexable_store(dir.path()).await;
             // The run every open starts is over before the writes (1,600 points start no other).
-            while store.optimizing() {
-                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            }
+            until_no_run(&store).await;
             for first in (0..1_600).step_by(100) {
                 let batch = (first..first + 100).map(|i| point(i, "a")).collect();
                 store.upsert(batch).await.expect("upsert");
@@ -3072,6 +3070,18 @@ mod embedded_only {
             .collect();
         closed.sort_unstable();
         closed
+    }
+
+    /// Waits (at most 30 s) until no background run is due or under way.
+    async fn until_no_run(store: &heimdex_store::EmbeddedStore) {
+        let started = std::time::Instant::now();
+        while store.optimizing() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the run did not end"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits (at most 30 s) for a due background run to start once the writes have paused.
