@@ -1,7 +1,7 @@
 //! What a process's metrics need besides the counters its services keep: the listener of its
 //! own (`HEIMDEX_METRICS_ADDR`, or the default for processes without the API), and the gauges
 //! read from outside every few seconds — the worker backlog and the projector lag (from their
-//! consumers' info), whether NATS and the vector store answer.
+//! consumers' info), whether NATS and the vector store answer, and what the store holds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -87,6 +87,13 @@ impl Sampler {
             };
             metrics::gauge!("heimdex_vector_store_up", "backend" => backend)
                 .set(f64::from(u8::from(up)));
+            if up {
+                match tokio::time::timeout(self.timeout, store.sample_gauges()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::debug!(%err, "cannot read the vector store's size"),
+                    Err(_) => tracing::debug!("reading the vector store's size timed out"),
+                }
+            }
         }
         heimdex_telemetry::metrics::run_upkeep();
     }

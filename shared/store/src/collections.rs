@@ -169,4 +169,8 @@ impl VectorStore for Live {
     async fn probe(&self) -> Result<(), StoreError> {
         self.store().probe().await
     }
+
+    async fn sample_gauges(&self) -> Result<(), StoreError> {
+        self.store().sample_gauges().await
+    }
 }

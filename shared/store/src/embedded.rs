@@ -49,10 +49,10 @@ use qdrant_edge::{
     FieldCondition, FieldIndexOperations, Filter, HasVectorCondition, JsonPath, KeywordIndexParams,
     Match, MatchAny, Modifier, NamedQuery, OperationError, PayloadFieldSchema, PayloadSchemaParams,
     PointId, PointInsertOperations, PointOperations, PointStructPersisted, PointVectorsPersisted,
-    Prefetch, QueryEnum, QueryRequest, Range, ScoringQuery, ScrollRequest, SparseVectorConfig,
-    UpdateOperation, UpdateVectorsOp, ValueVariants, VectorInternal, VectorNameConfig,
-    VectorNameOperations, VectorOperations, VectorPersisted, VectorStructInternal,
-    VectorStructPersisted, WithPayloadInterface, WithVector,
+    Prefetch, QueryEnum, QueryRequest, Range, ScoringQuery, ScrollRequest, ShardInfo,
+    SparseVectorConfig, UpdateOperation, UpdateVectorsOp, ValueVariants, VectorInternal,
+    VectorNameConfig, VectorNameOperations, VectorOperations, VectorPersisted,
+    VectorStructInternal, VectorStructPersisted, WithPayloadInterface, WithVector,
 };
 use uuid::Uuid;
 
@@ -232,14 +232,9 @@ impl EmbeddedStore {
             .await?;
         ran?;
         let elapsed = started.elapsed();
-        let collection = self.collection_label();
-        metrics::histogram!("heimdex_vector_store_optimize_duration_seconds", "collection" => collection.clone())
+        metrics::histogram!("heimdex_vector_store_optimize_duration_seconds", "collection" => self.collection_label())
             .record(elapsed.as_secs_f64());
-        let info = self.read(|shard| Ok(shard.info())).await?;
-        metrics::gauge!("heimdex_vector_store_points", "collection" => collection.clone())
-            .set(info.points_count as f64);
-        metrics::gauge!("heimdex_vector_store_indexed_vectors", "collection" => collection)
-            .set(info.indexed_vectors_count as f64);
+        let info = self.set_size_gauges().await?;
         self.tidy_wal_on_writer().await;
         tracing::info!(
             dir = %self.dir.display(),
@@ -261,6 +256,19 @@ impl EmbeddedStore {
     /// Whether the optimizers are running now (not only due).
     pub fn indexing(&self) -> bool {
         self.optimizer.indexing.load(Ordering::Acquire)
+    }
+
+    /// Reads the shard's points and indexed vectors and sets their gauges: at the end of each
+    /// optimizer run, and whenever the metrics sampler asks ([`VectorStore::sample_gauges`]),
+    /// so that they follow a load as it goes. Cheap: a few counters per segment.
+    async fn set_size_gauges(&self) -> Result<ShardInfo, StoreError> {
+        let info = self.read(|shard| Ok(shard.info())).await?;
+        let collection = self.collection_label();
+        metrics::gauge!("heimdex_vector_store_points", "collection" => collection.clone())
+            .set(info.points_count as f64);
+        metrics::gauge!("heimdex_vector_store_indexed_vectors", "collection" => collection)
+            .set(info.indexed_vectors_count as f64);
+        Ok(info)
     }
 
     /// Vectors covered by a vector index (HNSW), approximately; the rest are scanned.
@@ -1107,6 +1115,10 @@ impl VectorStore for EmbeddedStore {
         let filter = build_filter(org_id, &filter, None)?;
         self.write(move |shard| delete_matching(shard, filter))
             .await
+    }
+
+    async fn sample_gauges(&self) -> Result<(), StoreError> {
+        self.set_size_gauges().await.map(drop)
     }
 
     async fn probe(&self) -> Result<(), StoreError> {

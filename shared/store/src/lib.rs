@@ -355,6 +355,13 @@ pub trait VectorStore: Send + Sync + 'static {
 
     /// Cheap health check.
     async fn probe(&self) -> Result<(), StoreError>;
+
+    /// Sets the gauges that say what the store holds, read from it now; the metrics sampler
+    /// calls this every few seconds. The embedded store sets its points and indexed vectors;
+    /// a remote collection is shared and its server reports it, so by default nothing.
+    async fn sample_gauges(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 impl fmt::Debug for dyn VectorStore {

@@ -118,4 +118,9 @@ impl<S: VectorStore> VectorStore for Metered<S> {
     async fn probe(&self) -> Result<(), StoreError> {
         self.timed("probe", self.inner.probe()).await
     }
+
+    /// Not timed: it is the sampler's own read, not an operation of the service.
+    async fn sample_gauges(&self) -> Result<(), StoreError> {
+        self.inner.sample_gauges().await
+    }
 }

@@ -203,14 +203,16 @@ pub const CATALOGUE: &[MetricDef] = &[
         "heimdex_vector_store_points",
         Kind::Gauge,
         &["collection"],
-        "Embedded store: points held, as of the end of the last optimizer run.",
+        "Embedded store: points held, read every few seconds and at the end of each optimizer \
+         run.",
     ),
     def(
         "heimdex_vector_store_indexed_vectors",
         Kind::Gauge,
         &["collection"],
         "Embedded store: vectors covered by an index (HNSW, or the keyword vector's inverted \
-         index) as of the end of the last optimizer run; the rest are scanned.",
+         index), read every few seconds and at the end of each optimizer run; the rest are \
+         scanned.",
     ),
     def(
         "heimdex_vector_store_wal_bytes",

@@ -162,7 +162,7 @@ pub async fn run(jwt: &JwtConfig, o: Options, collection: &str) -> anyhow::Resul
             built.as_secs_f64()
         );
         println!(
-            "  store, at the end of its last optimizer run: {} points, {} vectors indexed; \
+            "  store, once its index settled: {} points, {} vectors indexed; \
              {} runs in this serve, {:.1} s in all",
             metrics.points, metrics.indexed, metrics.runs, metrics.run_seconds
         );
