@@ -429,17 +429,17 @@ async fn metrics_count_every_job_once_and_parse() {
     // What the store holds, once the sampler has read it after the last write: the four mock
     // points and the batch's three, less the deleted one. No optimizer run has ended since the
     // one at the open, on the empty store, so a gauge set only by the runs would stay at 0.
-    let points = eventually(WAIT, || async {
+    let held = eventually(WAIT, || async {
         let now = self::scrape(&http, &metrics_url).await?;
-        let points = value(
+        let held = value(
             &now,
             "heimdex_vector_store_points",
             &[("collection", "embeddings")],
         );
-        (points == Some(6.0)).then_some(())
+        (held == Some(6.0)).then_some(())
     })
     .await;
-    assert!(points.is_some(), "heimdex_vector_store_points never read 6");
+    assert!(held.is_some(), "heimdex_vector_store_points never read 6");
     assert_eq!(value(&scrape, "heimdex_requests_refused_total", &[]), None);
 
     check_against_catalogue(&scrape);
