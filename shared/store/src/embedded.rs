@@ -32,6 +32,11 @@
 //! removes it ([`wal`]). It must not be deleted by hand: point versions come from WAL sequence
 //! numbers, and a reset WAL would make later updates of existing points look stale.
 //!
+//! A process may stop during an optimizer run without waiting for it (Edge 0.7 cannot cancel
+//! one, and at a million points it takes minutes): every write the store answered is flushed
+//! by then, the segments the run reads from stay until it has swapped its new one in, and the
+//! next open removes what the unfinished build left ([`builds`]) and runs it again.
+//!
 //! The shard directory is `flock`ed while open: a second `open` of the same directory (in this
 //! or another process) waits up to 5 s, then fails with `StoreError::Unavailable`.
 
@@ -68,6 +73,7 @@ use crate::{
 };
 use spaces::Spaces;
 
+mod builds;
 mod spaces;
 mod wal;
 
@@ -553,6 +559,13 @@ impl Writer {
                     answer(&unflushed);
                 }
                 held_writes.set(0.0);
+                if optimizer.indexing.load(Ordering::Acquire) {
+                    tracing::info!(
+                        dir = %dir.display(),
+                        "the store closed during an index build, which is not waited for: \
+                         if the process stops first, the next open builds it again"
+                    );
+                }
                 // `EdgeShard`'s own `Drop` flushes, and panics if the directory is gone
                 // (see `EmbeddedStore`'s `Drop`): keep this handle alive instead.
                 if !dir.exists() {
@@ -802,6 +815,9 @@ fn open_shard(dir: &Path, vector_size: usize) -> Result<EdgeShard, StoreError> {
         attempt += 1;
         std::thread::sleep(LOCK_RETRY_DELAY);
     };
+    // Held open, and no optimizer run started yet: what `temp_segments` holds is a build that
+    // never finished.
+    remove_unfinished_builds(dir);
 
     // An existing shard must match the configured vector space.
     {
@@ -843,6 +859,25 @@ fn prune_wal(dir: &Path) {
             %error,
             "could not remove old WAL segments; the shard opens with them, unless the store \
              had freed them while open (then it fails: remove them by hand)"
+        ),
+    }
+}
+
+/// Removes what index builds that never finished left ([`builds`]), and says what it removed.
+/// A failure leaves them: the shard opens either way, and the next open tries again.
+fn remove_unfinished_builds(dir: &Path) {
+    match builds::remove(dir) {
+        Ok(removed) if removed.builds > 0 => tracing::warn!(
+            dir = %dir.display(),
+            builds = removed.builds,
+            mib = removed.bytes / (1024 * 1024),
+            "removed what interrupted index builds left; the optimizer builds them again"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(
+            dir = %dir.display(),
+            %error,
+            "could not remove what interrupted index builds left in temp_segments"
         ),
     }
 }
