@@ -103,6 +103,10 @@ enum ProjectorAction {
     },
 }
 
+/// How long a stopping process waits for blocking tasks still running once its services have
+/// stopped (see `main`).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(100);
+
 fn main() -> std::process::ExitCode {
     if let Err(err) = settings::load_dotenv() {
         eprintln!("heimdex: configuration error: {err:#}");
@@ -130,7 +134,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli, settings)) {
+    let result = runtime.block_on(run(cli, settings));
+    // Every service has stopped, and every write a store answered is flushed. A blocking task
+    // may still run that nothing waits for: the embedded store's index build, which Qdrant Edge
+    // cannot cancel and which takes minutes at a million points. The process does not wait for
+    // it: the next start removes what the build left and builds again.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "heimdex failed");
