@@ -238,6 +238,8 @@ struct LedgerInner {
     jobs: BTreeMap<Uuid, Vec<Uuid>>,
     /// Jobs that must end FAILED (poison).
     must_fail: HashSet<Uuid>,
+    /// Delete jobs → the point each must remove once SUCCEEDED.
+    deletes: HashMap<Uuid, Uuid>,
     /// `503`, `429`, `507`, `connection refused`... → how many times.
     refusals: BTreeMap<String, u64>,
     /// Refusals that came without a `Retry-After` although their status requires one.
@@ -254,6 +256,14 @@ impl Ledger {
 
     pub fn accept(&self, job: Uuid, points: Vec<Uuid>) {
         self.inner.lock().unwrap().jobs.insert(job, points);
+    }
+
+    /// A delete job: it leaves no point, and once it succeeded `point` must be gone, even if a
+    /// job that wrote it succeeds (again) after it.
+    pub fn delete(&self, job: Uuid, point: Uuid) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.jobs.insert(job, Vec::new());
+        inner.deletes.insert(job, point);
     }
 
     pub fn must_fail(&self, job: Uuid) {
@@ -316,17 +326,26 @@ impl Client {
     /// Posts until accepted; returns the job ids of the answer (records nothing: the caller
     /// knows which points they stand for). `None` if it never got a 2xx.
     pub async fn post_until_accepted(&self, n: usize, path: &str, body: &Value) -> Option<Value> {
+        self.send_until_accepted(n, path, |http, url| http.post(url).json(body))
+            .await
+    }
+
+    /// Sends the request `request` builds (from the client and the URL of `path` on one of the
+    /// API processes) until it gets a 2xx, as [`Self::post_until_accepted`] does.
+    async fn send_until_accepted(
+        &self,
+        n: usize,
+        path: &str,
+        request: impl Fn(&reqwest::Client, String) -> reqwest::RequestBuilder,
+    ) -> Option<Value> {
         let started = Instant::now();
         let mut attempt = 0usize;
         while started.elapsed() < self.give_up {
             // Spread over the API processes, and move to the next one after a failure.
             let base = &self.bases[(n + attempt) % self.bases.len()];
             attempt += 1;
-            let sent = self
-                .http
-                .post(format!("{base}{path}"))
+            let sent = request(&self.http, format!("{base}{path}"))
                 .bearer_auth(&self.token)
-                .json(body)
                 .send()
                 .await;
             let pause = match sent {
@@ -376,6 +395,24 @@ impl Client {
             .expect("job_id");
         self.ledger
             .accept(job, vec![mock_point(self.ledger.org, asset, segment)]);
+        Some(job)
+    }
+
+    /// Deletes `point` (`DELETE /vectors/{point}`, one `Idempotency-Key` for every retry) until
+    /// accepted, and records in the ledger that it must be gone once the job succeeded.
+    pub async fn delete_point(&self, n: usize, point: Uuid) -> Option<Uuid> {
+        let key = format!("delete-{point}");
+        let path = format!("/vectors/{point}");
+        let answer = self
+            .send_until_accepted(n, &path, |http, url| {
+                http.delete(url).header("Idempotency-Key", &key)
+            })
+            .await?;
+        let job: Uuid = answer["job_id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("job_id");
+        self.ledger.delete(job, point);
         Some(job)
     }
 }
@@ -604,7 +641,8 @@ pub struct Outcome {
     pub wrong_outcome: usize,
     /// Expected points not in the store.
     pub missing_points: usize,
-    /// Points in the store that no succeeded job accounts for.
+    /// Points in the store that no succeeded job accounts for, or that a succeeded delete
+    /// removed.
     pub extra_points: usize,
     /// Points held twice (by two stores without a redelivery to explain it, or twice in a
     /// scroll), and filtered count ≠ scroll.
@@ -766,9 +804,13 @@ pub async fn tally_jobs(
         org: ledger.org,
         ..Default::default()
     };
-    let (jobs, must_fail) = {
+    let (jobs, must_fail, deletes) = {
         let inner = ledger.inner.lock().unwrap();
-        (inner.jobs.clone(), inner.must_fail.clone())
+        (
+            inner.jobs.clone(),
+            inner.must_fail.clone(),
+            inner.deletes.clone(),
+        )
     };
     outcome.accepted = jobs.len();
     for (job, points) in &jobs {
@@ -787,6 +829,12 @@ pub async fn tally_jobs(
                 outcome.wrong_outcome += usize::from(!must_fail.contains(job));
             }
             Some(Status::Queued | Status::Running) | None => outcome.not_terminal += 1,
+        }
+    }
+    for (job, point) in &deletes {
+        if statuses.get(job).map(|s| s.status) == Some(Status::Succeeded) {
+            outcome.expected.remove(point);
+            outcome.deliveries.remove(point);
         }
     }
 

@@ -16,6 +16,7 @@ mod common;
 mod duplicates;
 mod full_disk;
 mod harness;
+mod index_build;
 mod kill9;
 mod log_full;
 mod nats_faults;

@@ -1,0 +1,223 @@
+//! `heimdex serve` stopped while its embedded store builds an index: first by SIGTERM, which
+//! must not wait for the build (Qdrant Edge cannot cancel one, and at a million points it takes
+//! minutes: longer than an orchestrator's grace period), then by `kill -9` at several points of
+//! later builds, one with deletes of existing points in flight. Each build is seen under way on
+//! disk: Edge builds a new segment in `<shard>/temp_segments` and renames it into place when it
+//! is complete, so a directory there is a build in progress, and one still there after the
+//! process is gone is a build it never finished. The next start must remove it (else every
+//! interrupted build keeps its segment's size on disk for good) and lose nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::harness::*;
+
+/// Longest a SIGTERM'd `serve` may take to exit with no request in flight. It took 0.1–0.3 s
+/// here; before it stopped waiting for the build, the build's remaining seconds on top.
+const PROMPT_STOP: Duration = Duration::from_secs(2);
+
+/// Submits `points` mock jobs of `asset`. The stop that follows meets the first build the
+/// store starts, during the burst (a due build waits at most 10 s for the writes to pause) or
+/// after it, with the jobs not yet done still queued.
+async fn burst(client: &Client, asset: &str, points: usize) {
+    let accepted = submit_mock_jobs(client, asset, points, 32, 5_000.0).await;
+    assert_eq!(accepted, points, "every job accepted");
+}
+
+/// Points each cycle deletes during a build.
+const DELETES: usize = 500;
+
+/// Deletes `points`, 32 at a time; returns how many deletes were accepted.
+async fn delete_points(client: Client, points: Vec<Uuid>) -> usize {
+    futures::stream::iter(points.into_iter().enumerate())
+        .map(|(n, point)| client.delete_point(n, point))
+        .buffer_unordered(32)
+        .filter(|job| std::future::ready(job.is_some()))
+        .count()
+        .await
+}
+
+/// The build directories under way (or left) in the store's shard.
+fn builds(shard: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(shard.join("temp_segments")) {
+        Ok(entries) => entries.map(|entry| entry.unwrap().path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits until a build is under way in `shard`, and returns its directory.
+async fn build_under_way(shard: &Path) -> PathBuf {
+    let started = Instant::now();
+    loop {
+        if let Some(build) = builds(shard).pop() {
+            return build;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no index build started within 2 minutes in {}",
+            shard.display()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// How each `kill -9` of the cycle meets its build.
+#[derive(Clone, Copy, Debug)]
+enum Moment {
+    /// As soon as it is seen.
+    AtOnce,
+    /// Half a second in.
+    Later,
+    /// With deletes of points in flight: the build's proxy segments hold them until it ends,
+    /// so the store answers them only after it, and they are redelivered after the kill.
+    DuringDeletes,
+    /// As soon as its directory is renamed into place: while the build swaps its segment in
+    /// and removes the ones it replaces, or just after.
+    AtTheSwap,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_stopped_during_index_builds_loses_nothing() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let data = root.join("data");
+    let shard = data.join("qdrant").join("embeddings");
+    let (api_port, nats_port) = (free_port(), free_port());
+    let mut env = heimdex_env(&data, None);
+    set_env(
+        &mut env,
+        "HEIMDEX_API_ADDR",
+        format!("127.0.0.1:{api_port}"),
+    );
+    set_env(
+        &mut env,
+        "HEIMDEX_NATS_LISTEN",
+        format!("127.0.0.1:{nats_port}"),
+    );
+    set_env(&mut env, "NATS_WORKER_ACK_WAIT_MS", scale("5000", "30000"));
+    let mut serve = Heimdex::spawn("serve", &["serve"], env, root);
+    let base = format!("http://127.0.0.1:{api_port}");
+    let nats_url = format!("nats://127.0.0.1:{nats_port}");
+    let ledger = Ledger::new(Uuid::new_v4());
+    let client = Client::new(vec![base.clone()], ledger.clone());
+    let ready = Duration::from_secs(60);
+    wait_ready(&client.http, &base, ready).await;
+    let watch = StatusWatch::start(&nats_url, ledger.org).await;
+    let js = jetstream(&nats_url).await;
+
+    // Builds of seconds: about 4 s for 30,000 points here.
+    let (points, cycles) = scale((30_000, 1), (30_000, 3));
+    burst(&client, "build-0", points).await;
+
+    // SIGTERM during the build.
+    let build = build_under_way(&shard).await;
+    let stopping = Instant::now();
+    let status = serve.terminate().await;
+    let stopped_in = stopping.elapsed();
+    assert!(
+        status.success(),
+        "serve exited with {status} after SIGTERM\n{}",
+        serve.log_tail()
+    );
+    assert!(
+        stopped_in < PROMPT_STOP,
+        "serve took {stopped_in:?} to stop after SIGTERM during an index build (at most \
+         {PROMPT_STOP:?}): it waited for the build\n{}",
+        serve.log_tail()
+    );
+    assert!(
+        build.exists(),
+        "the build ended before serve stopped, so this stop says nothing: make the burst larger"
+    );
+    serve.start();
+    wait_ready(&client.http, &base, ready).await;
+    assert!(
+        !build.exists(),
+        "the open left what the interrupted build left: {}",
+        build.display()
+    );
+
+    // `kill -9` during the next builds: each start builds again what the last one did not finish.
+    // The cycle ends at the swap, after which there may be nothing left to build: the next
+    // cycle starts with a burst of its own.
+    let moments = [
+        Moment::AtOnce,
+        Moment::DuringDeletes,
+        Moment::Later,
+        Moment::AtTheSwap,
+    ];
+    let mut interrupted = 1;
+    let mut kills = 0;
+    for cycle in 0..cycles {
+        let asset = format!("build-{cycle}");
+        if cycle > 0 {
+            burst(&client, &asset, points).await;
+        }
+        for moment in moments {
+            let build = build_under_way(&shard).await;
+            let mut deleting = None;
+            match moment {
+                Moment::AtOnce => {}
+                Moment::Later => tokio::time::sleep(Duration::from_millis(500)).await,
+                Moment::DuringDeletes => {
+                    let points = (0..DELETES)
+                        .map(|i| mock_point(ledger.org, &asset, &format!("s-{i}")))
+                        .collect();
+                    deleting = Some(tokio::spawn(delete_points(client.clone(), points)));
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+                Moment::AtTheSwap => {
+                    while build.exists() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            serve.kill9().await;
+            kills += 1;
+            interrupted += usize::from(build.exists());
+            serve.start();
+            wait_ready(&client.http, &base, ready).await;
+            assert!(
+                !build.exists(),
+                "the open after a kill during a build ({moment:?}) left what the build left: {}",
+                build.display()
+            );
+            if let Some(deleting) = deleting {
+                assert_eq!(deleting.await.unwrap(), DELETES, "every delete accepted");
+            }
+        }
+    }
+    let fault_over = Instant::now();
+    // Every kill but the one at the swap meets a build that is under way.
+    assert!(
+        interrupted >= 1 + kills - cycles,
+        "{interrupted} of {} stops interrupted a build",
+        kills + 1
+    );
+
+    let mut outcome = settle(
+        "serve stopped during index builds",
+        &ledger,
+        &js,
+        &watch,
+        fault_over,
+    )
+    .await;
+    serve.stop_cleanly().await;
+    outcome
+        .count_points(&[open_embedded_store(&data).await])
+        .await;
+    outcome.note(format!(
+        "{cycles} bursts of {points} points; 1 SIGTERM (stopped in {:.2} s) and {kills} kills -9 \
+         during index builds, {interrupted} of the {} builds unfinished; {DELETES} deletes \
+         during a build each cycle",
+        stopped_in.as_secs_f64(),
+        kills + 1
+    ));
+    outcome.attach_logs(&[&serve]);
+    outcome.report_and_assert();
+}
