@@ -35,7 +35,10 @@
 //! A process may stop during an optimizer run without waiting for it (Edge 0.7 cannot cancel
 //! one, and at a million points it takes minutes): every write the store answered is flushed
 //! by then, the segments the run reads from stay until it has swapped its new one in, and the
-//! next open removes what the unfinished build left ([`builds`]) and runs it again.
+//! next open removes what the unfinished build left ([`builds`]) and runs it again. A stop
+//! between the moment the new segment is moved into place and the removal of the ones it
+//! replaces leaves both: Edge's load does not deduplicate them, so exact counts include the
+//! copies until a later merge (search and scroll answer each point once).
 //!
 //! The shard directory is `flock`ed while open: a second `open` of the same directory (in this
 //! or another process) waits up to 5 s, then fails with `StoreError::Unavailable`.
