@@ -932,6 +932,38 @@ pub async fn open_remote_store(url: &str) -> Arc<dyn VectorStore> {
         .expect("open the store")
 }
 
+/// A `heimdex serve` just started and ready, and one org's client, ledger and status watch.
+struct Served {
+    serve: Heimdex,
+    base: String,
+    ledger: Arc<Ledger>,
+    client: Client,
+    watch: StatusWatch,
+    js: jetstream::Context,
+}
+
+impl Served {
+    /// Spawns `serve` with `env` (whose API listens on `api_port`, and whose NATS is at
+    /// `nats_url`), and waits until it is ready.
+    async fn start(root: &Path, env: Vec<(String, String)>, api_port: u16, nats_url: &str) -> Self {
+        let serve = Heimdex::spawn("serve", &["serve"], env, root);
+        let base = format!("http://127.0.0.1:{api_port}");
+        let ledger = Ledger::new(Uuid::new_v4());
+        let client = Client::new(vec![base.clone()], ledger.clone());
+        wait_ready(&client.http, &base, Duration::from_secs(60)).await;
+        let watch = StatusWatch::start(nats_url, ledger.org).await;
+        let js = jetstream(nats_url).await;
+        Self {
+            serve,
+            base,
+            ledger,
+            client,
+            watch,
+            js,
+        }
+    }
+}
+
 /// `heimdex serve` (API, worker and projector in one process, Qdrant Edge in its data dir)
 /// against a nats-server process of the scenario's own, which the scenario may break; plus the
 /// client, ledger and status watch of one org.
@@ -970,13 +1002,14 @@ impl Deployment {
             .iter()
             .find(|(k, _)| k == "QDRANT_URL")
             .map(|(_, v)| v.clone());
-        let serve = Heimdex::spawn("serve", &["serve"], serve_env, root);
-        let base = format!("http://127.0.0.1:{api_port}");
-        let ledger = Ledger::new(Uuid::new_v4());
-        let client = Client::new(vec![base.clone()], ledger.clone());
-        wait_ready(&client.http, &base, Duration::from_secs(60)).await;
-        let watch = StatusWatch::start(nats.url(), ledger.org).await;
-        let js = jetstream(nats.url()).await;
+        let Served {
+            serve,
+            base,
+            ledger,
+            client,
+            watch,
+            js,
+        } = Served::start(root, serve_env, api_port, nats.url()).await;
         Self {
             nats,
             serve,
@@ -1003,6 +1036,76 @@ impl Deployment {
         };
         outcome.count_points(&[store]).await;
         self.nats.stop().await;
+        outcome
+    }
+}
+
+/// `heimdex serve` with the nats-server it starts itself, Qdrant Edge in `<root>/data`; its
+/// ports are fixed for the scenario, so that `serve` started again (after a kill) serves the
+/// same clients on the same stream. Plus the client, ledger and status watch of one org.
+pub struct Standalone {
+    pub serve: Heimdex,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub ledger: Arc<Ledger>,
+    pub client: Client,
+    pub watch: StatusWatch,
+    pub js: jetstream::Context,
+}
+
+impl Standalone {
+    pub async fn start(root: &Path, env: &[(&str, &str)]) -> Self {
+        let (api_port, nats_port) = (free_port(), free_port());
+        let data_dir = root.join("data");
+        let mut serve_env = heimdex_env(&data_dir, None);
+        set_env(
+            &mut serve_env,
+            "HEIMDEX_API_ADDR",
+            format!("127.0.0.1:{api_port}"),
+        );
+        set_env(
+            &mut serve_env,
+            "HEIMDEX_NATS_LISTEN",
+            format!("127.0.0.1:{nats_port}"),
+        );
+        for (k, v) in env {
+            set_env(&mut serve_env, k, *v);
+        }
+        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+        let Served {
+            serve,
+            base,
+            ledger,
+            client,
+            watch,
+            js,
+        } = Served::start(root, serve_env, api_port, &nats_url).await;
+        Self {
+            serve,
+            base,
+            data_dir,
+            ledger,
+            client,
+            watch,
+            js,
+        }
+    }
+
+    /// Starts the stopped `serve` again and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.serve.start();
+        wait_ready(&self.client.http, &self.base, Duration::from_secs(60)).await;
+    }
+
+    /// Waits until every accepted job is terminal (recovery is counted from `fault_over`),
+    /// stops `serve` gracefully and counts everything.
+    pub async fn finish(mut self, scenario: &str, fault_over: Instant) -> Outcome {
+        let mut outcome = settle(scenario, &self.ledger, &self.js, &self.watch, fault_over).await;
+        self.serve.stop_cleanly().await;
+        outcome
+            .count_points(&[open_embedded_store(&self.data_dir).await])
+            .await;
+        outcome.attach_logs(&[&self.serve]);
         outcome
     }
 }

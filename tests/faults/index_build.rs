@@ -79,67 +79,50 @@ enum Moment {
     AtTheSwap,
 }
 
+/// Starts the stopped `serve` again, and checks that its open removed `build`, the directory
+/// of the build the stop interrupted (`stop` names the stop).
+async fn restart_without(run: &mut Standalone, build: &Path, stop: &str) {
+    run.restart().await;
+    assert!(
+        !build.exists(),
+        "the open after {stop} left what the interrupted build left: {}",
+        build.display()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn serve_stopped_during_index_builds_loses_nothing() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    let data = root.join("data");
-    let shard = data.join("qdrant").join("embeddings");
-    let (api_port, nats_port) = (free_port(), free_port());
-    let mut env = heimdex_env(&data, None);
-    set_env(
-        &mut env,
-        "HEIMDEX_API_ADDR",
-        format!("127.0.0.1:{api_port}"),
-    );
-    set_env(
-        &mut env,
-        "HEIMDEX_NATS_LISTEN",
-        format!("127.0.0.1:{nats_port}"),
-    );
-    set_env(&mut env, "NATS_WORKER_ACK_WAIT_MS", scale("5000", "30000"));
-    let mut serve = Heimdex::spawn("serve", &["serve"], env, root);
-    let base = format!("http://127.0.0.1:{api_port}");
-    let nats_url = format!("nats://127.0.0.1:{nats_port}");
-    let ledger = Ledger::new(Uuid::new_v4());
-    let client = Client::new(vec![base.clone()], ledger.clone());
-    let ready = Duration::from_secs(60);
-    wait_ready(&client.http, &base, ready).await;
-    let watch = StatusWatch::start(&nats_url, ledger.org).await;
-    let js = jetstream(&nats_url).await;
+    let ack_wait = scale("5000", "30000");
+    let mut run = Standalone::start(dir.path(), &[("NATS_WORKER_ACK_WAIT_MS", ack_wait)]).await;
+    let shard = run.data_dir.join("qdrant").join("embeddings");
 
     // Builds of seconds: about 4 s for 30,000 points here.
     let (points, cycles) = scale((30_000, 1), (30_000, 3));
-    burst(&client, "build-0", points).await;
+    burst(&run.client, "build-0", points).await;
 
     // SIGTERM during the build.
     let build = build_under_way(&shard).await;
     let stopping = Instant::now();
-    let status = serve.terminate().await;
+    let status = run.serve.terminate().await;
     let stopped_in = stopping.elapsed();
     assert!(
         status.success(),
         "serve exited with {status} after SIGTERM\n{}",
-        serve.log_tail()
+        run.serve.log_tail()
     );
     assert!(
         stopped_in < PROMPT_STOP,
         "serve took {stopped_in:?} to stop after SIGTERM during an index build (at most \
          {PROMPT_STOP:?}): it waited for the build\n{}",
-        serve.log_tail()
+        run.serve.log_tail()
     );
     assert!(
         build.exists(),
         "the build ended before serve stopped, so this stop says nothing: make the burst larger"
     );
-    serve.start();
-    wait_ready(&client.http, &base, ready).await;
-    assert!(
-        !build.exists(),
-        "the open left what the interrupted build left: {}",
-        build.display()
-    );
+    restart_without(&mut run, &build, "a SIGTERM").await;
 
     // `kill -9` during the next builds: each start builds again what the last one did not finish.
     // The cycle ends at the swap, after which there may be nothing left to build: the next
@@ -155,7 +138,7 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
     for cycle in 0..cycles {
         let asset = format!("build-{cycle}");
         if cycle > 0 {
-            burst(&client, &asset, points).await;
+            burst(&run.client, &asset, points).await;
         }
         for moment in moments {
             let build = build_under_way(&shard).await;
@@ -165,9 +148,9 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
                 Moment::Later => tokio::time::sleep(Duration::from_millis(500)).await,
                 Moment::DuringDeletes => {
                     let points = (0..DELETES)
-                        .map(|i| mock_point(ledger.org, &asset, &format!("s-{i}")))
+                        .map(|i| mock_point(run.ledger.org, &asset, &format!("s-{i}")))
                         .collect();
-                    deleting = Some(tokio::spawn(delete_points(client.clone(), points)));
+                    deleting = Some(tokio::spawn(delete_points(run.client.clone(), points)));
                     tokio::time::sleep(Duration::from_millis(400)).await;
                 }
                 Moment::AtTheSwap => {
@@ -176,16 +159,10 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
                     }
                 }
             }
-            serve.kill9().await;
+            run.serve.kill9().await;
             kills += 1;
             interrupted += usize::from(build.exists());
-            serve.start();
-            wait_ready(&client.http, &base, ready).await;
-            assert!(
-                !build.exists(),
-                "the open after a kill during a build ({moment:?}) left what the build left: {}",
-                build.display()
-            );
+            restart_without(&mut run, &build, &format!("a kill ({moment:?})")).await;
             if let Some(deleting) = deleting {
                 assert_eq!(deleting.await.unwrap(), DELETES, "every delete accepted");
             }
@@ -199,17 +176,8 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
         kills + 1
     );
 
-    let mut outcome = settle(
-        "serve stopped during index builds",
-        &ledger,
-        &js,
-        &watch,
-        fault_over,
-    )
-    .await;
-    serve.stop_cleanly().await;
-    outcome
-        .count_points(&[open_embedded_store(&data).await])
+    let mut outcome = run
+        .finish("serve stopped during index builds", fault_over)
         .await;
     outcome.note(format!(
         "{cycles} bursts of {points} points; 1 SIGTERM (stopped in {:.2} s) and {kills} kills -9 \
@@ -218,6 +186,5 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
         stopped_in.as_secs_f64(),
         kills + 1
     ));
-    outcome.attach_logs(&[&serve]);
     outcome.report_and_assert();
 }
