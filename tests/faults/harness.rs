@@ -215,6 +215,39 @@ pub fn mock_point(org: Uuid, asset: &str, segment: &str) -> Uuid {
     heimdex_domain::ids::point_id(org, asset, segment, "mock", "v1")
 }
 
+impl Drop for Heimdex {
+    /// `kill_on_drop` ends this process when a scenario panics, but a `serve` without
+    /// `NATS_URL` has a nats-server child of its own, which would outlive the test and take
+    /// the CPU the next scenarios need. Its pid file (in the data dir) names it; it is ended if
+    /// it is still a nats-server on that data dir.
+    fn drop(&mut self) {
+        let var = |key: &str| self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v);
+        if var("NATS_URL").is_some() {
+            return;
+        }
+        let Some(data_dir) = var("HEIMDEX_DATA_DIR") else {
+            return;
+        };
+        let pid_file = Path::new(data_dir).join("nats/run/nats-server.pid");
+        let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|pid| pid.trim().parse::<i32>().ok())
+        else {
+            return;
+        };
+        let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains("nats-server") && cmdline.contains(data_dir.as_str())
+        });
+        if ours {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Waits until `GET {base}/readyz` answers 200.
 pub async fn wait_ready(http: &reqwest::Client, base: &str, timeout: Duration) {
     heimdex_tests::eventually(timeout, || async {
