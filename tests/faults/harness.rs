@@ -221,6 +221,10 @@ impl Drop for Heimdex {
     /// the CPU the next scenarios need. Its pid file (in the data dir) names it; it is ended if
     /// it is still a nats-server on that data dir.
     fn drop(&mut self) {
+        // `serve` first: running, it would start a new nats-server in place of the one ended.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.start_kill();
+        }
         let var = |key: &str| self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v);
         if var("NATS_URL").is_some() {
             return;
