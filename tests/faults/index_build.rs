@@ -15,8 +15,9 @@ use uuid::Uuid;
 
 use crate::harness::*;
 
-/// Longest a SIGTERM'd `serve` may take to exit with no request in flight. It took 0.1–0.3 s
-/// here; before it stopped waiting for the build, the build's remaining seconds on top.
+/// Longest a SIGTERM'd `serve` may take to exit during a build, the burst's jobs still queued.
+/// It took 0.24–0.27 s here; before it stopped waiting for the build, the build's remaining
+/// seconds on top.
 const PROMPT_STOP: Duration = Duration::from_secs(2);
 
 /// Submits `points` mock jobs of `asset`. The stop that follows meets the first build the
