@@ -28,6 +28,21 @@ async fn burst(client: &Client, asset: &str, points: usize) {
     assert_eq!(accepted, points, "every job accepted");
 }
 
+/// Waits until every job accepted so far has ended.
+async fn all_done(run: &Standalone) {
+    let (statuses, waited) = wait_terminal(&run.js, &run.ledger, Duration::from_secs(240)).await;
+    let open = run
+        .ledger
+        .jobs()
+        .iter()
+        .filter(|job| !statuses.get(job).is_some_and(|s| s.status.is_terminal()))
+        .count();
+    assert_eq!(
+        open, 0,
+        "jobs still open {waited:?} after the cycle's stops"
+    );
+}
+
 /// Points each cycle deletes during a build.
 const DELETES: usize = 500;
 
@@ -95,7 +110,10 @@ async fn restart_without(run: &mut Standalone, build: &Path, stop: &str) {
 async fn serve_stopped_during_index_builds_loses_nothing() {
     let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
-    let ack_wait = scale("5000", "30000");
+    // Each stop that meets a job in flight costs it a delivery, and a job fails for good after
+    // 4 (`max_deliveries`). A stopped job comes back one ack wait after its delivery, so with
+    // 10 s the stops of a cycle (within 10–20 s) can meet one job three times at most.
+    let ack_wait = scale("10000", "30000");
     let mut run = Standalone::start(dir.path(), &[("NATS_WORKER_ACK_WAIT_MS", ack_wait)]).await;
     let shard = run.data_dir.join("qdrant").join("embeddings");
 
@@ -139,6 +157,10 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
     for cycle in 0..cycles {
         let asset = format!("build-{cycle}");
         if cycle > 0 {
+            // The last cycle's stops left jobs to be redelivered after the ack wait. Each stop
+            // that meets a job in flight costs it a delivery, and after 4 it fails for good
+            // (`max_deliveries`): let them end before stopping `serve` again.
+            all_done(&run).await;
             burst(&run.client, &asset, points).await;
         }
         for moment in moments {
