@@ -43,6 +43,47 @@ async fn all_done(run: &Standalone) {
     );
 }
 
+/// Waits until the store holds some of the deletes sent during `build` until the build ends
+/// (`heimdex_vector_store_held_writes` on `/metrics`), or the build has ended, or 10 s have
+/// passed; returns how many it holds then.
+async fn deletes_held(run: &Standalone, build: &Path) -> f64 {
+    let started = Instant::now();
+    loop {
+        let held = held_writes(run).await.unwrap_or(0.0);
+        if held > 0.0 || !build.exists() || started.elapsed() > Duration::from_secs(10) {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `heimdex_vector_store_held_writes`, read from the API's `/metrics`.
+async fn held_writes(run: &Standalone) -> Option<f64> {
+    let url = format!("{}/metrics", run.base);
+    let text = run
+        .client
+        .http
+        .get(url)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    scrape
+        .samples
+        .iter()
+        .find(|sample| sample.metric == "heimdex_vector_store_held_writes")
+        .and_then(|sample| {
+            if let prometheus_parse::Value::Gauge(held) = sample.value {
+                Some(held)
+            } else {
+                None
+            }
+        })
+}
+
 /// Points each cycle deletes during a build.
 const DELETES: usize = 500;
 
@@ -87,8 +128,9 @@ enum Moment {
     AtOnce,
     /// Half a second in.
     Later,
-    /// With deletes of points in flight: the build's proxy segments hold them until it ends,
-    /// so the store answers them only after it, and they are redelivered after the kill.
+    /// Once the store holds deletes sent during the build: its proxy segments hold them until
+    /// it ends, so the store answers them only after it, and they are redelivered after the
+    /// kill.
     DuringDeletes,
     /// As soon as its directory is renamed into place: while the build swaps its segment in
     /// and removes the ones it replaces, or just after.
@@ -154,6 +196,7 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
     ];
     let mut interrupted = 1;
     let mut kills = 0;
+    let mut held_at_kills = Vec::new();
     for cycle in 0..cycles {
         let asset = format!("build-{cycle}");
         if cycle > 0 {
@@ -174,7 +217,7 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
                         .map(|i| mock_point(run.ledger.org, &asset, &format!("s-{i}")))
                         .collect();
                     deleting = Some(tokio::spawn(delete_points(run.client.clone(), points)));
-                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    held_at_kills.push(deletes_held(&run, &build).await);
                 }
                 Moment::AtTheSwap => {
                     while build.exists() {
@@ -192,6 +235,10 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
         }
     }
     let fault_over = Instant::now();
+    assert!(
+        held_at_kills.iter().any(|&held| held > 0.0),
+        "no kill met deletes held by the store: {held_at_kills:?}"
+    );
     // Every kill but the one at the swap meets a build that is under way.
     assert!(
         interrupted >= 1 + kills - cycles,
@@ -205,7 +252,7 @@ async fn serve_stopped_during_index_builds_loses_nothing() {
     outcome.note(format!(
         "{cycles} bursts of {points} points; 1 SIGTERM (stopped in {:.2} s) and {kills} kills -9 \
          during index builds, {interrupted} of the {} builds unfinished; {DELETES} deletes \
-         during a build each cycle",
+         during a build each cycle, held by the store at the kill: {held_at_kills:?}",
         stopped_in.as_secs_f64(),
         kills + 1
     ));
