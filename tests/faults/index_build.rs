@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use uuid::Uuid;
 
+use crate::common::{scrape, value};
 use crate::harness::*;
 
 /// Longest a SIGTERM'd `serve` may take to exit during a build, the burst's jobs still queued.
@@ -59,29 +60,8 @@ async fn deletes_held(run: &Standalone, build: &Path) -> f64 {
 
 /// `heimdex_vector_store_held_writes`, read from the API's `/metrics`.
 async fn held_writes(run: &Standalone) -> Option<f64> {
-    let url = format!("{}/metrics", run.base);
-    let text = run
-        .client
-        .http
-        .get(url)
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
-    scrape
-        .samples
-        .iter()
-        .find(|sample| sample.metric == "heimdex_vector_store_held_writes")
-        .and_then(|sample| {
-            if let prometheus_parse::Value::Gauge(held) = sample.value {
-                Some(held)
-            } else {
-                None
-            }
-        })
+    let scrape = scrape(&run.client.http, &format!("{}/metrics", run.base)).await?;
+    value(&scrape, "heimdex_vector_store_held_writes", &[])
 }
 
 /// Points each cycle deletes during a build.

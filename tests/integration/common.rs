@@ -278,3 +278,53 @@ pub fn differences(expected: &Snapshot, got: &Snapshot) -> Differences {
     }
     diff
 }
+
+/// `GET url`, which must answer 200 in Prometheus's text format, parsed.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> Option<prometheus_parse::Scrape> {
+    let response = http.get(url).send().await.ok()?;
+    assert_eq!(response.status(), 200, "GET {url}");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = response.text().await.ok()?;
+    Some(
+        prometheus_parse::Scrape::parse(text.lines().map(|line| Ok(line.to_owned())))
+            .expect("parses"),
+    )
+}
+
+/// Whether `sample` carries every one of `labels`.
+pub fn matches(sample: &prometheus_parse::Sample, labels: &[(&str, &str)]) -> bool {
+    labels
+        .iter()
+        .all(|(name, value)| sample.labels.get(name) == Some(*value))
+}
+
+/// The sum of a counter's or gauge's series that carry `labels`; `None` if there is none.
+pub fn value(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && matches(s, labels))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(_) | prometheus_parse::Value::Summary(_) => {
+                panic!("{name} is not a counter or gauge")
+            }
+        })
+        .collect();
+    (!found.is_empty()).then(|| found.iter().sum())
+}

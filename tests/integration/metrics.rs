@@ -9,50 +9,13 @@ use heimdex_domain::jobs::{JobSpec, MockParams};
 use heimdex_domain::{AssetId, SegmentId};
 use heimdex_telemetry::metrics::{CATALOGUE, Kind};
 use heimdex_tests::{JWT_SECRET, ServeProcess, TestNats, eventually, free_port, heimdex_bin};
-use prometheus_parse::{Sample, Scrape, Value};
+use prometheus_parse::{Scrape, Value};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::common::{job_id_of, poison_job, publish_requested};
+use crate::common::{job_id_of, matches, poison_job, publish_requested, scrape, value};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn scrape(http: &reqwest::Client, url: &str) -> Option<Scrape> {
-    let response = http.get(url).send().await.ok()?;
-    assert_eq!(response.status(), 200, "GET {url}");
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/plain; version=0.0.4"),
-        "{content_type}"
-    );
-    let text = response.text().await.ok()?;
-    Some(Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).expect("parses"))
-}
-
-fn matches(sample: &Sample, labels: &[(&str, &str)]) -> bool {
-    labels
-        .iter()
-        .all(|(name, value)| sample.labels.get(name) == Some(*value))
-}
-
-/// The sum of a counter's or gauge's series that carry `labels`; `None` if there is none.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let found: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && matches(s, labels))
-        .map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
-            Value::Histogram(_) | Value::Summary(_) => panic!("{name} is not a counter or gauge"),
-        })
-        .collect();
-    (!found.is_empty()).then(|| found.iter().sum())
-}
 
 /// Observations of a histogram's series that carry `labels` (their `+Inf` buckets).
 fn observations(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
