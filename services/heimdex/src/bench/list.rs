@@ -4,6 +4,11 @@
 //! for every status and for the dead letters (`status=FAILED`). The figure that matters is the
 //! ratio large / small, measured in one window.
 //!
+//! Then a job's history, `GET /jobs/{id}/events`, is timed against its status, `GET /jobs/{id}`
+//! (one read of the status bucket), for the small org's first job, the oldest in the log (every
+//! job of the large org was appended after it), and for the large org's last, the newest: a
+//! history of a few events should cost about what the status costs, wherever the job sits.
+//!
 //! The jobs are appended to the job log directly (as the API would append them, without HTTP),
 //! so seeding 100,000 jobs takes seconds; the service's worker and projector process them as
 //! usual. A failed job is a `requested` embedding job naming a model no worker serves: it fails
@@ -52,9 +57,10 @@ pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
     .await?;
     println!("cpu: {}", super::cpu_flags());
     let (small, large) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut seeded = Vec::new();
     for (org, n) in [(small, o.small), (large, o.large)] {
         let started = Instant::now();
-        seed(&events, org, n, o.failed_every).await?;
+        seeded.push(seed(&events, org, n, o.failed_every).await?);
         println!(
             "seeded org {org}: {n} jobs ({} failing) in {:.1} s",
             n / o.failed_every.max(1),
@@ -117,11 +123,77 @@ pub async fn run(jwt: &JwtConfig, o: Options) -> anyhow::Result<()> {
             );
         }
     }
+
+    let oldest = seeded[0].first().context("the small org has no job")?;
+    let newest = seeded[1].last().context("the large org has no job")?;
+    println!();
+    println!(
+        "| job | `GET /jobs/{{id}}` p50 | p99 | `GET /jobs/{{id}}/events` p50 | p99 | events ÷ status (p50) |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (name, org, job) in [("oldest", small, oldest), ("newest", large, newest)] {
+        let token = heimdex_api::auth::issue_token(jwt, org, "bench", Duration::from_secs(3_600))?;
+        let status = format!("{}/jobs/{job}", o.url);
+        let status = time_read(&http, &status, &token, o.requests, |job| {
+            anyhow::ensure!(job["status"].is_string(), "a job without a status: {job}");
+            Ok(())
+        })
+        .await?;
+        let events = format!("{}/jobs/{job}/events", o.url);
+        let events = time_read(&http, &events, &token, o.requests, |history| {
+            // `requested`, `started`, and the end: the job ran before the timing began.
+            let events = history["events"].as_array().map_or(0, Vec::len);
+            anyhow::ensure!(events >= 3, "a history of {events} events: {history}");
+            Ok(())
+        })
+        .await?;
+        let (status_p50, events_p50) = (percentile(&status, 0.5), percentile(&events, 0.5));
+        println!(
+            "| {name} | {} | {} | {} | {} | {:.2} |",
+            ms(status_p50),
+            ms(percentile(&status, 0.99)),
+            ms(events_p50),
+            ms(percentile(&events, 0.99)),
+            events_p50.as_secs_f64() / status_p50.as_secs_f64().max(f64::EPSILON)
+        );
+    }
     Ok(())
 }
 
+/// `requests` timings of a GET of `url`, one request at a time; `check` vets each answer.
+async fn time_read(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    requests: usize,
+    check: impl Fn(&serde_json::Value) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut timings = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let started = Instant::now();
+        let body: serde_json::Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        timings.push(started.elapsed());
+        check(&body)?;
+    }
+    timings.sort();
+    Ok(timings)
+}
+
 /// Appends `n` jobs of `org`: mock jobs, and every `failed_every`-th one a job that fails.
-async fn seed(events: &EventStore, org: Uuid, n: usize, failed_every: usize) -> anyhow::Result<()> {
+/// Returns their ids, in the order they were asked for (appends overlap, 512 at a time).
+async fn seed(
+    events: &EventStore,
+    org: Uuid,
+    n: usize,
+    failed_every: usize,
+) -> anyhow::Result<Vec<Uuid>> {
     let run = Uuid::new_v4().simple().to_string();
     let appends = futures::stream::iter(0..n)
         .map(|i| {
@@ -157,15 +229,16 @@ async fn seed(events: &EventStore, org: Uuid, n: usize, failed_every: usize) -> 
                     }),
                 );
                 log.request(&event).await?;
-                anyhow::Ok(())
+                anyhow::Ok(job_id)
             }
         })
-        .buffer_unordered(512);
+        .buffered(512);
     futures::pin_mut!(appends);
+    let mut jobs = Vec::with_capacity(n);
     while let Some(appended) = appends.next().await {
-        appended?;
+        jobs.push(appended?);
     }
-    Ok(())
+    Ok(jobs)
 }
 
 /// Waits until the worker and the projector have nothing pending.
@@ -241,23 +314,12 @@ async fn time_page(
     requests: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let url = list_url(base, status, 10, cursor);
-    let mut timings = Vec::with_capacity(requests);
-    for _ in 0..requests {
-        let started = Instant::now();
-        let page: serde_json::Value = http
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        timings.push(started.elapsed());
+    time_read(http, &url, token, requests, |page| {
         anyhow::ensure!(
             page["jobs"].as_array().is_some_and(|jobs| !jobs.is_empty()),
             "an empty page: {page}"
         );
-    }
-    timings.sort();
-    Ok(timings)
+        Ok(())
+    })
+    .await
 }

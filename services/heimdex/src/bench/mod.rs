@@ -111,7 +111,8 @@ pub enum BenchCommand {
         nats_url: Option<String>,
     },
     /// What a page of `GET /jobs?limit=10` costs at two organization sizes, in one run (all
-    /// statuses and `status=FAILED`; first page and a page halfway through).
+    /// statuses and `status=FAILED`; first page and a page halfway through), and a job's
+    /// history against its status, for the oldest job in the log and the newest.
     List {
         #[arg(long, default_value = "http://127.0.0.1:8000")]
         url: String,
