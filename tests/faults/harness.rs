@@ -156,6 +156,11 @@ impl Heimdex {
         self.starts += 1;
     }
 
+    /// Sets (or replaces) a variable of the environment the next [`Self::start`] gives.
+    pub fn set_env(&mut self, key: &str, value: impl Into<String>) {
+        set_env(&mut self.env, key, value);
+    }
+
     /// SIGKILL: no shutdown hook runs, nothing is flushed or acked.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

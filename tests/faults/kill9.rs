@@ -1,5 +1,6 @@
 //! `kill -9` of the worker, and of a whole `heimdex serve`, several times while jobs keep
-//! arriving. A killed worker's unacknowledged jobs are redelivered after the consumer's ack wait
+//! arriving, and of `serve` with a backlog of tens of thousands of jobs queued. A killed
+//! worker's unacknowledged jobs are redelivered after the consumer's ack wait
 //! (`NATS_WORKER_ACK_WAIT_MS`; the fast CI run shortens it to 5 s, the full run keeps the 30 s
 //! default), so the recovery figure is dominated by that wait.
 
@@ -64,6 +65,55 @@ async fn serve_kill_9_repeatedly_loses_nothing() {
     let mut outcome = run.finish("kill -9 serve", fault_over).await;
     outcome.note(format!(
         "{kills} kills (API, worker, projector and their nats-server) over {jobs} jobs"
+    ));
+    outcome.report_and_assert();
+}
+
+/// `serve` killed twice with a backlog queued. After each start the projector refolds every job
+/// that ends while events it was delivered before may come back (`heimdex_projector`'s `Late`):
+/// with a backlog, every job the worker then finishes, each read from the job log. That read
+/// once made nats-server scan the stream from the job's last event to its end (a wildcard read,
+/// once the log has 64Ki subjects): with 60,000 jobs queued the broker then spent minutes at
+/// full CPU in those scans, its publishes timed out, and the jobs ended at about 30 a second.
+/// Every job must end within `settle`'s 240 s: with that read, 12,292 of this run's 30,000 had
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_killed_with_a_backlog_loses_nothing() {
+    let _serial = serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    // One job at a time at first: the jobs queue up as fast as the API takes them.
+    let mut run = Standalone::start(
+        dir.path(),
+        &[
+            ("NATS_WORKER_ACK_WAIT_MS", ack_wait_ms()),
+            ("HEIMDEX_WORKER_CONCURRENCY", "1"),
+        ],
+    )
+    .await;
+    // A subject a job queued, three a job done: past 64Ki subjects once 18,000 have run.
+    let jobs = scale(30_000, 60_000);
+    let accepted = submit_mock_jobs(&run.client, "backlog", jobs, 32, 50_000.0).await;
+    assert_eq!(accepted, jobs, "every job accepted");
+
+    run.serve.kill9().await;
+    run.serve.set_env("HEIMDEX_WORKER_CONCURRENCY", "256");
+    run.serve.start();
+    // Up (`/readyz` may answer 503 while the broker is busy), then 3 s of refolds.
+    heimdex_tests::eventually(Duration::from_secs(60), || async {
+        let health = run.client.http.get(format!("{}/healthz", run.base));
+        let response = health.send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await
+    .expect("serve answers within 60 s of its start");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    run.serve.kill9().await;
+    run.serve.start();
+    let fault_over = Instant::now();
+
+    let mut outcome = run.finish("kill -9 serve with a backlog", fault_over).await;
+    outcome.note(format!(
+        "{jobs} jobs queued with one worker slot; 2 kills, the worker at its default 256 slots after them"
     ));
     outcome.report_and_assert();
 }
