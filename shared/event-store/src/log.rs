@@ -403,8 +403,8 @@ impl JobLog {
     /// scanning every message block after the job's last event: it skips blocks by its subject
     /// index only for a literal subject, or for a wildcard while the stream has fewer than
     /// 64Ki subjects, and the job log has three or more a job. With 600,000 events in the log
-    /// that read took 4 to 20 ms, under the stream's lock; these take about 0.2 ms wherever
-    /// the job is.
+    /// that read took 4 to 20 ms, holding the stream store's read lock, which appends wait for;
+    /// these take about 0.2 ms wherever the job is.
     ///
     /// A direct get may be answered by any replica of the stream, and a replica applies the
     /// log in order but may lag behind the leader: what this returns is always the job's first
@@ -576,9 +576,9 @@ fn message(event: &JobEvent) -> PublishMessage {
 }
 
 /// A job's history from the reads of its subjects, each paired with the last sequence the
-/// multi-last get saw under it: every event up to the newest of those, and no further, since
-/// a read answered by a replica ahead of that get's may hold events of a subject it did not
-/// name. A read that ends before its subject's last event there was answered by a replica
+/// multi-last get saw under it: every event up to the newest of those, and no further (a
+/// subject that appeared after that get was not read, so past it the history could have a
+/// gap). A read that ends before its subject's last event there was answered by a replica
 /// further behind, and may lack any event after its own last: the history ends there. What
 /// remains has no gap; its first `max` events are returned.
 fn merge_subjects(
