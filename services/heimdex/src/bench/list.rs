@@ -171,19 +171,28 @@ async fn time_read(
     let mut timings = Vec::with_capacity(requests);
     for _ in 0..requests {
         let started = Instant::now();
-        let body: serde_json::Value = http
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let body = get_json(http, url, token).await?;
         timings.push(started.elapsed());
         check(&body)?;
     }
     timings.sort();
     Ok(timings)
+}
+
+/// `GET url` with the token; the answer must be a 2xx with a JSON body.
+async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
 }
 
 /// Appends `n` jobs of `org`: mock jobs, and every `failed_every`-th one a job that fails.
@@ -285,14 +294,12 @@ async fn middle_cursor(
     let mut cursors = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let page: serde_json::Value = http
-            .get(list_url(base, status, walk, cursor.as_deref()))
-            .bearer_auth(token)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let page = get_json(
+            http,
+            &list_url(base, status, walk, cursor.as_deref()),
+            token,
+        )
+        .await?;
         match page["next_cursor"].as_str() {
             Some(next) => {
                 cursors.push(next.to_owned());
